@@ -1,0 +1,104 @@
+"""Checkpoints and run folders: atomic writes, safe loads, and RUN resolution.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts, tuples), so it loads with
+`torch.load(..., weights_only=True)`. Keys: `model_spec` (the SPEC string it was built from),
+`ctor` (constructor keywords), `model` (state_dict); training adds `optimizer`, `scheduler`,
+`epoch`, `best_metric`, `rng`, `config`.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(fileobj) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(obj: dict, path) -> None:
+    import torch
+
+    atomic_write_bytes(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint a user handed in; every failure is a clear CnnscopeError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CnnscopeError(
+            f"Checkpoint {path} does not exist. Pass a run folder (reports/<run>) or a .pth file "
+            "written by `cnnscope train`."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file ...
+        raise CnnscopeError(
+            f"Checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "It is corrupt, truncated, or not a cnnscope checkpoint; use another checkpoint of the run "
+            "(checkpoints/last.pth or best.pth) or train again."
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
+        raise CnnscopeError(
+            f"{path} is a torch file but not a cnnscope checkpoint (it has no 'model' and 'model_spec' "
+            "entries). Pass a checkpoint written by `cnnscope train`."
+        )
+    return ckpt
+
+
+def resolve_run(run) -> tuple[Path, Path]:
+    """RUN (a reports/<run> folder or a checkpoint file) -> (run folder, checkpoint path).
+
+    A folder gives its checkpoints/best.pth, else checkpoints/last.pth.
+    """
+    run = Path(run)
+    if run.is_dir():
+        for name in ("best.pth", "last.pth"):
+            ckpt = run / "checkpoints" / name
+            if ckpt.is_file():
+                return run, ckpt
+        raise CnnscopeError(
+            f"Run folder {run} has no checkpoints/best.pth or checkpoints/last.pth. "
+            "Pass a folder written by `cnnscope train`, or a checkpoint file."
+        )
+    if run.is_file():
+        folder = run.parent.parent if run.parent.name == "checkpoints" else run.parent
+        return folder, run
+    raise CnnscopeError(
+        f"RUN {run} is neither a run folder nor a checkpoint file. Pass reports/<run> or a .pth file."
+    )
+
+
+def load_run_model(run):
+    """Rebuild the model of a run or checkpoint with its trained weights (eval mode).
+
+    Returns (model, checkpoint dict, run folder).
+    """
+    from cnnscope.spec import build_model
+
+    folder, path = resolve_run(run)
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["model_spec"], ckpt.get("ctor") or {})
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CnnscopeError(
+            f"Checkpoint {path} does not fit model {ckpt['model_spec']!r}: "
+            f"{str(e).splitlines()[0][:300]}. It was written for another model or configuration."
+        ) from None
+    model.eval()
+    return model, ckpt, folder

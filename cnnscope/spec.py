@@ -1,0 +1,155 @@
+"""SPEC -> nn.Module.
+
+A SPEC is one of
+  - a registry name:            basic
+  - a file and an attribute:    path/to/model.py:NetDilated
+  - a module and an attribute:  package.module:attr
+The attribute is a class or function; it is called with the `--ctor k=v` keywords.
+"""
+import ast
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError
+
+
+def parse_ctor(items) -> dict:
+    """['k=v', ...] -> {k: literal(v)}. Values are Python literals; a bare word is a string."""
+    out = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CnnscopeError(
+                f"Bad --ctor value {item!r}: expected KEY=VALUE with KEY a Python identifier, "
+                "e.g. --ctor num_classes=100 --ctor width=2.0 --ctor dilations=[1,2,3]."
+            )
+        raw = raw.strip()
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            if not raw.isidentifier():
+                raise CnnscopeError(
+                    f"Bad --ctor value {item!r}: {raw!r} is not a Python literal. Use numbers, quoted "
+                    "strings, True/False/None, lists, tuples or dicts, e.g. --ctor dilations=[1,2,4]."
+                ) from None
+            value = raw  # a bare word such as mode=fast reads as the string 'fast'
+        out[key] = value
+    return out
+
+
+def _load_file(path: Path):
+    if not path.is_file():
+        raise CnnscopeError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
+    # The file's folder goes on sys.path so that it can import its neighbours.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = f"cnnscope_user_{hashlib.md5(str(path.resolve()).encode()).hexdigest()[:12]}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise CnnscopeError(
+            f"Importing {path} failed: {type(e).__name__}: {e}. Fix the file, or check that the "
+            "modules it imports are installed or lie beside it."
+        ) from None
+    return module
+
+
+def _module_classes(module) -> list[str]:
+    import torch.nn as nn
+
+    return sorted(
+        n for n, v in vars(module).items()
+        if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module.__name__
+    )
+
+
+def _registry_entry(name: str):
+    import models
+
+    if name in models.list_models():
+        return models.get_entry(name)
+    close = difflib.get_close_matches(name, models.list_models(), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise CnnscopeError(
+        f"Unknown model {name!r}.{hint} Registered models: {', '.join(models.list_models())}. "
+        "A SPEC can also be path/to/file.py:ClassName or package.module:attr."
+    )
+
+
+def resolve_target(spec: str):
+    """SPEC -> (the callable that builds the model, a display name)."""
+    if ":" not in spec:
+        entry = _registry_entry(spec)
+        return entry.builder, spec
+    where, _, attr = spec.rpartition(":")
+    if not attr or not where:
+        raise CnnscopeError(f"Bad SPEC {spec!r}: expected NAME, path/file.py:Name or package.module:attr.")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        module = _load_file(Path(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise CnnscopeError(
+                f"Cannot import module {where!r} from SPEC {spec!r}: {e}. Use path/to/file.py:Name for a file."
+            ) from None
+    if not hasattr(module, attr):
+        classes = _module_classes(module)
+        listing = f" It defines these nn.Module classes: {', '.join(classes)}." if classes else (
+            " It defines no nn.Module class.")
+        raise CnnscopeError(f"{where} has no attribute {attr!r}.{listing}")
+    return getattr(module, attr), attr
+
+
+def build_model(spec: str, ctor: dict | None = None):
+    """Build the nn.Module a SPEC names, with constructor keywords `ctor`."""
+    import torch.nn as nn
+
+    target, name = resolve_target(spec)
+    ctor = dict(ctor or {})
+    if not callable(target):
+        raise CnnscopeError(f"{spec!r} is not a class or function (it is a {type(target).__name__}).")
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**ctor)
+        except TypeError as e:
+            params = [
+                p for p in sig.parameters.values()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+            required = [p.name for p in params if p.default is p.empty and p.name not in ctor]
+            accepted = ", ".join(p.name for p in params) or "none"
+            need = f" Give the required ones with --ctor, e.g. {' '.join(f'--ctor {r}=...' for r in required)}." \
+                if required else ""
+            raise CnnscopeError(
+                f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}"
+            ) from None
+    try:
+        model = target(**ctor)
+    except CnnscopeError:
+        raise
+    except Exception as e:
+        raise CnnscopeError(
+            f"Constructing {name}({', '.join(f'{k}={v!r}' for k, v in ctor.items())}) failed: "
+            f"{type(e).__name__}: {e}. Check the --ctor values."
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise CnnscopeError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model

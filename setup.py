@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cnnscope",
+    version="0.1.0",
+    description="Train compact CNNs, then inspect how they see: receptive fields, gates, sharing, attributions.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cnnscope", "cnnscope.*", "models", "models.*"]),
+    install_requires=[
+        "torch",
+        "torchvision",
+        "click>=8.1",
+        "rich",
+        "captum",
+        "matplotlib",
+        "albumentations",
+        "numpy",
+    ],
+    extras_require={"dev": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
+)
