@@ -16,3 +16,235 @@ def save(fig, path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# ---- inspection: entropy gates, soft sharing, attributions (cnnscope.inspect) -------------------
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _image_rows(images, maps, draw, *, row_titles, column_titles, cell):
+    """A row per image: the image, then one panel per map drawn by draw(ax, image, map)."""
+    rows, cols = len(images), 1 + len(column_titles)
+    height = cell * rows + 0.4
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, height), squeeze=False)
+    # a fixed 0.4-inch band on top for the column titles, however many rows
+    fig.subplots_adjust(left=0.0, right=1.0, top=1 - 0.4 / height, bottom=0.0, wspace=0.05, hspace=0.08)
+    for r in range(rows):
+        axes[r][0].imshow(images[r], interpolation="nearest")
+        axes[r][0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha="right", va="center")
+        for c, data in enumerate(maps[r]):
+            draw(axes[r][c + 1], images[r], data)
+    for ax in axes.flat:
+        _bare(ax)
+    for c, title in enumerate(["image", *column_titles]):
+        axes[0][c].set_title(title, fontsize=7)
+    return fig
+
+
+def gate_maps(images, maps, *, column_titles, row_titles, legend, path, cell=0.9):
+    """A row per image: the image, then one RGB gate map per stage/step (nearest upsampling).
+
+    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (h, w, 3) in [0, 1]; legend: [(label, rgb), ...].
+    """
+    from matplotlib.patches import Patch
+
+    fig = _image_rows(images, maps, lambda ax, _, rgb: ax.imshow(rgb.clip(0, 1), interpolation="nearest"),
+                      row_titles=row_titles, column_titles=column_titles, cell=cell)
+    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in legend], loc="lower center",
+               bbox_to_anchor=(0.5, 1.0), ncol=len(legend), fontsize=8, frameon=False,
+               title="gate dilation (pixel colour = probability-weighted mix)", title_fontsize=8)
+    return save(fig, path)
+
+
+def gate_shares(labels, shares, legend, *, groups, path, title=""):
+    """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D)) per step.
+
+    groups: one id per bar (the stage); a dashed line separates consecutive groups.
+    """
+    import numpy as np
+
+    shares = np.asarray(shares)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(labels) + 1.5), 3.2))
+    bottom = np.zeros(len(labels))
+    for d, (label, rgb) in enumerate(legend):
+        ax.bar(range(len(labels)), shares[:, d], bottom=bottom, color=rgb, label=label, width=0.85)
+        bottom += shares[:, d]
+    for i in range(1, len(groups)):
+        if groups[i] != groups[i - 1]:
+            ax.axvline(i - 0.5, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean gate probability")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return save(fig, path)
+
+
+def similarity_heatmap(matrix, names, *, path, title=""):
+    """A layers x layers similarity matrix in [0, 1], with layer names and (when small) values."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    n = len(names)
+    side = max(3.0, 0.45 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if matrix[i, j] > 0.6 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="|cosine similarity|")
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)
+
+
+def attribution_grid(images, maps, *, row_titles, column_titles, path, cell=1.6):
+    """A row per image: the image, then each method's map in [0, 1] over the greyscale image.
+
+    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (H, W) in [0, 1].
+    """
+    def draw(ax, image, heat):
+        ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="bilinear")
+
+    return save(_image_rows(images, maps, draw, row_titles=row_titles, column_titles=column_titles,
+                            cell=cell), path)
+
+
+# ---- training and evaluation ------------------------------------------------------------------
+
+def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False) -> Path:
+    """Line plot of {run: {kind: (xs, ys)}}: one colour per run, one line style per kind.
+
+    One run's train/val accuracy is {"": {"train": (epochs, acc), "val": (epochs, acc)}}; several
+    runs give the combined plots of `cnnscope compare`.
+    """
+    styles = ["-", "--", ":", "-."]
+    kinds = list(dict.fromkeys(k for lines in runs.values() for k in lines))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for color, (run, lines) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10, runs.items()):
+        for kind, (xs, ys) in lines.items():
+            ax.plot(xs, ys, styles[kinds.index(kind) % len(styles)], color=color, marker="." if len(xs) < 30 else None,
+                    label=f"{run} {kind}".strip())
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(runs) * len(kinds) > 1:
+        ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def confusion_matrix(counts, classes, path, *, title: str = "Confusion matrix (row-normalised)") -> Path:
+    """Row-normalised confusion matrix (rows true, columns predicted), each cell annotated."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    size = max(5.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if n <= 30:  # beyond that the numbers are unreadable; the colours still tell
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    return save(fig, path)
+
+
+def image_grid(images, titles, path, *, title: str = "", title_colors=None, ncols: int = 8) -> Path:
+    """Grid of images (N, H, W, 3) floats in [0, 1], each under a caption (coloured if given).
+
+    Drawn as one montage on one axes: a grid of separate axes takes seconds to lay out.
+    """
+    import numpy as np
+
+    images = np.asarray(images)
+    n = len(images)
+    ncols = min(ncols, max(n, 1))
+    nrows = max(1, -(-n // ncols))
+    h, w = images.shape[1:3] if n else (32, 32)
+    gap, caption = max(2, w // 8), h * 3 // 4  # pixels between tiles, and above each for its caption
+    canvas = np.ones((nrows * (h + caption), ncols * (w + gap) - gap, 3))
+    corners = [(r * (h + caption) + caption, c * (w + gap)) for r, c in (divmod(i, ncols) for i in range(n))]
+    for image, (y, x) in zip(images, corners):
+        canvas[y:y + h, x:x + w] = image
+    fig, ax = plt.subplots(figsize=(1.3 * ncols, 1.3 * nrows * (h + caption) / h * 0.8 + 0.3))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for i, (y, x) in enumerate(corners):
+        ax.text(x + w / 2, y - 1, titles[i], ha="center", va="bottom", fontsize=6.5,
+                color=title_colors[i] if title_colors else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save(fig, path)
+
+
+# ---- data: augmentation preview (cnnscope.data) -------------------------------------------------
+
+def augmentation_grid(originals, augmented, titles, path, *, title: str = "", ncols: int = 8) -> Path:
+    """Pairs of rows: training images (N, H, W, 3) in [0, 1] captioned by `titles`, and below each
+    row the same images after augmentation."""
+    import numpy as np
+
+    originals, augmented = np.asarray(originals), np.asarray(augmented)
+    n = len(originals)
+    ncols = min(ncols, max(n, 1))
+    pairs = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(2 * pairs, ncols, figsize=(1.4 * ncols + 0.6, 2.9 * pairs + 0.5), squeeze=False)
+    for row, images in ((0, originals), (1, augmented)):
+        for i in range(pairs * ncols):
+            ax = axes[2 * (i // ncols) + row, i % ncols]
+            _bare(ax)
+            if i >= n:
+                ax.axis("off")
+                continue
+            ax.imshow(images[i], interpolation="nearest")
+            if row == 0:
+                ax.set_title(titles[i], fontsize=7)
+            if i % ncols == 0:
+                ax.set_ylabel("augmented" if row else "original", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+# ---- receptive fields (cnnscope.rf) -------------------------------------------------------------
+
+def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical RF", title: str = "") -> Path:
+    """Effective-RF heatmap (H, W) with the theoretical RF box (top, left, bottom, right, in pixels,
+    drawn clipped to the image) and a circle of `radius` pixels around `centre` (y, x)."""
+    import numpy as np
+    from matplotlib.patches import Circle, Rectangle
+
+    heat = np.asarray(heat, dtype=float)
+    h, w = heat.shape
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    image = ax.imshow(heat, cmap="magma", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of |gradient|")
+    top, left = max(box[0], 0), max(box[1], 0)
+    bottom, right = min(box[2], h - 1), min(box[3], w - 1)
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1, fill=False,
+                           edgecolor="cyan", linestyle="--", linewidth=2, label=box_label, clip_on=False))
+    if radius is not None:
+        ax.add_patch(Circle((centre[1], centre[0]), radius, fill=False, edgecolor="lime", linewidth=1.5,
+                            label=f"95% of the mass: r = {radius:.1f} px"))
+    ax.plot(centre[1], centre[0], "+", color="white", markersize=8)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)
