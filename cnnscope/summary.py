@@ -234,12 +234,13 @@ def summary_markdown(result: SummaryResult, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def zoo_rows() -> list[dict]:
-    """One dict per registered model: name, class, params, MACs at 3x32x32, dataset, seed."""
+def zoo_rows(names=None) -> list[dict]:
+    """One dict per registered model (or per name in `names`): name, class, params, MACs at
+    3x32x32, dataset, seed."""
     import models
 
     rows = []
-    for name in models.list_models():
+    for name in names or models.list_models():
         entry = models.get_entry(name)
         model = entry.builder()
         result = summarize(model, (3, 32, 32))
