@@ -83,6 +83,14 @@ def resolve_run(run) -> tuple[Path, Path]:
     )
 
 
+def apply_model_settings(model, settings: dict) -> None:
+    """Settings a trainer drives outside the weights (egrr's recursion depth and gate temperature)."""
+    if "depth" in settings:
+        model.set_depth(settings["depth"])
+    if "tau" in settings:
+        model.set_tau(settings["tau"])
+
+
 def load_run_model(run):
     """Rebuild the model of a run or checkpoint with its trained weights (eval mode).
 
@@ -100,5 +108,8 @@ def load_run_model(run):
             f"Checkpoint {path} does not fit model {ckpt['model_spec']!r}: "
             f"{str(e).splitlines()[0][:300]}. It was written for another model or configuration."
         ) from None
+    # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
+    # run trained down to tau=0.1 would be read at tau=1.
+    apply_model_settings(model, ckpt.get("model_settings") or {})
     model.eval()
     return model, ckpt, folder

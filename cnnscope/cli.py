@@ -250,6 +250,9 @@ def _key_values(option, items, example):
 @click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
                                                "the test set [default: 0.1].")
 @click.option("--seed", type=int, help="Seed of the split, data order, augmentation and initial weights [default: 0].")
+@click.option("--train-subset", type=click.IntRange(min=1), metavar="N",
+              help="Train on a random N-image subset of the training split (fixed by --seed), for quick looks "
+                   "at heavy models; the validation and test sets stay whole.")
 @click.option("--aug-backend", type=click.Choice(("batch", "albumentations")),
               help="Augmentation path: whole batches in-process (default) or the seeds' per-sample albumentations.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder of the run folders [default: reports].")

@@ -598,6 +598,14 @@ def make_loader(split, dataset, *, batch_size, train, augment=None, backend="bat
     return AlbumentationsLoader(split, dataset, workers=workers, **kw)
 
 
+def subset(split: Split, n: int, seed: int = 0) -> Split:
+    """A random n-image subset of `split`, fixed by `seed` (for quick experiments on big data)."""
+    if n >= len(split):
+        return split
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Split(split.images[index], split.labels[index])
+
+
 def denormalize(x, mean, std):
     """Normalized (N, 3, H, W) floats -> images in [0, 1] for plotting."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

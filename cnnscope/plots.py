@@ -134,6 +134,7 @@ def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", 
             ax.plot(xs, ys, styles[kinds.index(kind) % len(styles)], color=color, marker="." if len(xs) < 30 else None,
                     label=f"{run} {kind}".strip())
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs: no 1.5
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

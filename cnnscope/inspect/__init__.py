@@ -49,7 +49,6 @@ def is_run(target: str) -> bool:
 def load_target(target: str, ctor=(), out=None) -> Target:
     """TARGET (RUN or SPEC) -> the model in eval mode, its label and its figure folder."""
     from cnnscope import checkpoint, spec
-    from cnnscope.evaluate import apply_model_settings
 
     if is_run(target):
         if ctor:
@@ -58,9 +57,6 @@ def load_target(target: str, ctor=(), out=None) -> Target:
                 "from its checkpoint. Drop --ctor, or pass a SPEC to inspect an untrained model."
             )
         model, ckpt, run_dir = checkpoint.load_run_model(target)
-        # egrr's depth and gate temperature live outside the state_dict; without them the gates
-        # of a run trained down to tau=0.1 would be read at tau=1.
-        apply_model_settings(model, ckpt.get("model_settings") or {})
         plots_dir = Path(out) if out else run_dir / "plots"
         return Target(model, str(run_dir), plots_dir, ckpt)
     model = spec.build_model(target, spec.parse_ctor(ctor))

@@ -1,0 +1,96 @@
+"""`cnnscope compare RUN...`: one table and combined curves across training runs.
+
+Reads each run folder's metrics.json and train_log.csv (no model is loaded) and writes into --out
+(default reports/combined): summary.csv, summary.md, combined_acc.png, combined_loss.png.
+"""
+import csv
+import json
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError
+
+COLUMNS = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
+           "images_per_s")
+HEADERS = ("run", "model", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
+           "images/s")
+
+
+def run_folder(run) -> Path:
+    """RUN is a run folder or a checkpoint inside one (checkpoints/x.pth)."""
+    path = Path(run)
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not (path / "metrics.json").is_file() or not (path / "train_log.csv").is_file():
+        raise CnnscopeError(
+            f"{run} is not a finished run folder: it needs metrics.json and train_log.csv, which "
+            "`cnnscope train` writes. Pass folders such as reports/basic."
+        )
+    return path
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path / "train_log.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def labels_for(folders: list[Path]) -> list[str]:
+    """Folder names, or longer paths where two runs share a name."""
+    names = [f.name for f in folders]
+    return [str(f) if names.count(f.name) > 1 else f.name for f in folders]
+
+
+def compare_runs(runs, out="reports/combined") -> list[dict]:
+    """Write the summary table and combined curves of `runs` into `out`; return the table rows."""
+    from cnnscope import plots
+
+    folders = [run_folder(r) for r in runs]
+    rows, logs = [], {}
+    for label, folder in zip(labels_for(folders), folders):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows.append({"run": label, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+        logs[label] = read_log(folder)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(summary_markdown(rows))
+    for key, title, ylabel in (("acc", "Accuracy", "accuracy (%)"), ("loss", "Loss", "cross-entropy")):
+        series = {
+            label: {kind: ([r["epoch"] for r in log], [r[f"{kind}_{key}"] for r in log]) for kind in ("train", "val")}
+            for label, log in logs.items()
+        }
+        plots.curves(series, out / f"combined_{key}.png", title=f"{title}: train (solid) vs val (dashed)",
+                     ylabel=ylabel)
+    return rows
+
+
+def cell(value, column) -> str:
+    if value is None:
+        return "-"
+    if column == "params":
+        return f"{value:,}"
+    if column in ("best_val_acc", "test_acc"):
+        return f"{value:.2f}"
+    if column in ("train_time_s", "images_per_s"):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def summary_markdown(rows) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * 2 + "---:|" * (len(HEADERS) - 2)]
+    lines += ["| " + " | ".join(cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rows):
+    from rich.table import Table
+
+    table = Table(title="Runs")
+    for i, h in enumerate(HEADERS):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in rows:
+        table.add_row(*(cell(r[c], c) for c in COLUMNS))
+    return table

@@ -1,0 +1,152 @@
+"""Training recipes: the defaults each zoo model trains with (MODELS.md, "Training recipes").
+
+A `Recipe` is plain data. `get_recipe(spec)` gives a registry model's recipe (a SPEC that is not a
+registry name gets basic's); `resolve(recipe, overrides)` applies the command line on top of it.
+
+Schedules measured in epochs (warm-up, depth warm-up) are written for the recipe's own epoch count;
+when a run is shorter they shrink in proportion, so `--epochs 5` still gets a warm-up instead of
+spending the whole run in it.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+from cnnscope.data import AugmentSpec
+from cnnscope.errors import CnnscopeError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dataset: str = "cifar10"
+    epochs: int = 25
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # the peak learning rate (OneCycle's max_lr)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # never on soft-sharing coefficients (see train.build_optimizer)
+    scheduler: str = "onecycle"  # onecycle | cosine | plateau | step | none
+    # onecycle, stepped per batch: lr/div_factor -> lr over pct_start, then -> lr/div/final_div
+    pct_start: float = 0.15
+    div_factor: float = 10.0
+    final_div_factor: float = 100.0
+    # cosine, stepped per batch: linear warm-up from 0 over warmup_epochs, then cosine to 0
+    warmup_epochs: float = 0.0
+    # plateau, stepped per epoch on the selection loss; early stop after that many bad epochs (0: off)
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    early_stop_patience: int = 0
+    # step, stepped per epoch: lr *= step_gamma at these fractions of the epochs
+    step_milestones: tuple = (0.3, 0.6, 0.8)
+    step_gamma: float = 0.2
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0: off
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    # egrr: recursion depth 1 -> full over depth_warmup_epochs (0: off); gate temperature annealed
+    # exponentially from tau_start to tau_end over the run (0: off)
+    depth_warmup_epochs: float = 0.0
+    tau_start: float = 0.0
+    tau_end: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The seed 002 pipeline. The seed's ShiftScaleRotate had shift_limit=(0.0625, 0.0625), a fixed
+# +6.25% shift; here the shift is drawn from [-6.25%, +6.25%] as intended.
+_COMPACT_AUGMENT = AugmentSpec(hflip=0.5, affine_p=0.5, translate=0.0625, scale=(0.9, 1.1), rotate=15,
+                               cutout=16, cutout_p=0.5, cutout_fill="mean")
+_CROP_FLIP = AugmentSpec(hflip=0.5, crop_pad=4)
+
+_COMPACT = Recipe(epochs=25, augment=_COMPACT_AUGMENT)
+
+RECIPES = {
+    "basic": _COMPACT,
+    "dilated": _COMPACT,
+    "tiny": Recipe(
+        epochs=50, lr=0.045, scheduler="plateau", plateau_factor=0.1, plateau_patience=2,
+        early_stop_patience=6,
+        augment=AugmentSpec(hflip=0.5, affine_p=0.7, translate=0.0625, scale=(0.9, 1.1), rotate=10,
+                            cutout=16, cutout_p=0.5, cutout_fill="mean"),
+    ),
+    "ectied": Recipe(epochs=200, lr=0.1, nesterov=False, scheduler="cosine", augment=_CROP_FLIP),
+    "egrr": Recipe(
+        epochs=200, lr=0.1, scheduler="cosine", warmup_epochs=5, grad_clip=5.0, label_smoothing=0.1,
+        depth_warmup_epochs=20, tau_start=1.0, tau_end=0.1,
+        augment=AugmentSpec(hflip=0.5, crop_pad=4, autoaugment=True, cutout=8, cutout_p=1.0),
+    ),
+    # Cutout 16 is optional in the seed: --augment cutout=16 --augment cutout_p=1
+    "swrn": Recipe(epochs=200, lr=0.1, scheduler="step", step_milestones=(0.3, 0.6, 0.8), step_gamma=0.2,
+                   augment=_CROP_FLIP),
+}
+
+
+def get_recipe(spec: str) -> Recipe:
+    """The recipe of a registry model, its dataset the registry's; any other SPEC gets basic's."""
+    import models
+
+    if spec in models.list_models():
+        return dataclasses.replace(RECIPES.get(spec, _COMPACT), dataset=models.get_entry(spec).dataset)
+    return _COMPACT
+
+
+_EPOCH_SCHEDULES = ("warmup_epochs", "depth_warmup_epochs")
+
+
+def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = None) -> Recipe:
+    """Apply command-line values (None = not given) to `recipe`.
+
+    A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too.
+    """
+    known = {f.name for f in dataclasses.fields(Recipe)} - {"augment"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CnnscopeError(f"Unknown recipe field(s) {', '.join(unknown)}. Recipe fields: {', '.join(sorted(known))}.")
+    given = {k: _checked(k, v, getattr(recipe, k)) for k, v in overrides.items() if v is not None}
+    epochs = given.get("epochs", recipe.epochs)
+    if epochs < 1:
+        raise CnnscopeError(f"--epochs must be at least 1, got {epochs}.")
+    if epochs < recipe.epochs:
+        for name in _EPOCH_SCHEDULES:
+            given.setdefault(name, getattr(recipe, name) * epochs / recipe.epochs)
+    if given.get("optimizer", recipe.optimizer) not in OPTIMIZERS:
+        raise CnnscopeError(f"Unknown optimizer {given['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    if given.get("scheduler", recipe.scheduler) not in SCHEDULERS:
+        raise CnnscopeError(f"Unknown scheduler {given['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}.")
+    augment = recipe.augment
+    if augment_overrides:
+        aug_fields = {f.name for f in dataclasses.fields(AugmentSpec)}
+        bad = sorted(set(augment_overrides) - aug_fields)
+        if bad:
+            raise CnnscopeError(
+                f"Unknown augmentation field(s) {', '.join(bad)}. --augment accepts: {', '.join(sorted(aug_fields))}."
+            )
+        augment = dataclasses.replace(augment, **augment_overrides)
+    try:
+        return dataclasses.replace(recipe, augment=augment, **given)
+    except TypeError as e:
+        raise CnnscopeError(f"Bad recipe value: {e}.") from None
+
+
+def _checked(name, value, default):
+    """A command-line value in the type of the recipe's default (ints accepted for floats)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if type(value) is not type(default):
+        raise CnnscopeError(
+            f"Recipe field {name} takes a {type(default).__name__} (default {default!r}), got {value!r}."
+        )
+    return value
+
+
+def recipe_from_json(obj: dict) -> Recipe:
+    """Inverse of Recipe.to_json (config.json and checkpoints store the resolved recipe)."""
+    obj = dict(obj)
+    aug = dict(obj.pop("augment"))
+    aug["scale"] = tuple(aug["scale"])
+    obj["step_milestones"] = tuple(obj["step_milestones"])
+    return Recipe(augment=AugmentSpec(**aug), **obj)

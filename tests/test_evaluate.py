@@ -1,0 +1,114 @@
+"""`cnnscope evaluate` and `cnnscope compare`: metrics computed by hand, files, formats, errors."""
+import csv
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from cnnscope import evaluate
+from cnnscope.cli import cli
+
+TINY_MODEL = textwrap.dedent('''
+    import torch.nn as nn
+
+    class Small(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+        def forward(self, x):
+            return self.body(x)
+''')
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two short fake-data runs of a tiny model: reports/one (1 epoch), reports/two (2 epochs)."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("eval")
+    (root / "small.py").write_text(TINY_MODEL)
+    for name, epochs in (("one", 1), ("two", 2)):
+        result = CliRunner().invoke(cli, ["train", f"{root / 'small.py'}:Small", "--dataset", "fake", "--epochs",
+                                          str(epochs), "--batch-size", "64", "--device", "cpu", "--name", name,
+                                          "--out", str(root / "reports")])
+        assert result.exit_code == 0, result.output
+    return root / "reports"
+
+
+def test_per_class_metrics_by_hand():
+    # class 2 never occurs and is never predicted: its precision, recall and F1 are 0
+    cm = evaluate.confusion_counts([0] * 6 + [1] * 4, [0] * 5 + [1] + [0, 0, 1, 1], 3)
+    assert cm.tolist() == [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
+    m = evaluate.per_class_metrics(cm)
+    assert m["precision"] == pytest.approx([5 / 7, 2 / 3, 0])
+    assert m["recall"] == pytest.approx([5 / 6, 1 / 2, 0])
+    assert m["f1"] == pytest.approx([10 / 13, 4 / 7, 0])
+    assert m["support"].tolist() == [6, 4, 0]
+    assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 3)
+    assert m["weighted_avg"]["precision"] == pytest.approx(0.6 * 5 / 7 + 0.4 * 2 / 3)
+    assert m["weighted_avg"]["recall"] == pytest.approx(0.7)  # = accuracy
+    top = evaluate.top_confusions(cm, ["a", "b", "c"])
+    assert top == [{"true": "b", "pred": "a", "count": 2, "rate": 0.5},
+                   {"true": "a", "pred": "b", "count": 1, "rate": pytest.approx(1 / 6)}]
+
+
+def test_evaluate_json_agrees_with_the_files(runner, runs):
+    run = runs / "two"
+    result = runner.invoke(cli, ["evaluate", str(run), "--format", "json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    cm = np.array(report["confusion"])
+    assert cm.sum() == report["num_test"] == 128
+    assert report["test_acc"] == pytest.approx(100 * np.trace(cm) / 128)
+    with open(run / "confusion_matrix.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["true\\pred", *report["classes"]]
+    assert np.array([[int(v) for v in r[1:]] for r in rows[1:]]).tolist() == cm.tolist()
+    for i, c in enumerate(report["per_class"]):
+        assert c["support"] == cm[i].sum()
+        assert c["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] == report["test_acc"] and metrics["test_loss"] == report["test_loss"]
+    assert metrics["macro_avg"] == report["macro_avg"] and metrics["epochs"] == 2  # training keys kept
+    off_diagonal = cm - np.diag(np.diag(cm))
+    if off_diagonal.any():
+        assert report["top_confusions"][0]["count"] == off_diagonal.max()
+
+
+def test_evaluate_markdown_and_checkpoint_file(runner, runs):
+    result = runner.invoke(cli, ["evaluate", str(runs / "one" / "checkpoints" / "last.pth"), "--format", "markdown",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((runs / "one" / "metrics.json").read_text())
+    assert f"Test accuracy {metrics['test_acc']:.2f}% (128 images)" in result.output
+    assert "| **macro avg** |" in result.output and "| **weighted avg** |" in result.output
+    missing = runner.invoke(cli, ["evaluate", str(runs / "nope")])
+    assert missing.exit_code == 2 and "neither a run folder nor a checkpoint" in missing.output
+
+
+def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
+    out = tmp_path / "combined"
+    result = runner.invoke(cli, ["compare", str(runs / "one"), str(runs / "two"), "--out", str(out),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["run"] for r in rows] == ["one", "two"]
+    for row in rows:
+        metrics = json.loads((runs / row["run"] / "metrics.json").read_text())
+        for key in ("model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
+                    "images_per_s"):
+            assert row[key] == metrics[key], key
+    assert [r["epochs"] for r in rows] == [1, 2]
+    with open(out / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["one", "two"] and float(table[1]["test_acc"]) == rows[1]["test_acc"]
+    md = (out / "summary.md").read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith("| run | model | params | best val acc (%) | test acc (%)")
+    assert f"| {rows[1]['test_acc']:.2f} |" in md[3]
+    for name in ("combined_acc.png", "combined_loss.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(cli, ["compare", str(runs / "one"), str(tmp_path)])
+    assert bad.exit_code == 2 and "not a finished run folder" in bad.output

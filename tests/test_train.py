@@ -1,0 +1,422 @@
+"""`cnnscope train`: the run folder, exact resume, torchrun, clear errors, and the recipes."""
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnscope import data, recipes, train
+from cnnscope.checkpoint import load_checkpoint
+from cnnscope.cli import cli
+
+LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
+FAKE_TEST = 128  # data.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
+
+TINY_MODEL = textwrap.dedent('''
+    import torch.nn as nn
+
+    class Tiny(nn.Module):
+        """BN and dropout, so that resuming must restore running stats and the RNG."""
+
+        def __init__(self, num_classes=10, width=8):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.drop = nn.Dropout(0.3)
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.drop(self.features(x)))
+''')
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny_model.py"
+    path.write_text(TINY_MODEL)
+    return f"{path}:Tiny"
+
+
+def invoke(runner, args):
+    result = runner.invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def train_args(spec, out, *extra, epochs=2, batch_size=32):
+    return ["train", spec, "--dataset", "fake", "--epochs", epochs, "--batch-size", batch_size, "--device", "cpu",
+            "--out", out, *extra]
+
+
+def read_log(run):
+    with open(run / "train_log.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, [{k: float(v) for k, v in row.items()} for row in reader]
+
+
+@pytest.fixture(scope="module")
+def basic_run(tmp_path_factory):
+    """One real 2-epoch run of the zoo's basic model on fake data, shared by the content tests."""
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("reports")
+    result = invoke(CliRunner(), train_args("basic", out, "--save-every", 1, batch_size=64))
+    assert result.exit_code == 0, result.output
+    return out / "basic", result.output
+
+
+# ---- the run folder ---------------------------------------------------------------------------
+
+def test_run_folder_has_every_file(basic_run):
+    run, _ = basic_run
+    for name in ["config.json", "train_log.csv", "metrics.json", "model_summary.txt", "rf.md",
+                 "classification_report.csv", "classification_report.md", "confusion_matrix.csv",
+                 "checkpoints/last.pth", "checkpoints/best.pth", "checkpoints/epoch_001.pth",
+                 "checkpoints/epoch_002.pth"]:
+        assert (run / name).stat().st_size > 0, name
+    for name in ["acc_curves", "loss_curves", "lr", "cm", "test_samples_grid", "misclassified_grid"]:
+        assert (run / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "84,322" in (run / "model_summary.txt").read_text()
+    assert "**Final RF:** 55" in (run / "rf.md").read_text()
+
+
+def test_train_log_and_metrics_agree(basic_run):
+    run, output = basic_run
+    columns, rows = read_log(run)
+    assert columns == LOG_COLUMNS
+    assert [r["epoch"] for r in rows] == [1, 2]
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = max(rows, key=lambda r: r["val_acc"])  # first of equals, as the trainer keeps the first
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["best_val_acc"] == pytest.approx(best["val_acc"], abs=1e-4)
+    assert metrics["epochs"] == 2 and metrics["params"] == 84322 and metrics["selected_on"] == "val"
+    assert metrics["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in rows), abs=1e-4)
+    assert 0 < metrics["images_per_s"]
+    for r in rows:  # accuracies are percentages of whole counts of the 461 training / 51 validation images
+        for key, n in (("train_acc", 461), ("val_acc", 51)):
+            assert abs(r[key] * n / 100 - round(r[key] * n / 100)) < 1e-3
+        assert r["images_per_s"] > 461 / r["epoch_time_s"]  # throughput counts training time only
+    # OneCycle (max_lr 0.1, div 10, final div 100) ends at 1e-4 on the last batch
+    assert rows[-1]["lr"] == pytest.approx(0.1 / 10 / 100, rel=0.02)
+    assert f"test acc {metrics['test_acc']:.2f}%" in " ".join(output.split())
+
+
+def test_confusion_matrix_and_report_match_the_test_set(basic_run):
+    run, _ = basic_run
+    with open(run / "confusion_matrix.csv", newline="") as f:
+        table = list(csv.reader(f))
+    classes = table[0][1:]
+    assert classes == data.load_dataset("fake").classes == [r[0] for r in table[1:]]
+    cm = torch.tensor([[int(v) for v in r[1:]] for r in table[1:]])
+    assert cm.sum() == FAKE_TEST
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] == pytest.approx(100 * cm.trace().item() / FAKE_TEST)
+    with open(run / "classification_report.csv", newline="") as f:
+        report = {r["class"]: r for r in csv.DictReader(f)}
+    for i, name in enumerate(classes):
+        support, predicted = cm[i].sum().item(), cm[:, i].sum().item()
+        assert int(report[name]["support"]) == support
+        recall = cm[i, i].item() / support
+        precision = cm[i, i].item() / predicted if predicted else 0.0
+        assert float(report[name]["recall"]) == pytest.approx(recall, abs=1e-4)
+        assert float(report[name]["precision"]) == pytest.approx(precision, abs=1e-4)
+    f1 = [float(report[c]["f1"]) for c in classes]
+    assert float(report["macro avg"]["f1"]) == pytest.approx(sum(f1) / len(f1), abs=1e-3)
+    assert metrics["macro_avg"]["f1"] == pytest.approx(float(report["macro avg"]["f1"]), abs=1e-4)
+    # weighted recall is accuracy
+    assert metrics["weighted_avg"]["recall"] == pytest.approx(metrics["test_acc"] / 100)
+    assert "| **macro avg** |" in (run / "classification_report.md").read_text()
+
+
+def test_config_and_checkpoints_rebuild_the_run(basic_run):
+    run, _ = basic_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "basic" and config["dataset"] == "fake" and config["seed"] == 0
+    assert config["epochs"] == 2 and config["ctor"] == {"num_classes": 10}
+    assert config["versions"]["torch"] == str(torch.__version__)
+    recipe = config["options"]["recipe"]
+    assert (recipe["lr"], recipe["scheduler"], recipe["batch_size"], recipe["augment"]["cutout"]) == (0.1, "onecycle", 64, 16)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pth")  # weights_only
+    assert ckpt["epoch"] == 2 and ckpt["dataset"] == "fake" and ckpt["input_shape"] == [3, 32, 32]
+    assert ckpt["classes"] == data.load_dataset("fake").classes and len(ckpt["mean"]) == len(ckpt["std"]) == 3
+    best = load_checkpoint(run / "checkpoints" / "best.pth")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert best["epoch"] == metrics["best_epoch"] and best["best_metric"] == metrics["best_val_acc"]
+    epoch1 = load_checkpoint(run / "checkpoints" / "epoch_001.pth")
+    assert epoch1["epoch"] == 1
+
+
+def test_val_split_zero_selects_on_test(runner, tmp_path, tiny_spec):
+    result = invoke(runner, train_args(tiny_spec, tmp_path, "--val-split", 0, epochs=1))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "Tiny" / "metrics.json").read_text())
+    assert metrics["selected_on"] == "test"
+    _, rows = read_log(tmp_path / "Tiny")
+    # the "val" columns hold the test set's numbers: the same model scores the same in evaluate
+    assert rows[0]["val_acc"] == pytest.approx(metrics["test_acc"], abs=1e-4) == metrics["best_val_acc"]
+    assert rows[0]["val_loss"] == pytest.approx(metrics["test_loss"], abs=1e-4)
+    assert "test loss" in " ".join(result.output.split())
+
+
+# ---- resume -----------------------------------------------------------------------------------
+
+class InterruptingLoader:
+    """Wraps the training loader; sends this process a real SIGINT before batch `batch` of `epoch`."""
+
+    def __init__(self, loader, epoch, batch):
+        self.loader, self.at, self.epoch = loader, (epoch, batch), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.loader.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if (self.epoch, i) == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def interrupt_training_at(monkeypatch, epoch, batch):
+    make_loader = data.make_loader
+
+    def patched(split, dataset, **kw):
+        loader = make_loader(split, dataset, **kw)
+        return InterruptingLoader(loader, epoch, batch) if kw["train"] else loader
+
+    monkeypatch.setattr(data, "make_loader", patched)
+
+
+RESUME_ARGS = ["--seed", 3, "--recipe", "warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_spec, tmp_path_factory):
+    """An uninterrupted 2-epoch run of the tiny model (OneCycle, the full basic augmentation, dropout)."""
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("whole")
+    result = invoke(CliRunner(), train_args(tiny_spec, out, *RESUME_ARGS))
+    assert result.exit_code == 0, result.output
+    return out / "Tiny"
+
+
+@pytest.mark.parametrize("epoch, batch, stops_at", [
+    (1, 3, "epoch 2, batch 10/15"),  # mid-epoch: stops at the next report point (every 10 batches)
+    (0, 14, "the end of epoch 1"),  # during the last batch: epoch 1 completes, then it stops
+])
+def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, monkeypatch, tiny_spec, tiny_run,
+                                                            epoch, batch, stops_at):
+    with monkeypatch.context() as m:
+        interrupt_training_at(m, epoch, batch)
+        stopped = invoke(runner, train_args(tiny_spec, tmp_path, *RESUME_ARGS))
+    assert stopped.exit_code == 130, stopped.output
+    run = tmp_path / "Tiny"
+    text = " ".join(stopped.output.split())
+    assert f"Stopped at {stops_at}" in text and f"cnnscope train --resume {run} --device cpu" in text
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] == 1
+
+    resumed = invoke(runner, ["train", "--resume", run, "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+
+    for name in ("last.pth", "best.pth"):
+        a, b = (load_checkpoint(r / "checkpoints" / name) for r in (tiny_run, run))
+        assert a["model"].keys() == b["model"].keys()
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+        for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+            assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+        assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["scheduler"]["last_epoch"] == 2 * 15
+    (_, log_a), (_, log_b) = read_log(tiny_run), read_log(run)
+    timing = ("epoch_time_s", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in log_a] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in log_b]
+    metrics_a, metrics_b = (json.loads((r / "metrics.json").read_text()) for r in (tiny_run, run))
+    assert metrics_a["test_acc"] == metrics_b["test_acc"] and metrics_a["test_loss"] == metrics_b["test_loss"]
+
+
+def test_resume_refuses_another_model_and_changed_settings(runner, tiny_spec, tiny_run):
+    other = invoke(runner, ["train", "basic", "--resume", tiny_run])
+    assert other.exit_code == 2 and "is a checkpoint of model" in other.output and "'basic'" in other.output
+    changed = invoke(runner, ["train", "--resume", tiny_run, "--lr", "0.5", "--seed", "7", "--ctor", "width=4"])
+    assert changed.exit_code == 2
+    assert "recipe.lr" in changed.output and "seed" in changed.output and "ctor.width" in changed.output
+    again = invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS))
+    assert again.exit_code == 2 and "already holds a run" in again.output and "--overwrite" in again.output
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(runner, tmp_path):
+    missing = invoke(runner, ["train", "--resume", tmp_path / "nothing"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    corrupt = tmp_path / "run" / "checkpoints" / "last.pth"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    result = invoke(runner, ["train", "--resume", tmp_path / "run"])
+    assert result.exit_code == 2 and "could not be read" in result.output
+    weights_only = tmp_path / "weights.pth"
+    torch.save({"model_spec": "basic", "ctor": {}, "model": {}}, weights_only)
+    result = invoke(runner, ["train", "--resume", weights_only])
+    assert result.exit_code == 2 and "cannot be resumed" in result.output
+
+
+def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, monkeypatch):
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    result = invoke(runner, ["train", "basic", "--dataset", "cifar10", "--data-dir", tmp_path / "data",
+                             "--out", tmp_path / "reports", "--device", "cpu"])
+    assert result.exit_code == 2 and "cifar-10-python.tar.gz" in result.output
+    assert not (tmp_path / "reports" / "basic").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runner, tmp_path, monkeypatch, tiny_spec):
+    """Poisoned batches in epoch 2: the run stops with a clear message; last.pth still holds epoch 1."""
+    make_loader = data.make_loader
+
+    class Poisoned(InterruptingLoader):
+        def __iter__(self):
+            for x, y in self.loader:
+                yield (x * math.nan if self.epoch == 1 else x), y
+
+    monkeypatch.setattr(data, "make_loader", lambda split, ds, **kw: Poisoned(make_loader(split, ds, **kw), 0, 0)
+                        if kw["train"] else make_loader(split, ds, **kw))
+    result = invoke(runner, train_args(tiny_spec, tmp_path, epochs=3))
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "the loss became nan in epoch 2" in text and "last.pth still holds epoch 1" in text
+    assert load_checkpoint(tmp_path / "Tiny" / "checkpoints" / "last.pth")["epoch"] == 1
+    _, rows = read_log(tmp_path / "Tiny")
+    assert len(rows) == 1 and all(math.isfinite(v) for v in rows[0].values())
+
+
+# ---- distributed ------------------------------------------------------------------------------
+
+def test_torchrun_two_cpu_processes_write_one_report(tmp_path, tiny_spec):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnscope",
+           "train", tiny_spec, "--dataset", "fake", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["Tiny"]
+    run = tmp_path / "Tiny"
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert proc.stdout.count("Done in") == 1  # only rank 0 prints
+    _, rows = read_log(run)
+    assert len(rows) == 1
+    # each rank trained 230 of the 461 images per epoch (the epoch is cut to a multiple of 2)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert ckpt["loop"]["train_images"] == 460 and len(ckpt["rng"]) == 2
+    cm = [[int(v) for v in r[1:]] for r in list(csv.reader(open(run / "confusion_matrix.csv")))[1:]]
+    assert sum(map(sum, cm)) == FAKE_TEST
+
+
+# ---- recipes, schedules, optimizer groups -----------------------------------------------------
+
+def test_recipes_follow_the_models_table():
+    basic = recipes.get_recipe("basic")
+    assert (basic.optimizer, basic.lr, basic.momentum, basic.nesterov, basic.weight_decay, basic.batch_size,
+            basic.epochs, basic.scheduler, basic.pct_start, basic.div_factor, basic.final_div_factor) == \
+           ("sgd", 0.1, 0.9, True, 5e-4, 128, 25, "onecycle", 0.15, 10.0, 100.0)
+    assert basic.augment == data.AugmentSpec(hflip=0.5, affine_p=0.5, translate=0.0625, scale=(0.9, 1.1),
+                                             rotate=15, cutout=16, cutout_p=0.5, cutout_fill="mean")
+    tiny = recipes.get_recipe("tiny")
+    assert (tiny.lr, tiny.scheduler, tiny.plateau_factor, tiny.plateau_patience, tiny.early_stop_patience,
+            tiny.epochs, tiny.augment.affine_p, tiny.augment.rotate) == (0.045, "plateau", 0.1, 2, 6, 50, 0.7, 10)
+    egrr = recipes.get_recipe("egrr")
+    assert (egrr.dataset, egrr.epochs, egrr.scheduler, egrr.warmup_epochs, egrr.grad_clip, egrr.label_smoothing,
+            egrr.depth_warmup_epochs, egrr.tau_start, egrr.tau_end) == ("cifar100", 200, "cosine", 5, 5.0, 0.1, 20, 1.0, 0.1)
+    assert egrr.augment.autoaugment and egrr.augment.cutout == 8 and egrr.augment.crop_pad == 4
+    ectied, swrn = recipes.get_recipe("ectied"), recipes.get_recipe("swrn")
+    assert (ectied.scheduler, ectied.nesterov, ectied.augment) == ("cosine", False, data.AugmentSpec(hflip=0.5, crop_pad=4))
+    assert (swrn.scheduler, swrn.step_milestones, swrn.step_gamma) == ("step", (0.3, 0.6, 0.8), 0.2)
+    assert recipes.get_recipe("some/file.py:Net") == recipes.get_recipe("basic")
+
+
+def test_short_runs_shrink_epoch_schedules_unless_given():
+    egrr = recipes.get_recipe("egrr")
+    short = recipes.resolve(egrr, {"epochs": 20})
+    assert (short.epochs, short.warmup_epochs, short.depth_warmup_epochs) == (20, 0.5, 2.0)
+    given = recipes.resolve(egrr, {"epochs": 20, "warmup_epochs": 3}, {"cutout": 16})
+    assert (given.warmup_epochs, given.augment.cutout, given.augment.autoaugment) == (3.0, 16, True)
+    with pytest.raises(Exception, match="Unknown recipe field"):
+        recipes.resolve(egrr, {"warmup": 3})
+    with pytest.raises(Exception, match="takes a int"):
+        recipes.resolve(egrr, {"epochs": "many"})
+    assert recipes.recipe_from_json(given.to_json()) == given
+
+
+def lrs(recipe, steps_per_epoch=10):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr, momentum=0.9)
+    scheduler, per_batch = train.build_scheduler(optimizer, recipe, steps_per_epoch)
+    out = []
+    for epoch in range(recipe.epochs):
+        for _ in range(steps_per_epoch if per_batch else 1):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if per_batch:
+                scheduler.step()
+        if not per_batch:
+            scheduler.step()
+    return out, per_batch
+
+
+def test_schedules():
+    onecycle, per_batch = lrs(recipes.resolve(recipes.get_recipe("basic"), {"epochs": 20}))
+    assert per_batch and len(onecycle) == 200
+    assert onecycle[0] == pytest.approx(0.01) and max(onecycle) == pytest.approx(0.1)
+    assert onecycle.index(max(onecycle)) == 29 and onecycle[-1] == pytest.approx(1e-4, rel=1e-3)
+    cosine, per_batch = lrs(recipes.resolve(recipes.get_recipe("egrr"), {"epochs": 40}))  # warm-up 1 epoch
+    assert per_batch and cosine[:10] == pytest.approx([0.01 * (i + 1) for i in range(10)])
+    assert cosine[10] == pytest.approx(0.1) and cosine[-1] < 1e-4
+    step, per_batch = lrs(recipes.resolve(recipes.get_recipe("swrn"), {"epochs": 10}))
+    assert not per_batch and step == pytest.approx([0.1] * 3 + [0.02] * 3 + [0.004] * 2 + [0.0008] * 2)
+
+
+def test_egrr_depth_warmup_and_tau_annealing():
+    class Recursive(nn.Module):
+        steps = 6
+
+        def set_depth(self, depth):
+            pass
+
+        def set_tau(self, tau):
+            pass
+
+    recipe = recipes.get_recipe("egrr")
+    settings = [train.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
+    assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
+    assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
+    assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
+    assert train.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+
+
+def test_soft_sharing_coefficients_get_no_weight_decay():
+    from models.soft_sharing import SWRN
+
+    model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
+    optimizer = train.build_optimizer(model, recipes.get_recipe("swrn"))
+    coefficients = {id(m.coefficients) for m in model.modules() if hasattr(m, "coefficients")}
+    assert coefficients
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert group["weight_decay"] == (0.0 if ids <= coefficients else 5e-4)
+        assert not (ids & coefficients) or ids <= coefficients
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
