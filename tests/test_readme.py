@@ -482,3 +482,23 @@ def test_seed_readme_markers_filled_from_short_runs(tmp_path, runner):
     computed = update_text('<!-- COMBINED_SUMMARY_TABLE runs="reports/base_model elsewhere/second" -->\n'
                            "<!-- /COMBINED_SUMMARY_TABLE -->\n", Renderer(tmp_path))
     assert body_of(computed, "COMBINED_SUMMARY_TABLE") == summary
+
+
+# ---- the project's own README ---------------------------------------------------------------------
+
+PROJECT_README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_project_readme_is_up_to_date(runner, monkeypatch):
+    """The README's result blocks are filled from the committed reports/ and the live zoo."""
+    monkeypatch.chdir(PROJECT_README.parent)
+    result = runner.invoke(cli, ["update-readme", "--check", str(PROJECT_README)])
+    assert result.exit_code == 0, result.output
+
+
+def test_project_readme_documents_every_block_kind():
+    from cnnscope.readme import KINDS
+
+    text = PROJECT_README.read_text(encoding="utf-8")
+    missing = [kind for kind in KINDS if f"`{kind}`" not in text]
+    assert not missing, f"README.md does not document block kinds {missing}"
