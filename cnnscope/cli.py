@@ -33,8 +33,6 @@ def tune_cpu_runtime():
         libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
-tune_cpu_runtime()
-
 FORMATS = ("table", "markdown", "json")
 
 
@@ -707,6 +705,7 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile_model,
 
 
 def main():
+    tune_cpu_runtime()  # process-wide, so here and not at import (tests import this module)
     cli(prog_name="cnnscope")
 
 
