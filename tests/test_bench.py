@@ -1,0 +1,184 @@
+"""Batch-norm folding, channels_last, and `cnnscope bench`."""
+import json
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from cnnscope.cli import cli
+from cnnscope.fuse import conv_bn_pairs, fold_batchnorm, to_channels_last
+
+# (model, constructor keywords, BNs that fold). Every BN of the compact models reads a conv output;
+# egrr folds its stem and its 4 projection BNs, never the 38 ISNorm BNs that read a gated mix; swrn
+# folds the bn2 after each stage's first (plain) conv1, and, at width > 1, the first block's bn1,
+# which alone reads the stem conv's output (the block's 1x1 shortcut reads the activated BN output);
+# never a pre-activation bn1 that reads a residual sum, the final bn, or a bn2 after an SConv2d (its
+# weight is a mix of shared templates). ectied has GroupNorms only.
+FOLDS = [
+    ("basic", {}, 9),
+    ("dilated", {}, 10),
+    ("tiny", {}, 20),
+    ("ectied", {}, 0),
+    ("egrr", {}, 5),
+    ("swrn", {"depth": 16, "width": 2, "num_templates": 2}, 4),
+]
+
+
+def randomize_batchnorms(model):
+    """Running statistics and affines far from the identity, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("name,kw,expected", FOLDS, ids=[f[0] for f in FOLDS])
+def test_fold_batchnorm_is_exact(name, kw, expected):
+    torch.manual_seed(0)
+    model = randomize_batchnorms(models.build(name, **kw)).eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert len(folded.folded_batchnorms) == expected
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == bns - expected
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    assert not folded.training and sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == bns  # a copy
+
+
+def test_fold_finds_the_right_pairs():
+    egrr = models.build("egrr")
+    pairs = conv_bn_pairs(egrr)
+    assert ("stem.0", "stem.1") in pairs
+    assert all(".norm." not in bn for _, bn in pairs)  # no ISNorm
+    first_bn2s = [(f"stage{i}.blocks.0.conv1", f"stage{i}.blocks.0.bn2") for i in (1, 2, 3)]
+    # width 1: stage 1's first block has no shortcut conv, so the residual reads the stem output too
+    swrn = models.build("swrn", depth=16, width=1, num_templates=2)
+    assert conv_bn_pairs(swrn) == first_bn2s
+    swrn = models.build("swrn", depth=16, width=2, num_templates=2)
+    assert conv_bn_pairs(swrn) == [("conv", "stage1.blocks.0.bn1"), *first_bn2s]
+
+
+class ConvBNResidual(nn.Module):
+    """The conv output also feeds the residual: folding the BN would change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        c = self.conv(x)
+        return self.bn(c) + c
+
+
+class PreActivation(nn.Module):
+    """BN-ReLU-conv: the BN reads the block input, not a conv output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv0(x)
+        return self.conv(torch.relu(self.bn(x + 1)))
+
+
+class TiedConvOneBN(nn.Module):
+    """One conv called twice, its BN after the second call only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(torch.relu(self.conv(x))))
+
+
+class TiedConvBN(nn.Module):
+    """A conv-BN pair called twice (weight tying): folds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        for _ in range(2):
+            x = torch.relu(self.bn(self.conv(x)))
+        return x
+
+
+@pytest.mark.parametrize("module,expected", [(ConvBNResidual, []), (PreActivation, []), (TiedConvOneBN, []),
+                                             (TiedConvBN, [("conv", "bn")])])
+def test_fold_only_where_the_bn_reads_a_conv_output_alone(module, expected):
+    torch.manual_seed(0)
+    model = randomize_batchnorms(module()).eval()
+    folded = fold_batchnorm(model, input_shape=(3, 8, 8))
+    assert folded.folded_batchnorms == expected
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_channels_last_skips_5d_templates():
+    model = models.build("swrn", depth=16, width=1, num_templates=2)
+    to_channels_last(model)
+    conv = model.stage1.blocks[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.stride()[1] == 1
+    templates = model.stage1.bank.templates
+    assert templates.dim() == 5 and templates.is_contiguous()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    assert conv.grad.is_contiguous(memory_format=torch.channels_last)
+    assert templates.grad is not None and templates.grad.shape == templates.shape
+
+
+def documented_json_keys():
+    """The keys the bench command's help promises, from its "JSON: {...}" block."""
+    block = re.search(r"JSON: \{(.*?)\}", cli.commands["bench"].help, re.S).group(1)
+    return {key for key in re.findall(r"([a-z_]+)(?=[,\s(]|$)", re.sub(r"\(.*?\)", "", block, flags=re.S))}
+
+
+def test_bench_json_has_every_documented_key(runner):
+    result = runner.invoke(cli, ["bench", "basic", "--steps", "2", "--batch-size", "8", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) == documented_json_keys()
+    numbers = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert all(v > 0 for v in numbers.values()), numbers
+    assert out["flops_per_image"] == 2 * 13_728_256 and out["params"] == 84_322 and out["folded_batchnorms"] == 9
+    assert out["train_gflop_per_s"] == pytest.approx(3 * out["flops_per_image"] * out["train_images_per_s"] / 1e9)
+    assert out["peak_fraction"] == pytest.approx(out["train_gflop_per_s"] / out["peak_gflop_per_s"])
+    assert (out["device"], out["batch_size"], out["steps"], out["matmul_size"]) == ("cpu", 8, 2, 2048)
+    assert out["peak_memory_source"] == "cpu_max_rss" and out["compile"] is False
+
+
+def test_bench_amp_on_cpu_is_a_clear_error(runner):
+    result = runner.invoke(cli, ["bench", "basic", "--amp", "--device", "cpu", "--steps", "1"])
+    assert result.exit_code == 2 and "CUDA" in result.output and "Traceback" not in result.output
+
+
+def test_a_failing_compile_is_a_clear_error(runner, monkeypatch):
+    import cnnscope.bench
+
+    def no_compiler(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(cnnscope.bench, "compile_model", lambda model: torch.compile(model, backend=no_compiler))
+    result = runner.invoke(cli, ["bench", "basic", "--compile", "--steps", "1", "--batch-size", "2"])
+    assert result.exit_code == 2, result.output
+    assert "torch.compile failed on this machine (RuntimeError: no C++ compiler here)" in result.output
+    assert "without --compile" in result.output
+    assert "Traceback" not in result.output
