@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.summary import probe_forward
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -92,17 +93,11 @@ def conv_bn_pairs(model: nn.Module, input_shape=(3, 32, 32)) -> list[tuple[str, 
         elif type(module) is nn.BatchNorm2d and module.track_running_stats and module.running_mean is not None:
             handles.append(module.register_forward_pre_hook(bn_hook))
     counter = _ReadCounter()
-    was_training = model.training
-    model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad(), counter:
-            model(torch.zeros(1, *input_shape, device=device))
+        probe_forward(model, input_shape, counter)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
     pairs = []
     for bn, inputs in bn_inputs.items():

@@ -159,6 +159,20 @@ def _first_tensor(obj):
     return None
 
 
+def probe_forward(model: nn.Module, input_shape, mode):
+    """One no-grad forward of a (1, *input_shape) zero batch in eval mode, inside `mode` (a
+    TorchFunctionMode or any context manager); the model's training flag is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.no_grad(), mode:
+            return model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+
+
 def summarize(model: nn.Module, input_shape=(3, 32, 32)) -> SummaryResult:
     """Run one (1, *input_shape) forward pass in eval mode and tabulate every module call."""
     recorder = _CallRecorder()
@@ -184,17 +198,11 @@ def summarize(model: nn.Module, input_shape=(3, 32, 32)) -> SummaryResult:
     for module in names:
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook))
-    was_training = model.training
-    model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad(), recorder:
-            model(torch.zeros(1, *input_shape, device=device))
+        probe_forward(model, input_shape, recorder)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
     for call in calls:
         call.calls = counts[model.get_submodule(call.name)] if call.name else 1
