@@ -91,6 +91,18 @@ def apply_model_settings(model, settings: dict) -> None:
         model.set_tau(settings["tau"])
 
 
+def load_weights(model, ckpt: dict, source, target: str) -> None:
+    """Load a checkpoint's weights into `model` (built from SPEC `target`), or explain the mismatch."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CnnscopeError(
+            f"The weights of {source} do not fit {target!r}: {str(e).splitlines()[0][:300]}. They were "
+            f"trained for {ckpt['model_spec']!r} with constructor keywords {ckpt.get('ctor') or {}}; "
+            "use that model and configuration."
+        ) from None
+
+
 def load_run_model(run):
     """Rebuild the model of a run or checkpoint with its trained weights (eval mode).
 
@@ -101,13 +113,7 @@ def load_run_model(run):
     folder, path = resolve_run(run)
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["model_spec"], ckpt.get("ctor") or {})
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CnnscopeError(
-            f"Checkpoint {path} does not fit model {ckpt['model_spec']!r}: "
-            f"{str(e).splitlines()[0][:300]}. It was written for another model or configuration."
-        ) from None
+    load_weights(model, ckpt, path, ckpt["model_spec"])
     # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
     # run trained down to tau=0.1 would be read at tau=1.
     apply_model_settings(model, ckpt.get("model_settings") or {})

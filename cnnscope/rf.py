@@ -931,7 +931,7 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
 
 def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, progress):
     from cnnscope import plots
-    from cnnscope.checkpoint import load_run_model
+    from cnnscope.checkpoint import load_run_model, load_weights
     from cnnscope.inspect import Target, load_test_images
     from cnnscope.spec import build_model
 
@@ -941,13 +941,7 @@ def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, progress):
     model, ckpt, run_dir = load_run_model(run)
     if spec is not None:  # the run's weights in SPEC's architecture
         model = build_model(spec, ctor)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CnnscopeError(
-                f"The weights of {run} do not fit {spec}: {str(e).splitlines()[0][:300]}. The run trained "
-                f"{ckpt['model_spec']!r}; pass that SPEC, or none."
-            ) from None
+        load_weights(model, ckpt, run, spec)
         model.eval()
     images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt), n_images, data_dir=data_dir)
     shape = tuple(images.x.shape[1:])
