@@ -3,7 +3,9 @@
 Everything runs on synthetic batches of the input size, so no dataset is read:
 
 - training: forward + backward + optimizer step (the model's recipe: optimizer, label smoothing,
-  gradient clipping), the model and its input in channels_last as `cnnscope train` runs them;
+  gradient clipping), the model and its input in channels_last as `cnnscope train` runs them, in
+  as many data-parallel processes as `cnnscope train --procs` starts (DistributedDataParallel on
+  gloo, each with cores/N threads and 1/N of the batch; the gradient all-reduce is timed too);
 - inference: `torch.inference_mode`, batch norm folded into the convs, channels_last (what
   `cnnscope evaluate` and the per-epoch validation run);
 - the data path on its own: the training loader over a uint8 tensor with the recipe's AugmentSpec,
@@ -18,6 +20,7 @@ matmuls alternate, so that both see the same load and their ratio is fair on a s
 data loader's rate is its images over the wall time of the timed batches (its workers run ahead,
 so single batches mean little).
 """
+import datetime
 import os
 import resource
 import statistics
@@ -25,12 +28,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 
 from cnnscope import data, recipes, summary
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, resolve_device
-from cnnscope.fuse import compile_errors, compile_model, inference_copy, to_channels_last
+from cnnscope.fuse import compile_errors, compile_model, inference_copy, to_channels_last, training_ops
 
 WARMUP_STEPS = 3
 DATA_MIN_BATCHES = 10  # a loader's rate needs more batches than its workers prefetch
@@ -41,7 +46,8 @@ ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader
 class BenchResult:
     model: str
     device: str
-    threads: int  # torch intra-op threads
+    threads: int  # torch intra-op threads (of each training process)
+    procs: int  # data-parallel training processes
     omp_wait_policy: str  # the OMP_WAIT_POLICY environment variable ("" when unset)
     batch_size: int
     steps: int  # timed steps (after WARMUP_STEPS)
@@ -71,7 +77,8 @@ class BenchResult:
     def rows(self) -> list[tuple[str, str]]:
         """(quantity, value) for the table and markdown renderings."""
         policy = f" (OMP_WAIT_POLICY={self.omp_wait_policy})" if self.omp_wait_policy else ""
-        where = f"{self.device}, {self.threads} threads{policy}" + (", compiled" if self.compile else "") + (
+        procs = f"{self.procs} processes x " if self.procs > 1 else ""
+        where = f"{self.device}, {procs}{self.threads} threads{policy}" + (", compiled" if self.compile else "") + (
             ", AMP" if self.amp else "") + (", channels_last" if self.channels_last else "")
         return [
             ("model", f"{self.model} ({self.params:,} params), input {'x'.join(map(str, self.input_shape))}"),
@@ -159,29 +166,15 @@ def _peak_memory_mb(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "cpu_max_rss"
 
 
-def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto", steps=20, compile=False,
-          amp=None, channels_last=True, input_shape=(3, 32, 32), progress=None) -> BenchResult:
-    """Benchmark SPEC on `device` (see the module docstring). amp=None: on with CUDA.
-
-    `progress`, if given, is called with a short description before each phase.
-    """
+def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape, ddp=False):
+    """(model, its input batch, one training step) as `cnnscope train` runs them; with `ddp` the
+    model is wrapped in DistributedDataParallel (the process group must exist)."""
     from cnnscope.spec import build_model
-    from cnnscope.train import build_optimizer
+    from cnnscope.train import build_optimizer, data_parallel
 
-    if steps < 1 or batch_size < 1:
-        raise CnnscopeError(f"--steps and --batch-size must be at least 1, got {steps} and {batch_size}.")
-    device = resolve_device(device)
-    if amp is None:
-        amp = device.type == "cuda"
-    elif amp and device.type != "cuda":
-        raise CnnscopeError("--amp (float16 autocast) runs on CUDA only; leave it out on the CPU.")
-    report = progress or (lambda message: None)
     recipe = recipes.get_recipe(spec)
-    input_shape = tuple(input_shape)
-    model = build_model(spec, ctor or {})
-    flops = 2 * summary.summarize(model, input_shape).macs
-    params = sum(p.numel() for p in model.parameters())
-    model.to(device)
+    torch.manual_seed(0)  # the same weights in every process
+    model = build_model(spec, ctor or {}).to(device)
     if channels_last:
         to_channels_last(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -189,19 +182,17 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     with torch.no_grad():
         num_classes = model.eval()(x[:1]).shape[1]
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.cuda.reset_peak_memory_stats(device)
-
-    report("training steps and matmul peak")
     optimizer = build_optimizer(model, recipe)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    train_model = compile_model(model) if compile else model
+    train_model = data_parallel(model) if ddp else model
+    train_model = compile_model(train_model) if compile else train_model
     model.train()
 
+    fast_ops = training_ops(device, compile)
+
     def train_step():
-        with autocast(device, amp):
+        with autocast(device, amp), fast_ops:
             loss = criterion(train_model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -211,15 +202,132 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
         scaler.step(optimizer)
         scaler.update()
 
-    with compile_errors(compile):
-        warmup_s = warm_up(train_step, device)
-    memory_mb, memory_source = _peak_memory_mb(device)  # before the matmul's operands exist
+    return model, x, train_step
+
+
+def _join_group(rank, procs, port, threads):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=procs, timeout=datetime.timedelta(minutes=5))
+
+
+def _training_rank(rank, procs, port, threads, rounds, setup_args):
+    """A training process > 0 of a data-parallel bench: the same steps as rank 0, in step with it."""
+    from cnnscope.cli import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    _join_group(rank, procs, port, threads)
+    _, _, train_step = training_setup(*setup_args, ddp=True)
+    warm_up(train_step, torch.device("cpu"))
+    for _ in range(rounds):
+        dist.barrier()  # rank 0 times the matmul while the others wait here
+        train_step()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _data_parallel_seconds(procs, setup_args, rounds):
+    """Median seconds of a training step of `procs` gloo processes (rank 0 is this one) and of the
+    matmul on all cores, in alternating rounds: (model, warm-up seconds, (peak memory, its source),
+    {name: seconds}, (matmul size, its FLOPs))."""
+    from cnnscope.launch import _free_port, cpu_cores
+
+    cores = cpu_cores()
+    threads = max(1, cores // procs)
+    port = _free_port()
+    context = mp.get_context("spawn")
+    others = [context.Process(target=_training_rank, args=(rank, procs, port, threads, rounds, setup_args))
+              for rank in range(1, procs)]
+    for process in others:
+        process.start()
+    all_threads = torch.get_num_threads()
+    try:
+        _join_group(0, procs, port, threads)
+        model, _, train_step = training_setup(*setup_args, ddp=True)
+        warmup_s = warm_up(train_step, torch.device("cpu"))
+        memory = _peak_memory_mb(torch.device("cpu"))  # rank 0's, before the matmul's operands exist
+        torch.set_num_threads(all_threads)
+        matmul, size, matmul_flops = matmul_step(torch.device("cpu"))
+        warm_up(matmul, torch.device("cpu"), calls=1)
+        times = {"train": [], "matmul": []}
+        for _ in range(rounds):
+            dist.barrier()
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            train_step()  # ends with the all-reduce: every rank has finished the step
+            times["train"].append(time.perf_counter() - started)
+            torch.set_num_threads(all_threads)
+            started = time.perf_counter()
+            matmul()
+            times["matmul"].append(time.perf_counter() - started)
+        dist.barrier()
+        dist.destroy_process_group()
+    finally:
+        torch.set_num_threads(all_threads)
+        for process in others:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    failed = [process.exitcode for process in others if process.exitcode]
+    if failed:
+        raise CnnscopeError(f"A training process of the data-parallel bench failed (exit code {failed[0]}); "
+                            "run with --procs 1 to see the error in this process.")
+    return model, warmup_s, memory, {name: statistics.median(t) for name, t in times.items()}, (size, matmul_flops)
+
+
+def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto", steps=20, compile=False,
+          amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", progress=None) -> BenchResult:
+    """Benchmark SPEC on `device` (see the module docstring). amp=None: on with CUDA. procs: the
+    training processes, "auto" as `cnnscope train --procs auto` chooses (cnnscope.launch).
+
+    `progress`, if given, is called with a short description before each phase.
+    """
+    from cnnscope.launch import resolve_procs
+    from cnnscope.spec import build_model
+
+    if steps < 1 or batch_size < 1:
+        raise CnnscopeError(f"--steps and --batch-size must be at least 1, got {steps} and {batch_size}.")
+    device = resolve_device(device)
+    if amp is None:
+        amp = device.type == "cuda"
+    elif amp and device.type != "cuda":
+        raise CnnscopeError("--amp (float16 autocast) runs on CUDA only; leave it out on the CPU.")
+    procs = resolve_procs(str(procs), batch_size, device.type)
+    if procs > 1 and compile:
+        raise CnnscopeError("--compile is benchmarked in one process: add --procs 1.")
+    report = progress or (lambda message: None)
+    recipe = recipes.get_recipe(spec)
+    input_shape = tuple(input_shape)
+    probe = build_model(spec, ctor or {})
+    flops = 2 * summary.summarize(probe, input_shape).macs
+    params = sum(p.numel() for p in probe.parameters())
+    del probe
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+
     # the matmul peak is timed in the same rounds as the training steps: the same load for both
-    matmul, size, matmul_flops = matmul_step(device)
-    warm_up(matmul, device, calls=1)
-    seconds = median_seconds({"train": train_step, "matmul": matmul}, steps, device)
+    report("training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
+    threads = torch.get_num_threads()
+    if procs > 1:
+        setup_args = (spec, ctor, batch_size // procs, device, amp, compile, channels_last, input_shape)
+        model, warmup_s, (memory_mb, memory_source), seconds, (size, matmul_flops) = _data_parallel_seconds(
+            procs, setup_args, steps)
+        threads = max(1, threads // procs)
+    else:
+        model, x, train_step = training_setup(spec, ctor, batch_size, device, amp, compile, channels_last,
+                                              input_shape)
+        with compile_errors(compile):
+            warmup_s = warm_up(train_step, device)
+        memory_mb, memory_source = _peak_memory_mb(device)  # before the matmul's operands exist
+        matmul, size, matmul_flops = matmul_step(device)
+        warm_up(matmul, device, calls=1)
+        seconds = median_seconds({"train": train_step, "matmul": matmul}, steps, device)
 
     report("inference")
+    x = torch.randn(batch_size, *input_shape, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     folded = inference_copy(model, input_shape, channels_last)
     infer_model = compile_model(folded) if compile else folded
 
@@ -241,7 +349,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     achieved = 3 * flops * train_rate / 1e9
     peak = matmul_flops / seconds["matmul"] / 1e9
     return BenchResult(
-        model=spec, device=str(device), threads=torch.get_num_threads(),
+        model=spec, device=str(device), threads=threads, procs=procs,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), batch_size=batch_size, steps=steps,
         input_shape=list(input_shape), compile=compile, amp=amp, channels_last=channels_last,
         augment=recipe.augment.describe(), params=params, flops_per_image=flops,

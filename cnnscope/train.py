@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from cnnscope import data, recipes
 from cnnscope.checkpoint import apply_model_settings, load_checkpoint, save_checkpoint
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, predict, resolve_device
-from cnnscope.fuse import compile_errors, compile_model, to_channels_last
+from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
 from cnnscope.recipes import Recipe
 
 INPUT_SHAPE = (3, 32, 32)
@@ -92,15 +93,19 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
     return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
 
 
+def resume_path(resume) -> Path:
+    """--resume RUN|CHECKPOINT -> the checkpoint file (a run folder's checkpoints/last.pth)."""
+    path = Path(resume)
+    return path / "checkpoints" / "last.pth" if path.is_dir() else path
+
+
 def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
                    val_split=None, seed=None, aug_backend=None, train_subset=None, out=None, name=None, **runtime):
     """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable.
 
     Returns (options, checkpoint, run folder).
     """
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pth"
+    path = resume_path(resume)
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
         raise CnnscopeError(
@@ -163,6 +168,14 @@ class Dist:
     def barrier(self):
         if self.world_size > 1:
             dist.barrier()
+
+
+def data_parallel(net: nn.Module) -> nn.Module:
+    """DistributedDataParallel(net). channels_last kernels with a size-1 dim (1x1 convs, depthwise
+    weights) get grads whose strides differ from the params' on those dims only: the same memory
+    order, and DDP copies grads into its buckets either way, so its warning about them is dropped."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return nn.parallel.DistributedDataParallel(net)
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
@@ -386,7 +399,11 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     if ddp.is_main:
         ddp.barrier()
     selected_on = "val" if ds.val is not None else "test"
-    train_loader = data.make_loader(ds.train, ds, batch_size=recipe.batch_size, train=True, augment=recipe.augment,
+    if recipe.batch_size % ddp.world_size:
+        raise CnnscopeError(f"The batch of {recipe.batch_size} does not split evenly over {ddp.world_size} processes; "
+                            f"choose a batch size that {ddp.world_size} divides.")
+    rank_batch = recipe.batch_size // ddp.world_size  # the recipe's batch is the global one
+    train_loader = data.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
                                     backend=opts.aug_backend, device=str(device), seed=opts.seed,
                                     rank=ddp.rank, world_size=ddp.world_size)
     select_loader = data.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
@@ -407,7 +424,7 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    model = nn.parallel.DistributedDataParallel(net) if ddp.world_size > 1 else net
+    model = data_parallel(net) if ddp.world_size > 1 else net
     if opts.compile:
         model = compile_model(model)  # compiles in the first batches; `net` keeps the plain weights
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -454,7 +471,8 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     console.print(
         f"[bold]{opts.name}[/]: {opts.spec} ({n_params:,} params) on {ds.name} ({len(ds.train):,} train / "
         f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
-        f"{recipe.epochs} epochs x {len(train_loader)} batches of {recipe.batch_size} -> {run_dir}"
+        f"{recipe.epochs} epochs x {len(train_loader)} batches of {recipe.batch_size}"
+        + (f" ({ddp.world_size} x {rank_batch})" if ddp.world_size > 1 else "") + f" -> {run_dir}"
     )
     if state.epoch or state.batch:
         console.print(f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
@@ -468,9 +486,9 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
             train_loader.set_epoch(epoch)
             try:
                 with compile_errors(opts.compile):
-                    train_epoch(model, train_loader, optimizer, scheduler if per_batch else None,
-                                           scaler, criterion, recipe.grad_clip, device, amp, state, stop, ddp,
-                                           progress, f"epoch {epoch + 1}/{recipe.epochs}")
+                    train_epoch(model, train_loader, optimizer, scheduler if per_batch else None, scaler, criterion,
+                                recipe.grad_clip, device, amp, training_ops(device, opts.compile), state, stop, ddp,
+                                progress, f"epoch {epoch + 1}/{recipe.epochs}")
             except NonFiniteLoss as e:
                 kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
                 raise CnnscopeError(
@@ -547,7 +565,7 @@ def epoch_progress(console):
         yield progress
 
 
-def train_epoch(model, loader, optimizer, batch_scheduler, scaler, criterion, grad_clip, device, amp,
+def train_epoch(model, loader, optimizer, batch_scheduler, scaler, criterion, grad_clip, device, amp, fast_ops,
                 state: LoopState, stop: StopRequest, ddp: Dist, progress, description) -> None:
     """Train one epoch, or the rest of one after a mid-epoch resume (state.batch batches are done).
 
@@ -566,7 +584,7 @@ def train_epoch(model, loader, optimizer, batch_scheduler, scaler, criterion, gr
         if i < skip:  # already trained on before the stop; drawn anyway so the loader stays in step
             continue
         lr = optimizer.param_groups[0]["lr"]
-        with autocast(device, amp):
+        with autocast(device, amp), fast_ops:
             logits = model(x)
             loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -615,7 +633,9 @@ def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool) -> str:
 
 
 def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
-    launcher = ["torchrun", f"--nproc_per_node={world_size}", "-m", "cnnscope"] if world_size > 1 else ["cnnscope"]
+    # `cnnscope train --resume` starts as many processes as the run had (--procs auto); torchrun does not
+    under_torchrun = world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
+    launcher = ["torchrun", f"--nproc_per_node={world_size}", "-m", "cnnscope"] if under_torchrun else ["cnnscope"]
     args = launcher + ["train", "--resume", str(run_dir)]
     if opts.device != "auto":
         args += ["--device", opts.device]

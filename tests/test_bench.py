@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import models
 from cnnscope.cli import cli
-from cnnscope.fuse import conv_bn_pairs, fold_batchnorm, to_channels_last
+from cnnscope.fuse import FastDilatedDepthwise, _dilated_depthwise, conv_bn_pairs, fold_batchnorm, to_channels_last
 
 # (model, constructor keywords, BNs that fold). Every BN of the compact models reads a conv output;
 # egrr folds its stem and its 4 projection BNs, never the 38 ISNorm BNs that read a gated mix; swrn
@@ -165,6 +165,19 @@ def test_bench_json_has_every_documented_key(runner):
     assert out["peak_memory_source"] == "cpu_max_rss" and out["compile"] is False
 
 
+def test_bench_trains_in_data_parallel_processes(runner):
+    from cnnscope.launch import cpu_cores
+
+    result = runner.invoke(cli, ["bench", "basic", "--steps", "2", "--batch-size", "16", "--procs", "2",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["procs"], out["threads"], out["batch_size"]) == (2, max(1, cpu_cores() // 2), 16)
+    assert out["train_images_per_s"] > 0 and 0 < out["peak_fraction"] < 1.5
+    assert "2 processes x" in runner.invoke(cli, ["bench", "basic", "--steps", "1", "--batch-size", "4",
+                                                  "--procs", "2", "--format", "markdown"]).stdout
+
+
 def test_bench_amp_on_cpu_is_a_clear_error(runner):
     result = runner.invoke(cli, ["bench", "basic", "--amp", "--device", "cpu", "--steps", "1"])
     assert result.exit_code == 2 and "CUDA" in result.output and "Traceback" not in result.output
@@ -182,3 +195,71 @@ def test_a_failing_compile_is_a_clear_error(runner, monkeypatch):
     assert "torch.compile failed on this machine (RuntimeError: no C++ compiler here)" in result.output
     assert "without --compile" in result.output
     assert "Traceback" not in result.output
+
+
+# ---- the fast backward of dilated depthwise convs -----------------------------------------------
+
+@pytest.mark.parametrize("n, c, hw, k, dilation", [
+    (2, 8, (4, 4), 3, 2),  # basic's c4a.dw: the taps reach past the 4x4 map
+    (2, 6, (32, 32), 3, 8),  # the dilated model's c4a.dw
+    (3, 4, (12, 10), 5, (2, 4)),  # rectangular dilation, 5x5
+    (1, 5, (7, 6), (3, 1), 3),  # a 3x1 kernel, odd sizes
+])
+def test_fast_dilated_depthwise_equals_the_conv(n, c, hw, k, dilation):
+    torch.manual_seed(0)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    conv = nn.Conv2d(c, c, (kh, kw), padding=(dh * (kh - 1) // 2, dw * (kw - 1) // 2), dilation=(dh, dw),
+                     groups=c).double()
+    to_channels_last(conv)
+    x = torch.randn(n, c, *hw, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    reference = conv(x)
+    with FastDilatedDepthwise():
+        fast = conv(x)
+    assert reference.grad_fn.name() == "ConvolutionBackward0"
+    assert fast.grad_fn.name() == "DilatedDepthwiseConvBackward"  # the mode took the call
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-12)
+    g = torch.randn_like(reference)
+    for a, b in zip(torch.autograd.grad(fast, (x, conv.weight, conv.bias), g),
+                    torch.autograd.grad(reference, (x, conv.weight, conv.bias), g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("why, weight_shape, kw", [
+    ("undilated", (4, 1, 3, 3), dict(padding=1, dilation=1, groups=4)),
+    ("dense", (4, 4, 3, 3), dict(padding=2, dilation=2, groups=1)),
+    ("two filters per channel", (8, 1, 3, 3), dict(padding=2, dilation=2, groups=4)),
+    ("strided", (4, 1, 3, 3), dict(stride=2, padding=2, dilation=2, groups=4)),
+    ("not 'same'", (4, 1, 3, 3), dict(padding=1, dilation=2, groups=4)),
+    ("even kernel", (4, 1, 2, 2), dict(padding=1, dilation=2, groups=4)),
+    ("string padding", (4, 1, 3, 3), dict(padding="same", dilation=2, groups=4)),
+])
+def test_fast_dilated_depthwise_leaves_other_convs_alone(why, weight_shape, kw):
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(weight_shape)
+    assert _dilated_depthwise(x, w, None, **kw) is None, why
+    with FastDilatedDepthwise():
+        out = torch.nn.functional.conv2d(x, w, None, **kw)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w, None, **kw))
+
+
+@pytest.mark.parametrize("name", ["basic", "dilated", "egrr"])
+def test_fast_dilated_depthwise_training_step_matches(name):
+    """A whole forward and backward of a zoo model with dilated depthwise convs (egrr's are
+    functional, one shared kernel per call) gives the same loss and gradients under the mode."""
+    torch.manual_seed(0)
+    model = models.build(name).double().train()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def loss_and_grads():
+        torch.manual_seed(1)  # the same gate noise
+        loss = model(x).logsumexp(1).sum()
+        return [loss, *torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)]
+
+    reference = loss_and_grads()
+    with FastDilatedDepthwise():
+        fast = loss_and_grads()
+    for a, b in zip(fast, reference):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -436,7 +436,8 @@ def test_seed_readme_markers_filled_from_short_runs(tmp_path, runner):
     base, dilated = reports / "base_model", tmp_path / "elsewhere" / "second"
     for out, name in ((reports, "base_model"), (dilated.parent, "second")):
         result = runner.invoke(cli, ["train", f"{tmp_path}/model.py:Small", "--dataset", "fake", "--epochs", "1",
-                                     "--batch-size", "128", "--device", "cpu", "--out", str(out), "--name", name])
+                                     "--batch-size", "128", "--device", "cpu", "--procs", "1", "--out", str(out),
+                                     "--name", name])
         assert result.exit_code == 0, result.output
     assert runner.invoke(cli, ["augment", str(dilated), "--n", "4"]).exit_code == 0
     assert runner.invoke(cli, ["compare", str(base), str(dilated), "--out", str(reports / "combined")]).exit_code == 0

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope import data, recipes, train
+from cnnscope import data, launch, recipes, train
 from cnnscope.checkpoint import load_checkpoint
 from cnnscope.cli import cli
+from cnnscope.errors import CnnscopeError
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
 FAKE_TEST = 128  # data.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
@@ -280,7 +281,7 @@ def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, m
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     result = invoke(runner, ["train", "basic", "--dataset", "cifar10", "--data-dir", tmp_path / "data",
-                             "--out", tmp_path / "reports", "--device", "cpu"])
+                             "--out", tmp_path / "reports", "--device", "cpu", "--procs", "1"])
     assert result.exit_code == 2 and "cifar-10-python.tar.gz" in result.output
     assert not (tmp_path / "reports" / "basic").exists()
 
@@ -307,25 +308,94 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runner, tmp_path, mon
 
 # ---- distributed ------------------------------------------------------------------------------
 
-def test_torchrun_two_cpu_processes_write_one_report(tmp_path, tiny_spec):
+LAUNCHERS = {
+    "procs": ["-m", "cnnscope", "train", "--procs", "2"],
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnscope", "train"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_spec, launcher):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnscope",
-           "train", tiny_spec, "--dataset", "fake", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-           "--out", str(tmp_path)]
+    cmd = [sys.executable, *LAUNCHERS[launcher], tiny_spec, "--dataset", "fake", "--epochs", "1", "--batch-size", "32",
+           "--device", "cpu", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["Tiny"]
     run = tmp_path / "Tiny"
     config = json.loads((run / "config.json").read_text())
-    assert config["world_size"] == 2
+    assert config["world_size"] == 2 and config["options"]["recipe"]["batch_size"] == 32
+    assert "batches of 32 (2 x 16)" in " ".join(proc.stdout.split())  # the batch is the global one
     assert proc.stdout.count("Done in") == 1  # only rank 0 prints
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     _, rows = read_log(run)
     assert len(rows) == 1
-    # each rank trained 230 of the 461 images per epoch (the epoch is cut to a multiple of 2)
+    # each rank trained 230 of the 461 images per epoch (the epoch is cut to a multiple of 2), 15 batches
     ckpt = load_checkpoint(run / "checkpoints" / "last.pth")
     assert ckpt["loop"]["train_images"] == 460 and len(ckpt["rng"]) == 2
+    assert ckpt["scheduler"]["last_epoch"] == 15
     cm = [[int(v) for v in r[1:]] for r in list(csv.reader(open(run / "confusion_matrix.csv")))[1:]]
     assert sum(map(sum, cm)) == FAKE_TEST
+
+
+def test_an_error_in_every_process_is_said_once(tmp_path):
+    (tmp_path / "broken.py").write_text("import torch.nn as nn\n\nclass Broken(nn.Module):\n"
+                                        "    def __init__(self, num_classes=10):\n"
+                                        "        raise ValueError('width must be even')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "cnnscope", "train", f"{tmp_path / 'broken.py'}:Broken", "--dataset", "fake",
+           "--batch-size", "32", "--procs", "2", "--device", "cpu", "--out", str(tmp_path / "reports")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("ValueError: width must be even") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "reports" / "Broken").exists()
+
+
+@pytest.mark.parametrize("batch, cores, procs", [(128, 2, 2), (64, 2, 1), (127, 2, 1), (128, 16, 2), (256, 16, 4),
+                                                 (192, 4, 3), (256, 3, 2), (128, 1, 1)])
+def test_auto_procs_gives_each_process_64_images(batch, cores, procs):
+    assert launch.auto_procs(batch, cores) == procs
+
+
+def test_resolve_procs():
+    assert launch.resolve_procs("auto", 128, "cuda") == 1
+    assert launch.resolve_procs("auto", 128, "cpu", saved_world_size=3) == 3  # a resumed run keeps its count
+    assert launch.resolve_procs("4", 128, "cpu") == 4
+    for procs, device, message in (("3", "cpu", "does not split evenly"), ("0", "cpu", "whole number"),
+                                   ("two", "cpu", "whole number"), ("2", "cuda", "torchrun")):
+        with pytest.raises(CnnscopeError, match=message):
+            launch.resolve_procs(procs, 128, device)
+
+
+def test_bad_procs_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    result = invoke(CliRunner(), train_args("basic", tmp_path, "--procs", "3", batch_size=32))
+    assert result.exit_code == 2 and "does not split evenly over --procs 3" in result.output
+    assert not tmp_path.joinpath("basic").exists()
+
+
+def _children(*codes_after):
+    """Processes that exit with `code` after `seconds`, for (code, seconds) in codes_after."""
+    return [subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep({s}); sys.exit({c})"])
+            for c, s in codes_after]
+
+
+def test_a_crashed_rank_ends_the_others_at_once():
+    children = _children((0, 60), (1, 0))
+    assert launch._wait(children) == 1
+    assert children[0].returncode == -signal.SIGKILL
+
+
+def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it():
+    children = _children((2, 1), (2, 0))
+    assert launch._wait(children) == 1
+    assert [p.returncode for p in children] == [2, 2]  # rank 0 ended by itself, with its own message
+
+
+def test_a_stop_is_not_a_failure():
+    children = _children((130, 0.5), (130, 0))
+    assert launch._wait(children) is None and [p.returncode for p in children] == [130, 130]
 
 
 # ---- recipes, schedules, optimizer groups -----------------------------------------------------
