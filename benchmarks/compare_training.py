@@ -113,7 +113,8 @@ def markdown(report: dict) -> str:
 
     lines = [
         f"{report['model']} on {report['dataset']}, {report['epochs']} epochs each, taking turns epoch by epoch; "
-        f"{report['threads']} CPU threads; load average {report['load_before'][0]:g} before, "
+        f"cnnscope: {report['procs']} processes x {report['threads']} threads; "
+        f"load average {report['load_before'][0]:g} before, "
         f"{report['load_after'][0]:g} after",
         "",
         f"| loop | epoch times (s) | median epoch (s) | test acc after each epoch (%) | time to {target:g}% test acc |",
@@ -181,7 +182,7 @@ def main(argv=None):
     seed_acc = [json.loads(line)["test_acc"] for line in seed.lines if line.startswith('{"loop"')]
     report = {
         "model": args.model, "dataset": args.dataset, "epochs": args.epochs, "target": args.target,
-        "device": bench["device"], "threads": bench["threads"], "bench": bench,
+        "device": bench["device"], "procs": bench["procs"], "threads": bench["threads"], "bench": bench,
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
     }
     for loop, accs in ((fast, fast_acc), (seed, seed_acc)):
