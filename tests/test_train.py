@@ -338,6 +338,35 @@ def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_s
     assert sum(map(sum, cm)) == FAKE_TEST
 
 
+def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_path, tiny_spec):
+    """SIGTERM to the parent alone reaches both ranks: they stop after the same batch, rank 0 saves
+    last.pth and prints the resume command (`cnnscope train --resume`, which keeps 2 processes), and
+    the resumed run ends with the weights of an uninterrupted one."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "cnnscope", "train"]
+    args = [tiny_spec, "--dataset", "fake", "--epochs", "12", "--batch-size", "32", "--procs", "2", "--device", "cpu"]
+    full = subprocess.run(base + args + ["--out", str(tmp_path / "full")], env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert full.returncode == 0, full.stdout + full.stderr
+    proc = subprocess.Popen(base + args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "epoch   2/12" in line:  # well into training: both ranks are in the loop
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out + err
+    run = tmp_path / "cut" / "Tiny"
+    assert "cnnscope train --resume" in out and "torchrun" not in out and "Traceback" not in err
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] < 12
+    resumed = subprocess.run(base + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    a = load_checkpoint(run / "checkpoints" / "last.pth")["model"]
+    b = load_checkpoint(tmp_path / "full" / "Tiny" / "checkpoints" / "last.pth")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_an_error_in_every_process_is_said_once(tmp_path):
     (tmp_path / "broken.py").write_text("import torch.nn as nn\n\nclass Broken(nn.Module):\n"
                                         "    def __init__(self, num_classes=10):\n"
