@@ -917,8 +917,12 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
     if erf_run is None:
         if spec is None:
             raise CnnscopeError("Give a SPEC (e.g. `cnnscope rf basic`) or a trained run with --erf RUN.")
-        model = build_model(spec, ctor)
-        result = analyze(model, input_shape)
+        model, result = None, None
+        if not check:
+            model, result = _analyze_on_meta(spec, ctor, input_shape)
+        if result is None:
+            model = build_model(spec, ctor)
+            result = analyze(model, input_shape)
     else:
         model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, progress)
     if check:
@@ -927,6 +931,22 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
         if progress:
             progress.remove_task(task)
     return result
+
+
+def _analyze_on_meta(spec, ctor, input_shape):
+    """(model, result) of SPEC built on the meta device, which skips the weight initialisation (0.43 s
+    of a ResNet-50's 0.6 s of RF work); (None, None) where that does not work: the meta pass is not
+    taken (see _trace), or the constructor or the forward pass needs real values."""
+    from cnnscope.spec import build_model, resolve_target
+
+    resolve_target(spec)  # import the model's module first: torchvision loads the meta machinery
+    if "torch._dynamo" not in sys.modules:
+        return None, None
+    try:
+        model = build_model(spec, ctor, device="meta")
+        return model, analyze(model, input_shape)
+    except CnnscopeError:  # built on the CPU, it gets the real error message, if there is one
+        return None, None
 
 
 def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, progress):

@@ -114,8 +114,12 @@ def resolve_target(spec: str):
     return getattr(module, attr), attr
 
 
-def build_model(spec: str, ctor: dict | None = None):
-    """Build the nn.Module a SPEC names, with constructor keywords `ctor`."""
+def build_model(spec: str, ctor: dict | None = None, device=None):
+    """Build the nn.Module a SPEC names, with constructor keywords `ctor`; on `device` when given
+    (`"meta"`: shapes without data, no weight initialisation)."""
+    import contextlib
+
+    import torch
     import torch.nn as nn
 
     target, name = resolve_target(spec)
@@ -142,7 +146,8 @@ def build_model(spec: str, ctor: dict | None = None):
                 f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}"
             ) from None
     try:
-        model = target(**ctor)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = target(**ctor)
     except CnnscopeError:
         raise
     except Exception as e:

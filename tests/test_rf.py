@@ -24,6 +24,7 @@ from cnnscope.checkpoint import save_checkpoint
 from cnnscope.cli import cli
 from cnnscope.data import load_dataset
 from cnnscope.errors import CnnscopeError
+from cnnscope.spec import build_model
 
 # The seed README's table for Net (shared/seeds/002, section 4.1), row for row.
 SEED_NET_ROWS = """\
@@ -323,6 +324,51 @@ def test_value_dependent_forward_falls_back_to_real_tensors(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch._dynamo")  # as without torchvision: CPU tensors
     slow = rf.analyze(resnet)
     assert (fast.layers, fast.final, fast.final_op) == (slow.layers, slow.final, slow.final_op)
+
+
+META_BUILD = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+
+    class BranchesOnWeights(nn.Module):
+        """A forward that branches on a weight's value: neither meta pass can run it."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.wide = nn.Conv2d(3, 4, 5, padding=2)
+
+        def forward(self, x):
+            return self.conv(x) if self.conv.weight.abs().sum() > 0 else self.wide(x)
+
+    class ReadsValues(nn.Module):
+        """A constructor that reads a tensor's value: it cannot run on the meta device."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 7 if torch.ones(1).item() > 0 else 3, padding=3)
+
+        def forward(self, x):
+            return self.conv(x)
+''')
+
+
+@pytest.mark.parametrize("spec, final_rf", [("torchvision.models:resnet18", 435), ("meta_build.py:BranchesOnWeights", 3),
+                                            ("meta_build.py:ReadsValues", 7)])
+def test_report_builds_on_meta_where_it_can(tmp_path, monkeypatch, spec, final_rf):
+    """`cnnscope rf SPEC` skips the weight initialisation by building on the meta device, and
+    falls back to a CPU build where the constructor or the forward needs values: same tables."""
+    (tmp_path / "meta_build.py").write_text(META_BUILD)
+    monkeypatch.chdir(tmp_path)
+    built = []
+    original = rf.analyze
+    monkeypatch.setattr(rf, "analyze", lambda model, shape: built.append(next(model.parameters()).device.type)
+                        or original(model, shape))
+    result = rf.report(spec, input_shape=(3, 224, 224) if "resnet" in spec else (3, 32, 32))
+    assert result.final_rf == final_rf
+    assert built == {"torchvision.models:resnet18": ["meta"], "meta_build.py:BranchesOnWeights": ["meta", "cpu"],
+                     "meta_build.py:ReadsValues": ["cpu"]}[spec]
+    assert result.to_json() == original(build_model(spec), result.input_shape).to_json()  # as built on the CPU
 
 
 # ---- the command ------------------------------------------------------------------------------------
