@@ -167,7 +167,7 @@ def _peak_memory_mb(device) -> tuple[float, str]:
 
 
 def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape, ddp=False):
-    """(model, its input batch, one training step) as `cnnscope train` runs them; with `ddp` the
+    """(model, one training step on a random batch) as `cnnscope train` runs them; with `ddp` the
     model is wrapped in DistributedDataParallel (the process group must exist)."""
     from cnnscope.spec import build_model
     from cnnscope.train import build_optimizer, data_parallel
@@ -202,7 +202,7 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
         scaler.step(optimizer)
         scaler.update()
 
-    return model, x, train_step
+    return model, train_step
 
 
 def _join_group(rank, procs, port, threads):
@@ -217,7 +217,7 @@ def _training_rank(rank, procs, port, threads, rounds, setup_args):
 
     tune_cpu_runtime()
     _join_group(rank, procs, port, threads)
-    _, _, train_step = training_setup(*setup_args, ddp=True)
+    _, train_step = training_setup(*setup_args, ddp=True)
     warm_up(train_step, torch.device("cpu"))
     for _ in range(rounds):
         dist.barrier()  # rank 0 times the matmul while the others wait here
@@ -243,7 +243,7 @@ def _data_parallel_seconds(procs, setup_args, rounds):
     all_threads = torch.get_num_threads()
     try:
         _join_group(0, procs, port, threads)
-        model, _, train_step = training_setup(*setup_args, ddp=True)
+        model, train_step = training_setup(*setup_args, ddp=True)
         warmup_s = warm_up(train_step, torch.device("cpu"))
         memory = _peak_memory_mb(torch.device("cpu"))  # rank 0's, before the matmul's operands exist
         torch.set_num_threads(all_threads)
@@ -282,7 +282,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
 
     `progress`, if given, is called with a short description before each phase.
     """
-    from cnnscope.launch import resolve_procs
+    from cnnscope.launch import resolve_procs, split_batch
     from cnnscope.spec import build_model
 
     if steps < 1 or batch_size < 1:
@@ -310,12 +310,12 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     report("training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
     threads = torch.get_num_threads()
     if procs > 1:
-        setup_args = (spec, ctor, batch_size // procs, device, amp, compile, channels_last, input_shape)
+        setup_args = (spec, ctor, split_batch(batch_size, procs), device, amp, compile, channels_last, input_shape)
         model, warmup_s, (memory_mb, memory_source), seconds, (size, matmul_flops) = _data_parallel_seconds(
             procs, setup_args, steps)
         threads = max(1, threads // procs)
     else:
-        model, x, train_step = training_setup(spec, ctor, batch_size, device, amp, compile, channels_last,
+        model, train_step = training_setup(spec, ctor, batch_size, device, amp, compile, channels_last,
                                               input_shape)
         with compile_errors(compile):
             warmup_s = warm_up(train_step, device)

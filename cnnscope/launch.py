@@ -61,10 +61,17 @@ def resolve_procs(procs: str, batch_size: int, device_type: str, saved_world_siz
     if n > 1 and device_type != "cpu":
         raise CnnscopeError(f"--procs {n} runs data-parallel processes on the CPU; on {device_type} drop --procs "
                             f"and use one process per GPU: torchrun --nproc_per_node=GPUS -m cnnscope train ...")
-    if batch_size % n:
-        raise CnnscopeError(f"The batch of {batch_size} does not split evenly over --procs {n}; choose a process "
-                            f"count that divides it, or change --batch-size.")
+    split_batch(batch_size, n)
     return n
+
+
+def split_batch(batch_size: int, procs: int) -> int:
+    """Each process's share of the (global) batch; a clear error where it does not split evenly."""
+    if batch_size % procs:
+        raise CnnscopeError(f"The batch of {batch_size} does not split evenly over {procs} processes; choose a "
+                            f"process count (--procs, or torchrun's --nproc_per_node) that divides it, or change "
+                            f"--batch-size.")
+    return batch_size // procs
 
 
 def _free_port() -> int:

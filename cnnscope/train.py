@@ -42,6 +42,7 @@ from cnnscope.checkpoint import apply_model_settings, load_checkpoint, save_chec
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, predict, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
+from cnnscope.launch import split_batch
 from cnnscope.recipes import Recipe
 
 INPUT_SHAPE = (3, 32, 32)
@@ -399,10 +400,7 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     if ddp.is_main:
         ddp.barrier()
     selected_on = "val" if ds.val is not None else "test"
-    if recipe.batch_size % ddp.world_size:
-        raise CnnscopeError(f"The batch of {recipe.batch_size} does not split evenly over {ddp.world_size} processes; "
-                            f"choose a batch size that {ddp.world_size} divides.")
-    rank_batch = recipe.batch_size // ddp.world_size  # the recipe's batch is the global one
+    rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     train_loader = data.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
                                     backend=opts.aug_backend, device=str(device), seed=opts.seed,
                                     rank=ddp.rank, world_size=ddp.world_size)
