@@ -315,8 +315,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
             procs, setup_args, steps)
         threads = max(1, threads // procs)
     else:
-        model, train_step = training_setup(spec, ctor, batch_size, device, amp, compile, channels_last,
-                                              input_shape)
+        model, train_step = training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape)
         with compile_errors(compile):
             warmup_s = warm_up(train_step, device)
         memory_mb, memory_source = _peak_memory_mb(device)  # before the matmul's operands exist
