@@ -230,11 +230,11 @@ def _data_parallel_seconds(procs, setup_args, rounds):
     """Median seconds of a training step of `procs` gloo processes (rank 0 is this one) and of the
     matmul on all cores, in alternating rounds: (model, warm-up seconds, (peak memory, its source),
     {name: seconds}, (matmul size, its FLOPs))."""
-    from cnnscope.launch import _free_port, cpu_cores
+    from cnnscope.launch import cpu_cores, free_port
 
     cores = cpu_cores()
     threads = max(1, cores // procs)
-    port = _free_port()
+    port = free_port()
     context = mp.get_context("spawn")
     others = [context.Process(target=_training_rank, args=(rank, procs, port, threads, rounds, setup_args))
               for rank in range(1, procs)]

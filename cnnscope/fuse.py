@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.rf import pair
 from cnnscope.summary import probe_forward
 
 
@@ -213,7 +214,6 @@ def _same_padding(weight, dilation):
 def _dilated_depthwise(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """F.conv2d's arguments -> DilatedDepthwiseConv's output, or None where it does not apply
     (not depthwise with one filter per channel, strided, undilated, not 'same', an even kernel)."""
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     if x.dim() != 4 or isinstance(padding, str) or groups != x.shape[1] or tuple(weight.shape[:2]) != (groups, 1):
         return None
     dilation, (kh, kw) = pair(dilation), weight.shape[2:]

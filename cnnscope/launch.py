@@ -74,7 +74,7 @@ def split_batch(batch_size: int, procs: int) -> int:
     return batch_size // procs
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -91,7 +91,7 @@ def run_processes(job: dict, procs: int) -> int:
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
         base = {**os.environ, "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": str(threads), "CNNSCOPE_PROCS": str(procs)}
+                "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": str(threads), "CNNSCOPE_PROCS": str(procs)}
         logs, children = [], []
         for rank in range(procs):
             log = None if rank == 0 else open(Path(tmp) / f"rank{rank}.log", "w")

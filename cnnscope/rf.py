@@ -315,7 +315,8 @@ _POOLS = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d"}
 _ADAPTIVE_POOLS = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"}
 
 
-def _pair(v):
+def pair(v):
+    """A per-axis (H, W) value from an int or a sequence, as torch's conv and pool arguments take it."""
     if isinstance(v, (list, tuple)):
         return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
     return (v, v)
@@ -471,17 +472,17 @@ class _Tracer(TorchFunctionMode):
 
     # -- spatial ops ---------------------------------------------------------------------------
     def window(self, op, x, meta, outs, k, s, p, d, transposed=False):
-        k, s, d = _pair(tuple(k)), _pair(s), _pair(d)
+        k, s, d = pair(tuple(k)), pair(s), pair(d)
         if isinstance(p, str):  # 'valid' or 'same' (the odd pixel of 'same' goes after)
             p = (0, 0) if p == "valid" else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
-        p = _pair(p)
+        p = pair(p)
         step = _transposed_window if transposed else _window
         new = tuple(step(a, *args) for a, args in zip(meta, zip(k, s, p, d)))
         self.record(op, x, meta, new, outs, k=k, s=s, d=d, p=p)
 
     def pool(self, op, args, kwargs, x, meta, outs):
         base = 2 if op == "lp_pool2d" else 1  # lp_pool2d(input, norm_type, kernel_size, stride)
-        k = _pair(_arg(args, kwargs, base, "kernel_size"))
+        k = pair(_arg(args, kwargs, base, "kernel_size"))
         s = _arg(args, kwargs, base + 1, "stride") or k  # None or [] mean "= kernel"
         p = 0 if op == "lp_pool2d" else _arg(args, kwargs, 3, "padding", 0)
         d = _arg(args, kwargs, 4, "dilation", 1) if op.startswith("max") else 1
@@ -658,13 +659,13 @@ class _Tracer(TorchFunctionMode):
 
 def _conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Zeros shaped like F.conv2d's result."""
-    k, s, d = weight.shape[-2:], _pair(stride), _pair(dilation)
+    k, s, d = weight.shape[-2:], pair(stride), pair(dilation)
     if isinstance(padding, str):
         size = [n if padding == "same" else (n - di * (ki - 1) - 1) // si + 1
                 for n, ki, si, di in zip(input.shape[-2:], k, s, d)]
     else:
         size = [(n + 2 * pi - di * (ki - 1) - 1) // si + 1
-                for n, ki, si, pi, di in zip(input.shape[-2:], k, s, _pair(padding), d)]
+                for n, ki, si, pi, di in zip(input.shape[-2:], k, s, pair(padding), d)]
     return input.new_zeros((*input.shape[:-3], weight.shape[0], *size))
 
 
@@ -677,11 +678,11 @@ def _probe_call(name, func, args, kwargs):
         k = _arg(args, kwargs, 1, "kernel_size")
         s = _arg(args, kwargs, 2, "stride") or k
         p = _arg(args, kwargs, 3, "padding", 0)
-        d = _pair(_arg(args, kwargs, 4, "dilation", 1))
+        d = pair(_arg(args, kwargs, 4, "dilation", 1))
         ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
         if d == (1, 1):
             return F.avg_pool2d(x, k, s, p, ceil_mode=ceil_mode)
-        k = _pair(k)
+        k = pair(k)
         kernel = x.new_full((x.shape[1], 1, *k), 1.0 / math.prod(k))
         return F.conv2d(x, kernel, stride=s, padding=p, dilation=d, groups=x.shape[1])
     if name == "adaptive_max_pool2d":
