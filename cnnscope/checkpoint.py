@@ -103,19 +103,26 @@ def load_weights(model, ckpt: dict, source, target: str) -> None:
         ) from None
 
 
-def load_run_model(run):
+def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     """Rebuild the model of a run or checkpoint with its trained weights (eval mode).
 
-    Returns (model, checkpoint dict, run folder).
+    The model is the one the checkpoint names, built only if it is a zoo model or `trust_spec`
+    (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
+    checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
     from cnnscope.spec import build_model
 
     folder, path = resolve_run(run)
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_spec"], ckpt.get("ctor") or {})
-    load_weights(model, ckpt, path, ckpt["model_spec"])
-    # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
-    # run trained down to tau=0.1 would be read at tau=1.
-    apply_model_settings(model, ckpt.get("model_settings") or {})
+    if spec is not None:  # the user's own SPEC with the run's weights
+        model = build_model(spec, ctor)
+        load_weights(model, ckpt, path, spec)
+    else:
+        model = build_model(ckpt["model_spec"], ckpt.get("ctor") or {}, read_from=f"Checkpoint {path}",
+                            trust_spec=trust_spec)
+        load_weights(model, ckpt, path, ckpt["model_spec"])
+        # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
+        # run trained down to tau=0.1 would be read at tau=1.
+        apply_model_settings(model, ckpt.get("model_settings") or {})
     model.eval()
     return model, ckpt, folder

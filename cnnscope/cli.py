@@ -57,6 +57,20 @@ ctor_option = click.option(
     "--ctor", "ctor", multiple=True, metavar="K=V",
     help="Constructor keyword for SPEC, value a Python literal; repeatable (e.g. --ctor num_classes=100).",
 )
+
+
+def trust_spec_option(named_by="RUN's checkpoint"):
+    return click.option(
+        "--trust-spec", is_flag=True,
+        help=f"Build the model that {named_by} names even when it is no zoo model: its file or module is "
+             "imported and executed. Only for files you trust; without it such a model is refused (exit 2).",
+    )
+
+
+# the epilog of the commands that take a SPEC
+SPEC_RUNS_CODE = ("A SPEC (or MODEL) that names a file or module (path/file.py:Name, package.module:attr) is "
+                  "imported, which executes its code: give only your own code or code you trust.")
+
 input_option = click.option(
     "--input", "input_shape", nargs=3, type=int, default=(3, 32, 32), show_default=True,
     metavar="C H W", help="Shape of the probe input.",
@@ -109,6 +123,11 @@ def cli():
       cnnscope summary basic
       cnnscope rf path/to/model.py:NetDilated --ctor num_classes=10
       cnnscope train basic --dataset fashion-mnist --epochs 5
+
+    SPEC is a zoo name, path/file.py:Name or package.module:attr. A file or module SPEC is
+    imported, which executes its code, and Name is called: it is your own code. A SPEC read from
+    a file someone else may have written (a RUN's checkpoint, a README marker) is built only if it
+    is a zoo name, or when you allow it with --trust-spec.
     """
 
 
@@ -131,7 +150,7 @@ def models_cmd(fmt):
          json_obj=rows)
 
 
-@cli.command("summary")
+@cli.command("summary", epilog=SPEC_RUNS_CODE)
 @spec_argument
 @ctor_option
 @input_option
@@ -157,7 +176,7 @@ def summary_cmd(spec, ctor, input_shape, fmt):
          markdown=lambda: summary.summary_markdown(result, spec), json_obj=result.to_json())
 
 
-@cli.command("rf")
+@cli.command("rf", epilog=SPEC_RUNS_CODE)
 @click.argument("spec", metavar="[SPEC]", required=False)
 @ctor_option
 @input_option
@@ -173,7 +192,8 @@ def summary_cmd(spec, ctor, input_shape, fmt):
               help="Number of test images --erf averages over.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where --erf finds the run's dataset.")
-def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir):
+@trust_spec_option()
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -189,7 +209,9 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
     --verify measures the final RF independently: positive weights, identity activations and
     norms, max-pool read as avg-pool, and the extent of d(centre unit)/d(input) on an input grown
     until it does not clip. --erf RUN: the effective RF (Luo et al., 2016) of trained weights,
-    mean |d centre / d input| over test images, and the radius holding 95% of that mass.
+    mean |d centre / d input| over test images, and the radius holding 95% of that mass. With
+    SPEC given, --erf builds SPEC with the run's weights, never the model the run's checkpoint
+    names; without it, that model must be a zoo model or allowed with --trust-spec.
 
     \b
     JSON: {model, input, final_rf, final_jump, final_rf_hw, final_jump_hw, final_window_hw,
@@ -213,7 +235,7 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
 
     with progress() as bar:
         result = rf.report(spec, parse_ctor(ctor), input_shape, check=check, erf_run=erf_run,
-                           erf_images=erf_images, data_dir=data_dir, progress=bar)
+                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
     emit(fmt, table=lambda: rf.to_table(result, title), markdown=lambda: rf.to_markdown(result, title),
          json_obj=result.to_json())
     if result.verified is False:
@@ -234,7 +256,7 @@ def _key_values(option, items, example):
         raise CnnscopeError(str(e).replace("--ctor", option) + f" Example: {option} {example}.") from None
 
 
-@cli.command("train")
+@cli.command("train", epilog=SPEC_RUNS_CODE)
 @click.argument("model", metavar="[MODEL]", required=False)
 @ctor_option
 @click.option("--dataset", metavar="NAME", help="cifar10 | cifar100 | fashion-mnist | fake [default: the model's].")
@@ -271,12 +293,14 @@ def _key_values(option, items, example):
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
+@trust_spec_option()
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in the same folder.")
-def train_cmd(model, ctor, recipe_items, augment_items, resume, overwrite, procs, **options):
+def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, overwrite, procs, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
     MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
-    with --resume it may be left out. The run folder gets config.json, train_log.csv,
+    with --resume it may be left out (a run of a model that is no zoo model then needs
+    --trust-spec, or MODEL named). The run folder gets config.json, train_log.csv,
     metrics.json, model_summary.txt, rf.md, checkpoints/{last,best}.pth, curves, and the test
     evaluation of best.pth (see `cnnscope evaluate`). best.pth is chosen on the validation split.
 
@@ -322,7 +346,7 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, overwrite, procs
     settings = dict(ctor=_key_values("--ctor", ctor, "num_classes=10"), recipe_overrides=recipe_overrides,
                     augment_overrides=_key_values("--augment", augment_items, "cutout=16"), **options)
     if resume:
-        opts, ckpt, run_dir = train_mod.resume_options(resume, model, **settings)
+        opts, ckpt, run_dir = train_mod.resume_options(resume, model, trust_spec=trust_spec, **settings)
     elif model is None:
         raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
     else:
@@ -344,8 +368,9 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, overwrite, procs
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@trust_spec_option()
 @format_option()
-def evaluate_cmd(run, data_dir, device, batch_size, fmt):
+def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt):
     """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
 
     Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
@@ -367,7 +392,7 @@ def evaluate_cmd(run, data_dir, device, batch_size, fmt):
     from cnnscope import evaluate
 
     result = evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                   quiet=resolve_format(fmt) == "json")
+                                   quiet=resolve_format(fmt) == "json", trust_spec=trust_spec)
     emit(fmt, table=lambda: evaluate.report_table(result), markdown=lambda: evaluate.report_markdown(result),
          json_obj=result.to_json())
 
@@ -412,7 +437,8 @@ def compare_cmd(runs, out, fmt):
 @click.option("--rf-input", nargs=3, type=int, default=(3, 32, 32), show_default=True, metavar="C H W",
               help="Probe input of the --rf models.")
 @click.option("--rf-ctor", multiple=True, metavar="K=V", help="Constructor keyword of the --rf models; repeatable.")
-def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_input, rf_ctor):
+@trust_spec_option("a marker's spec=")
+def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_input, rf_ctor, trust_spec):
     """Refresh the generated blocks of README from the runs, the zoo and model SPECs.
 
     A block is `<!-- KIND key=value ... -->` ... `<!-- /KIND -->`, each marker a line of its
@@ -421,6 +447,9 @@ def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_inp
     AUGMENTED_SAMPLES_GRID, MISCLASSIFIED_GRID, GATE_MAPS, GATE_SHARES, SHARING, ATTRIBUTIONS,
     ERF, COMBINED_SUMMARY_TABLE, COMBINED_ACC_PLOT, COMBINED_LOSS_PLOT, IMAGE, and the seed names
     MODEL_SUMMARY_<X>, RF_<X>, CM_<X>, CLS_REPORT_<X> (see the README section "README blocks").
+    A marker's spec= is built only if it is a zoo model, or with --trust-spec (a file or module
+    SPEC is imported and executed: a README from an untrusted pull request would run its code);
+    --rf models are yours and always built.
     Exit codes: 0 done (or up to date), 1 stale under --check, 2 a bad README or missing run.
 
     \b
@@ -443,7 +472,7 @@ def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_inp
         run_map[key] = path
     update = readme_mod.plan_update(
         readme, reports=reports, runs=run_map, rf_entries=[readme_mod.RfEntry.parse(v) for v in rf_models],
-        rf_input=rf_input, rf_ctor=parse_ctor(rf_ctor),
+        rf_input=rf_input, rf_ctor=parse_ctor(rf_ctor), trust_spec=trust_spec,
     )
     if check or show_diff:
         if update.stale:
@@ -489,13 +518,14 @@ def emit_report(fmt, report):
          markdown=lambda: render_markdown(report.sections()), json_obj=report.to_json())
 
 
-@cli.command("gates")
+@cli.command("gates", epilog=SPEC_RUNS_CODE)
 @target_argument
 @ctor_option
+@trust_spec_option()
 @images_options
 @out_option
 @format_option()
-def gates_cmd(target, ctor, n_images, dataset, data_dir, out, fmt):
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -517,7 +547,7 @@ def gates_cmd(target, ctor, n_images, dataset, data_dir, out, fmt):
     """
     from cnnscope.inspect import gates, load_target, load_test_images, progress
 
-    tgt = load_target(target, ctor, out)
+    tgt = load_target(target, ctor, out, trust_spec)
     gates.require_gates(tgt.model)
     images = load_test_images(tgt, n_images, dataset, data_dir)
     with progress() as bar:
@@ -525,14 +555,15 @@ def gates_cmd(target, ctor, n_images, dataset, data_dir, out, fmt):
     emit_report(fmt, report)
 
 
-@cli.command("sharing")
+@cli.command("sharing", epilog=SPEC_RUNS_CODE)
 @target_argument
 @ctor_option
+@trust_spec_option()
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
               help="Layers whose |cosine similarity| is at least this are linked into fold groups.")
 @out_option
 @format_option()
-def sharing_cmd(target, ctor, threshold, out, fmt):
+def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
     """Soft-sharing analysis of every TemplateBank (swrn, or any model with SConv2d layers).
 
     Per bank: the layers x layers |cosine similarity| of the SConv2d coefficient vectors
@@ -555,13 +586,14 @@ def sharing_cmd(target, ctor, threshold, out, fmt):
     """
     from cnnscope.inspect import load_target, sharing
 
-    report = sharing.inspect_sharing(load_target(target, ctor, out), threshold)
+    report = sharing.inspect_sharing(load_target(target, ctor, out, trust_spec), threshold)
     emit_report(fmt, report)
 
 
-@cli.command("attribute")
+@cli.command("attribute", epilog=SPEC_RUNS_CODE)
 @target_argument
 @ctor_option
+@trust_spec_option()
 @images_options
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(("ig", "saliency", "gradcam", "occlusion")),
@@ -570,7 +602,7 @@ def sharing_cmd(target, ctor, threshold, out, fmt):
               show_default=True, help="Attribute the predicted class or the true class.")
 @out_option
 @format_option()
-def attribute_cmd(target, ctor, n_images, dataset, data_dir, methods, target_class, out, fmt):
+def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods, target_class, out, fmt):
     """Captum attributions of N test images: Integrated Gradients, Saliency, GradCAM, Occlusion.
 
     Writes plots/attributions.png: a row per image (the image with its true and predicted
@@ -591,7 +623,7 @@ def attribute_cmd(target, ctor, n_images, dataset, data_dir, methods, target_cla
     """
     from cnnscope.inspect import attribution, load_target, load_test_images, progress
 
-    tgt = load_target(target, ctor, out)
+    tgt = load_target(target, ctor, out, trust_spec)
     images = load_test_images(tgt, n_images, dataset, data_dir)
     with progress() as bar:
         report = attribution.inspect_attributions(
@@ -603,7 +635,7 @@ def attribute_cmd(target, ctor, n_images, dataset, data_dir, methods, target_cla
 
 # ---- data -------------------------------------------------------------------------------------
 
-@cli.command("augment")
+@cli.command("augment", epilog=SPEC_RUNS_CODE)
 @click.argument("target", metavar="MODEL|RUN")
 @click.option("--dataset", default=None, help="Dataset of the images [default: the run's, else the model recipe's].")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
@@ -674,7 +706,7 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, fmt):
 
 # ---- speed ------------------------------------------------------------------------------------
 
-@cli.command("bench")
+@cli.command("bench", epilog=SPEC_RUNS_CODE)
 @spec_argument
 @ctor_option
 @input_option

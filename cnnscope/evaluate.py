@@ -154,14 +154,15 @@ def load_run_data(ckpt: dict, data_dir=None):
     return dataclasses.replace(ds, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
 
 
-def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=False) -> EvalResult:
-    """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set."""
+def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=False, trust_spec=False) -> EvalResult:
+    """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
+    `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec)."""
     from cnnscope import data
     from cnnscope.checkpoint import load_run_model
 
     from rich.progress import Progress
 
-    model, ckpt, run_dir = load_run_model(run)
+    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     device = resolve_device(device)
     model.to(device)
     ds = load_run_data(ckpt, data_dir)

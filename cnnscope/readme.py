@@ -248,11 +248,12 @@ class Renderer:
 
     readme_dir: paths in markers and image paths are relative to it. reports: the folder holding the
     run folders (default <readme_dir>/reports). runs: {X: run folder} for the seed names (`--run`).
-    rf_entries / rf_input / rf_ctor: the seed's `--rf`, `--rf-input`, `--rf-ctor`.
+    rf_entries / rf_input / rf_ctor: the seed's `--rf`, `--rf-input`, `--rf-ctor`. trust_spec: build
+    a marker's spec= even when it is no zoo model (spec.check_file_spec; `--rf` models are the user's).
     """
 
     def __init__(self, readme_dir, *, reports=None, runs=None, rf_entries=(), rf_input=(3, 32, 32),
-                 rf_ctor=None):
+                 rf_ctor=None, trust_spec=False):
         self.readme_dir = Path(readme_dir)
         self.reports = Path(reports) if reports is not None else self.readme_dir / "reports"
         self.runs = {k.upper(): Path(v) for k, v in (runs or {}).items()}
@@ -260,6 +261,7 @@ class Renderer:
         self.rf_input = tuple(rf_input)
         self.rf_ctor = dict(rf_ctor or {})
         self.used_rf_entries = set()
+        self.trust_spec = trust_spec
 
     # -- dispatch
 
@@ -356,16 +358,16 @@ class Renderer:
     def _model(self, args):
         from cnnscope.spec import build_model, parse_ctor
 
-        spec = args["spec"]
+        spec, read_from = args["spec"], "The marker"
         if self.rf_entry is not None:  # --rf: a command-line path, with --rf-ctor
-            ctor = self.rf_ctor
+            ctor, read_from = self.rf_ctor, None
         else:
             where, sep, attr = spec.rpartition(":")
             if sep and (where.endswith(".py") or "/" in where):
                 spec = f"{self._path(where)}:{attr}"  # a model file named in a marker: relative to the README
             ctor = parse_ctor(args.get("ctor", "").split())
         try:
-            return build_model(spec, ctor)
+            return build_model(spec, ctor, read_from=read_from, trust_spec=self.trust_spec)
         except CnnscopeError as e:
             self._fail(f"SPEC {args['spec']!r}: {e}")
 

@@ -908,10 +908,11 @@ def rf_box(result: RFResult, centre):
 # ---- the command ------------------------------------------------------------------------------------
 
 def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_run=None, erf_images=64,
-           data_dir="data", progress=None) -> RFResult:
+           data_dir="data", trust_spec=False, progress=None) -> RFResult:
     """What `cnnscope rf` does: analyse SPEC; `check` adds the gradient probe (result.probe);
     `erf_run` measures the effective RF of that run's weights (result.erf, RUN/plots/erf.png) and
-    analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size.
+    analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size;
+    `trust_spec`: build the run's own SPEC even when it is no zoo model (spec.check_file_spec).
     `progress`: a rich Progress to report on."""
     from cnnscope.spec import build_model
 
@@ -925,7 +926,7 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
             model = build_model(spec, ctor)
             result = analyze(model, input_shape)
     else:
-        model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, progress)
+        model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, trust_spec, progress)
     if check:
         task = progress.add_task("verify: gradient probe", total=None) if progress else None
         result.probe = verify(model, result)
@@ -950,20 +951,16 @@ def _analyze_on_meta(spec, ctor, input_shape):
         return None, None
 
 
-def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, progress):
+def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, trust_spec, progress):
     from cnnscope import plots
-    from cnnscope.checkpoint import load_run_model, load_weights
+    from cnnscope.checkpoint import load_run_model
     from cnnscope.inspect import Target, load_test_images
-    from cnnscope.spec import build_model
 
     if ctor and spec is None:
         raise CnnscopeError("--ctor applies to a SPEC; with --erf RUN alone the run's checkpoint gives the "
                             "constructor keywords. Drop --ctor, or give the SPEC it belongs to.")
-    model, ckpt, run_dir = load_run_model(run)
-    if spec is not None:  # the run's weights in SPEC's architecture
-        model = build_model(spec, ctor)
-        load_weights(model, ckpt, run, spec)
-        model.eval()
+    # with SPEC: the run's weights in SPEC's architecture
+    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, spec=spec, ctor=ctor)
     images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt), n_images, data_dir=data_dir)
     shape = tuple(images.x.shape[1:])
     if tuple(input_shape) != shape:

@@ -89,6 +89,45 @@ def _registry_entry(name: str):
     )
 
 
+def is_registry_name(spec: str) -> bool:
+    """A SPEC without ':' is resolved by the zoo's registry alone (a zoo model, or an "unknown model"
+    error): it imports no code but the zoo's."""
+    return ":" not in spec
+
+
+def _names_file(where: str) -> bool:
+    """The part of a SPEC before ':' names a file (else a module)."""
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
+def _what_would_run(spec: str, ctor: dict) -> str:
+    where, _, attr = spec.rpartition(":")
+    call = f"{attr}({', '.join(f'{k}={v!r}' for k, v in ctor.items())})"
+    if _names_file(where):
+        return f"import and execute the Python file {where} and call its {call}"
+    return f"import the module {where} and call {where}.{call}"
+
+
+def check_file_spec(spec, ctor, read_from: str, trust_spec: bool = False) -> None:
+    """Refuse to build a SPEC read from a file (`read_from` says which) when building it would import
+    code, unless the user trusts it (`trust_spec`: --trust-spec, or they named that SPEC themselves).
+
+    Runs before anything is imported: importing a model file executes it.
+    """
+    if not isinstance(spec, str) or not isinstance(ctor, dict) or not all(isinstance(k, str) for k in ctor):
+        raise CnnscopeError(
+            f"{read_from} names the model {spec!r} with constructor keywords {ctor!r}, which is not a SPEC "
+            "string and a dict of keywords: it was not written by `cnnscope train`. Use a checkpoint of a run."
+        )
+    if trust_spec or is_registry_name(spec):
+        return
+    raise CnnscopeError(
+        f"{read_from} asks to build the model {spec!r} with constructor keywords {ctor}, which is not a zoo "
+        f"model: building it would {_what_would_run(spec, ctor)}, which runs code. cnnscope builds only zoo "
+        "models from files it is handed; if you trust that code, allow it with --trust-spec."
+    )
+
+
 def resolve_target(spec: str):
     """SPEC -> (the callable that builds the model, a display name)."""
     if ":" not in spec:
@@ -97,7 +136,7 @@ def resolve_target(spec: str):
     where, _, attr = spec.rpartition(":")
     if not attr or not where:
         raise CnnscopeError(f"Bad SPEC {spec!r}: expected NAME, path/file.py:Name or package.module:attr.")
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    if _names_file(where):
         module = _load_file(Path(where))
     else:
         try:
@@ -114,16 +153,21 @@ def resolve_target(spec: str):
     return getattr(module, attr), attr
 
 
-def build_model(spec: str, ctor: dict | None = None, device=None):
+def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: str | None = None,
+                trust_spec: bool = False):
     """Build the nn.Module a SPEC names, with constructor keywords `ctor`; on `device` when given
-    (`"meta"`: shapes without data, no weight initialisation)."""
+    (`"meta"`: shapes without data, no weight initialisation). `read_from`: the file the SPEC and
+    `ctor` were read from (None: the user typed them); such a SPEC passes check_file_spec first."""
     import contextlib
 
     import torch
     import torch.nn as nn
 
+    ctor = {} if ctor is None else ctor
+    if read_from is not None:
+        check_file_spec(spec, ctor, read_from, trust_spec)
     target, name = resolve_target(spec)
-    ctor = dict(ctor or {})
+    ctor = dict(ctor)
     if not callable(target):
         raise CnnscopeError(f"{spec!r} is not a class or function (it is a {type(target).__name__}).")
     try:

@@ -44,6 +44,7 @@ from cnnscope.evaluate import autocast, predict, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
 from cnnscope.launch import split_batch
 from cnnscope.recipes import Recipe
+from cnnscope.spec import check_file_spec, is_registry_name
 
 INPUT_SHAPE = (3, 32, 32)
 REPORT_EVERY = 10  # batches between progress refreshes; each one waits for the device
@@ -101,8 +102,10 @@ def resume_path(resume) -> Path:
 
 
 def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
-                   val_split=None, seed=None, aug_backend=None, train_subset=None, out=None, name=None, **runtime):
+                   val_split=None, seed=None, aug_backend=None, train_subset=None, out=None, name=None,
+                   trust_spec=False, **runtime):
     """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable.
+    Its model is built only if it is a zoo model, the user names it (`spec`) or trusts it (`trust_spec`).
 
     Returns (options, checkpoint, run folder).
     """
@@ -119,6 +122,7 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
             f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with "
             f"`cnnscope train --resume {resume}` (MODEL may be left out), or train {spec!r} as a new run."
         )
+    check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
     asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset)
     asked_recipe = recipes.resolve(saved.recipe, recipe_overrides or {}, augment_overrides)
     changed = [k for k, v in asked.items() if v is not None and v != getattr(saved, k)]
@@ -639,6 +643,8 @@ def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
         args += ["--device", opts.device]
     if opts.data_dir != "data":
         args += ["--data-dir", str(opts.data_dir)]
+    if not is_registry_name(opts.spec):  # the user's own model: they trusted it to train, and may resume it
+        args.append("--trust-spec")
     return shlex.join(args)
 
 
@@ -656,7 +662,8 @@ def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected
     if not ddp.is_main:
         return TrainResult(run_dir, {})
     write_curves(run_dir, state.history, selected_on)
-    result = evaluate_run(run_dir, data_dir=opts.data_dir, device=device.type)
+    # trusted: this process trained it from the SPEC the user gave (or trusted on --resume)
+    result = evaluate_run(run_dir, data_dir=opts.data_dir, device=device.type, trust_spec=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "

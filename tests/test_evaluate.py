@@ -57,7 +57,8 @@ def test_per_class_metrics_by_hand():
 
 def test_evaluate_json_agrees_with_the_files(runner, runs):
     run = runs / "two"
-    result = runner.invoke(cli, ["evaluate", str(run), "--format", "json", "--device", "cpu"])
+    # the runs are of the user's own model file, not a zoo model: evaluating them needs --trust-spec
+    result = runner.invoke(cli, ["evaluate", str(run), "--format", "json", "--device", "cpu", "--trust-spec"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     cm = np.array(report["confusion"])
@@ -80,7 +81,7 @@ def test_evaluate_json_agrees_with_the_files(runner, runs):
 
 def test_evaluate_markdown_and_checkpoint_file(runner, runs):
     result = runner.invoke(cli, ["evaluate", str(runs / "one" / "checkpoints" / "last.pth"), "--format", "markdown",
-                                 "--device", "cpu"])
+                                 "--device", "cpu", "--trust-spec"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((runs / "one" / "metrics.json").read_text())
     assert f"Test accuracy {metrics['test_acc']:.2f}% (128 images)" in result.output

@@ -144,7 +144,7 @@ def test_model_summary_and_rf_of_a_spec(site):
     (nets / "model.py").write_text("from models.compact import NetDilated\n")
     text = update(site, "<!-- MODEL_SUMMARY spec=basic -->\n<!-- /MODEL_SUMMARY -->\n"
                         '<!-- RF spec=nets/model.py:NetDilated ctor="num_classes=100" title="RF: D" -->\n<!-- /RF -->\n'
-                        '<!-- RF spec=basic input="3 64 64" -->\n<!-- /RF -->\n')
+                        '<!-- RF spec=basic input="3 64 64" -->\n<!-- /RF -->\n', trust_spec=True)
     blocks = re.findall(r"^<!-- (?:MODEL_SUMMARY|RF) [^\n]*-->\n(.*?)^<!-- /", text, re.S | re.M)
     assert blocks[0] == ("<details><summary><b>Model summary (basic)</b></summary>\n\n```\n"
                          + summary.summarize(Net(), (3, 32, 32)).to_text() + "```\n</details>\n")
@@ -278,7 +278,7 @@ ERRORS = [
     ("<!-- CM run=reports/nope -->\n<!-- /CM -->\n", 1, "block CM: run folder reports/nope does not exist"),
     ("<!-- CM_NOPE -->\n<!-- /CM_NOPE -->\n", 1, "no run folder for NOPE"),
     ("<!-- MODEL_SUMMARY spec=no_such_model -->\n<!-- /MODEL_SUMMARY -->\n", 1, "Unknown model 'no_such_model'"),
-    ("<!-- RF spec=nets/missing.py:Net -->\n<!-- /RF -->\n", 1, "missing.py does not exist"),
+    ("<!-- RF spec=nets/missing.py:Net -->\n<!-- /RF -->\n", 1, "which is not a zoo model"),  # needs --trust-spec
     ("<!-- CM run=reports/basic oops -->\n<!-- /CM -->\n", 1, "cannot read the marker arguments 'oops'"),
     ("<!-- CM run=reports/basic colour=red -->\n<!-- /CM -->\n", 1, "block CM does not take colour"),
     ("<!-- CURVES run=reports/basic kind=f1 -->\n<!-- /CURVES -->\n", 1, "kind='f1' is not one of acc, loss, lr"),

@@ -226,10 +226,10 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
     assert stopped.exit_code == 130, stopped.output
     run = tmp_path / "Tiny"
     text = " ".join(stopped.output.split())
-    assert f"Stopped at {stops_at}" in text and f"cnnscope train --resume {run} --device cpu" in text
+    assert f"Stopped at {stops_at}" in text and f"cnnscope train --resume {run} --device cpu --trust-spec" in text
     assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] == 1
 
-    resumed = invoke(runner, ["train", "--resume", run, "--device", "cpu"])
+    resumed = invoke(runner, ["train", "--resume", run, "--device", "cpu", "--trust-spec"])
     assert resumed.exit_code == 0, resumed.output
 
     for name in ("last.pth", "best.pth"):
@@ -252,7 +252,8 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
 def test_resume_refuses_another_model_and_changed_settings(runner, tiny_spec, tiny_run):
     other = invoke(runner, ["train", "basic", "--resume", tiny_run])
     assert other.exit_code == 2 and "is a checkpoint of model" in other.output and "'basic'" in other.output
-    changed = invoke(runner, ["train", "--resume", tiny_run, "--lr", "0.5", "--seed", "7", "--ctor", "width=4"])
+    changed = invoke(runner, ["train", "--resume", tiny_run, "--trust-spec", "--lr", "0.5", "--seed", "7",
+                              "--ctor", "width=4"])
     assert changed.exit_code == 2
     assert "recipe.lr" in changed.output and "seed" in changed.output and "ctor.width" in changed.output
     again = invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS))
@@ -359,7 +360,8 @@ def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_pat
     run = tmp_path / "cut" / "Tiny"
     assert "cnnscope train --resume" in out and "torchrun" not in out and "Traceback" not in err
     assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] < 12
-    resumed = subprocess.run(base + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(base + ["--resume", str(run), "--trust-spec"], env=env, capture_output=True, text=True,
+                             timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     a = load_checkpoint(run / "checkpoints" / "last.pth")["model"]

@@ -2,7 +2,8 @@
 
 Every inspection command works on a TARGET:
   - a RUN: a reports/<run> folder or a checkpoint file; the trained weights, and test images from
-    the run's dataset normalised with the run's mean and std. Figures go to <run>/plots/.
+    the run's dataset normalised with the run's mean and std. Figures go to <run>/plots/. Its model
+    is built only if it is a zoo model or trusted (spec.check_file_spec).
   - a SPEC (registry name, file.py:Class or package.module:attr, with --ctor keywords), labelled
     "untrained": freshly initialised weights, test images from --dataset (default `fake`).
     Figures go to reports/<name>-untrained/plots/.
@@ -46,8 +47,9 @@ def is_run(target: str) -> bool:
     return path.is_dir() or (path.is_file() and path.suffix != ".py")
 
 
-def load_target(target: str, ctor=(), out=None) -> Target:
-    """TARGET (RUN or SPEC) -> the model in eval mode, its label and its figure folder."""
+def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
+    """TARGET (RUN or SPEC) -> the model in eval mode, its label and its figure folder.
+    `trust_spec`: build a RUN's SPEC even when it is no zoo model (spec.check_file_spec)."""
     from cnnscope import checkpoint, spec
 
     if is_run(target):
@@ -56,7 +58,7 @@ def load_target(target: str, ctor=(), out=None) -> Target:
                 f"--ctor applies to a SPEC, but {target} is a run: its constructor keywords come "
                 "from its checkpoint. Drop --ctor, or pass a SPEC to inspect an untrained model."
             )
-        model, ckpt, run_dir = checkpoint.load_run_model(target)
+        model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
         plots_dir = Path(out) if out else run_dir / "plots"
         return Target(model, str(run_dir), plots_dir, ckpt)
     model = spec.build_model(target, spec.parse_ctor(ctor))
