@@ -14,7 +14,6 @@ the CPU, nccl on CUDA). Each rank trains on its shard of every epoch; rank 0 val
 file and prints. Batch-norm statistics: SyncBatchNorm on CUDA; on the CPU (where PyTorch has no
 SyncBatchNorm) DDP broadcasts rank 0's running statistics before every forward pass.
 """
-import csv
 import dataclasses
 import json
 import math
@@ -38,7 +37,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnscope import data, recipes
-from cnnscope.checkpoint import apply_model_settings, load_checkpoint, save_checkpoint
+from cnnscope.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
+                                 save_checkpoint)
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, predict, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
@@ -668,8 +668,7 @@ def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected
 # ---- files of the run folder ------------------------------------------------------------------
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def git_commit() -> str | None:
@@ -714,19 +713,17 @@ def write_model_texts(run_dir: Path, net: nn.Module) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
-        (run_dir / "model_summary.txt").write_text(summary.summarize(probe, INPUT_SHAPE).to_text())
-        (run_dir / "rf.md").write_text(rf.rf_markdown(probe, INPUT_SHAPE))
+        atomic_write_text(run_dir / "model_summary.txt", summary.summarize(probe, INPUT_SHAPE).to_text())
+        atomic_write_text(run_dir / "rf.md", rf.rf_markdown(probe, INPUT_SHAPE))
 
 
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
     """train_log.csv (one row per epoch, from the checkpointed history) and metrics.json."""
-    with open(run_dir / "train_log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        for row in state.history:
-            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    # the whole log again each epoch (a few hundred rows at most), so a kill never leaves half a row
+    atomic_write_csv(run_dir / "train_log.csv", [LOG_COLUMNS] + [
+        [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in state.history])
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics.update({
