@@ -271,7 +271,9 @@ def _key_values(option, items, example):
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier run in the same folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
+                   "writes are removed.")
 def train_cmd(model, ctor, recipe_items, augment_items, resume, overwrite, procs, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
