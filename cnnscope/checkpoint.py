@@ -18,7 +18,7 @@ from pathlib import Path
 from cnnscope.errors import CnnscopeError
 
 # .<name>.<pid of the writer>.<mkstemp's 8 characters>.tmp; versions before the pid: .<name>.<8>.tmp
-TEMP_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+TEMP_NAME = re.compile(r"^\..+?\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
 OLD_TEMP_AGE_S = 3600  # a temp without a pid is stale after this long (a write takes seconds)
 # torch.save's stream writer turns a failed write into a RuntimeError ("unexpected pos 294784 vs
 # 294680"), with the OSError of the write as its __context__ where there was one
@@ -105,7 +105,7 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
     except OSError as e:
         raise disk_error(f"write {path}", e) from None
-    # root may write anything, so the mode bits say what the owner wants as well as os.access
+    # root may write any file, so the missing write bits of a file chmod'ed read-only count too
     if not (st.st_mode & 0o222 and os.access(path, os.W_OK)):
         raise CnnscopeError(f"{path} is read-only, so it is left as it is. Make it writable (chmod u+w) if it "
                             "should be replaced, or write somewhere else.")
