@@ -294,7 +294,9 @@ def _key_values(option, items, example):
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
 @trust_spec_option()
-@click.option("--overwrite", is_flag=True, help="Replace an earlier run in the same folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
+                   "writes are removed.")
 def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, overwrite, procs, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 

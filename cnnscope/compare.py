@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 
 COLUMNS = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
@@ -51,12 +52,8 @@ def compare_runs(runs, out="reports/combined") -> list[dict]:
         logs[label] = read_log(folder)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(rows))
+    atomic_write_csv(out / "summary.csv", [COLUMNS, *([row[c] for c in COLUMNS] for row in rows)])
+    atomic_write_text(out / "summary.md", summary_markdown(rows))
     for key, title, ylabel in (("acc", "Accuracy", "accuracy (%)"), ("loss", "Loss", "cross-entropy")):
         series = {
             label: {kind: ([r["epoch"] for r in log], [r[f"{kind}_{key}"] for r in log]) for kind in ("train", "val")}

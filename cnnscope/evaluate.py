@@ -11,7 +11,6 @@ run folder:
 Metrics are computed here with numpy (no sklearn); precision, recall and F1 of a class that is never
 predicted / never present are 0, as in sklearn's zero_division=0.
 """
-import csv
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 from cnnscope.fuse import inference_copy
 
@@ -196,22 +196,18 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
     """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; merge into metrics.json."""
     from cnnscope import plots
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     averages = [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
     total = sum(r["support"] for r in result.per_class)
-    with open(run_dir / "classification_report.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "support"])
-        for r in result.per_class:
-            w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]])
-        for name, avg in averages:
-            w.writerow([name, f"{avg['precision']:.4f}", f"{avg['recall']:.4f}", f"{avg['f1']:.4f}", total])
-    (run_dir / "classification_report.md").write_text(report_markdown(result))
-    with open(run_dir / "confusion_matrix.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true\\pred", *result.classes])
-        for name, row in zip(result.classes, result.confusion):
-            w.writerow([name, *row])
+    atomic_write_csv(run_dir / "classification_report.csv", [
+        ["class", "precision", "recall", "f1", "support"],
+        *([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+          for r in result.per_class),
+        *([name, f"{avg['precision']:.4f}", f"{avg['recall']:.4f}", f"{avg['f1']:.4f}", total]
+          for name, avg in averages),
+    ])
+    atomic_write_text(run_dir / "classification_report.md", report_markdown(result))
+    atomic_write_csv(run_dir / "confusion_matrix.csv", [
+        ["true\\pred", *result.classes], *([name, *row] for name, row in zip(result.classes, result.confusion))])
     plots.confusion_matrix(result.confusion, result.classes, run_dir / "plots" / "cm.png",
                            title=f"{result.run}: confusion matrix (row-normalised), test acc {result.test_acc:.2f}%")
 
@@ -223,7 +219,7 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
         "test_acc": result.test_acc, "test_loss": result.test_loss,
         "macro_avg": result.macro_avg, "weighted_avg": result.weighted_avg,
     })
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
 
 
 def report_markdown(result: EvalResult) -> str:

@@ -5,16 +5,19 @@ from pathlib import Path
 
 import matplotlib
 
+from cnnscope.checkpoint import atomic_write_bytes
+
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, path) -> Path:
-    """Write `fig` as a PNG at `path` (folders made as needed) and close it."""
+    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

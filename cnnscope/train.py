@@ -14,21 +14,19 @@ the CPU, nccl on CUDA). Each rank trains on its shard of every epoch; rank 0 val
 file and prints. Batch-norm statistics: SyncBatchNorm on CUDA; on the CPU (where PyTorch has no
 SyncBatchNorm) DDP broadcasts rank 0's running statistics before every forward pass.
 """
-import csv
 import dataclasses
 import json
 import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +35,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cnnscope import data, recipes
-from cnnscope.checkpoint import apply_model_settings, load_checkpoint, save_checkpoint
+from cnnscope import data, recipes, run_folder
+from cnnscope.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
+                                 save_checkpoint)
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, predict, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
@@ -98,7 +97,12 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
 def resume_path(resume) -> Path:
     """--resume RUN|CHECKPOINT -> the checkpoint file (a run folder's checkpoints/last.pth)."""
     path = Path(resume)
-    return path / "checkpoints" / "last.pth" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    last = path / "checkpoints" / "last.pth"
+    if not last.exists() and run_folder.is_run(path):
+        raise run_folder.nothing_to_resume(path)
+    return last
 
 
 def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
@@ -384,13 +388,14 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
         console = console or Console()
         console.quiet = not ddp.is_main
         run_dir = Path(run_dir) if run_dir else Path(opts.out) / opts.name
-        return _train(opts, resume_ckpt, run_dir, overwrite, ddp, device, console)
+        with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
+            return _train(opts, resume_ckpt, run_dir, overwrite, ddp, device, console, run_lock)
     finally:
         if ddp.world_size > 1:
             dist.destroy_process_group()
 
 
-def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, console) -> TrainResult:
+def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, console, run_lock) -> TrainResult:
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
     channels_last = opts.channels_last is not False
@@ -431,8 +436,8 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
         model = compile_model(model)  # compiles in the first batches; `net` keeps the plain weights
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    if resume_ckpt is None:  # only now: a bad dataset or model leaves no half-made run folder behind
-        prepare_run_dir(run_dir, overwrite, ddp)
+    # only now: a bad dataset or model leaves no half-made run folder behind
+    prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
     state = LoopState()
     if resume_ckpt is not None:
         net.load_state_dict(resume_ckpt["model"])
@@ -540,19 +545,14 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     return finish(run_dir, opts, state, ddp, device, console, selected_on)
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, ddp: Dist) -> None:
-    """A new run needs a folder that holds no earlier run (or --overwrite, which clears it)."""
-    holds_run = (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()
-    if holds_run and not overwrite:
-        raise CnnscopeError(
-            f"{run_dir} already holds a run. Continue it with `cnnscope train --resume {run_dir}`, choose "
-            "another --name, or pass --overwrite to replace it."
-        )
-    ddp.barrier()  # every rank has looked before rank 0 clears the folder
+def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
+    """Rank 0 locks the run folder for the rest of training and readies it (run_folder.claim); the
+    other ranks wait for it, and are ended by the launcher (or torchrun) if it refuses."""
     if ddp.is_main:
-        if holds_run:
-            shutil.rmtree(run_dir)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        note = run_folder.claim(run_dir, run_lock, resuming=resuming, overwrite=overwrite)
+        if note:
+            console.print(note)
+    ddp.barrier()
 
 
 @contextmanager
@@ -675,8 +675,7 @@ def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected
 # ---- files of the run folder ------------------------------------------------------------------
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def git_commit() -> str | None:
@@ -721,19 +720,17 @@ def write_model_texts(run_dir: Path, net: nn.Module) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
-        (run_dir / "model_summary.txt").write_text(summary.summarize(probe, INPUT_SHAPE).to_text())
-        (run_dir / "rf.md").write_text(rf.rf_markdown(probe, INPUT_SHAPE))
+        atomic_write_text(run_dir / "model_summary.txt", summary.summarize(probe, INPUT_SHAPE).to_text())
+        atomic_write_text(run_dir / "rf.md", rf.rf_markdown(probe, INPUT_SHAPE))
 
 
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
     """train_log.csv (one row per epoch, from the checkpointed history) and metrics.json."""
-    with open(run_dir / "train_log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        for row in state.history:
-            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    # the whole log again each epoch (a few hundred rows at most), so a kill never leaves half a row
+    atomic_write_csv(run_dir / "train_log.csv", [LOG_COLUMNS] + [
+        [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in state.history])
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics.update({

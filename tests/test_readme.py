@@ -2,7 +2,10 @@
 byte, and every malformed README is refused with exit code 2 and the file untouched."""
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,6 +335,44 @@ def test_rf_option_parsing():
     assert entry.block_keys() == ("NETDILATED", "DILATED")
     assert RfEntry.parse("pkg.mod:ResNet").block_keys() == ("RESNET", "RES")
     assert RfEntry.parse("model.py:Net").block_keys() == ("NET",)
+
+
+# ---- writing: the mode, a symlink, a read-only README, stale temporary files -------------------------
+
+def test_the_readme_keeps_its_mode_and_link_and_stale_temps_go(site, runner):
+    """update-readme writes as an editor would: the mode stays, a symlinked README stays a link to
+    its updated target, and temporary files of a killed earlier run are removed."""
+    docs = site / "docs"
+    docs.mkdir(exist_ok=True)
+    target = docs / "LINKED.md"
+    target.write_text(GOOD)
+    target.chmod(0o664)
+    link = site / "LINKED.md"
+    link.symlink_to(Path("docs") / "LINKED.md")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = docs / f".LINKED.md.{dead.pid}.x1y2z3w4.tmp"  # left by a write that was killed
+    stale.write_text("half a README")
+
+    result = run_cli(runner, link)
+
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(Path("docs") / "LINKED.md")
+    assert "| macro avg |" in target.read_text() and "stale" not in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in docs.iterdir()) == ["LINKED.md"]
+
+
+def test_a_read_only_readme_is_refused(site, runner):
+    readme = site / "READONLY.md"
+    readme.write_text(GOOD)
+    readme.chmod(0o444)
+
+    result = run_cli(runner, readme)
+
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{readme} is read-only, so it is left as it is" in " ".join(result.output.split())
+    assert readme.read_text() == GOOD and readme.stat().st_mode & 0o777 == 0o444
 
 
 # ---- the seed 002 README's marker set, filled from real short runs ----------------------------------
