@@ -91,7 +91,8 @@ def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runn
     try:
         assert holder.stdout.readline() == "locked\n"  # holds the lock from here until its stdin closes
         before = files_of(run_copy)
-        for args in (train_args(tiny_spec, run_copy.parent, "--overwrite"), ["train", "--resume", run_copy]):
+        for args in (train_args(tiny_spec, run_copy.parent, "--overwrite"),
+                     ["train", "--resume", run_copy, "--trust-spec"]):
             refused = invoke(runner, *args)
             assert refused.exit_code == 2, refused.output
             assert f"is in use: process {holder.pid} is training into it" in text_of(refused)
@@ -178,7 +179,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(runner, tiny_spec
     run = tmp_path / "Tiny"
     assert (run / "config.json").is_file() and not (run / "checkpoints" / "last.pth").exists()
 
-    resume = invoke(runner, "train", "--resume", run)
+    resume = invoke(runner, "train", "--resume", run, "--trust-spec")
     assert resume.exit_code == 2, resume.output
     text = text_of(resume)
     assert "stopped before its first checkpoint, so there is nothing to resume" in text
