@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.fields import Choice, Flag, Number, Numbers, check_fields
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "fake")
 BACKENDS = ("batch", "albumentations")
@@ -79,14 +80,7 @@ class AugmentSpec:
     autoaugment: bool = False  # torchvision's AutoAugment, CIFAR10 policy
 
     def __post_init__(self):
-        if self.cutout_fill not in ("mean", "zero"):
-            raise CnnscopeError(f"cutout_fill must be 'mean' or 'zero', got {self.cutout_fill!r}.")
-        if not (0 <= self.cutout <= IMAGE_SIZE and self.crop_pad >= 0):
-            raise CnnscopeError(f"Augmentation cutout must be 0..{IMAGE_SIZE} and crop_pad >= 0, got cutout="
-                                f"{self.cutout}, crop_pad={self.crop_pad}.")
-        for name in ("hflip", "affine_p", "cutout_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise CnnscopeError(f"Augmentation {name} is a probability in [0, 1], got {getattr(self, name)}.")
+        check_fields(self, AUGMENT_RULES, "Augmentation field")
 
     def describe(self) -> str:
         """One line for plot titles and logs, e.g. 'hflip 0.5 · affine p0.5 (...) · cutout 16 p0.5'."""
@@ -103,6 +97,21 @@ class AugmentSpec:
         if self.cutout and self.cutout_p:
             parts.append(f"cutout {self.cutout}x{self.cutout} p{self.cutout_p:g} ({self.cutout_fill})")
         return " · ".join(parts) or "no augmentation"
+
+
+_PROBABILITY = Number(float, 0, 1)
+AUGMENT_RULES = {
+    "hflip": _PROBABILITY,
+    "crop_pad": Number(int, 0, IMAGE_SIZE),
+    "affine_p": _PROBABILITY,
+    "translate": Number(float, 0, 1),
+    "scale": Numbers(Number(float, 0, lo_open=True), count=2, ascending=True, example="scale=(0.9,1.1)"),
+    "rotate": Number(float, 0, 180),
+    "cutout": Number(int, 0, IMAGE_SIZE),
+    "cutout_p": _PROBABILITY,
+    "cutout_fill": Choice(("mean", "zero")),
+    "autoaugment": Flag(),
+}
 
 
 # ---- datasets -----------------------------------------------------------------------------------
