@@ -92,19 +92,18 @@ def logits(output, model, spec=None) -> torch.Tensor:
     )
 
 
-def require_parameters(model: nn.Module, spec=None, command="train"):
+def require_parameters(model: nn.Module, spec=None):
     if not any(p.requires_grad for p in model.parameters()):
         raise CnnscopeError(
-            f"{_name(model, spec)} has no trainable parameters, so there is nothing to {command}. Check the SPEC "
-            "and its constructor keywords (a model keeps its layers as attributes, e.g. self.conv = nn.Conv2d(...))."
+            f"{_name(model, spec)} has no trainable parameters, so there is nothing to train. Check the SPEC and "
+            "its constructor keywords (a model keeps its layers as attributes, e.g. self.conv = nn.Conv2d(...))."
         )
 
 
-def classifier_outputs(model: nn.Module, input_shape, spec=None, *, trains=True) -> int:
-    """Probe `model` as a classifier about to be trained (`trains`) or explained: its number of
-    outputs (classes)."""
-    if trains:
-        require_parameters(model, spec)
+def classifier_outputs(model: nn.Module, input_shape, spec=None) -> int:
+    """Probe `model` as a classifier about to be trained: it has parameters and its forward returns
+    one logits tensor; returns its number of outputs (classes)."""
+    require_parameters(model, spec)
     return logits(probe_forward(model, input_shape, spec=spec), model, spec).shape[1]
 
 
