@@ -36,6 +36,7 @@ from cnnscope import data, recipes, summary
 from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, inference_copy, to_channels_last, training_ops
+from cnnscope.probe import check_input, classifier_outputs
 
 WARMUP_STEPS = 3
 DATA_MIN_BATCHES = 10  # a loader's rate needs more batches than its workers prefetch
@@ -297,9 +298,11 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
         raise CnnscopeError("--compile is benchmarked in one process: add --procs 1.")
     report = progress or (lambda message: None)
     recipe = recipes.get_recipe(spec)
-    input_shape = tuple(input_shape)
     probe = build_model(spec, ctor or {})
-    flops = 2 * summary.summarize(probe, input_shape).macs
+    # before any process starts or any batch is allocated: the model can train on this input here
+    input_shape = check_input(probe, input_shape, spec, batch=batch_size, training=True, device=device)
+    classifier_outputs(probe, input_shape, spec)
+    flops = 2 * summary.summarize(probe, input_shape, spec).macs
     params = sum(p.numel() for p in probe.parameters())
     del probe
     if device.type == "cuda":

@@ -161,9 +161,13 @@ def load_checkpoint(path) -> dict:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file ...
+    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file, empty ...
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]  # an empty file's EOFError has none
+        detail = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
+        if path.stat().st_size == 0:
+            detail = "the file is empty"
         raise CnnscopeError(
-            f"Checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"Checkpoint {path} could not be read ({detail}). "
             "It is corrupt, truncated, or not a cnnscope checkpoint; use another checkpoint of the run "
             "(checkpoints/last.pth or best.pth) or train again."
         ) from None

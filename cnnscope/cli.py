@@ -171,7 +171,7 @@ def summary_cmd(spec, ctor, input_shape, fmt):
     from cnnscope import summary
 
     model = spec_mod.build_model(spec, spec_mod.parse_ctor(ctor))
-    result = summary.summarize(model, input_shape)
+    result = summary.summarize(model, input_shape, spec)
     emit(fmt, table=lambda: summary.summary_table(result, spec),
          markdown=lambda: summary.summary_markdown(result, spec), json_obj=result.to_json())
 
@@ -356,6 +356,8 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
     if not launch.launched():
         saved_world_size = ckpt["config"]["world_size"] if ckpt else None
         n = launch.resolve_procs(procs, opts.recipe.batch_size, resolve_device(opts.device).type, saved_world_size)
+        if opts.train_subset:
+            train_mod.check_shares(opts.train_subset, n)
         if n > 1:
             job = dict(options=opts.to_json(), resume=str(train_mod.resume_path(resume)) if resume else None,
                        run_dir=str(run_dir) if run_dir else None, overwrite=overwrite)

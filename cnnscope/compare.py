@@ -4,14 +4,15 @@ Reads each run folder's metrics.json and train_log.csv (no model is loaded) and 
 (default reports/combined): summary.csv, summary.md, combined_acc.png, combined_loss.png.
 """
 import csv
-import json
 from pathlib import Path
 
+from cnnscope import runfiles
 from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 
 COLUMNS = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
            "images_per_s")
+LOG_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")  # the curves' columns
 HEADERS = ("run", "model", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
            "images/s")
 
@@ -30,8 +31,16 @@ def run_folder(run) -> Path:
 
 
 def read_log(path: Path) -> list[dict]:
-    with open(path / "train_log.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return runfiles.read_csv(path / "train_log.csv", numeric=LOG_NUMBERS)
+
+
+def summary_rows(folders: list[Path]) -> list[dict]:
+    """One row per run folder: its label and the COLUMNS of its metrics.json."""
+    rows = []
+    for label, folder in zip(labels_for(folders), folders):
+        metrics = runfiles.read_metrics(folder / "metrics.json")
+        rows.append({"run": label, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+    return rows
 
 
 def labels_for(folders: list[Path]) -> list[str]:
@@ -45,11 +54,8 @@ def compare_runs(runs, out="reports/combined") -> list[dict]:
     from cnnscope import plots
 
     folders = [run_folder(r) for r in runs]
-    rows, logs = [], {}
-    for label, folder in zip(labels_for(folders), folders):
-        metrics = json.loads((folder / "metrics.json").read_text())
-        rows.append({"run": label, **{c: metrics.get(c) for c in COLUMNS[1:]}})
-        logs[label] = read_log(folder)
+    rows = summary_rows(folders)
+    logs = {row["run"]: read_log(folder) for row, folder in zip(rows, folders)}
 
     out = Path(out)
     atomic_write_csv(out / "summary.csv", [COLUMNS, *([row[c] for c in COLUMNS] for row in rows)])

@@ -12,7 +12,12 @@ Both apply, in this order: random crop after zero padding, horizontal flip, Auto
 policy, on uint8), affine (translate/scale/rotate about the centre, zero border), cutout (one square
 hole inside the image), normalization. Batch order and augmentation randomness are a pure function of
 (seed, epoch, rank), so a resumed run replays its batches exactly.
+
+Files in --data-dir are checked before use: CIFAR's pickled batches are read by a restricted
+unpickler (_CifarUnpickler) that builds only plain data and numpy arrays, so a planted file cannot
+run code; IDX headers, image sizes and labels are checked, and a corrupt stats cache is recomputed.
 """
+import codecs
 import gzip
 import json
 import math
@@ -27,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnscope.checkpoint import atomic_write_bytes
 from cnnscope.errors import CnnscopeError
+from cnnscope.fields import Choice, Flag, Number, Numbers, check_fields
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "fake")
 BACKENDS = ("batch", "albumentations")
@@ -79,14 +86,7 @@ class AugmentSpec:
     autoaugment: bool = False  # torchvision's AutoAugment, CIFAR10 policy
 
     def __post_init__(self):
-        if self.cutout_fill not in ("mean", "zero"):
-            raise CnnscopeError(f"cutout_fill must be 'mean' or 'zero', got {self.cutout_fill!r}.")
-        if not (0 <= self.cutout <= IMAGE_SIZE and self.crop_pad >= 0):
-            raise CnnscopeError(f"Augmentation cutout must be 0..{IMAGE_SIZE} and crop_pad >= 0, got cutout="
-                                f"{self.cutout}, crop_pad={self.crop_pad}.")
-        for name in ("hflip", "affine_p", "cutout_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise CnnscopeError(f"Augmentation {name} is a probability in [0, 1], got {getattr(self, name)}.")
+        check_fields(self, AUGMENT_RULES, "Augmentation field")
 
     def describe(self) -> str:
         """One line for plot titles and logs, e.g. 'hflip 0.5 · affine p0.5 (...) · cutout 16 p0.5'."""
@@ -103,6 +103,21 @@ class AugmentSpec:
         if self.cutout and self.cutout_p:
             parts.append(f"cutout {self.cutout}x{self.cutout} p{self.cutout_p:g} ({self.cutout_fill})")
         return " · ".join(parts) or "no augmentation"
+
+
+_PROBABILITY = Number(float, 0, 1)
+AUGMENT_RULES = {
+    "hflip": _PROBABILITY,
+    "crop_pad": Number(int, 0, IMAGE_SIZE),
+    "affine_p": _PROBABILITY,
+    "translate": Number(float, 0, 1),
+    "scale": Numbers(Number(float, 0, lo_open=True), count=2, ascending=True, example="scale=(0.9,1.1)"),
+    "rotate": Number(float, 0, 180),
+    "cutout": Number(int, 0, IMAGE_SIZE),
+    "cutout_p": _PROBABILITY,
+    "cutout_fill": Choice(("mean", "zero")),
+    "autoaugment": Flag(),
+}
 
 
 # ---- datasets -----------------------------------------------------------------------------------
@@ -126,12 +141,23 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, fake_size=(512
     else:
         classes, train, test = _load_cifar(name, data_dir)
 
+    for part, split in (("training", train), ("test", test)):
+        _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
     train, val = _hold_out(train, val_split, seed)
     if name == "fake":
         mean, std = channel_stats(train.images)
     else:
         mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}.json", train.images)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
+
+
+def _check_labels(split: Split, classes, where: str):
+    """Every label names one of the classes (a label out of range would fail in the middle of training)."""
+    bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
+    if len(bad):
+        raise CnnscopeError(f"{where} has labels {bad.min().item()}..{bad.max().item()} outside the "
+                            f"{len(classes)} classes (labels 0..{len(classes) - 1}). Replace the dataset's files with "
+                            "the original ones.")
 
 
 def _hold_out(train: Split, val_split, seed):
@@ -160,16 +186,26 @@ def channel_stats(images: torch.Tensor):
 
 
 def _cached_stats(path: Path, images: torch.Tensor):
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("n_train") == len(images):
-            return tuple(cached["mean"]), tuple(cached["std"])
+    """channel_stats of the train split, cached in `path`; a cache that is unreadable, corrupt or for
+    another split is computed again and replaced (atomically: ranks may write it at once)."""
+    cached = _read_stats(path, len(images), images.shape[1])
+    if cached is not None:
+        return cached
     mean, std = channel_stats(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"n_train": len(images), "mean": mean, "std": std}, indent=2))
-    tmp.replace(path)
+    text = json.dumps({"n_train": len(images), "mean": mean, "std": std}, indent=2)
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
     return mean, std
+
+
+def _read_stats(path: Path, n_train: int, channels: int):
+    """(mean, std) from a stats cache of this split, or None."""
+    try:
+        cached = json.loads(path.read_text())
+        stats = tuple(float(v) for v in cached["mean"]), tuple(float(v) for v in cached["std"])
+        fits = cached["n_train"] == n_train and all(len(s) == channels for s in stats)
+    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON, or not the cache's layout
+        return None
+    return stats if fits and all(math.isfinite(v) for s in stats for v in s) else None
 
 
 # fake: 10 classes = 5 colours x 2 stripe orientations, so a model must see colour AND texture.
@@ -202,7 +238,8 @@ def _make_fake(n_train, n_test):
 
 
 def _load_cifar(name, data_dir: Path):
-    """The python pickled batches of CIFAR-10/100 (torchvision's layout and download)."""
+    """The python pickled batches of CIFAR-10/100 (torchvision's layout and download), read by
+    _CifarUnpickler: a planted file cannot run code."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     info = CIFAR10 if name == "cifar10" else CIFAR100
@@ -210,26 +247,63 @@ def _load_cifar(name, data_dir: Path):
     if not folder.is_dir():
         _fetch_archive(name, info.url, data_dir, info.filename, info.tgz_md5, info.base_folder)
     label_key = "labels" if name == "cifar10" else "fine_labels"
-    classes = list(_read_pickle(folder / info.meta["filename"])[info.meta["key"]])
-    splits = []
-    for file_list in (info.train_list, info.test_list):
-        batches = [_read_pickle(folder / file_name) for file_name, _md5 in file_list]
-        try:
-            images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-            labels = np.concatenate([b[label_key] for b in batches])
-        except (KeyError, ValueError) as e:
-            raise CnnscopeError(f"{folder} does not hold {name} batches in the python format ({e}). "
-                                f"Delete the folder and place {info.filename} in {data_dir}/ again.") from None
-        splits.append(Split(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64))))
+    redo = f"Delete {folder} and place {info.filename} in {data_dir}/ again."
+    try:
+        classes = [str(c) for c in _read_pickle(folder / info.meta["filename"], redo)[info.meta["key"]]]
+        splits = []
+        for file_list in (info.train_list, info.test_list):
+            batches = [_read_pickle(folder / file_name, redo) for file_name, _md5 in file_list]
+            images = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+            labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+            images = images.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+            if labels.shape != images.shape[:1]:
+                raise ValueError(f"{len(images)} images but {labels.size} labels")
+            splits.append(Split(torch.from_numpy(images), torch.from_numpy(labels)))
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
+        raise CnnscopeError(f"{folder} does not hold {name} batches in the python format "
+                            f"({type(e).__name__}: {e}). {redo}") from None
     return classes, splits[0], splits[1]
 
 
-def _read_pickle(path: Path):
+def _numpy_array_globals() -> dict:
+    """The globals a pickled numpy array refers to, under numpy 1's and numpy 2's module names."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:
+        from numpy.core import multiarray, numeric
+    found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        found.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
+                      (f"{core}.multiarray", "scalar"): multiarray.scalar,
+                      (f"{core}.numeric", "_frombuffer"): numeric._frombuffer})
+    return found
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, strings, numbers and numpy arrays. A
+    pickle that names any other global (the way a pickle runs code) is refused, so a planted
+    --data-dir cannot run code."""
+
+    ALLOWED = _numpy_array_globals()
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[module, name]
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never does")
+
+
+def _read_pickle(path: Path, redo: str) -> dict:
     if not path.is_file():
-        raise CnnscopeError(f"{path} is missing: the dataset folder {path.parent} is incomplete. "
-                            f"Delete it and run again to re-extract or re-download the archive.")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+        raise CnnscopeError(f"{path} is missing: the dataset folder {path.parent} is incomplete. {redo}")
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # a garbage file fails in any of pickle's ways
+        raise CnnscopeError(f"{path} is not a CIFAR batch: {type(e).__name__}: {str(e)[:200]}. cnnscope only "
+                            f"unpickles numpy arrays and plain data from a dataset folder. {redo}") from None
+    if not isinstance(batch, dict):
+        raise CnnscopeError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}, not a dict. {redo}")
+    return batch
 
 
 def _fetch_archive(name, url, data_dir: Path, filename, md5, folder_name):
@@ -277,9 +351,10 @@ def _load_fashion_mnist(data_dir: Path):
     for part in ("train", "test"):
         images = torch.from_numpy(read_idx(files[f"{part}_images"]).copy())
         labels = torch.from_numpy(read_idx(files[f"{part}_labels"]).astype(np.int64))
-        if images.ndim != 3 or len(images) != len(labels):
-            raise CnnscopeError(f"{files[f'{part}_images']} and its labels file do not match "
-                                f"(images {tuple(images.shape)}, labels {tuple(labels.shape)}).")
+        if images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+            raise CnnscopeError(f"{files[f'{part}_images']} and its labels file are not Fashion-MNIST: it needs "
+                                f"28x28 images and one label each, they hold images {tuple(images.shape)} and labels "
+                                f"{tuple(labels.shape)}. Replace them with the original files.")
         pad = (IMAGE_SIZE - images.shape[-1]) // 2
         padded = torch.zeros(len(images), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
         padded[:, :, pad:IMAGE_SIZE - pad, pad:IMAGE_SIZE - pad] = images.unsqueeze(1)
@@ -310,6 +385,9 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         raise CnnscopeError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise CnnscopeError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}. "
+                            "Replace it with the original file.")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(dims):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 from cnnscope.fuse import inference_copy
+from cnnscope.runfiles import read_metrics
 
 GRID_SIZE = 32  # images in each sample grid
 TOP_CONFUSIONS = 5
@@ -212,7 +213,7 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
                            title=f"{result.run}: confusion matrix (row-normalised), test acc {result.test_acc:.2f}%")
 
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_metrics(metrics_path, "cnnscope train") if metrics_path.is_file() else {}
     metrics.update({
         "run": metrics.get("run", result.run), "model": result.model,
         "params": sum(p.numel() for p in model.parameters()), "dataset": ckpt["dataset"],

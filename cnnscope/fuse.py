@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from cnnscope.errors import CnnscopeError
 from cnnscope.rf import pair
-from cnnscope.summary import probe_forward
+from cnnscope.probe import probe_forward
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

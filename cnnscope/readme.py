@@ -20,12 +20,12 @@ reports/<x> or reports/<x>_model); RF_<X> is computed from a model file when `--
 """
 import difflib
 import html
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnscope import runfiles
 from cnnscope.checkpoint import atomic_write_bytes
 from cnnscope.errors import CnnscopeError
 
@@ -221,11 +221,6 @@ def _fenced(text: str) -> str:
     return f"{fence}\n{text.rstrip()}\n{fence}\n"
 
 
-def _read_text(path: Path) -> str:
-    """A generated text file as block content: "\\n" endings, one final newline."""
-    return path.read_text(encoding="utf-8").replace("\r\n", "\n").rstrip("\n") + "\n"
-
-
 def _md_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
@@ -342,8 +337,19 @@ class Renderer:
             self._fail(f"{path} does not exist; `{made_by.format(run=run)}` writes it.")
         return path
 
+    def _read(self, read, *args):
+        """runfiles' `read(*args)`; its error located at the block."""
+        try:
+            return read(*args)
+        except CnnscopeError as e:
+            self._fail(str(e))
+
+    def _text(self, path: Path, made_by: str) -> str:
+        """A generated text file as block content: "\\n" endings, one final newline."""
+        return self._read(runfiles.read_text, path, made_by).replace("\r\n", "\n").rstrip("\n") + "\n"
+
     def _metrics(self, run: Path) -> dict:
-        return json.loads(self._run_file(run, "metrics.json", "cnnscope train ...").read_text(encoding="utf-8"))
+        return self._read(runfiles.read_metrics, self._run_file(run, "metrics.json", "cnnscope train ..."))
 
     def _image(self, path: Path, title: str, args) -> str:
         src = Path(os.path.relpath(path, self.readme_dir)).as_posix()
@@ -404,7 +410,7 @@ class Renderer:
             title = args.get("title", f"Model summary ({args['spec']})")
         else:
             run = self._run_dir(args)
-            text = _read_text(self._run_file(run, "model_summary.txt", "cnnscope train ..."))
+            text = self._text(self._run_file(run, "model_summary.txt", "cnnscope train ..."), "cnnscope train")
             title = args.get("title", f"Model summary ({run.name})")
         return f"<details><summary><b>{html.escape(title, quote=False)}</b></summary>\n\n{_fenced(text)}</details>\n"
 
@@ -412,7 +418,7 @@ class Renderer:
         from cnnscope import rf
 
         if not self._spec_or_run(args):
-            table = _read_text(self._run_file(self._run_dir(args), "rf.md", "cnnscope train ..."))
+            table = self._text(self._run_file(self._run_dir(args), "rf.md", "cnnscope train ..."), "cnnscope train")
             return f"### {args['title']}\n\n{table}" if "title" in args else table
         if self.rf_entry is not None:
             shape = self.rf_input
@@ -469,12 +475,9 @@ class Renderer:
             from cnnscope import compare
 
             folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
-            rows = []
-            for label, folder in zip(compare.labels_for(folders), folders):
-                metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-                rows.append({"run": label, **{c: metrics.get(c) for c in compare.COLUMNS[1:]}})
-            return compare.summary_markdown(rows)
-        return _read_text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."))
+            return compare.summary_markdown(self._read(compare.summary_rows, folders))
+        return self._text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."),
+                          "cnnscope compare RUN...")
 
     def image(self, args) -> str:
         if "src" not in args:

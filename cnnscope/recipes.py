@@ -10,11 +10,43 @@ spending the whole run in it.
 import dataclasses
 from dataclasses import dataclass, field
 
-from cnnscope.data import AugmentSpec
+from cnnscope.data import DATASETS, AugmentSpec
 from cnnscope.errors import CnnscopeError
+from cnnscope.fields import Choice, Flag, Number, Numbers, check_fields
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")
+
+_POSITIVE = Number(float, 0, lo_open=True)
+_NON_NEGATIVE = Number(float, 0)
+_FRACTION = Number(float, 0, 1, lo_open=True, hi_open=True)
+# The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: data.AUGMENT_RULES);
+# as strict as the train command's options where it has one (--lr > 0, --label-smoothing in [0, 1), ...).
+RECIPE_RULES = {
+    "dataset": Choice(DATASETS),
+    "epochs": Number(int, 1),
+    "batch_size": Number(int, 1),
+    "optimizer": Choice(OPTIMIZERS),
+    "lr": _POSITIVE,
+    "momentum": Number(float, 0, 1, hi_open=True),
+    "nesterov": Flag(),
+    "weight_decay": _NON_NEGATIVE,
+    "scheduler": Choice(SCHEDULERS),
+    "pct_start": _FRACTION,
+    "div_factor": _POSITIVE,
+    "final_div_factor": _POSITIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "plateau_factor": _FRACTION,
+    "plateau_patience": Number(int, 0),
+    "early_stop_patience": Number(int, 0),
+    "step_milestones": Numbers(_FRACTION, example="step_milestones=(0.5,0.75)"),
+    "step_gamma": _POSITIVE,
+    "label_smoothing": Number(float, 0, 1, hi_open=True),
+    "grad_clip": _NON_NEGATIVE,
+    "depth_warmup_epochs": _NON_NEGATIVE,
+    "tau_start": _NON_NEGATIVE,
+    "tau_end": _NON_NEGATIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +81,13 @@ class Recipe:
     depth_warmup_epochs: float = 0.0
     tau_start: float = 0.0
     tau_end: float = 0.0
+
+    def __post_init__(self):
+        check_fields(self, RECIPE_RULES, "Recipe field")
+        if self.tau_start > 0 and self.tau_end == 0:
+            raise CnnscopeError(f"Recipe field tau_end=0 is not allowed with tau_start={self.tau_start:g}: the gate "
+                                "temperature decays exponentially from tau_start to tau_end, so tau_end must be > 0 "
+                                "(or tau_start=0 to keep the temperature fixed).")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,57 +135,32 @@ _EPOCH_SCHEDULES = ("warmup_epochs", "depth_warmup_epochs")
 
 
 def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = None) -> Recipe:
-    """Apply command-line values (None = not given) to `recipe`.
+    """Apply command-line values (None = not given) to `recipe`; every value is checked by its rule
+    (RECIPE_RULES, data.AUGMENT_RULES).
 
     A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too.
     """
-    known = {f.name for f in dataclasses.fields(Recipe)} - {"augment"}
-    unknown = sorted(set(overrides) - known)
+    _check_names("recipe", overrides, Recipe, exclude={"augment"})
+    _check_names("augmentation", augment_overrides or {}, AugmentSpec)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    augment = dataclasses.replace(recipe.augment, **(augment_overrides or {}))
+    resolved = dataclasses.replace(recipe, augment=augment, **given)
+    if resolved.epochs < recipe.epochs:
+        scaled = {name: getattr(recipe, name) * resolved.epochs / recipe.epochs
+                  for name in _EPOCH_SCHEDULES if name not in given}
+        resolved = dataclasses.replace(resolved, **scaled)
+    return resolved
+
+
+def _check_names(what, values: dict, cls, exclude=()):
+    known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise CnnscopeError(f"Unknown recipe field(s) {', '.join(unknown)}. Recipe fields: {', '.join(sorted(known))}.")
-    given = {k: _checked(k, v, getattr(recipe, k)) for k, v in overrides.items() if v is not None}
-    epochs = given.get("epochs", recipe.epochs)
-    if epochs < 1:
-        raise CnnscopeError(f"--epochs must be at least 1, got {epochs}.")
-    if epochs < recipe.epochs:
-        for name in _EPOCH_SCHEDULES:
-            given.setdefault(name, getattr(recipe, name) * epochs / recipe.epochs)
-    if given.get("optimizer", recipe.optimizer) not in OPTIMIZERS:
-        raise CnnscopeError(f"Unknown optimizer {given['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}.")
-    if given.get("scheduler", recipe.scheduler) not in SCHEDULERS:
-        raise CnnscopeError(f"Unknown scheduler {given['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}.")
-    augment = recipe.augment
-    if augment_overrides:
-        aug_fields = {f.name for f in dataclasses.fields(AugmentSpec)}
-        bad = sorted(set(augment_overrides) - aug_fields)
-        if bad:
-            raise CnnscopeError(
-                f"Unknown augmentation field(s) {', '.join(bad)}. --augment accepts: {', '.join(sorted(aug_fields))}."
-            )
-        augment = dataclasses.replace(augment, **augment_overrides)
-    try:
-        return dataclasses.replace(recipe, augment=augment, **given)
-    except TypeError as e:
-        raise CnnscopeError(f"Bad recipe value: {e}.") from None
-
-
-def _checked(name, value, default):
-    """A command-line value in the type of the recipe's default (ints accepted for floats)."""
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    if type(value) is not type(default):
-        raise CnnscopeError(
-            f"Recipe field {name} takes a {type(default).__name__} (default {default!r}), got {value!r}."
-        )
-    return value
+        raise CnnscopeError(f"Unknown {what} field(s) {', '.join(unknown)}. The {what} fields are: "
+                            f"{', '.join(sorted(known))}.")
 
 
 def recipe_from_json(obj: dict) -> Recipe:
     """Inverse of Recipe.to_json (config.json and checkpoints store the resolved recipe)."""
-    obj = dict(obj)
-    aug = dict(obj.pop("augment"))
-    aug["scale"] = tuple(aug["scale"])
-    obj["step_milestones"] = tuple(obj["step_milestones"])
-    return Recipe(augment=AugmentSpec(**aug), **obj)
+    obj = dict(obj)  # lists stand for tuples: the field rules convert them
+    return Recipe(augment=AugmentSpec(**obj.pop("augment")), **obj)

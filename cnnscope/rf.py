@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.probe import check_input, forward_error
 
 INF = math.inf
 
@@ -658,7 +659,10 @@ class _Tracer(TorchFunctionMode):
 
 
 def _conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """Zeros shaped like F.conv2d's result."""
+    """Zeros shaped like F.conv2d's result (and its error on an input of the wrong channel count)."""
+    if input.shape[-3] != weight.shape[1] * groups:
+        raise RuntimeError(f"conv2d with a weight of shape {tuple(weight.shape)} and groups={groups} expected an "
+                           f"input with {weight.shape[1] * groups} channels, got {input.shape[-3]}")
     k, s, d = weight.shape[-2:], pair(stride), pair(dilation)
     if isinstance(padding, str):
         size = [n if padding == "same" else (n - di * (ki - 1) - 1) // si + 1
@@ -739,18 +743,13 @@ def _trace(model, input_shape):
     try:
         with torch.no_grad():
             return tracer, _run(model, x, tracer)
-    except Exception as e:
-        raise CnnscopeError(
-            f"The forward pass of {type(model).__name__} on a 1x{'x'.join(map(str, input_shape))} input "
-            f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}. Check --input (C H W) and --ctor."
-        ) from None
+    except (Exception, SystemExit) as e:
+        raise forward_error(model, None, input_shape, e) from None
 
 
 def analyze(model: nn.Module, input_shape=(3, 32, 32)) -> RFResult:
     """The receptive-field table of `model` on a 1 x C x H x W probe input (run in eval mode)."""
-    input_shape = tuple(int(n) for n in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise CnnscopeError(f"--input takes C H W (three positive integers), got {input_shape}.")
+    input_shape = check_input(model, input_shape)
     was_training = model.training
     model.eval()
     try:

@@ -58,7 +58,7 @@ def _load_file(path: Path):
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a file that calls sys.exit() is a broken model file too
         del sys.modules[name]
         raise CnnscopeError(
             f"Importing {path} failed: {type(e).__name__}: {e}. Fix the file, or check that the "

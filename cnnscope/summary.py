@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from cnnscope.probe import check_input, probe_forward
+
 _CONVS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
 _CONV_TRANSPOSES = {torch.conv_transpose1d: 1, torch.conv_transpose2d: 2, torch.conv_transpose3d: 3}
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm}
@@ -159,22 +161,10 @@ def _first_tensor(obj):
     return None
 
 
-def probe_forward(model: nn.Module, input_shape, mode):
-    """One no-grad forward of a (1, *input_shape) zero batch in eval mode, inside `mode` (a
-    TorchFunctionMode or any context manager); the model's training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad(), mode:
-            return model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-
-
-def summarize(model: nn.Module, input_shape=(3, 32, 32)) -> SummaryResult:
-    """Run one (1, *input_shape) forward pass in eval mode and tabulate every module call."""
+def summarize(model: nn.Module, input_shape=(3, 32, 32), spec=None) -> SummaryResult:
+    """Run one (1, *input_shape) forward pass in eval mode and tabulate every module call. `spec`
+    names the model in errors (a bad input shape, a forward that raises)."""
+    input_shape = check_input(model, input_shape, spec)
     recorder = _CallRecorder()
     calls: list[LayerCall] = []
     counts: dict[nn.Module, int] = {}
@@ -199,7 +189,7 @@ def summarize(model: nn.Module, input_shape=(3, 32, 32)) -> SummaryResult:
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook))
     try:
-        probe_forward(model, input_shape, recorder)
+        probe_forward(model, input_shape, recorder, spec)
     finally:
         for h in handles:
             h.remove()

@@ -42,6 +42,7 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.evaluate import autocast, predict, resolve_device
 from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
 from cnnscope.launch import split_batch
+from cnnscope.probe import classifier_outputs
 from cnnscope.recipes import Recipe
 from cnnscope.spec import check_file_spec, is_registry_name
 
@@ -92,6 +93,15 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend,
                                    train_subset=train_subset, **runtime).items() if v is not None}
     return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
+
+
+def check_shares(train_images: int, world_size: int) -> None:
+    """Every data-parallel process needs at least one training image."""
+    if train_images < world_size:
+        raise CnnscopeError(
+            f"{train_images} training image(s) cannot be shared by {world_size} processes: each needs at least one. "
+            f"Train on {world_size} or more images (--train-subset), or with fewer processes (--procs)."
+        )
 
 
 def resume_path(resume) -> Path:
@@ -253,13 +263,11 @@ def build_model(opts: TrainOptions, num_classes: int) -> tuple[nn.Module, dict]:
     if takes_num_classes:
         ctor.setdefault("num_classes", num_classes)
     model = build(opts.spec, ctor)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        was_training = model.training
-        out = model.eval()(torch.zeros(2, *INPUT_SHAPE))
-        model.train(was_training)
-    if out.ndim != 2 or out.shape[1] != num_classes:
+    with torch.random.fork_rng(devices=[]):
+        outputs = classifier_outputs(model, INPUT_SHAPE, opts.spec)
+    if outputs != num_classes:
         raise CnnscopeError(
-            f"{opts.spec} returns outputs of shape {tuple(out.shape)} but {opts.recipe.dataset} has {num_classes} "
+            f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
             f"classes: the model must return (batch, {num_classes}) logits. Pass --ctor num_classes={num_classes} "
             "if its constructor takes another name for it."
         )
@@ -408,6 +416,7 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
         ds = dataclasses.replace(ds, train=data.subset(ds.train, opts.train_subset, opts.seed))
     if ddp.is_main:
         ddp.barrier()
+    check_shares(len(ds.train), ddp.world_size)
     selected_on = "val" if ds.val is not None else "test"
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     train_loader = data.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,

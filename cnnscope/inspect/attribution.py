@@ -24,6 +24,7 @@ import torch.nn as nn
 from cnnscope.errors import CnnscopeError
 from cnnscope.inspect import Section, fmt_float
 from cnnscope.inspect.sharing import is_shared_layer
+from cnnscope.probe import logits, run_forward
 
 METHODS = ("ig", "saliency", "gradcam", "occlusion")
 TITLES = {"ig": "Integrated Gradients", "saliency": "Saliency", "gradcam": "GradCAM",
@@ -178,8 +179,7 @@ def inspect_attributions(target, images, *, methods=METHODS, target_class="pred"
     from cnnscope import plots
 
     model = target.model
-    with torch.no_grad():
-        probs = torch.softmax(model(images.x), dim=1)
+    probs = torch.softmax(logits(run_forward(model, images.x, target.label), model, target.label), dim=1)
     preds = probs.argmax(1).tolist()
     num_outputs = probs.shape[1]
     if target_class == "true" and max(images.labels) >= num_outputs:

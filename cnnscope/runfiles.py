@@ -1,0 +1,82 @@
+"""The one reader of a run folder's files (metrics.json, train_log.csv, generated text) for the
+commands that read runs without loading a model (compare, update-readme, evaluate's merge).
+
+A file that is missing, not UTF-8, not JSON, or has text in a number column is a CnnscopeError
+naming the file, what is wrong with it, and the command that writes it again.
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError
+
+
+def _fail(path, problem: str, made_by: str):
+    raise CnnscopeError(f"{path} {problem}. Restore it, or write it again with `{made_by}`.")
+
+
+def read_text(path, made_by="cnnscope train") -> str:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        _fail(path, f"cannot be read ({e.strerror or e})", made_by)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(path, f"is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", made_by)
+
+
+def read_json(path, made_by="cnnscope train") -> dict:
+    """A JSON object."""
+    text = read_text(path, made_by)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(path, f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", made_by)
+    if not isinstance(obj, dict):
+        _fail(path, f"holds a JSON {type(obj).__name__}, not an object", made_by)
+    return obj
+
+
+def read_csv(path, numeric=(), made_by="cnnscope train") -> list[dict]:
+    """Rows of a CSV file with a header; the `numeric` columns must be there and hold numbers (floats)."""
+    rows = list(csv.DictReader(io.StringIO(read_text(path, made_by), newline="")))
+    header = rows[0].keys() if rows else ()
+    missing = [c for c in numeric if rows and c not in header]
+    if missing:
+        _fail(path, f"has no column {', '.join(missing)}", made_by)
+    for line, row in enumerate(rows, 2):
+        for column in numeric:
+            try:
+                row[column] = float(row[column])
+            except TypeError:  # a short row
+                _fail(path, f"has no value in the column {column} on line {line}", made_by)
+            except ValueError:
+                _fail(path, f"has {row[column]!r} in the number column {column} on line {line}", made_by)
+    return rows
+
+
+METRIC_NUMBERS = ("params", "best_val_acc", "test_acc", "test_loss", "best_epoch", "epochs", "train_time_s",
+                  "images_per_s")
+AVERAGES = ("macro_avg", "weighted_avg")  # each {precision, recall, f1}
+
+
+def _check_numbers(obj: dict, keys, path, made_by, prefix=""):
+    for key in keys:
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            _fail(path, f"has {value!r} as {prefix}{key}, which should be a number", made_by)
+
+
+def read_metrics(path, made_by="cnnscope train") -> dict:
+    """A run's metrics.json, its numbers checked (each may be absent or null)."""
+    metrics = read_json(path, made_by)
+    _check_numbers(metrics, METRIC_NUMBERS, path, made_by)
+    for key in AVERAGES:
+        average = metrics.get(key)
+        if average is not None and not isinstance(average, dict):
+            _fail(path, f"has {average!r} as {key}, which should be an object of precision, recall and f1", made_by)
+        _check_numbers(average or {}, ("precision", "recall", "f1"), path, made_by, prefix=f"{key}.")
+    return metrics

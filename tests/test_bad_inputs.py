@@ -1,0 +1,292 @@
+"""Every bad input is one clear paragraph and exit code 2, never a traceback (issue 11, section 2).
+
+One table: (case, command, a fragment the message must hold). The bad files the commands read
+(model files whose forward raises or returns a tuple, corrupt run folders and checkpoints, broken
+dataset folders) are written once per module into `world`; `{name}` in a command is one of them.
+"""
+import gzip
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnscope.cli import cli
+
+MODEL_FILE = '''
+import sys
+import torch
+import torch.nn as nn
+
+
+class Raises(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 3)
+
+    def forward(self, x):
+        raise ValueError("boom in forward")
+
+
+class Tuple(Raises):
+    def forward(self, x):
+        logits = self.conv(x).mean((2, 3))
+        return logits, logits
+
+
+class Dict(Raises):
+    def forward(self, x):
+        return {"logits": self.conv(x).mean((2, 3))}
+
+
+class Exits(Raises):
+    def forward(self, x):
+        sys.exit(4)
+
+
+class NoParams(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)).repeat(1, 4)[:, :10]
+'''
+
+FASHION_FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
+                 "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz"}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    return b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_fashion_mnist(root: Path, size=28, labels=range(4), header_cut=False) -> Path:
+    """A 4-train, 2-test Fashion-MNIST folder in IDX format, spoilt as asked."""
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True)
+    labels = np.array(list(labels), dtype=np.uint8)
+    arrays = {"train_images": np.full((4, size, size), 100, np.uint8), "train_labels": labels,
+              "test_images": np.full((2, size, size), 50, np.uint8), "test_labels": labels[:2]}
+    for key, name in FASHION_FILES.items():
+        raw = idx_bytes(arrays[key])
+        (folder / name).write_bytes(gzip.compress(raw[:6] if header_cut and key == "train_images" else raw))
+    return root
+
+
+def write_cifar10(root: Path, spoil: bytes | None = None, batch=None) -> Path:
+    """cifar-10-batches-py/ with 2-image batches; data_batch_1 replaced by `spoil` bytes or `batch`."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    good = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(good))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    if spoil is not None or batch is not None:
+        (folder / "data_batch_1").write_bytes(spoil if spoil is not None else pickle.dumps(batch))
+    return root
+
+
+class Planted:
+    """A pickle that creates a file when unpickled (the way a planted dataset would run code)."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def write_run(folder: Path, metrics="{}", log=None, summary_bytes=b"model\n") -> Path:
+    """A run folder as `cnnscope train` leaves it, as far as compare and update-readme read it."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(metrics)
+    (folder / "train_log.csv").write_text(log or "epoch,train_loss,train_acc,val_loss,val_acc\n1,2.3,10,2.3,10\n")
+    (folder / "model_summary.txt").write_bytes(summary_bytes)
+    return folder
+
+
+def write_checkpoint(folder: Path, dataset: str) -> Path:
+    """A checkpoint of the zoo's tiny model as `cnnscope train` writes it (untrained weights)."""
+    import models
+
+    folder.mkdir(parents=True)
+    classes = [f"c{i}" for i in range(10)]
+    torch.save({"model_spec": "tiny", "ctor": {}, "model": models.build("tiny").state_dict(), "dataset": dataset,
+                "mean": [0.5] * 3, "std": [0.25] * 3, "classes": classes}, folder / "best.pth")
+    return folder / "best.pth"
+
+
+def readme(root: Path, name: str, block: str) -> Path:
+    path = root / name
+    path.write_text(f"# runs\n\n<!-- {block} -->\n<!-- /{block.split()[0]} -->\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "bad_models.py").write_text(MODEL_FILE)
+    (root / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "garbage.pth").write_bytes(b"this is not a checkpoint")
+    metrics_ok = json.dumps({"model": "basic", "test_acc": 50.0, "macro_avg": {"precision": 0.5}})
+    runs = {
+        "run_ok": write_run(root / "runs" / "ok", metrics_ok),
+        "run_bad_json": write_run(root / "runs" / "bad_json", '{"test_acc": 5'),
+        "run_json_list": write_run(root / "runs" / "json_list", "[1, 2]"),
+        "run_text_number": write_run(root / "runs" / "text_number", '{"test_acc": "high"}'),
+        "run_avg_list": write_run(root / "runs" / "avg_list", '{"macro_avg": [0.5, 0.5]}'),
+        "run_log_text": write_run(root / "runs" / "log_text", metrics_ok,
+                                  "epoch,train_loss,train_acc,val_loss,val_acc\n1,2.3,10,2.3,10\n2,2.2,11,2.2,abc\n"),
+        "run_short_log": write_run(root / "runs" / "short_log", metrics_ok, "epoch,train_loss\n1,2.3\n"),
+        "run_latin1": write_run(root / "runs" / "latin1", metrics_ok, summary_bytes=b"caf\xe9 model\n"),
+    }
+    fake_run = write_checkpoint(root / "fake_run" / "checkpoints", "fake").parent.parent
+    (fake_run / "metrics.json").write_text('{"test_acc": 1')  # cut off, beside a good checkpoint
+    data = root / "data"
+    paths = {
+        "models": root / "bad_models.py", "exits": root / "exits_at_import.py",
+        "empty_pth": root / "empty.pth", "garbage_pth": root / "garbage.pth", "fake_run": fake_run,
+        "fmnist_ckpt": write_checkpoint(root / "fmnist_run" / "checkpoints", "fashion-mnist"),
+        "idx_cut": write_fashion_mnist(data / "idx_cut", header_cut=True),
+        "idx_40": write_fashion_mnist(data / "idx_40", size=40),
+        "idx_labels": write_fashion_mnist(data / "idx_labels", labels=range(190, 194)),
+        "cifar_garbage": write_cifar10(data / "cifar_garbage", spoil=b"\x80\x04garbage, not a pickle"),
+        "cifar_list": write_cifar10(data / "cifar_list", batch=[1, 2, 3]),
+        "cifar_no_data": write_cifar10(data / "cifar_no_data", batch={"labels": [0, 1]}),
+        "cifar_planted": write_cifar10(data / "cifar_planted", batch=Planted(root / "PWNED")),
+        "pwned": root / "PWNED",
+        "readme_bad_json": readme(root, "bad_json.md", f"RUN_METRICS run={runs['run_bad_json']}"),
+        "readme_latin1": readme(root, "latin1.md", f"MODEL_SUMMARY run={runs['run_latin1']}"),
+        "readme_avg_list": readme(root, "avg_list.md", f"CLS_REPORT run={runs['run_avg_list']}"),
+        "readme_combined": readme(root, "combined.md",
+                                  f'COMBINED_SUMMARY_TABLE runs="{runs["run_ok"]} {runs["run_text_number"]}"'),
+        "out": root / "out",
+        **runs,
+    }
+    return {k: str(v) for k, v in paths.items()}
+
+
+TRAIN = ("--dataset", "fake", "--epochs", "1", "--procs", "1", "--out", "{out}")
+OUT = ("--out", "{out}")
+
+CASES = [
+    # models
+    ("models-format", ["models", "--format", "xml"], "Invalid value for '--format'"),
+    # summary
+    ("summary-forward-raises", ["summary", "{models}:Raises"], "ValueError: boom in forward"),
+    ("summary-forward-exits", ["summary", "{models}:Exits"], "SystemExit: 4"),
+    ("summary-file-exits", ["summary", "{exits}:Net"], "SystemExit: 3"),
+    ("summary-input-zero", ["summary", "basic", "--input", "0", "32", "32"], "C H W, three whole numbers of at least 1"),
+    ("summary-input-negative", ["summary", "basic", "--input", "-3", "32", "32"], "got -3 32 32"),
+    ("summary-input-channels", ["summary", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),
+    ("summary-input-huge", ["summary", "basic", "--input", "3", "100000", "100000"], "GB is available"),
+    ("summary-unknown-model", ["summary", "nosuch"], "Unknown model 'nosuch'"),
+    ("summary-bad-ctor", ["summary", "basic", "--ctor", "width"], "Bad --ctor value"),
+    # rf
+    ("rf-forward-raises", ["rf", "{models}:Raises"], "ValueError: boom in forward"),
+    ("rf-input-channels", ["rf", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),
+    ("rf-input-zero", ["rf", "basic", "--input", "3", "0", "32"], "C H W, three whole numbers of at least 1"),
+    ("rf-input-huge", ["rf", "basic", "--input", "3", "100000", "100000"], "GB is available"),
+    # bench
+    ("bench-input-huge", ["bench", "basic", "--procs", "1", "--input", "3", "100000", "100000"], "GB is available"),
+    ("bench-tuple", ["bench", "{models}:Tuple", "--procs", "1"], "returns a tuple of 2"),
+    ("bench-no-params", ["bench", "{models}:NoParams", "--procs", "1"], "no trainable parameters"),
+    ("bench-forward-raises", ["bench", "{models}:Raises", "--procs", "1"], "boom in forward"),
+    # train
+    ("train-lr-negative", ["train", "basic", "--recipe", "lr=-1", *TRAIN], "lr=-1 is not allowed: lr takes a number > 0"),
+    ("train-batch-zero", ["train", "basic", "--recipe", "batch_size=0", *TRAIN], "batch_size=0 is not allowed"),
+    ("train-hflip-text", ["train", "basic", "--augment", "hflip=abc", *TRAIN], "hflip='abc' is not allowed"),
+    ("train-scale-number", ["train", "basic", "--augment", "scale=5", *TRAIN], "scale=5 is not allowed"),
+    ("train-scale-reversed", ["train", "basic", "--augment", "scale=(1.2,0.8)", *TRAIN], "ascending order"),
+    ("train-momentum", ["train", "basic", "--recipe", "momentum=1.5", *TRAIN], "momentum takes a number in [0, 1)"),
+    ("train-milestones", ["train", "swrn", "--recipe", "step_milestones=[0.5,2]", *TRAIN], "step_milestones"),
+    ("train-tau-end", ["train", "basic", "--recipe", "tau_start=1", *TRAIN], "tau_end must be > 0"),
+    ("train-unknown-field", ["train", "basic", "--recipe", "warmup=3", *TRAIN], "Unknown recipe field(s) warmup"),
+    ("train-subset-procs", ["train", "basic", "--train-subset", "1", *TRAIN[:4], "--procs", "2", "--out", "{out}"],
+     "cannot be shared by 2 processes"),
+    ("train-forward-raises", ["train", "{models}:Raises", *TRAIN], "boom in forward"),
+    ("train-tuple", ["train", "{models}:Tuple", *TRAIN], "one logits tensor"),
+    ("train-dict", ["train", "{models}:Dict", *TRAIN], "returns a dict of 1"),
+    ("train-no-params", ["train", "{models}:NoParams", *TRAIN], "no trainable parameters"),
+    ("train-file-exits", ["train", "{exits}:Net", *TRAIN], "SystemExit: 3"),
+    ("train-resume-empty", ["train", "--resume", "{empty_pth}", "--procs", "1"], "the file is empty"),
+    ("train-cifar-garbage", ["train", "basic", "--dataset", "cifar10", "--data-dir", "{cifar_garbage}", "--procs", "1",
+                             "--out", "{out}"], "data_batch_1 is not a CIFAR batch"),
+    # evaluate
+    ("evaluate-empty", ["evaluate", "{empty_pth}"], "the file is empty"),
+    ("evaluate-garbage", ["evaluate", "{garbage_pth}"], "could not be read"),
+    ("evaluate-corrupt-metrics", ["evaluate", "{fake_run}"], "metrics.json is not valid JSON"),
+    ("evaluate-labels", ["evaluate", "{fmnist_ckpt}", "--data-dir", "{idx_labels}"], "labels 190..193 outside the 10"),
+    # augment: dataset folders
+    ("augment-idx-cut", ["augment", "basic", "--dataset", "fashion-mnist", "--data-dir", "{idx_cut}", *OUT],
+     "its header needs 16 bytes, the file has 6"),
+    ("augment-idx-40x40", ["augment", "basic", "--dataset", "fashion-mnist", "--data-dir", "{idx_40}", *OUT],
+     "28x28 images"),
+    ("augment-labels", ["augment", "basic", "--dataset", "fashion-mnist", "--data-dir", "{idx_labels}", *OUT],
+     "labels 190..193 outside the 10 classes"),
+    ("augment-cifar-list", ["augment", "basic", "--dataset", "cifar10", "--data-dir", "{cifar_list}", *OUT],
+     "holds a list, not a dict"),
+    ("augment-cifar-no-data", ["augment", "basic", "--dataset", "cifar10", "--data-dir", "{cifar_no_data}",
+                               *OUT], "KeyError: 'data'"),
+    ("augment-cifar-planted", ["augment", "basic", "--dataset", "cifar10", "--data-dir", "{cifar_planted}",
+                               *OUT], "refers to io.open"),
+    ("augment-empty-run", ["augment", "{empty_pth}"], "the file is empty"),
+    # compare
+    ("compare-bad-json", ["compare", "{run_bad_json}", "--out", "{out}"], "metrics.json is not valid JSON"),
+    ("compare-json-list", ["compare", "{run_json_list}", "--out", "{out}"], "holds a JSON list, not an object"),
+    ("compare-text-number", ["compare", "{run_text_number}", "--out", "{out}"], "'high' as test_acc"),
+    ("compare-log-text", ["compare", "{run_log_text}", "--out", "{out}"],
+     "'abc' in the number column val_acc on line 3"),
+    ("compare-log-columns", ["compare", "{run_short_log}", "--out", "{out}"], "has no column train_acc"),
+    ("compare-not-a-run", ["compare", "{models}", "--out", "{out}"], "is not a finished run folder"),
+    # gates, sharing, attribute
+    ("gates-no-gates", ["gates", "basic"], "has no entropy gates"),
+    ("gates-empty", ["gates", "{empty_pth}"], "the file is empty"),
+    ("sharing-no-banks", ["sharing", "basic"], "no soft-shared layers"),
+    ("sharing-threshold", ["sharing", "swrn", "--threshold", "2"], "Invalid value for '--threshold'"),
+    ("attribute-forward-raises", ["attribute", "{models}:Raises", "--n", "1", *OUT], "boom in forward"),
+    ("attribute-tuple", ["attribute", "{models}:Tuple", "--n", "1", *OUT], "returns a tuple of 2"),
+    ("attribute-garbage", ["attribute", "{garbage_pth}"], "could not be read"),
+    # update-readme
+    ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
+    ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),
+    ("readme-avg-list", ["update-readme", "{readme_avg_list}", "--check"], "as macro_avg, which should be an object"),
+    ("readme-combined", ["update-readme", "{readme_combined}"], "'high' as test_acc"),
+]
+
+
+@pytest.mark.parametrize("case, args, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_paragraph_and_exit_2(runner, world, case, args, fragment):
+    result = runner.invoke(cli, [a.format(**world) for a in args])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    assert fragment in " ".join(result.output.split()), result.output  # rich may wrap lines
+
+
+def test_the_table_covers_every_command():
+    assert {args[0] for _, args, _ in CASES} == set(cli.commands)
+    assert len(CASES) >= 40
+
+
+def test_a_planted_cifar_pickle_runs_no_code(runner, world, tmp_path):
+    payload = pickle.dumps(Planted(tmp_path / "proof"))
+    pickle.loads(payload)  # unpickled by plain pickle, the payload does create its file ...
+    assert (tmp_path / "proof").exists()
+    result = runner.invoke(cli, ["train", "basic", "--dataset", "cifar10", "--data-dir", world["cifar_planted"],
+                                 "--procs", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "refers to io.open" in result.output
+    assert not Path(world["pwned"]).exists()  # ... cnnscope's loader does not
+
+
+def test_a_corrupt_stats_cache_is_computed_again(runner, tmp_path):
+    data_dir = write_fashion_mnist(tmp_path / "data")
+    cache = data_dir / "stats" / "fashion-mnist_0.1_0.json"
+    cache.parent.mkdir()
+    cache.write_text('{"n_train": 3, "mean": [0.1, ')
+    result = runner.invoke(cli, ["augment", "basic", "--dataset", "fashion-mnist", "--data-dir", str(data_dir),
+                                 "--n", "2", "--out", str(tmp_path / "out"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(cache.read_text())
+    assert stats["n_train"] == 4 and len(stats["mean"]) == 3  # 4 images, none held out (round(0.4) = 0)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
