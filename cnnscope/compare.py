@@ -3,7 +3,6 @@
 Reads each run folder's metrics.json and train_log.csv (no model is loaded) and writes into --out
 (default reports/combined): summary.csv, summary.md, combined_acc.png, combined_loss.png.
 """
-import csv
 from pathlib import Path
 
 from cnnscope import runfiles

@@ -194,7 +194,7 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
             model = target(**ctor)
     except CnnscopeError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a constructor that calls sys.exit() is a broken model too
         raise CnnscopeError(
             f"Constructing {name}({', '.join(f'{k}={v!r}' for k, v in ctor.items())}) failed: "
             f"{type(e).__name__}: {e}. Check the --ctor values."

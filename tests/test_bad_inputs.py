@@ -47,6 +47,11 @@ class Exits(Raises):
         sys.exit(4)
 
 
+class ExitsInInit(nn.Module):
+    def __init__(self):
+        sys.exit(5)
+
+
 class NoParams(nn.Module):
     def forward(self, x):
         return x.mean((2, 3)).repeat(1, 4)[:, :10]
@@ -177,6 +182,7 @@ CASES = [
     ("summary-forward-raises", ["summary", "{models}:Raises"], "ValueError: boom in forward"),
     ("summary-forward-exits", ["summary", "{models}:Exits"], "SystemExit: 4"),
     ("summary-file-exits", ["summary", "{exits}:Net"], "SystemExit: 3"),
+    ("summary-constructor-exits", ["summary", "{models}:ExitsInInit"], "SystemExit: 5"),
     ("summary-input-zero", ["summary", "basic", "--input", "0", "32", "32"], "C H W, three whole numbers of at least 1"),
     ("summary-input-negative", ["summary", "basic", "--input", "-3", "32", "32"], "got -3 32 32"),
     ("summary-input-channels", ["summary", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),
