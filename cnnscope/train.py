@@ -171,12 +171,19 @@ class Dist:
             dist.barrier()
 
 
-def data_parallel(net: nn.Module) -> nn.Module:
+def data_parallel(net: nn.Module, skips_steps: bool = False) -> nn.Module:
     """DistributedDataParallel(net). channels_last kernels with a size-1 dim (1x1 convs, depthwise
     weights) get grads whose strides differ from the params' on those dims only: the same memory
-    order, and DDP copies grads into its buckets either way, so its warning about them is dropped."""
+    order, and DDP copies grads into its buckets either way, so its warning about them is dropped.
+
+    `skips_steps`: some epochs run the model at a reduced depth (egrr's depth warm-up), leaving the
+    weights of the skipped steps out of the graph. DDP then looks for unused parameters after each
+    forward (a walk over the autograd graph, small next to the step) and leaves their grads None on
+    every rank, as a single process does. static_graph is not valid (the graph grows with the
+    depth), and running the skipped steps with a zero weight would cost their compute and let
+    weight decay move weights that a single process leaves alone."""
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(net)
+    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=skips_steps)
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
@@ -314,6 +321,11 @@ def model_settings(model: nn.Module, recipe: Recipe, epoch: int) -> dict:
     return settings
 
 
+def reduced_depth(model: nn.Module, recipe: Recipe, epoch: int) -> bool:
+    """Whether `epoch` runs the model at a reduced depth (egrr's depth warm-up; see model_settings)."""
+    return model_settings(model, recipe, epoch).get("depth") is not None
+
+
 # ---- interruption -----------------------------------------------------------------------------
 
 class StopRequest:
@@ -422,9 +434,16 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    model = data_parallel(net) if ddp.world_size > 1 else net
-    if opts.compile:
-        model = compile_model(model)  # compiles in the first batches; `net` keeps the plain weights
+
+    def training_model(skips_steps):
+        """What train_epoch runs: `net`, in DDP with several processes, compiled with --compile
+        (it compiles in the first batches; `net` keeps the plain weights)."""
+        model = data_parallel(net, skips_steps) if ddp.world_size > 1 else net
+        return compile_model(model) if opts.compile else model
+
+    first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
+    skipping = ddp.world_size > 1 and reduced_depth(net, recipe, first_epoch)  # DDP must find unused weights
+    model = training_model(skipping)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     if resume_ckpt is None:  # only now: a bad dataset or model leaves no half-made run folder behind
@@ -481,6 +500,11 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
             epoch = state.epoch
             settings = model_settings(net, recipe, epoch)
             apply_model_settings(net, settings)
+            if skipping and not reduced_depth(net, recipe, epoch):
+                # the depth warm-up is over: a DDP that stops looking for unused weights (it would say
+                # that it finds none, and walk the graph every step for nothing)
+                skipping = False
+                model = training_model(skipping)
             train_loader.set_epoch(epoch)
             try:
                 with compile_errors(opts.compile):
