@@ -382,6 +382,11 @@ class TrainResult:
     resume_command: str = ""
 
 
+def run_folder(opts: TrainOptions, run_dir=None) -> Path:
+    """The run's folder: `run_dir` (a resumed run's), else --out/--name."""
+    return Path(run_dir) if run_dir else Path(opts.out) / opts.name
+
+
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
           console=None) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test."""
@@ -391,7 +396,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
     try:
         console = console or Console()
         console.quiet = not ddp.is_main
-        run_dir = Path(run_dir) if run_dir else Path(opts.out) / opts.name
+        run_dir = run_folder(opts, run_dir)
         return _train(opts, resume_ckpt, run_dir, overwrite, ddp, device, console)
     finally:
         if ddp.world_size > 1:
@@ -654,10 +659,11 @@ def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool) -> str:
             f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:,.0f} img/s" + ("  [green]* best[/]" if improved else ""))
 
 
-def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
-    # `cnnscope train --resume` starts as many processes as the run had (--procs auto); torchrun does not
-    under_torchrun = world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
-    launcher = ["torchrun", f"--nproc_per_node={world_size}", "-m", "cnnscope"] if under_torchrun else ["cnnscope"]
+def resume_command(run_dir: Path, opts: TrainOptions, torchrun_procs: int = 0) -> str:
+    """The command that continues the run; under torchrun (torchrun_procs > 0) with torchrun, as
+    `cnnscope train --resume` starts as many processes as the run had (--procs auto) but torchrun
+    does not."""
+    launcher = ["torchrun", f"--nproc_per_node={torchrun_procs}", "-m", "cnnscope"] if torchrun_procs else ["cnnscope"]
     args = launcher + ["train", "--resume", str(run_dir)]
     if opts.device != "auto":
         args += ["--device", opts.device]
@@ -668,9 +674,17 @@ def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
 
 def interrupted(run_dir, opts, state: LoopState, ddp: Dist, console, batches: int) -> TrainResult:
     where = f"epoch {state.epoch + 1}, batch {state.batch}/{batches}" if state.batch else f"the end of epoch {state.epoch}"
-    command = resume_command(run_dir, opts, ddp.world_size)
+    under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
+    command = resume_command(run_dir, opts, ddp.world_size if under_torchrun else 0)
     console.print(f"Stopped at {where}; saved {run_dir / 'checkpoints' / 'last.pth'}.\nResume with:\n  {command}")
     return TrainResult(run_dir, {}, interrupted=True, resume_command=command)
+
+
+def resume_hint(run_dir: Path, opts: TrainOptions) -> str:
+    """What to do after the run's processes were lost: resume from last.pth, if there is one yet."""
+    if (run_dir / "checkpoints" / "last.pth").is_file():
+        return f"Resume with: {resume_command(run_dir, opts)}"
+    return "No checkpoint had been saved yet: start the run again."
 
 
 def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected_on) -> TrainResult:
