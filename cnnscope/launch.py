@@ -144,13 +144,19 @@ def _outcome(children, failed, logs: Path, after_loss) -> int:
     """The exit code of the group, and what the user is told where rank 0 could not say it."""
     codes = [p.returncode for p in children]
     procs = len(children)
-    if failed is None or codes[failed] == USER_ERROR_EXIT or (failed == 0 and codes[0] > 0):
+    if failed is None or codes[0] == USER_ERROR_EXIT:
         return codes[0]  # rank 0 printed what happened
     code = codes[failed]
     if code < 0:  # killed by a signal: its log holds nothing useful, the others' only a lost connection
         print(f"Process {failed} of {procs} was killed by {_signal_name(-code)}; the others were stopped. "
               f"{after_loss()}".strip(), file=sys.stderr)
         return 128 - code  # the shell's convention for a death by signal
+    if code == LOST_PEER_EXIT:  # no rank failed by itself: one ended early (e.g. a Ctrl-C before training)
+        print(f"Process {failed} of {procs} lost its connection to the others. {after_loss()}".strip(),
+              file=sys.stderr)
+        return code
+    if failed == 0:
+        return code  # its traceback is on the terminal
     output = (logs / f"rank{failed}.log").read_text(errors="replace").strip()
     print(f"Process {failed} of {procs} failed (exit code {code}); its output:\n{output[-4000:]}\n{after_loss()}"
           .strip(), file=sys.stderr)
@@ -170,10 +176,12 @@ def _signal_all(children, signum):
             p.send_signal(signum)
 
 
-def _first_failure(children) -> int | None:
-    """The rank that failed (the lowest, if several are seen at once); a rank that only lost its
-    connection to a dead one is not the cause, unless no other rank failed."""
-    ended = [(rank, p.returncode) for rank, p in enumerate(children) if p.returncode not in (None, 0, STOPPED_EXIT)]
+def _first_failure(children, stopped=()) -> int | None:
+    """The rank that failed (the lowest, if several are seen at once). Not the cause: a rank that
+    only lost its connection to a dead one (unless no other rank failed), nor one that `_wait`
+    stopped itself (`stopped`)."""
+    ended = [(rank, p.returncode) for rank, p in enumerate(children)
+             if rank not in stopped and p.returncode not in (None, 0, STOPPED_EXIT)]
     causes = [rank for rank, code in ended if code != LOST_PEER_EXIT]
     return (causes or [rank for rank, _ in ended] or [None])[0]
 
@@ -183,7 +191,7 @@ def _wait(children) -> int | None:
     said why, and the others are ended at once (they would block on it, or fail on the lost
     connection), as after a crash of any rank. A user error of a rank > 0 gives rank 0 GRACE_S to
     meet the same error and say it."""
-    failed, deadline = None, None
+    failed, deadline, stopped = None, None, set()
     while [p.poll() for p in children].count(None):  # poll every child: any() would stop at the first
         if failed is None:
             failed = _first_failure(children)
@@ -191,11 +199,12 @@ def _wait(children) -> int | None:
                 code = children[failed].returncode
                 deadline = time.monotonic() + (GRACE_S if failed > 0 and code == USER_ERROR_EXIT else 0)
         if deadline is not None and time.monotonic() >= deadline:
+            stopped |= {rank for rank, p in enumerate(children) if p.poll() is None}
             _signal_all(children, signal.SIGKILL)
         time.sleep(0.05)
-    if failed is not None and children[failed].returncode == LOST_PEER_EXIT:
-        failed = _first_failure(children)  # the rank that died may have been seen after the one it left
-    return failed if failed is not None else _first_failure(children)
+    if failed is None or children[failed].returncode == LOST_PEER_EXIT:
+        failed = _first_failure(children, stopped)  # the rank that died may be seen after the one it left
+    return failed
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -155,6 +155,14 @@ def test_a_lost_connection_is_not_the_cause(tmp_path, capsys):
     assert capsys.readouterr().err == "Process 1 of 2 was killed by SIGKILL; the others were stopped. Resume with: X\n"
 
 
+def test_a_lost_connection_alone_is_said(tmp_path, capsys):
+    children = [subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
+                for code in (launch.LOST_PEER_EXIT, launch.STOPPED_EXIT)]
+    assert launch._wait(children) == 0
+    assert launch._outcome(children, 0, tmp_path, lambda: "Resume with: X") == launch.LOST_PEER_EXIT
+    assert capsys.readouterr().err == "Process 0 of 2 lost its connection to the others. Resume with: X\n"
+
+
 def test_gloo_transport_errors_are_lost_connections():
     gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
                         "[127.0.0.1]:10146: Connection reset by peer.")
