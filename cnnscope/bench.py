@@ -215,6 +215,7 @@ def _join_group(rank, procs, port, threads):
 def _training_rank(rank, procs, port, threads, rounds, setup_args):
     """A training process > 0 of a data-parallel bench: the same steps as rank 0, in step with it."""
     from cnnscope.cli import tune_cpu_runtime
+    from cnnscope.launch import exit_rank
 
     tune_cpu_runtime()
     _join_group(rank, procs, port, threads)
@@ -225,6 +226,7 @@ def _training_rank(rank, procs, port, threads, rounds, setup_args):
         train_step()
     dist.barrier()
     dist.destroy_process_group()
+    exit_rank(0)  # not through the interpreter's finalization, which can abort with gloo's threads alive
 
 
 def _data_parallel_seconds(procs, setup_args, rounds):

@@ -79,8 +79,9 @@ input_option = click.option(
 procs_option = click.option(
     "--procs", default="auto", show_default=True, metavar="N|auto",
     help="Data-parallel training processes on the CPU, each with cores/N threads and 1/N of every batch "
-         "(on 2 cores, 2 processes train basic ~1.3x faster than one). auto: one per core while each keeps "
-         "64+ images of the batch; a resumed run keeps its count.",
+         "(on 2 cores, 2 processes train basic ~1.3x faster than one). auto: one per 64 images of the batch "
+         "(at most 8), on any machine, since batch norm sees each process's share and so the count changes the "
+         "weights; a resumed run keeps its count.",
 )
 
 
@@ -323,8 +324,9 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
     Exit codes: 0 done, 2 bad input or a diverged (NaN) loss, 130 stopped by Ctrl-C.
 
     On the CPU the batch is split over --procs data-parallel processes (gloo): by default one per
-    core while each keeps 64 images, so 2 for basic's batch of 128 on 2 cores. --procs 1 trains
-    in this process. Several GPUs: torchrun, one process per GPU.
+    64 images of the batch, whatever the machine (2 for basic's batch of 128), so that the same
+    command trains the same weights everywhere; --procs 1 trains in this process (other weights:
+    batch norm then sees the whole batch). Several GPUs: torchrun, one process per GPU.
 
     \b
     Examples:
@@ -359,9 +361,10 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
         if opts.train_subset:
             train_mod.check_shares(opts.train_subset, n)
         if n > 1:
+            run_dir = train_mod.run_folder(opts, run_dir)
             job = dict(options=opts.to_json(), resume=str(train_mod.resume_path(resume)) if resume else None,
-                       run_dir=str(run_dir) if run_dir else None, overwrite=overwrite)
-            sys.exit(launch.run_processes(job, n))
+                       run_dir=str(run_dir), overwrite=overwrite)
+            sys.exit(launch.run_processes(job, n, after_loss=lambda: train_mod.resume_hint(run_dir, opts)))
     result = train_mod.train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite)
     if result.interrupted:
         sys.exit(launch.STOPPED_EXIT)

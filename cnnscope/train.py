@@ -189,12 +189,19 @@ class Dist:
             dist.barrier()
 
 
-def data_parallel(net: nn.Module) -> nn.Module:
+def data_parallel(net: nn.Module, skips_steps: bool = False) -> nn.Module:
     """DistributedDataParallel(net). channels_last kernels with a size-1 dim (1x1 convs, depthwise
     weights) get grads whose strides differ from the params' on those dims only: the same memory
-    order, and DDP copies grads into its buckets either way, so its warning about them is dropped."""
+    order, and DDP copies grads into its buckets either way, so its warning about them is dropped.
+
+    `skips_steps`: some epochs run the model at a reduced depth (egrr's depth warm-up), leaving the
+    weights of the skipped steps out of the graph. DDP then looks for unused parameters after each
+    forward (a walk over the autograd graph, small next to the step) and leaves their grads None on
+    every rank, as a single process does. static_graph is not valid (the graph grows with the
+    depth), and running the skipped steps with a zero weight would cost their compute and let
+    weight decay move weights that a single process leaves alone."""
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(net)
+    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=skips_steps)
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
@@ -330,6 +337,11 @@ def model_settings(model: nn.Module, recipe: Recipe, epoch: int) -> dict:
     return settings
 
 
+def reduced_depth(model: nn.Module, recipe: Recipe, epoch: int) -> bool:
+    """Whether `epoch` runs the model at a reduced depth (egrr's depth warm-up; see model_settings)."""
+    return model_settings(model, recipe, epoch).get("depth") is not None
+
+
 # ---- interruption -----------------------------------------------------------------------------
 
 class StopRequest:
@@ -386,6 +398,11 @@ class TrainResult:
     resume_command: str = ""
 
 
+def run_folder(opts: TrainOptions, run_dir=None) -> Path:
+    """The run's folder: `run_dir` (a resumed run's), else --out/--name."""
+    return Path(run_dir) if run_dir else Path(opts.out) / opts.name
+
+
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
           console=None) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test."""
@@ -395,7 +412,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
     try:
         console = console or Console()
         console.quiet = not ddp.is_main
-        run_dir = Path(run_dir) if run_dir else Path(opts.out) / opts.name
+        run_dir = run_folder(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             return _train(opts, resume_ckpt, run_dir, overwrite, ddp, device, console, run_lock)
     finally:
@@ -440,9 +457,16 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    model = data_parallel(net) if ddp.world_size > 1 else net
-    if opts.compile:
-        model = compile_model(model)  # compiles in the first batches; `net` keeps the plain weights
+
+    def training_model(skips_steps):
+        """What train_epoch runs: `net`, in DDP with several processes, compiled with --compile
+        (it compiles in the first batches; `net` keeps the plain weights)."""
+        model = data_parallel(net, skips_steps) if ddp.world_size > 1 else net
+        return compile_model(model) if opts.compile else model
+
+    first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
+    skipping = ddp.world_size > 1 and reduced_depth(net, recipe, first_epoch)  # DDP must find unused weights
+    model = training_model(skipping)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     # only now: a bad dataset or model leaves no half-made run folder behind
@@ -499,6 +523,11 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
             epoch = state.epoch
             settings = model_settings(net, recipe, epoch)
             apply_model_settings(net, settings)
+            if skipping and not reduced_depth(net, recipe, epoch):
+                # the depth warm-up is over: a DDP that stops looking for unused weights (it would say
+                # that it finds none, and walk the graph every step for nothing)
+                skipping = False
+                model = training_model(skipping)
             train_loader.set_epoch(epoch)
             try:
                 with compile_errors(opts.compile):
@@ -643,10 +672,11 @@ def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool) -> str:
             f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:,.0f} img/s" + ("  [green]* best[/]" if improved else ""))
 
 
-def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
-    # `cnnscope train --resume` starts as many processes as the run had (--procs auto); torchrun does not
-    under_torchrun = world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
-    launcher = ["torchrun", f"--nproc_per_node={world_size}", "-m", "cnnscope"] if under_torchrun else ["cnnscope"]
+def resume_command(run_dir: Path, opts: TrainOptions, torchrun_procs: int = 0) -> str:
+    """The command that continues the run; under torchrun (torchrun_procs > 0) with torchrun, as
+    `cnnscope train --resume` starts as many processes as the run had (--procs auto) but torchrun
+    does not."""
+    launcher = ["torchrun", f"--nproc_per_node={torchrun_procs}", "-m", "cnnscope"] if torchrun_procs else ["cnnscope"]
     args = launcher + ["train", "--resume", str(run_dir)]
     if opts.device != "auto":
         args += ["--device", opts.device]
@@ -659,9 +689,17 @@ def resume_command(run_dir: Path, opts: TrainOptions, world_size: int) -> str:
 
 def interrupted(run_dir, opts, state: LoopState, ddp: Dist, console, batches: int) -> TrainResult:
     where = f"epoch {state.epoch + 1}, batch {state.batch}/{batches}" if state.batch else f"the end of epoch {state.epoch}"
-    command = resume_command(run_dir, opts, ddp.world_size)
+    under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
+    command = resume_command(run_dir, opts, ddp.world_size if under_torchrun else 0)
     console.print(f"Stopped at {where}; saved {run_dir / 'checkpoints' / 'last.pth'}.\nResume with:\n  {command}")
     return TrainResult(run_dir, {}, interrupted=True, resume_command=command)
+
+
+def resume_hint(run_dir: Path, opts: TrainOptions) -> str:
+    """What to do after the run's processes were lost: resume from last.pth, if there is one yet."""
+    if (run_dir / "checkpoints" / "last.pth").is_file():
+        return f"Resume with: {resume_command(run_dir, opts)}"
+    return "No checkpoint had been saved yet: start the run again."
 
 
 def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected_on) -> TrainResult:

@@ -382,12 +382,6 @@ def test_an_error_in_every_process_is_said_once(tmp_path):
     assert not (tmp_path / "reports" / "Broken").exists()
 
 
-@pytest.mark.parametrize("batch, cores, procs", [(128, 2, 2), (64, 2, 1), (127, 2, 1), (128, 16, 2), (256, 16, 4),
-                                                 (192, 4, 3), (256, 3, 2), (128, 1, 1)])
-def test_auto_procs_gives_each_process_64_images(batch, cores, procs):
-    assert launch.auto_procs(batch, cores) == procs
-
-
 def test_resolve_procs():
     assert launch.resolve_procs("auto", 128, "cuda") == 1
     assert launch.resolve_procs("auto", 128, "cpu", saved_world_size=3) == 3  # a resumed run keeps its count
