@@ -361,7 +361,7 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
         if opts.train_subset:
             train_mod.check_shares(opts.train_subset, n)
         if n > 1:
-            run_dir = train_mod.run_folder(opts, run_dir)
+            run_dir = train_mod.run_dir_of(opts, run_dir)
             job = dict(options=opts.to_json(), resume=str(train_mod.resume_path(resume)) if resume else None,
                        run_dir=str(run_dir), overwrite=overwrite)
             sys.exit(launch.run_processes(job, n, after_loss=lambda: train_mod.resume_hint(run_dir, opts)))

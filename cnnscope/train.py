@@ -398,7 +398,7 @@ class TrainResult:
     resume_command: str = ""
 
 
-def run_folder(opts: TrainOptions, run_dir=None) -> Path:
+def run_dir_of(opts: TrainOptions, run_dir=None) -> Path:
     """The run's folder: `run_dir` (a resumed run's), else --out/--name."""
     return Path(run_dir) if run_dir else Path(opts.out) / opts.name
 
@@ -412,7 +412,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
     try:
         console = console or Console()
         console.quiet = not ddp.is_main
-        run_dir = run_folder(opts, run_dir)
+        run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             return _train(opts, resume_ckpt, run_dir, overwrite, ddp, device, console, run_lock)
     finally:

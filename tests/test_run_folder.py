@@ -1,7 +1,6 @@
 """No fault loses data: the run-folder lock, --overwrite of runs only, restarting a run killed before
 its first checkpoint, stale temporary files, atomic writes of every run file, and disk faults."""
 import errno
-import json
 import os
 import shutil
 import subprocess
