@@ -3,9 +3,9 @@
 The textbook way: a torch Dataset that runs albumentations on one HWC uint8 image at a time and
 normalises it to a float32 CHW tensor inside DataLoader worker processes (2, the seed's default),
 NCHW tensors, a `.item()` per batch for the running loss and accuracy, and a full test-set
-evaluation after every epoch. The model (models.build), the recipe (cnnscope.recipes: SGD nesterov,
+evaluation after every epoch. The model (models.build), the recipe (cnnscope.runs.recipes: SGD nesterov,
 OneCycle stepped per batch, the augmentation with its translation range fixed) and the data
-(cnnscope.data.load_dataset, no validation split: the seed trained on the whole training set and
+(cnnscope.runs.data.load_dataset, no validation split: the seed trained on the whole training set and
 evaluated on the test set) are the ones cnnscope uses, so only the loop differs.
 
 Prints one JSON object per epoch on stdout, e.g.
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 import models
-from cnnscope import data, recipes
+from cnnscope.runs import data, recipes
 
 
 class SeedDataset(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""Datasets, the two augmentation backends and the loaders (cnnscope/data.py)."""
+"""Datasets, the two augmentation backends and the loaders (cnnscope/runs/data.py)."""
 import gzip
 import json
 import math
@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope import data
+from cnnscope.runs import data
 from cnnscope.cli import cli
-from cnnscope.data import AugmentSpec, Dataset, Split, load_dataset, make_loader
+from cnnscope.runs.data import AugmentSpec, Dataset, Split, load_dataset, make_loader
 from cnnscope.errors import CnnscopeError
-from cnnscope.recipes import get_recipe
+from cnnscope.runs.recipes import get_recipe
 
 
 # ---- tiny files in the original formats --------------------------------------------------------
@@ -406,8 +406,8 @@ def test_augment_command_writes_the_grid(runner, tmp_path):
 def test_augment_command_shows_a_runs_own_pipeline(runner, tmp_path):
     import dataclasses
 
-    from cnnscope.checkpoint import save_checkpoint
-    from cnnscope.train import TrainOptions
+    from cnnscope.runs.checkpoint import save_checkpoint
+    from cnnscope.runs.train import TrainOptions
 
     recipe = dataclasses.replace(get_recipe("egrr"), dataset="fake")
     options = TrainOptions(spec="egrr", ctor={}, recipe=recipe, seed=3, aug_backend="albumentations")

@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cnnscope import evaluate
+from cnnscope.runs import evaluate
 from cnnscope.cli import cli
 
 TINY_MODEL = textwrap.dedent('''

@@ -1,4 +1,4 @@
-"""cnnscope.inspect: entropy gates, soft-sharing similarity, Captum attributions, their figures and CLI.
+"""cnnscope.runs.inspect: entropy gates, soft-sharing similarity, Captum attributions, their figures and CLI.
 
 Known answers: coefficient similarities and fold groups computed by hand, the orthogonal init of a
 fresh SWRN, a gate head set by hand to follow local variance, GradCAM maps at the input's size.
@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope import plots
-from cnnscope.checkpoint import save_checkpoint
+from cnnscope.render import plots
+from cnnscope.runs.checkpoint import save_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
-from cnnscope.inspect import ProbeImages, Target, load_target, load_test_images
-from cnnscope.inspect import attribution, gates, sharing
+from cnnscope.runs.inspect import ProbeImages, Target, load_target, load_test_images
+from cnnscope.core import attribution, gates, sharing
 from models.ectied import ECTiedNet
 from models.egrr import EGRRNet
 from models.soft_sharing import SWRN, SConv2d, TemplateBank

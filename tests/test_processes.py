@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnscope import launch
-from cnnscope.checkpoint import load_checkpoint
+from cnnscope.runs import launch
+from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_a_rank_killed_from_outside_is_said_in_one_line(tmp_path, victim):
 def test_a_rank_whose_launcher_is_gone_ends_at_once(platform):
     """The parent died before the rank could ask to die with it (prctl's race), or, off Linux, the
     poll finds it gone: the rank ends instead of training on. The pid given is not the parent's."""
-    code = (f"import sys, time; sys.platform = {platform!r}; from cnnscope.launch import die_with_parent; "
+    code = (f"import sys, time; sys.platform = {platform!r}; from cnnscope.runs.launch import die_with_parent; "
             "die_with_parent(1); time.sleep(60)")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], env=ENV, timeout=30)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnscope.cli import cli
-from cnnscope.readme import Renderer, RfEntry, update_text
+from cnnscope.runs.readme import Renderer, RfEntry, update_text
 
 METRICS = {
     "run": "basic", "model": "basic", "params": 84322, "dataset": "fake", "selected_on": "val",
@@ -139,7 +139,7 @@ def test_zoo_table(site, monkeypatch):
 
 
 def test_model_summary_and_rf_of_a_spec(site):
-    from cnnscope import summary
+    from cnnscope.core import summary
     from models.compact import Net
 
     nets = site / "nets"
@@ -539,7 +539,7 @@ def test_project_readme_is_up_to_date(runner, monkeypatch):
 
 
 def test_project_readme_documents_every_block_kind():
-    from cnnscope.readme import KINDS
+    from cnnscope.runs.readme import KINDS
 
     text = PROJECT_README.read_text(encoding="utf-8")
     missing = [kind for kind in KINDS if f"`{kind}`" not in text]

@@ -1,4 +1,4 @@
-"""Receptive fields from the live graph (cnnscope.rf, `cnnscope rf`).
+"""Receptive fields from the live graph (cnnscope.core.rf, `cnnscope rf`).
 
 The analysis is checked against the seed's table, against hand-derived figures, and against the
 independent gradient probe of --verify on torchvision models and on the graphs that tools which
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 import torchvision
 
 import models
-from cnnscope import rf
-from cnnscope.checkpoint import save_checkpoint
+from cnnscope.core import rf
+from cnnscope.runs.checkpoint import save_checkpoint
 from cnnscope.cli import cli
-from cnnscope.data import load_dataset
+from cnnscope.runs.data import load_dataset
 from cnnscope.errors import CnnscopeError
-from cnnscope.spec import build_model
+from cnnscope.runs.spec import build_model
 
 # The seed README's table for Net (shared/seeds/002, section 4.1), row for row.
 SEED_NET_ROWS = """\

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnscope import checkpoint, run_folder, train
-from cnnscope.checkpoint import atomic_write_bytes, atomic_write_text
+from cnnscope.runs import checkpoint, run_folder, train
+from cnnscope.runs.checkpoint import atomic_write_bytes, atomic_write_text
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
 
@@ -79,7 +79,7 @@ def run_copy(finished_run, tmp_path):
 
 # ---- the lock ---------------------------------------------------------------------------------
 
-HOLD_LOCK = "import sys\nfrom cnnscope.run_folder import locked\nwith locked(sys.argv[1]):\n" \
+HOLD_LOCK = "import sys\nfrom cnnscope.runs.run_folder import locked\nwith locked(sys.argv[1]):\n" \
             "    print('locked', flush=True)\n    sys.stdin.read()\n"
 
 
@@ -220,7 +220,7 @@ def test_a_killed_write_leaves_the_old_file_and_a_temp_the_next_write_removes(tm
     target.write_bytes(b"old")
     writer = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os
-        from cnnscope.checkpoint import atomic_write_bytes
+        from cnnscope.runs.checkpoint import atomic_write_bytes
 
         def write(f):
             f.write(b"half")

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
-from cnnscope.spec import build_model, parse_ctor
+from cnnscope.runs.spec import build_model, parse_ctor
 
 
 def test_parse_ctor_literals_and_bare_words():

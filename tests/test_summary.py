@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from cnnscope.cli import cli
-from cnnscope.summary import summarize
+from cnnscope.core.summary import summarize
 
 # Small keyword configs where the registry default is too heavy for a 2-core test run.
 SMALL = {"swrn": {"depth": 16, "width": 2, "num_templates": 3}}

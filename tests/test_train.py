@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope import data, launch, recipes, train
-from cnnscope.checkpoint import load_checkpoint
+from cnnscope.runs import data, launch, recipes, train
+from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
 

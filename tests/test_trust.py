@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import models
-from cnnscope import train
-from cnnscope.checkpoint import load_run_model, save_checkpoint
+from cnnscope.runs import train
+from cnnscope.runs.checkpoint import load_run_model, save_checkpoint
 from cnnscope.cli import cli
-from cnnscope.data import load_dataset
+from cnnscope.runs.data import load_dataset
 from cnnscope.errors import CnnscopeError
-from cnnscope.spec import build_model, check_file_spec
+from cnnscope.runs.spec import build_model, check_file_spec
 
 # A user's model file whose top-level code leaves a mark: importing it at all is running it.
 MODEL_FILE = textwrap.dedent('''

@@ -32,11 +32,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from cnnscope import data, recipes, summary
+from cnnscope.runs import data, recipes
+from cnnscope.core import summary
 from cnnscope.errors import CnnscopeError
-from cnnscope.evaluate import autocast, resolve_device
-from cnnscope.fuse import compile_errors, compile_model, inference_copy, to_channels_last, training_ops
-from cnnscope.probe import check_input, classifier_outputs
+from cnnscope.runs.evaluate import autocast, resolve_device
+from cnnscope.core.fuse import compile_errors, compile_model, inference_copy, to_channels_last, training_ops
+from cnnscope.core.probe import check_input, classifier_outputs
 
 WARMUP_STEPS = 3
 DATA_MIN_BATCHES = 10  # a loader's rate needs more batches than its workers prefetch
@@ -58,7 +59,7 @@ class BenchResult:
     channels_last: bool
     augment: str  # the recipe's augmentation, as the data path ran it
     params: int
-    flops_per_image: int  # forward FLOPs = 2 x MACs (cnnscope.summary)
+    flops_per_image: int  # forward FLOPs = 2 x MACs (cnnscope.core.summary)
     train_images_per_s: float
     infer_images_per_s: float
     data_images_per_s: float  # batch backend
@@ -170,8 +171,8 @@ def _peak_memory_mb(device) -> tuple[float, str]:
 def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape, ddp=False):
     """(model, one training step on a random batch) as `cnnscope train` runs them; with `ddp` the
     model is wrapped in DistributedDataParallel (the process group must exist)."""
-    from cnnscope.spec import build_model
-    from cnnscope.train import build_optimizer, data_parallel
+    from cnnscope.runs.spec import build_model
+    from cnnscope.runs.train import build_optimizer, data_parallel
 
     recipe = recipes.get_recipe(spec)
     torch.manual_seed(0)  # the same weights in every process
@@ -214,8 +215,8 @@ def _join_group(rank, procs, port, threads):
 
 def _training_rank(rank, procs, port, threads, rounds, setup_args):
     """A training process > 0 of a data-parallel bench: the same steps as rank 0, in step with it."""
-    from cnnscope.cli import tune_cpu_runtime
-    from cnnscope.launch import exit_rank
+    from cnnscope.core.runtime import tune_cpu_runtime
+    from cnnscope.runs.launch import exit_rank
 
     tune_cpu_runtime()
     _join_group(rank, procs, port, threads)
@@ -233,7 +234,7 @@ def _data_parallel_seconds(procs, setup_args, rounds):
     """Median seconds of a training step of `procs` gloo processes (rank 0 is this one) and of the
     matmul on all cores, in alternating rounds: (model, warm-up seconds, (peak memory, its source),
     {name: seconds}, (matmul size, its FLOPs))."""
-    from cnnscope.launch import cpu_cores, free_port
+    from cnnscope.runs.launch import cpu_cores, free_port
 
     cores = cpu_cores()
     threads = max(1, cores // procs)
@@ -281,12 +282,12 @@ def _data_parallel_seconds(procs, setup_args, rounds):
 def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto", steps=20, compile=False,
           amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", progress=None) -> BenchResult:
     """Benchmark SPEC on `device` (see the module docstring). amp=None: on with CUDA. procs: the
-    training processes, "auto" as `cnnscope train --procs auto` chooses (cnnscope.launch).
+    training processes, "auto" as `cnnscope train --procs auto` chooses (cnnscope.runs.launch).
 
     `progress`, if given, is called with a short description before each phase.
     """
-    from cnnscope.launch import resolve_procs, split_batch
-    from cnnscope.spec import build_model
+    from cnnscope.runs.launch import resolve_procs, split_batch
+    from cnnscope.runs.spec import build_model
 
     if steps < 1 or batch_size < 1:
         raise CnnscopeError(f"--steps and --batch-size must be at least 1, got {steps} and {batch_size}.")

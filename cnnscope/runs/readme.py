@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnscope import runfiles
-from cnnscope.checkpoint import atomic_write_bytes
+from cnnscope.runs import runfiles
+from cnnscope.runs.checkpoint import atomic_write_bytes
 from cnnscope.errors import CnnscopeError
 
 # A marker is a whole line; the name is upper case. Args are parsed separately (ARG_RE).
@@ -362,7 +362,7 @@ class Renderer:
                 f'width="{width}"></p>\n')
 
     def _model(self, args):
-        from cnnscope.spec import build_model, parse_ctor
+        from cnnscope.runs.spec import build_model, parse_ctor
 
         spec, read_from = args["spec"], "The marker"
         if self.rf_entry is not None:  # --rf: a command-line path, with --rf-ctor
@@ -387,7 +387,7 @@ class Renderer:
 
     def zoo_table(self, args) -> str:
         import models
-        from cnnscope import rf, summary
+        from cnnscope.core import rf, summary
 
         names = args.get("models", "").replace(",", " ").split()
         unknown = [n for n in names if n not in models.list_models()]
@@ -403,7 +403,7 @@ class Renderer:
 
     def model_summary(self, args) -> str:
         if self._spec_or_run(args):
-            from cnnscope import summary
+            from cnnscope.core import summary
 
             shape = _parse_shape(args.get("input", "3 32 32"), self.where)
             text = summary.summarize(self._model(args), shape).to_text()
@@ -415,7 +415,7 @@ class Renderer:
         return f"<details><summary><b>{html.escape(title, quote=False)}</b></summary>\n\n{_fenced(text)}</details>\n"
 
     def rf(self, args) -> str:
-        from cnnscope import rf
+        from cnnscope.core import rf
 
         if not self._spec_or_run(args):
             table = self._text(self._run_file(self._run_dir(args), "rf.md", "cnnscope train ..."), "cnnscope train")
@@ -472,7 +472,7 @@ class Renderer:
 
     def combined_summary_table(self, args) -> str:
         if "runs" in args:
-            from cnnscope import compare
+            from cnnscope.runs import compare
 
             folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
             return compare.summary_markdown(self._read(compare.summary_rows, folders))

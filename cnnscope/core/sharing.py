@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.inspect import Section, fmt_float
+from cnnscope.runs.inspect import Section, fmt_float
 
 GROUPING = ("connected components (>= 2 layers) of the graph linking two layers of a bank when "
             "|cosine similarity| >= threshold")
@@ -199,7 +199,7 @@ def find_banks(model) -> list[Bank]:
 
 def inspect_sharing(target, threshold=0.95) -> SharingReport:
     """Coefficient similarity, fold groups and budget of every bank, with one heatmap per bank."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     report = SharingReport(target.label, threshold, find_banks(target.model))
     for bank in report.banks:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
+from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
-from cnnscope.fuse import inference_copy
-from cnnscope.runfiles import read_metrics
+from cnnscope.core.fuse import inference_copy
+from cnnscope.runs.runfiles import read_metrics
 
 GRID_SIZE = 32  # images in each sample grid
 TOP_CONFUSIONS = 5
@@ -142,7 +142,7 @@ class EvalResult:
 
 def load_run_data(ckpt: dict, data_dir=None):
     """The dataset a checkpoint was trained on, normalised exactly as in training."""
-    from cnnscope import data
+    from cnnscope.runs import data
 
     options = (ckpt.get("config") or {}).get("options", {})
     if "dataset" not in ckpt:
@@ -158,8 +158,8 @@ def load_run_data(ckpt: dict, data_dir=None):
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=False, trust_spec=False) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec)."""
-    from cnnscope import data
-    from cnnscope.checkpoint import load_run_model
+    from cnnscope.runs import data
+    from cnnscope.runs.checkpoint import load_run_model
 
     from rich.progress import Progress
 
@@ -195,7 +195,7 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=Fal
 
 def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
     """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; merge into metrics.json."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     averages = [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
     total = sum(r["support"] for r in result.per_class)
@@ -262,7 +262,7 @@ def report_table(result: EvalResult):
 
 def write_grids(run_dir: Path, ds, preds) -> None:
     """plots/test_samples_grid.png (first test images) and plots/misclassified_grid.png."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     labels = ds.test.labels
 

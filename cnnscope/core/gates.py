@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.inspect import Section, fmt_float
+from cnnscope.runs.inspect import Section, fmt_float
 
 DEFAULT_DILATIONS = (1, 2, 4)
 # One fixed colour per dilation (d=1 blue, d=2 green, d=4 red); a pixel shows the
@@ -160,7 +160,7 @@ def record_gate_steps(model, x, on_image=lambda: None) -> list[GateStep]:
 
 def inspect_gates(target, images, *, progress=None) -> GateReport:
     """Gate probabilities of `target.model` on `images`, with the two figures under plots_dir."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     model = target.model
     task = progress.add_task("gates: forward", total=len(images.x)) if progress else None

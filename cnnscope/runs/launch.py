@@ -127,7 +127,7 @@ def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
                 # a session of their own: the terminal's Ctrl-C reaches this process alone, which
                 # passes it on once (twice would be a second Ctrl-C: stop at once, unsaved)
                 children.append(subprocess.Popen(
-                    [sys.executable, "-m", "cnnscope.launch", str(job_file)], start_new_session=True,
+                    [sys.executable, "-m", "cnnscope.runs.launch", str(job_file)], start_new_session=True,
                     env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=log, stderr=log))
             failed = _wait(children)
         finally:
@@ -235,15 +235,15 @@ def lost_connection(error: RuntimeError) -> bool:
 
 
 def worker(job_file: str) -> int:
-    """One rank: the job's training run (`cnnscope.train.train`), with the CLI's exit codes."""
+    """One rank: the job's training run (`cnnscope.runs.train.train`), with the CLI's exit codes."""
     die_with_parent(int(os.environ[PARENT_PID_VAR]))
-    from cnnscope.cli import tune_cpu_runtime
+    from cnnscope.core.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
     import torch
 
-    from cnnscope import train
-    from cnnscope.checkpoint import load_checkpoint
+    from cnnscope.runs import train
+    from cnnscope.runs.checkpoint import load_checkpoint
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     job = json.loads(Path(job_file).read_text())

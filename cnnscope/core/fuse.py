@@ -24,8 +24,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.rf import pair
-from cnnscope.probe import probe_forward
+from cnnscope.core.rf import pair
+from cnnscope.core.probe import probe_forward
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

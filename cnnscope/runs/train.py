@@ -35,16 +35,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cnnscope import data, recipes, run_folder
-from cnnscope.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
-                                 save_checkpoint)
+from cnnscope.runs import data, recipes, run_folder
+from cnnscope.runs.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
+                                      save_checkpoint)
 from cnnscope.errors import CnnscopeError
-from cnnscope.evaluate import autocast, predict, resolve_device
-from cnnscope.fuse import compile_errors, compile_model, to_channels_last, training_ops
-from cnnscope.launch import split_batch
-from cnnscope.probe import classifier_outputs
-from cnnscope.recipes import Recipe
-from cnnscope.spec import check_file_spec, is_registry_name
+from cnnscope.runs.evaluate import autocast, predict, resolve_device
+from cnnscope.core.fuse import compile_errors, compile_model, to_channels_last, training_ops
+from cnnscope.runs.launch import split_batch
+from cnnscope.core.probe import classifier_outputs
+from cnnscope.runs.recipes import Recipe
+from cnnscope.runs.spec import check_file_spec, is_registry_name
 
 INPUT_SHAPE = (3, 32, 32)
 REPORT_EVERY = 10  # batches between progress refreshes; each one waits for the device
@@ -84,7 +84,7 @@ class TrainOptions:
 def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=None, val_split=None, seed=None,
                 aug_backend=None, train_subset=None, name=None, **runtime) -> TrainOptions:
     """Options of a new run: the model's recipe with the command line on top (None = not given)."""
-    from cnnscope.spec import resolve_target
+    from cnnscope.runs.spec import resolve_target
 
     _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
     recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
@@ -259,7 +259,7 @@ def build_model(opts: TrainOptions, num_classes: int) -> tuple[nn.Module, dict]:
     """
     import inspect
 
-    from cnnscope.spec import build_model as build, resolve_target
+    from cnnscope.runs.spec import build_model as build, resolve_target
 
     ctor = dict(opts.ctor)
     target, _ = resolve_target(opts.spec)
@@ -704,7 +704,7 @@ def resume_hint(run_dir: Path, opts: TrainOptions) -> str:
 
 def finish(run_dir, opts, state: LoopState, ddp: Dist, device, console, selected_on) -> TrainResult:
     """Curves, then the test evaluation of best.pth (rank 0), and the closing summary."""
-    from cnnscope.evaluate import evaluate_run
+    from cnnscope.runs.evaluate import evaluate_run
 
     if not ddp.is_main:
         return TrainResult(run_dir, {})
@@ -763,7 +763,7 @@ def write_model_texts(run_dir: Path, net: nn.Module) -> None:
     """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put."""
     import copy
 
-    from cnnscope import rf, summary
+    from cnnscope.core import rf, summary
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
@@ -791,7 +791,7 @@ def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, datas
 
 def write_curves(run_dir: Path, history: list, selected_on: str) -> None:
     """plots/acc_curves.png, loss_curves.png, lr.png from the epoch rows."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     epochs = [r["epoch"] for r in history]
 

@@ -50,7 +50,7 @@ def is_run(target: str) -> bool:
 def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
     """TARGET (RUN or SPEC) -> the model in eval mode, its label and its figure folder.
     `trust_spec`: build a RUN's SPEC even when it is no zoo model (spec.check_file_spec)."""
-    from cnnscope import checkpoint, spec
+    from cnnscope.runs import checkpoint, spec
 
     if is_run(target):
         if ctor:
@@ -74,7 +74,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.data import load_dataset
+    from cnnscope.runs.data import load_dataset
 
     ckpt = target.checkpoint or {}
     name = dataset or ckpt.get("dataset") or "fake"

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnscope.checkpoint import atomic_write_bytes
+from cnnscope.runs.checkpoint import atomic_write_bytes
 from cnnscope.errors import CnnscopeError
-from cnnscope.fields import Choice, Flag, Number, Numbers, check_fields
+from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "fake")
 BACKENDS = ("batch", "albumentations")

@@ -10,9 +10,9 @@ spending the whole run in it.
 import dataclasses
 from dataclasses import dataclass, field
 
-from cnnscope.data import DATASETS, AugmentSpec
+from cnnscope.runs.data import DATASETS, AugmentSpec
 from cnnscope.errors import CnnscopeError
-from cnnscope.fields import Choice, Flag, Number, Numbers, check_fields
+from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")

@@ -5,8 +5,8 @@ Reads each run folder's metrics.json and train_log.csv (no model is loaded) and 
 """
 from pathlib import Path
 
-from cnnscope import runfiles
-from cnnscope.checkpoint import atomic_write_csv, atomic_write_text
+from cnnscope.runs import runfiles
+from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 
 COLUMNS = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
@@ -50,7 +50,7 @@ def labels_for(folders: list[Path]) -> list[str]:
 
 def compare_runs(runs, out="reports/combined") -> list[dict]:
     """Write the summary table and combined curves of `runs` into `out`; return the table rows."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     folders = [run_folder(r) for r in runs]
     rows = summary_rows(folders)

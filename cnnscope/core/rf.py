@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.probe import check_input, forward_error
+from cnnscope.core.probe import check_input, forward_error
 
 INF = math.inf
 
@@ -913,7 +913,7 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
     analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size;
     `trust_spec`: build the run's own SPEC even when it is no zoo model (spec.check_file_spec).
     `progress`: a rich Progress to report on."""
-    from cnnscope.spec import build_model
+    from cnnscope.runs.spec import build_model
 
     if erf_run is None:
         if spec is None:
@@ -938,7 +938,7 @@ def _analyze_on_meta(spec, ctor, input_shape):
     """(model, result) of SPEC built on the meta device, which skips the weight initialisation (0.43 s
     of a ResNet-50's 0.6 s of RF work); (None, None) where that does not work: the meta pass is not
     taken (see _trace), or the constructor or the forward pass needs real values."""
-    from cnnscope.spec import build_model, resolve_target
+    from cnnscope.runs.spec import build_model, resolve_target
 
     resolve_target(spec)  # import the model's module first: torchvision loads the meta machinery
     if "torch._dynamo" not in sys.modules:
@@ -951,9 +951,9 @@ def _analyze_on_meta(spec, ctor, input_shape):
 
 
 def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, trust_spec, progress):
-    from cnnscope import plots
-    from cnnscope.checkpoint import load_run_model
-    from cnnscope.inspect import Target, load_test_images
+    from cnnscope.render import plots
+    from cnnscope.runs.checkpoint import load_run_model
+    from cnnscope.runs.inspect import Target, load_test_images
 
     if ctor and spec is None:
         raise CnnscopeError("--ctor applies to a SPEC; with --erf RUN alone the run's checkpoint gives the "

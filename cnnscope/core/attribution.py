@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.inspect import Section, fmt_float
-from cnnscope.inspect.sharing import is_shared_layer
-from cnnscope.probe import logits, run_forward
+from cnnscope.runs.inspect import Section, fmt_float
+from cnnscope.core.sharing import is_shared_layer
+from cnnscope.core.probe import logits, run_forward
 
 METHODS = ("ig", "saliency", "gradcam", "occlusion")
 TITLES = {"ig": "Integrated Gradients", "saliency": "Saliency", "gradcam": "GradCAM",
@@ -176,7 +176,7 @@ def explain(model, x, target: int, method: str, layer: Optional[nn.Module] = Non
 
 def inspect_attributions(target, images, *, methods=METHODS, target_class="pred", progress=None):
     """Attribution maps of `images` for each method, and plots/attributions.png."""
-    from cnnscope import plots
+    from cnnscope.render import plots
 
     model = target.model
     probs = torch.softmax(logits(run_forward(model, images.x, target.label), model, target.label), dim=1)

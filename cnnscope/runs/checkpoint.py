@@ -229,7 +229,7 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
     checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
-    from cnnscope.spec import build_model
+    from cnnscope.runs.spec import build_model
 
     folder, path = resolve_run(run)
     ckpt = load_checkpoint(path)

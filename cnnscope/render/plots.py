@@ -5,7 +5,7 @@ from pathlib import Path
 
 import matplotlib
 
-from cnnscope.checkpoint import atomic_write_bytes
+from cnnscope.runs.checkpoint import atomic_write_bytes
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,7 +21,7 @@ def save(fig, path) -> Path:
     return path
 
 
-# ---- inspection: entropy gates, soft sharing, attributions (cnnscope.inspect) -------------------
+# ---- inspection: entropy gates, soft sharing, attributions (cnnscope.runs.inspect) -------------------
 
 def _bare(ax):
     ax.set_xticks([])
@@ -196,7 +196,7 @@ def image_grid(images, titles, path, *, title: str = "", title_colors=None, ncol
     return save(fig, path)
 
 
-# ---- data: augmentation preview (cnnscope.data) -------------------------------------------------
+# ---- data: augmentation preview (cnnscope.runs.data) -------------------------------------------------
 
 def augmentation_grid(originals, augmented, titles, path, *, title: str = "", ncols: int = 8) -> Path:
     """Pairs of rows: training images (N, H, W, 3) in [0, 1] captioned by `titles`, and below each
@@ -226,7 +226,7 @@ def augmentation_grid(originals, augmented, titles, path, *, title: str = "", nc
     return save(fig, path)
 
 
-# ---- receptive fields (cnnscope.rf) -------------------------------------------------------------
+# ---- receptive fields (cnnscope.core.rf) -------------------------------------------------------------
 
 def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical RF", title: str = "") -> Path:
     """Effective-RF heatmap (H, W) with the theoretical RF box (top, left, bottom, right, in pixels,

@@ -1,0 +1,119 @@
+"""What every command shares: the group, error formatting (in one place), options, output.
+
+Nothing here imports torch at module level, so `cnnscope --help` answers at once; each command
+imports what it needs when it runs.
+"""
+import sys
+
+import click
+
+from cnnscope.errors import CnnscopeError
+
+
+
+
+FORMATS = ("table", "markdown", "json")
+
+
+class UserError(click.ClickException):
+    """A CnnscopeError as Click shows it: one paragraph on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class CnnscopeGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnscopeError as e:
+            raise UserError(str(e)) from None
+
+
+# ---- shared options, defined once -------------------------------------------------------------
+
+spec_argument = click.argument("spec", metavar="SPEC")
+ctor_option = click.option(
+    "--ctor", "ctor", multiple=True, metavar="K=V",
+    help="Constructor keyword for SPEC, value a Python literal; repeatable (e.g. --ctor num_classes=100).",
+)
+
+
+def trust_spec_option(named_by="RUN's checkpoint"):
+    return click.option(
+        "--trust-spec", is_flag=True,
+        help=f"Build the model that {named_by} names even when it is no zoo model: its file or module is "
+             "imported and executed. Only for files you trust; without it such a model is refused (exit 2).",
+    )
+
+
+# the epilog of the commands that take a SPEC
+SPEC_RUNS_CODE = ("A SPEC (or MODEL) that names a file or module (path/file.py:Name, package.module:attr) is "
+                  "imported, which executes its code: give only your own code or code you trust.")
+
+input_option = click.option(
+    "--input", "input_shape", nargs=3, type=int, default=(3, 32, 32), show_default=True,
+    metavar="C H W", help="Shape of the probe input.",
+)
+
+procs_option = click.option(
+    "--procs", default="auto", show_default=True, metavar="N|auto",
+    help="Data-parallel training processes on the CPU, each with cores/N threads and 1/N of every batch "
+         "(on 2 cores, 2 processes train basic ~1.3x faster than one). auto: one per 64 images of the batch "
+         "(at most 8), on any machine, since batch norm sees each process's share and so the count changes the "
+         "weights; a resumed run keeps its count.",
+)
+
+
+def format_option(default=None):
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default=default,
+        help="Output format; default: table on a terminal, markdown otherwise.",
+    )
+
+
+def resolve_format(fmt):
+    if fmt:
+        return fmt
+    return "table" if sys.stdout.isatty() else "markdown"
+
+
+def emit(fmt, result, title=None):
+    """Print one result object in the chosen format (cnnscope.render's convention)."""
+    from cnnscope import render
+
+    emit_parts(fmt, table=lambda: render.to_table(result, title),
+               markdown=lambda: render.to_markdown(result, title), json_obj=render.to_json(result))
+
+
+def emit_parts(fmt, *, table, markdown, json_obj):
+    """Print one result in the chosen format: a rich renderable, markdown text or a JSON object."""
+    import json
+
+    fmt = resolve_format(fmt)
+    if fmt == "json":
+        click.echo(json.dumps(json_obj, indent=2))
+    elif fmt == "markdown":
+        click.echo(markdown())
+    else:
+        from rich.console import Console
+
+        Console().print(table())
+
+
+@click.group(cls=CnnscopeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cnnscope")
+def cli():
+    """Train compact CNNs, then inspect how they see.
+
+    \b
+    Examples:
+      cnnscope models
+      cnnscope summary basic
+      cnnscope rf path/to/model.py:NetDilated --ctor num_classes=10
+      cnnscope train basic --dataset fashion-mnist --epochs 5
+
+    SPEC is a zoo name, path/file.py:Name or package.module:attr. A file or module SPEC is
+    imported, which executes its code, and Name is called: it is your own code. A SPEC read from
+    a file someone else may have written (a RUN's checkpoint, a README marker) is built only if it
+    is a zoo name, or when you allow it with --trust-spec.
+    """

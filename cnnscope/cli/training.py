@@ -1,0 +1,190 @@
+"""Training, evaluation, comparison: train, evaluate, compare."""
+import sys
+
+import click
+
+from cnnscope.cli.common import (
+    SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, procs_option, resolve_format, trust_spec_option,
+)
+from cnnscope.errors import CnnscopeError
+
+
+def _key_values(option, items, example):
+    """Repeated K=V options -> dict (values are Python literals, as for --ctor)."""
+    from cnnscope.runs.spec import parse_ctor
+
+    try:
+        return parse_ctor(items)
+    except CnnscopeError as e:
+        raise CnnscopeError(str(e).replace("--ctor", option) + f" Example: {option} {example}.") from None
+
+
+@cli.command("train", epilog=SPEC_RUNS_CODE)
+@click.argument("model", metavar="[MODEL]", required=False)
+@ctor_option
+@click.option("--dataset", metavar="NAME", help="cifar10 | cifar100 | fashion-mnist | fake [default: the model's].")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where datasets live / download to [default: data].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs [default: the recipe's].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Batch size, split between the processes [default: the recipe's].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
+@click.option("--optimizer", type=click.Choice(("sgd", "adamw")), help="Optimizer [default: the recipe's].")
+@click.option("--scheduler", type=click.Choice(("onecycle", "cosine", "plateau", "step", "none")),
+              help="Learning-rate schedule [default: the recipe's].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
+@click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
+@click.option("--recipe", "recipe_items", multiple=True, metavar="K=V",
+              help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
+@click.option("--augment", "augment_items", multiple=True, metavar="K=V",
+              help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
+@click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
+                                               "the test set [default: 0.1].")
+@click.option("--seed", type=int, help="Seed of the split, data order, augmentation and initial weights [default: 0].")
+@click.option("--train-subset", type=click.IntRange(min=1), metavar="N",
+              help="Train on a random N-image subset of the training split (fixed by --seed), for quick looks "
+                   "at heavy models; the validation and test sets stay whole.")
+@click.option("--aug-backend", type=click.Choice(("batch", "albumentations")),
+              help="Augmentation path: whole batches in-process (default) or the seeds' per-sample albumentations.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder of the run folders [default: reports].")
+@click.option("--name", help="Run folder name [default: the model name].")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), help="[default: auto: cuda > mps > cpu]")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only) [default: on with CUDA].")
+@click.option("--channels-last/--no-channels-last", default=None, help="channels_last weights (the batches always are) [default: on].")
+@click.option("--compile/--no-compile", default=None,
+              help="torch.compile the model: slower first batches, faster steps after (see `cnnscope bench --compile`).")
+@click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
+@procs_option
+@click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
+@trust_spec_option()
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
+                   "writes are removed.")
+def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, overwrite, procs, **options):
+    """Train MODEL with its recipe; write reports/<name>/.
+
+    MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
+    with --resume it may be left out (a run of a model that is no zoo model then needs
+    --trust-spec, or MODEL named). The run folder gets config.json, train_log.csv,
+    metrics.json, model_summary.txt, rf.md, checkpoints/{last,best}.pth, curves, and the test
+    evaluation of best.pth (see `cnnscope evaluate`). best.pth is chosen on the validation split.
+
+    \b
+    Recipes (SGD m0.9 wd 5e-4 batch 128 unless said; any other SPEC gets basic's):
+      basic, dilated  nesterov, OneCycle max_lr 0.1 (per batch), 25 epochs; hflip, affine, cutout 16
+      tiny            nesterov lr 0.045, plateau x0.1 patience 2, early stop 6, 50 epochs
+      ectied          lr 0.1 cosine, 200 epochs; crop pad 4, hflip
+      egrr            nesterov lr 0.1, 5-epoch warm-up + cosine, depth warm-up 20 epochs,
+                      tau 1 -> 0.1, grad clip 5, label smoothing 0.1, 200 epochs, CIFAR-100;
+                      crop, hflip, AutoAugment, cutout 8
+      swrn            nesterov lr 0.1, x0.2 at 30/60/80%, 200 epochs, no wd on coefficients
+    Every value can be overridden: the common ones by name, the rest with --recipe K=V and
+    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion.
+
+    Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
+    command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).
+    Exit codes: 0 done, 2 bad input or a diverged (NaN) loss, 130 stopped by Ctrl-C.
+
+    On the CPU the batch is split over --procs data-parallel processes (gloo): by default one per
+    64 images of the batch, whatever the machine (2 for basic's batch of 128), so that the same
+    command trains the same weights everywhere; --procs 1 trains in this process (other weights:
+    batch norm then sees the whole batch). Several GPUs: torchrun, one process per GPU.
+
+    \b
+    Examples:
+      cnnscope train basic --dataset fashion-mnist --epochs 5
+      cnnscope train egrr --epochs 30 --augment autoaugment=False
+      cnnscope train my_model.py:Net --ctor width=32 --lr 0.05 --name net-w32
+      cnnscope train --resume reports/basic
+      cnnscope train basic --procs 1
+      torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
+    """
+    from cnnscope.runs import launch
+    from cnnscope.runs import train as train_mod
+    from cnnscope.runs.evaluate import resolve_device
+
+    recipe_overrides = {k: options.pop(k) for k in
+                        ("dataset", "epochs", "batch_size", "lr", "optimizer", "scheduler", "weight_decay",
+                         "label_smoothing", "grad_clip")}
+    for key, value in _key_values("--recipe", recipe_items, "warmup_epochs=2").items():
+        if recipe_overrides.get(key) is None:
+            recipe_overrides[key] = value
+    settings = dict(ctor=_key_values("--ctor", ctor, "num_classes=10"), recipe_overrides=recipe_overrides,
+                    augment_overrides=_key_values("--augment", augment_items, "cutout=16"), **options)
+    if resume:
+        opts, ckpt, run_dir = train_mod.resume_options(resume, model, trust_spec=trust_spec, **settings)
+    elif model is None:
+        raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
+    else:
+        opts, ckpt, run_dir = train_mod.new_options(model, **settings), None, None
+    if not launch.launched():
+        saved_world_size = ckpt["config"]["world_size"] if ckpt else None
+        n = launch.resolve_procs(procs, opts.recipe.batch_size, resolve_device(opts.device).type, saved_world_size)
+        if opts.train_subset:
+            train_mod.check_shares(opts.train_subset, n)
+        if n > 1:
+            run_dir = train_mod.run_dir_of(opts, run_dir)
+            job = dict(options=opts.to_json(), resume=str(train_mod.resume_path(resume)) if resume else None,
+                       run_dir=str(run_dir), overwrite=overwrite)
+            sys.exit(launch.run_processes(job, n, after_loss=lambda: train_mod.resume_hint(run_dir, opts)))
+    result = train_mod.train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite)
+    if result.interrupted:
+        sys.exit(launch.STOPPED_EXIT)
+
+
+@cli.command("evaluate")
+@click.argument("run", metavar="RUN")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@trust_spec_option()
+@format_option()
+def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt):
+    """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
+
+    Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
+    support; macro and weighted averages), confusion_matrix.csv (rows true, columns predicted),
+    plots/cm.png, plots/test_samples_grid.png, plots/misclassified_grid.png, and merges test_acc,
+    test_loss, macro_avg, weighted_avg into metrics.json.
+
+    \b
+    JSON (--format json): {"run", "model", "test_loss", "test_acc" (percent), "num_test",
+      "classes": [names], "confusion": [[counts]] (rows true), "per_class": [{"class", "precision",
+      "recall", "f1", "support"}], "macro_avg": {"precision", "recall", "f1"}, "weighted_avg": {...},
+      "top_confusions": [{"true", "pred", "count", "rate"}]}
+
+    \b
+    Examples:
+      cnnscope evaluate reports/basic
+      cnnscope evaluate reports/basic/checkpoints/last.pth --format json
+    """
+    from cnnscope.runs import evaluate
+
+    result = evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
+                                   quiet=resolve_format(fmt) == "json", trust_spec=trust_spec)
+    emit_parts(fmt, table=lambda: evaluate.report_table(result), markdown=lambda: evaluate.report_markdown(result),
+         json_obj=result.to_json())
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--out", type=click.Path(file_okay=False), default="reports/combined", show_default=True,
+              help="Folder for summary.md, summary.csv, combined_acc.png and combined_loss.png.")
+@format_option()
+def compare_cmd(runs, out, fmt):
+    """Summary table and combined accuracy/loss curves of several runs.
+
+    \b
+    JSON (--format json): a list of {"run", "model", "params", "best_val_acc", "test_acc" (percent),
+      "best_epoch", "epochs", "train_time_s", "images_per_s"}, one per RUN.
+
+    \b
+    Examples:
+      cnnscope compare reports/basic reports/dilated
+      cnnscope compare reports/* --out reports/combined --format markdown
+    """
+    from cnnscope.runs import compare
+
+    rows = compare.compare_runs(runs, out)
+    emit_parts(fmt, table=lambda: compare.summary_table(rows), markdown=lambda: compare.summary_markdown(rows),
+         json_obj=rows)

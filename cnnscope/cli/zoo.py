@@ -1,0 +1,119 @@
+"""The zoo and model analyses: models, summary, rf."""
+import sys
+
+import click
+
+from cnnscope.cli.common import (
+    SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, input_option, spec_argument, trust_spec_option,
+)
+
+
+@cli.command("models")
+@format_option()
+def models_cmd(fmt):
+    """List the model zoo: name, class, parameters, MACs at 32x32, default dataset, seed.
+
+    \b
+    Examples:
+      cnnscope models
+      cnnscope models --format json
+    """
+    from cnnscope.core import summary
+
+    rows = summary.zoo_rows()
+    emit_parts(fmt, table=lambda: summary.zoo_table(rows), markdown=lambda: summary.zoo_markdown(rows),
+         json_obj=rows)
+
+
+@cli.command("summary", epilog=SPEC_RUNS_CODE)
+@spec_argument
+@ctor_option
+@input_option
+@format_option()
+def summary_cmd(spec, ctor, input_shape, fmt):
+    """Per-layer table of SPEC: output shape, params and MACs of every call.
+
+    A module called several times (weight tying) gets one row per call; the totals count its
+    parameters once (unique) and its MACs once per call.
+
+    \b
+    Examples:
+      cnnscope summary basic
+      cnnscope summary ectied --ctor iterations=8
+      cnnscope summary my_model.py:Net --input 1 28 28 --format json
+    """
+    from cnnscope.runs import spec as spec_mod
+    from cnnscope.core import summary
+
+    model = spec_mod.build_model(spec, spec_mod.parse_ctor(ctor))
+    result = summary.summarize(model, input_shape, spec)
+    emit_parts(fmt, table=lambda: summary.summary_table(result, spec),
+         markdown=lambda: summary.summary_markdown(result, spec), json_obj=result.to_json())
+
+
+@cli.command("rf", epilog=SPEC_RUNS_CODE)
+@click.argument("spec", metavar="[SPEC]", required=False)
+@ctor_option
+@input_option
+@format_option()
+@click.option("--title", default=None,
+              help='Title of the table; in markdown a "### TITLE" line, e.g. "RF: Net (32x32 input)".')
+@click.option("--verify", "check", is_flag=True,
+              help="Measure the RF again by gradient probing; exit 1 when it differs from the analysis.")
+@click.option("--erf", "erf_run", metavar="RUN", default=None,
+              help="Effective RF of a trained RUN (reports/<run> or a checkpoint): RUN/plots/erf.png. "
+                   "SPEC may then be left out (the run's own model).")
+@click.option("--erf-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Number of test images --erf averages over.")
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Where --erf finds the run's dataset.")
+@trust_spec_option()
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec):
+    """Receptive field of every layer of SPEC, from one forward pass of a probe input.
+
+    Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
+    and dilation of that call (functional calls and modules reused with another dilation
+    included), and the RF follows the real data flow: residual adds, concatenations and gates
+    take the union of their paths (misaligned paths are flagged). A row per call: Layer is the
+    qualified module name, '#n' for the n-th call of a module that runs several times, ':op' for
+    an op called in a container's own forward. RF and jump are in input pixels, "HxW" when the
+    axes differ; "*" marks units that also see the whole input through a global path
+    (squeeze-excitation). The final RF is that of the last spatial map before global pooling.
+    Operations cnnscope does not know are named in warnings.
+
+    --verify measures the final RF independently: positive weights, identity activations and
+    norms, max-pool read as avg-pool, and the extent of d(centre unit)/d(input) on an input grown
+    until it does not clip. --erf RUN: the effective RF (Luo et al., 2016) of trained weights,
+    mean |d centre / d input| over test images, and the radius holding 95% of that mass. With
+    SPEC given, --erf builds SPEC with the run's weights, never the model the run's checkpoint
+    names; without it, that model must be a zoo model or allowed with --trust-spec.
+
+    \b
+    JSON: {model, input, final_rf, final_jump, final_rf_hw, final_jump_hw, final_window_hw,
+      final_map, coverage, first_exceeding, layers: [{index, name, op, k, s, d, p, rf_in, jump_in,
+      rf_out, jump_out, global_in, global_out}], warnings, verify: {probe_rf, probe_rf_hw,
+      probe_input, match, clipped}, erf: {run, dataset, images, radius95, centre, figure}}
+    Per-axis values are [H, W]; final_rf/final_jump a number, "HxW" or "global"; verify and erf
+    only with those options. Exit codes: 0 done, 1 --verify mismatch, 2 bad input.
+
+    \b
+    Examples:
+      cnnscope rf basic
+      cnnscope rf models/compact.py:NetDilated --format markdown --title "RF: NetDilated (32x32 input)"
+      cnnscope rf torchvision.models:resnet50 --input 3 224 224 --format json
+      cnnscope rf ectied --ctor iterations=8 --verify
+      cnnscope rf basic --erf reports/basic-fashion-mnist
+    """
+    from cnnscope.core import rf
+    from cnnscope.runs.inspect import progress
+    from cnnscope.runs.spec import parse_ctor
+
+    with progress() as bar:
+        result = rf.report(spec, parse_ctor(ctor), input_shape, check=check, erf_run=erf_run,
+                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
+    emit_parts(fmt, table=lambda: rf.to_table(result, title), markdown=lambda: rf.to_markdown(result, title),
+         json_obj=result.to_json())
+    if result.verified is False:
+        click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
+                   f"{result.probe_rf}.", err=True)
+        sys.exit(1)

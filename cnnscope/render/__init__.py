@@ -1,0 +1,44 @@
+"""Tables (rich, markdown, json) and figures (matplotlib) from result objects.
+
+One convention for every result the library returns:
+
+    to_table(result, title=None)     a rich renderable, for the terminal
+    to_markdown(result, title=None)  markdown text
+    to_json(result)                  the stable JSON object: result.to_json()
+
+Each family module here (rf, summary, inspect, ...) registers the table and markdown renderers of
+its result types with `register`; figures are drawn by `plots`.
+"""
+import importlib
+import pkgutil
+
+_RENDERERS = {}  # result type -> (table, markdown)
+_NOT_RENDERERS = {"plots", "tables"}  # helpers, not families (plots would import matplotlib)
+
+
+def register(result_type, *, table, markdown):
+    """Make `table(result, title)` and `markdown(result, title)` the renderers of `result_type`."""
+    _RENDERERS[result_type] = (table, markdown)
+
+
+def _renderers(result):
+    if not _RENDERERS:
+        for info in pkgutil.iter_modules(__path__):
+            if info.name not in _NOT_RENDERERS:
+                importlib.import_module(f"{__name__}.{info.name}")
+    for cls in type(result).__mro__:
+        if cls in _RENDERERS:
+            return _RENDERERS[cls]
+    raise TypeError(f"no renderer for {type(result).__name__}; register one in cnnscope.render")
+
+
+def to_table(result, title=None):
+    return _renderers(result)[0](result, title)
+
+
+def to_markdown(result, title=None) -> str:
+    return _renderers(result)[1](result, title)
+
+
+def to_json(result) -> dict:
+    return result.to_json()

@@ -1,0 +1,1 @@
+"""What knows the outside: SPECs, checkpoints, run folders, datasets, recipes, files."""
