@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnscope.cli import cli
-from cnnscope.runs.readme import Renderer, RfEntry, update_text
+from cnnscope.runs.readme.blocks import Renderer, RfEntry
+from cnnscope.runs.readme.markers import update_text
 
 METRICS = {
     "run": "basic", "model": "basic", "params": 84322, "dataset": "fake", "selected_on": "val",
@@ -539,7 +540,7 @@ def test_project_readme_is_up_to_date(runner, monkeypatch):
 
 
 def test_project_readme_documents_every_block_kind():
-    from cnnscope.runs.readme import KINDS
+    from cnnscope.runs.readme.kinds import KINDS
 
     text = PROJECT_README.read_text(encoding="utf-8")
     missing = [kind for kind in KINDS if f"`{kind}`" not in text]

@@ -4,7 +4,6 @@ import sys
 import click
 
 from cnnscope.cli.common import cli, trust_spec_option
-from cnnscope.errors import CnnscopeError
 
 
 @cli.command("update-readme")
@@ -46,26 +45,15 @@ def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_inp
           --rf model.py:NetDilated --rf-input 3 32 32 --rf-ctor num_classes=10
     """
     from cnnscope.runs import readme as readme_mod
-    from cnnscope.runs.spec import parse_ctor
 
-    run_map = {}
-    for item in runs:
-        key, sep, path = item.partition("=")
-        if not sep or not key or not path:
-            raise CnnscopeError(f"Bad --run value {item!r}: expected X=PATH, e.g. --run BASE=reports/basic.")
-        run_map[key] = path
-    update = readme_mod.plan_update(
-        readme, reports=reports, runs=run_map, rf_entries=[readme_mod.RfEntry.parse(v) for v in rf_models],
-        rf_input=rf_input, rf_ctor=parse_ctor(rf_ctor), trust_spec=trust_spec,
+    outcome = readme_mod.update_readme(
+        readme, "check" if check else "diff" if show_diff else "write", runs=runs, rf_models=rf_models,
+        rf_ctor=rf_ctor, reports=reports, rf_input=rf_input, trust_spec=trust_spec,
     )
-    if check or show_diff:
-        if update.stale:
-            click.echo(update.diff().encode("utf-8", "surrogateescape"), nl=False)
-        if check and update.stale:
-            click.echo(f"{readme} is stale: run `cnnscope update-readme {readme}` and commit it.", err=True)
-            sys.exit(1)
-        click.echo(f"{readme}: {update.blocks} block(s), {'stale' if update.stale else 'up to date'}.", err=True)
-        return
-    if update.stale:
-        update.write()
-    click.echo(f"{readme}: {update.blocks} block(s), {'updated' if update.stale else 'already up to date'}.")
+    if outcome.diff:
+        click.echo(outcome.diff.encode("utf-8", "surrogateescape"), nl=False)
+    if outcome.failed:
+        click.echo(f"{readme} is stale: run `cnnscope update-readme {readme}` and commit it.", err=True)
+        sys.exit(1)
+    # Under --check and --diff stdout is the diff alone.
+    click.echo(f"{readme}: {outcome.blocks} block(s), {outcome.state}.", err=check or show_diff)
