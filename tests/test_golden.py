@@ -1,0 +1,30 @@
+"""Byte identity of the CLI's json and markdown outputs (models, summary, rf) with tests/golden/.
+
+The cases are tests/golden/record.py's CASES; a failure here is a change of output. When the change is
+meant, re-record the files and commit them:  python tests/golden/record.py tests/golden
+"""
+import difflib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+_spec = importlib.util.spec_from_file_location("golden_record", GOLDEN / "record.py")
+record = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record)
+
+RERECORD = "python tests/golden/record.py tests/golden"
+
+
+@pytest.mark.parametrize("fmt", list(record.FORMATS))
+@pytest.mark.parametrize("name", list(record.CASES))
+def test_output_is_the_recorded_one(name, fmt):
+    path = GOLDEN / f"{name}.{record.FORMATS[fmt]}"
+    expected = path.read_text(encoding="utf-8")
+    actual = record.run_case(record.CASES[name], fmt)
+    if actual != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                            str(path), "now", n=1))
+        pytest.fail(f"`cnnscope {' '.join(record.CASES[name])} --format {fmt}` no longer prints "
+                    f"{path.name}:\n{diff[:4000]}\nIf the change is meant, re-record: {RERECORD}", pytrace=False)
