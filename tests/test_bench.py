@@ -165,6 +165,7 @@ def test_bench_json_has_every_documented_key(runner):
     assert out["peak_memory_source"] == "cpu_max_rss" and out["compile"] is False
 
 
+@pytest.mark.slow
 def test_bench_trains_in_data_parallel_processes(runner):
     from cnnscope.runs.launch import cpu_cores
 

@@ -98,6 +98,7 @@ def wait_gone(pids, seconds=10.0) -> list[int]:
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
 
 
+@pytest.mark.slow
 @linux_only
 def test_killing_the_launcher_kills_its_ranks(tmp_path):
     proc, ranks = start_training(tmp_path)
@@ -107,6 +108,7 @@ def test_killing_the_launcher_kills_its_ranks(tmp_path):
     assert wait_gone(ranks) == [], "the ranks trained on after their launcher was killed"
 
 
+@pytest.mark.slow
 @linux_only
 def test_sigint_to_the_launcher_alone_stops_and_saves(tmp_path):
     """Not the terminal's Ctrl-C (which signals the whole group): SIGINT to the launcher's pid only."""
@@ -119,6 +121,7 @@ def test_sigint_to_the_launcher_alone_stops_and_saves(tmp_path):
     assert wait_gone(ranks) == []
 
 
+@pytest.mark.slow
 @linux_only
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_rank_killed_from_outside_is_said_in_one_line(tmp_path, victim):

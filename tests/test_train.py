@@ -315,6 +315,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_spec, launcher):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -339,6 +340,7 @@ def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_s
     assert sum(map(sum, cm)) == FAKE_TEST
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_path, tiny_spec):
     """SIGTERM to the parent alone reaches both ranks: they stop after the same batch, rank 0 saves
     last.pth and prints the resume command (`cnnscope train --resume`, which keeps 2 processes), and
@@ -369,6 +371,7 @@ def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_an_error_in_every_process_is_said_once(tmp_path):
     (tmp_path / "broken.py").write_text("import torch.nn as nn\n\nclass Broken(nn.Module):\n"
                                         "    def __init__(self, num_classes=10):\n"
