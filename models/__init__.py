@@ -5,51 +5,6 @@ Depends on torch only (never on cnnscope), so a user can `from models import bui
     >>> from models import build, list_models
     >>> net = build("basic", num_classes=10)
 """
-from dataclasses import dataclass
-from typing import Callable
-
-import torch.nn as nn
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    builder: Callable[..., nn.Module]
-    dataset: str  # the seed's default dataset
-    seed: str  # the seed document (shared/seeds/) the design comes from
-    description: str
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register(name: str, *, dataset: str, seed: str, description: str = ""):
-    """Decorator: register a builder (a function or class returning an nn.Module) under `name`."""
-
-    def deco(builder):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        doc = description or ((builder.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = ModelEntry(name, builder, dataset, seed, doc)
-        return builder
-
-    return deco
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_entry(name: str) -> ModelEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
-
-
-def build(name: str, **kw) -> nn.Module:
-    return get_entry(name).builder(**kw)
-
-
 # Importing the family modules registers their builders.
-from . import compact, ectied, egrr, soft_sharing, tiny  # noqa: E402,F401
+from . import compact, ectied, egrr, soft_sharing, tiny  # noqa: F401
+from .registry import ModelEntry, build, get_entry, list_models, register  # noqa: F401

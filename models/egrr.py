@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
+from .registry import register
 
 # (channels, recursion steps T, stride) per stage, from the seed README.
 STAGES = ((48, 3, 1), (96, 4, 2), (96, 4, 1), (192, 5, 2), (192, 5, 1), (192, 5, 1),
@@ -142,7 +142,7 @@ class EGRRStage(nn.Module):
         return h
 
 
-@register("egrr", dataset="cifar100", seed="001_6f32dd0e4f9fe4a4.txt")
+@register("egrr", dataset="cifar100", seed_doc="001_6f32dd0e4f9fe4a4.txt")
 class EGRRNet(nn.Module):
     """Entropy-gated recursive residual net: symmetric shared 1x1, per-pixel dilation gate."""
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
+from .registry import register
 
 
 class TemplateBank(nn.Module):
@@ -137,7 +137,7 @@ class SWRNStage(nn.Module):
         return self.blocks(x)
 
 
-@register("swrn", dataset="cifar10", seed="004_adc1ce41fadb22be.txt")
+@register("swrn", dataset="cifar10", seed_doc="004_adc1ce41fadb22be.txt")
 class SWRN(nn.Module):
     """Wide ResNet with soft parameter sharing, SWRN-depth-width-templates (default 28-10-6)."""
 

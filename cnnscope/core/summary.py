@@ -248,7 +248,7 @@ def zoo_rows(names=None) -> list[dict]:
             "params": result.params_unique,
             "macs": result.macs,
             "dataset": entry.dataset,
-            "seed": entry.seed,
+            "seed": entry.seed_doc,
             "description": entry.description,
         })
     return rows
