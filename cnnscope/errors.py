@@ -2,4 +2,10 @@
 
 
 class CnnscopeError(Exception):
-    """Bad input from the user: the message says what was wrong and what to do."""
+    """Bad input from the user: the message says what was wrong and what to do, in terms of arguments
+    and values, never of CLI flags. `arguments` names the arguments the message speaks of, as the
+    raising function calls them, so that a front end can say which of its own options they are."""
+
+    def __init__(self, message="", *, arguments=()):
+        super().__init__(message)
+        self.arguments = tuple(arguments)

@@ -140,7 +140,8 @@ def test_zoo_table(site, monkeypatch):
 
 
 def test_model_summary_and_rf_of_a_spec(site):
-    from cnnscope.core import summary
+    from cnnscope.core.summary import summarize
+    from cnnscope.render.summary import model_summary_text
     from models.compact import Net
 
     nets = site / "nets"
@@ -151,7 +152,7 @@ def test_model_summary_and_rf_of_a_spec(site):
                         '<!-- RF spec=basic input="3 64 64" -->\n<!-- /RF -->\n', trust_spec=True)
     blocks = re.findall(r"^<!-- (?:MODEL_SUMMARY|RF) [^\n]*-->\n(.*?)^<!-- /", text, re.S | re.M)
     assert blocks[0] == ("<details><summary><b>Model summary (basic)</b></summary>\n\n```\n"
-                         + summary.summarize(Net(), (3, 32, 32)).to_text() + "```\n</details>\n")
+                         + model_summary_text(summarize(Net(), (3, 32, 32))) + "```\n</details>\n")
     assert "84,322" in blocks[0]
     assert blocks[1].startswith("### RF: D\n\n| # | Layer |") and "**Final RF:** 45 " in blocks[1]
     assert blocks[2].startswith("### RF: basic (64x64 input)\n") and "**Final RF:** 55 " in blocks[2]

@@ -1,4 +1,4 @@
-"""Receptive fields from the live graph (cnnscope.core.rf, `cnnscope rf`).
+"""Receptive fields from the live graph (cnnscope.core.rf, cnnscope.runs.rf, `cnnscope rf`).
 
 The analysis is checked against the seed's table, against hand-derived figures, and against the
 independent gradient probe of --verify on torchvision models and on the graphs that tools which
@@ -19,11 +19,14 @@ import torch.nn.functional as F
 import torchvision
 
 import models
-from cnnscope.core import rf
-from cnnscope.runs.checkpoint import save_checkpoint
+from cnnscope import render
 from cnnscope.cli import cli
-from cnnscope.runs.data import load_dataset
+from cnnscope.core.rf import effective_receptive_field, receptive_field, rf_box, tracer, verify_receptive_field
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.rf import _cells
+from cnnscope.runs import rf as rf_runs
+from cnnscope.runs.checkpoint import save_checkpoint
+from cnnscope.runs.data import load_dataset
 from cnnscope.runs.spec import build_model
 
 # The seed README's table for Net (shared/seeds/002, section 4.1), row for row.
@@ -46,8 +49,8 @@ SEED_NET_ROWS = """\
 
 def probed(model, shape=(3, 32, 32)):
     """Analysis plus the gradient probe."""
-    result = rf.analyze(model, shape)
-    result.probe = rf.verify(model, result)
+    result = receptive_field(model, shape)
+    result.probe = verify_receptive_field(model, result)
     return result
 
 
@@ -59,7 +62,7 @@ def layer(result, name):
 # ---- the zoo ----------------------------------------------------------------------------------------
 
 def test_basic_reproduces_the_seed_table_exactly():
-    text = rf.to_markdown(rf.analyze(models.build("basic")), title="RF: Net (32x32 input)")
+    text = render.to_markdown(receptive_field(models.build("basic")), "RF: Net (32x32 input)")
     assert text.startswith("### RF: Net (32x32 input)\n\n| # | Layer | k | s | d | RF_in | jump_in | RF_out | "
                            "jump_out |\n|---:|:------|:-:|:-:|:-:|-----:|--------:|-------:|---------:|\n")
     assert SEED_NET_ROWS + "\n**Final RF:** 55 &nbsp;&nbsp; **Final jump:** 8\n" in text
@@ -71,7 +74,7 @@ def test_basic_reproduces_the_seed_table_exactly():
     ("tiny", 45, 2, "c4.2.dw"),
 ])
 def test_zoo_final_rf(name, final_rf, final_jump, first_exceeding):
-    result = rf.analyze(models.build(name))
+    result = receptive_field(models.build(name))
     assert (result.final_rf, result.final_jump) == (final_rf, final_jump)
     assert result.first_exceeding.name == first_exceeding
     assert result.coverage == 1.0 and result.warnings == []
@@ -115,7 +118,7 @@ def test_torchvision_analysis_equals_gradient_probe(name):
 
 
 def test_densenet121_rf_follows_its_block_config():
-    result = rf.analyze(torchvision.models.densenet121(), (3, 224, 224))
+    result = receptive_field(torchvision.models.densenet121(), (3, 224, 224))
     expected, jump = 7 + 2 * 2, 4  # 7x7/2 conv, 3x3/2 max pool
     for i, layers in enumerate((6, 12, 24, 16)):
         expected += layers * 2 * jump  # one 3x3 conv per dense layer
@@ -225,7 +228,7 @@ def test_functional_conv2d_is_a_row_with_its_call_arguments():
 
 def test_rectangular_kernel_per_axis():
     result = probed(Rectangular())
-    assert rf._cells(result.layers[0])[2] == "1x7"
+    assert _cells(result.layers[0])[2] == "1x7"
     assert (result.final_rf, result.final_jump) == ("3x9", "2x1")
     assert result.final_rf_hw == (3, 9) and result.probe.rf == (3, 9) and result.verified
 
@@ -257,10 +260,10 @@ def test_unknown_ops_are_named_never_silently_identity():
         def forward(self, x):
             return self.conv(x[:, :, ::2, ::2]).mean((2, 3))
 
-    result = rf.analyze(Rolled())
+    result = receptive_field(Rolled())
     assert any("'roll'" in w and "treated as pointwise" in w for w in result.warnings)
     with pytest.raises(CnnscopeError, match="'getitem' changes the spatial layout"):
-        rf.analyze(Subsampled())
+        receptive_field(Subsampled())
 
 
 def test_squeeze_excitation_makes_the_rf_global():
@@ -302,7 +305,7 @@ def test_analysis_leaves_the_model_as_it_was():
     model = models.build("swrn", depth=16, width=1)  # one TemplateBank reached from several modules
     model.train()
     before = {name: (t, t.clone()) for name, t in model.state_dict(keep_vars=True).items()}
-    rf.analyze(model)
+    receptive_field(model)
     after = model.state_dict(keep_vars=True)
     assert all(after[name] is t and torch.equal(t, copy) for name, (t, copy) in before.items())
     assert model.training
@@ -318,11 +321,11 @@ def test_value_dependent_forward_falls_back_to_real_tensors(monkeypatch):
         def forward(self, x):  # a branch on values: shapes alone (meta tensors) cannot run this
             return self.conv(x) if x.sum() >= 0 else self.wide(x)
 
-    assert rf.analyze(Branchy()).final_rf == 3
+    assert receptive_field(Branchy()).final_rf == 3
     resnet = torchvision.models.resnet18()
-    fast = rf.analyze(resnet)
+    fast = receptive_field(resnet)
     monkeypatch.delitem(sys.modules, "torch._dynamo")  # as without torchvision: CPU tensors
-    slow = rf.analyze(resnet)
+    slow = receptive_field(resnet)
     assert (fast.layers, fast.final, fast.final_op) == (slow.layers, slow.final, slow.final_op)
 
 
@@ -361,10 +364,11 @@ def test_report_builds_on_meta_where_it_can(tmp_path, monkeypatch, spec, final_r
     (tmp_path / "meta_build.py").write_text(META_BUILD)
     monkeypatch.chdir(tmp_path)
     built = []
-    original = rf.analyze
-    monkeypatch.setattr(rf, "analyze", lambda model, shape: built.append(next(model.parameters()).device.type)
+    original = receptive_field
+    monkeypatch.setattr(rf_runs, "receptive_field",
+                        lambda model, shape: built.append(next(model.parameters()).device.type)
                         or original(model, shape))
-    result = rf.report(spec, input_shape=(3, 224, 224) if "resnet" in spec else (3, 32, 32))
+    result = rf_runs.report(spec, input_shape=(3, 224, 224) if "resnet" in spec else (3, 32, 32))
     assert result.final_rf == final_rf
     assert built == {"torchvision.models:resnet18": ["meta"], "meta_build.py:BranchesOnWeights": ["meta", "cpu"],
                      "meta_build.py:ReadsValues": ["cpu"]}[spec]
@@ -417,8 +421,8 @@ def test_cli_json_keys(runner):
 
 
 def test_cli_verify_mismatch_exits_1_with_both_numbers(runner, monkeypatch):
-    window = rf._window
-    monkeypatch.setattr(rf, "_window", lambda axis, k, s, p, d: window(axis, k, s, p, 1))  # forget dilation
+    window = tracer.sliding_window
+    monkeypatch.setattr(tracer, "sliding_window", lambda axis, k, s, p, d: window(axis, k, s, p, 1))  # forget dilation
     result = runner.invoke(cli, ["rf", "basic", "--verify", "--format", "markdown"])
     assert result.exit_code == 1
     assert "RF mismatch: the analysis gives 39, the gradient probe 55." in result.stderr
@@ -462,8 +466,9 @@ def test_cli_erf_heatmap_and_radius(runner, tmp_path):
 def test_effective_rf_radius_holds_95_percent_of_the_mass():
     torch.manual_seed(0)
     model = ResidualDown().eval()
-    result = rf.analyze(model)
-    heat, (cy, cx), radius = rf.effective_rf(model, torch.randn(3, 3, 32, 32), result)
+    result = receptive_field(model)
+    erf = effective_receptive_field(model, torch.randn(3, 3, 32, 32), result)
+    heat, (cy, cx), radius = erf.heatmap, erf.centre, erf.radius95
     assert heat.shape == (32, 32) and abs(heat.sum() - 1) < 1e-9
     assert (cy, cx) == (14, 14)  # unit (7, 7) of the 16x16 final map, jump 2
     offsets = np.indices(heat.shape) - np.array([cy, cx])[:, None, None]
@@ -471,4 +476,4 @@ def test_effective_rf_radius_holds_95_percent_of_the_mass():
     assert heat[distance <= radius].sum() >= 0.95 > heat[distance < radius].sum()
     inside = np.abs(offsets).max(axis=0) <= 3  # the theoretical RF, 7x7
     assert (heat[~inside] == 0).all() and (heat[inside] > 0).sum() > 40
-    assert rf.rf_box(result, (cy, cx)) == (11, 11, 17, 17)
+    assert rf_box(result, (cy, cx)) == (11, 11, 17, 17)

@@ -26,7 +26,19 @@ class CnnscopeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CnnscopeError as e:
-            raise UserError(str(e)) from None
+            raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or ""))) from None
+
+
+def _user_message(error: CnnscopeError, command) -> str:
+    """The library's message, then which options of `command` the arguments it names are (the one
+    place where a library message gets flag wording)."""
+    options = {p.name: p for p in getattr(command, "params", ()) if isinstance(p, click.Option)}
+    named = [f"{name} is {_flag(options[name])}" for name in error.arguments if name in options]
+    return str(error) + (f" (On the command line: {'; '.join(named)}.)" if named else "")
+
+
+def _flag(option: click.Option) -> str:
+    return option.opts[0] + ("" if option.is_flag or not option.metavar else f" {option.metavar}")
 
 
 # ---- shared options, defined once -------------------------------------------------------------

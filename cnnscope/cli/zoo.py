@@ -4,7 +4,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, input_option, spec_argument, trust_spec_option,
+    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, input_option, spec_argument, trust_spec_option,
 )
 
 
@@ -18,11 +18,9 @@ def models_cmd(fmt):
       cnnscope models
       cnnscope models --format json
     """
-    from cnnscope.core import summary
+    from cnnscope.runs.zoo import zoo_table
 
-    rows = summary.zoo_rows()
-    emit_parts(fmt, table=lambda: summary.zoo_table(rows), markdown=lambda: summary.zoo_markdown(rows),
-         json_obj=rows)
+    emit(fmt, zoo_table())
 
 
 @cli.command("summary", epilog=SPEC_RUNS_CODE)
@@ -42,13 +40,10 @@ def summary_cmd(spec, ctor, input_shape, fmt):
       cnnscope summary ectied --ctor iterations=8
       cnnscope summary my_model.py:Net --input 1 28 28 --format json
     """
-    from cnnscope.runs import spec as spec_mod
-    from cnnscope.core import summary
+    from cnnscope.core.summary import summarize
+    from cnnscope.runs.spec import build_model, parse_ctor
 
-    model = spec_mod.build_model(spec, spec_mod.parse_ctor(ctor))
-    result = summary.summarize(model, input_shape, spec)
-    emit_parts(fmt, table=lambda: summary.summary_table(result, spec),
-         markdown=lambda: summary.summary_markdown(result, spec), json_obj=result.to_json())
+    emit(fmt, summarize(build_model(spec, parse_ctor(ctor)), input_shape, spec), spec)
 
 
 @cli.command("rf", epilog=SPEC_RUNS_CODE)
@@ -104,15 +99,14 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf ectied --ctor iterations=8 --verify
       cnnscope rf basic --erf reports/basic-fashion-mnist
     """
-    from cnnscope.core import rf
+    from cnnscope.runs import rf
     from cnnscope.runs.inspect import progress
     from cnnscope.runs.spec import parse_ctor
 
     with progress() as bar:
         result = rf.report(spec, parse_ctor(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
-    emit_parts(fmt, table=lambda: rf.to_table(result, title), markdown=lambda: rf.to_markdown(result, title),
-         json_obj=result.to_json())
+    emit(fmt, result, title)
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
                    f"{result.probe_rf}.", err=True)

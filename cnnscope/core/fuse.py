@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.core.rf import pair
+from cnnscope.core.runtime import pair
 from cnnscope.core.probe import probe_forward
 
 

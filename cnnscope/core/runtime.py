@@ -23,3 +23,10 @@ def tune_cpu_runtime():
         m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
         libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest
         libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+def pair(v):
+    """A per-axis (H, W) value from an int or a sequence, as torch's conv and pool arguments take it."""
+    if isinstance(v, (list, tuple)):
+        return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
+    return (v, v)

@@ -98,39 +98,17 @@ class SummaryResult:
             "layers": [asdict(layer) for layer in self.layers],
         }
 
-    def rows(self):
-        """(#, layer, type, output shape, params, MACs) as strings, one per call."""
-        for i, layer in enumerate(self.layers, 1):
-            name = layer.name or "(model)"
-            if layer.calls > 1:
-                name += f" #{layer.call}"
-            shape = "x".join(map(str, layer.output_shape)) if layer.output_shape else "-"
-            yield (str(i), name, layer.type, shape, f"{layer.params:,}" if layer.params else "-",
-                   f"{layer.macs:,}" if layer.macs else "-")
 
-    def totals(self) -> list[tuple[str, str]]:
-        return [
-            ("Unique trainable params", f"{self.params_unique:,}"),
-            ("Non-trainable params", f"{self.params_non_trainable:,}"),
-            ("Per-call (effective) params", f"{self.params_per_call:,}"),
-            ("MACs per image", f"{self.macs:,} ({self.macs / 1e6:.2f} M)"),
-        ]
+@dataclass
+class ZooTable:
+    """The zoo's summary, one row per model: {name, class, params, macs (at 3x32x32), dataset, seed,
+    description}. It is built where the registry is known (runs/zoo.py); it lives here so that render,
+    which may import only core, can register its renderers."""
 
-    def to_text(self) -> str:
-        """A fixed-width table, as written to a run's model_summary.txt."""
-        header = ("#", "Layer", "Type", "Output", "Params", "MACs")
-        rows = [header, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        right = {0, 4, 5}
+    rows: list
 
-        def line(r):
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-
-        rule = "-" * len(line(header))
-        body = [f"{self.model}, input {'x'.join(map(str, self.input_shape))}", rule, line(header), rule]
-        body += [line(r) for r in rows[1:]]
-        body += [rule] + [f"{k}: {v}" for k, v in self.totals()]
-        return "\n".join(body) + "\n"
+    def to_json(self) -> list:
+        return [dict(row) for row in self.rows]
 
 
 class _CallRecorder(TorchFunctionMode):
@@ -207,75 +185,3 @@ def summarize(model: nn.Module, input_shape=(3, 32, 32), spec=None) -> SummaryRe
     result.params_per_call = sum(c.params for c in result.layers)
     result.macs = sum(c.macs for c in calls)
     return result
-
-
-# ---- renderings -------------------------------------------------------------------------------
-
-def summary_table(result: SummaryResult, title: str = ""):
-    from rich.table import Table
-
-    table = Table(title=f"{title or result.model}: input {'x'.join(map(str, result.input_shape))}")
-    for col, justify in (("#", "right"), ("Layer", "left"), ("Type", "left"), ("Output", "left"),
-                         ("Params", "right"), ("MACs", "right")):
-        table.add_column(col, justify=justify)
-    for row in result.rows():
-        table.add_row(*row)
-    table.caption = " · ".join(f"{k}: {v}" for k, v in result.totals())
-    return table
-
-
-def summary_markdown(result: SummaryResult, title: str = "") -> str:
-    lines = [f"### {title or result.model} (input {'x'.join(map(str, result.input_shape))})", "",
-             "| # | Layer | Type | Output | Params | MACs |", "|---:|:---|:---|:---|---:|---:|"]
-    lines += ["| " + " | ".join(r) + " |" for r in result.rows()]
-    lines += [""] + [f"**{k}:** {v}  " for k, v in result.totals()]
-    return "\n".join(lines) + "\n"
-
-
-def zoo_rows(names=None) -> list[dict]:
-    """One dict per registered model (or per name in `names`): name, class, params, MACs at
-    3x32x32, dataset, seed."""
-    import models
-
-    rows = []
-    for name in names or models.list_models():
-        entry = models.get_entry(name)
-        model = entry.builder()
-        result = summarize(model, (3, 32, 32))
-        rows.append({
-            "name": name,
-            "class": type(model).__name__,
-            "params": result.params_unique,
-            "macs": result.macs,
-            "dataset": entry.dataset,
-            "seed": entry.seed_doc,
-            "description": entry.description,
-        })
-    return rows
-
-
-_ZOO_COLUMNS = (("name", "Name"), ("class", "Class"), ("params", "Params"), ("macs", "MACs"),
-                ("dataset", "Dataset"), ("seed", "Seed"))
-
-
-def _zoo_cells(row) -> list[str]:
-    return [row["name"], row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
-            row["dataset"], row["seed"]]
-
-
-def zoo_table(rows):
-    from rich.table import Table
-
-    table = Table(title="cnnscope model zoo (MACs at 3x32x32)")
-    for key, label in _ZOO_COLUMNS:
-        table.add_column(label, justify="right" if key in ("params", "macs") else "left")
-    for row in rows:
-        table.add_row(*_zoo_cells(row))
-    return table
-
-
-def zoo_markdown(rows) -> str:
-    lines = ["| " + " | ".join(label for _, label in _ZOO_COLUMNS) + " |",
-             "|:---|:---|---:|---:|:---|:---|"]
-    lines += ["| " + " | ".join(_zoo_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

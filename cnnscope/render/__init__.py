@@ -13,6 +13,7 @@ import importlib
 import pkgutil
 
 _RENDERERS = {}  # result type -> (table, markdown)
+_families_loaded = False
 _NOT_RENDERERS = {"plots", "tables"}  # helpers, not families (plots would import matplotlib)
 
 
@@ -22,10 +23,13 @@ def register(result_type, *, table, markdown):
 
 
 def _renderers(result):
-    if not _RENDERERS:
+    global _families_loaded
+    # every family once, even where one was imported (and so registered) on its own before
+    if not _families_loaded:
         for info in pkgutil.iter_modules(__path__):
             if info.name not in _NOT_RENDERERS:
                 importlib.import_module(f"{__name__}.{info.name}")
+        _families_loaded = True
     for cls in type(result).__mro__:
         if cls in _RENDERERS:
             return _RENDERERS[cls]

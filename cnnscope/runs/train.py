@@ -763,12 +763,15 @@ def write_model_texts(run_dir: Path, net: nn.Module) -> None:
     """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put."""
     import copy
 
-    from cnnscope.core import rf, summary
+    from cnnscope import render
+    from cnnscope.core.rf import receptive_field
+    from cnnscope.core.summary import summarize
+    from cnnscope.render.summary import model_summary_text
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
-        atomic_write_text(run_dir / "model_summary.txt", summary.summarize(probe, INPUT_SHAPE).to_text())
-        atomic_write_text(run_dir / "rf.md", rf.rf_markdown(probe, INPUT_SHAPE))
+        atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summarize(probe, INPUT_SHAPE)))
+        atomic_write_text(run_dir / "rf.md", render.to_markdown(receptive_field(probe, INPUT_SHAPE)))
 
 
 

@@ -214,26 +214,28 @@ class Renderer:
 
     def zoo_table(self, args) -> str:
         import models
-        from cnnscope.core import rf, summary
+        from cnnscope.core.rf import receptive_field
+        from cnnscope.runs.zoo import zoo_table
 
         names = args.get("models", "").replace(",", " ").split()
         unknown = [n for n in names if n not in models.list_models()]
         if unknown:
             self._fail(f"unknown model {', '.join(unknown)}; registered: {', '.join(models.list_models())}.")
-        rows = summary.zoo_rows(names or None)
+        rows = zoo_table(names or None).rows
         table = []
         for row in rows:
-            final_rf = rf.analyze(models.build(row["name"]), (3, 32, 32)).final_rf
+            final_rf = receptive_field(models.build(row["name"]), (3, 32, 32)).final_rf
             table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
                           final_rf, row["dataset"]))
         return _md_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table)
 
     def model_summary(self, args) -> str:
         if self._spec_or_run(args):
-            from cnnscope.core import summary
+            from cnnscope.core.summary import summarize
+            from cnnscope.render.summary import model_summary_text
 
             shape = _parse_shape(args.get("input", "3 32 32"), self.where)
-            text = summary.summarize(self._model(args), shape).to_text()
+            text = model_summary_text(summarize(self._model(args), shape))
             title = args.get("title", f"Model summary ({args['spec']})")
         else:
             run = self._run_dir(args)
@@ -242,7 +244,8 @@ class Renderer:
         return f"<details><summary><b>{html.escape(title, quote=False)}</b></summary>\n\n{_fenced(text)}</details>\n"
 
     def rf(self, args) -> str:
-        from cnnscope.core import rf
+        from cnnscope import render
+        from cnnscope.core.rf import receptive_field
 
         if not self._spec_or_run(args):
             table = self._text(self._run_file(self._run_dir(args), "rf.md", "cnnscope train ..."), "cnnscope train")
@@ -252,7 +255,7 @@ class Renderer:
         else:
             shape = _parse_shape(args.get("input", "3 32 32"), self.where)
         title = args.get("title", f"RF: {args['spec']} ({shape[1]}x{shape[2]} input)")
-        return rf.rf_markdown(self._model(args), shape, title=title)
+        return render.to_markdown(receptive_field(self._model(args), shape), title)
 
     def run_metrics(self, args) -> str:
         m = self._metrics(self._run_dir(args))

@@ -1,0 +1,122 @@
+"""The torch operations the RF tracer knows, by name, and how it runs some of them.
+
+A torch function or Tensor method is known by its name (`op_name`): torch.add, Tensor.add,
+Tensor.__radd__ and Tensor.add_ are all 'add'. The tables say what each name does to H and W.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cnnscope.core.runtime import pair
+
+
+def op_name(func) -> str:
+    """torch.add, Tensor.add, Tensor.__radd__, Tensor.add_ -> 'add'; property getters -> their name."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return getattr(getattr(func, "__self__", None), "__name__", name)
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name[:1] in ("r", "i") and name[1:] in _DUNDER_BINARY:
+            name = name[1:]  # __radd__, __iadd__ -> add
+    elif name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]  # in-place variant
+    return name
+
+
+_DUNDER_BINARY = {"add", "sub", "mul", "truediv", "floordiv", "div", "mod", "pow", "and", "or", "xor",
+                  "lshift", "rshift", "matmul"}
+
+# Elementwise (with broadcasting): the output unit sees what the inputs' units at its position see.
+ACTIVATIONS = {
+    "relu", "relu6", "hardtanh", "elu", "selu", "celu", "gelu", "silu", "mish", "leaky_relu", "prelu",
+    "rrelu", "softplus", "softsign", "hardswish", "hardsigmoid", "sigmoid", "tanh", "logsigmoid",
+    "threshold", "clamp", "clip", "clamp_min", "clamp_max",
+}
+NORMS = {"batch_norm", "group_norm", "layer_norm", "instance_norm", "local_response_norm", "rms_norm"}
+DROPOUTS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
+ELEMENTWISE = ACTIVATIONS | NORMS | DROPOUTS | {
+    "add", "sub", "subtract", "rsub", "mul", "multiply", "div", "divide", "true_divide", "truediv",
+    "floor_divide", "floordiv", "mod", "remainder", "fmod", "pow", "float_power", "neg", "negative", "pos",
+    "positive", "abs", "absolute", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",
+    "square", "reciprocal", "sign", "sgn", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
+    "asinh", "acosh", "atanh", "erf", "erfc", "erfinv", "floor", "ceil", "round", "trunc", "frac",
+    "nan_to_num", "maximum", "minimum", "fmax", "fmin", "where", "lerp", "addcmul", "addcdiv", "atan2",
+    "hypot", "copysign", "xlogy", "logit", "softshrink", "hardshrink", "tanhshrink", "eq", "ne", "lt", "le",
+    "gt", "ge", "greater", "less", "equal", "not_equal", "greater_equal", "less_equal", "logical_and",
+    "logical_or", "logical_xor", "logical_not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+    "and", "or", "xor", "invert", "isnan", "isinf", "isfinite", "masked_fill", "copy", "to", "type",
+    "type_as", "float", "double", "half", "bfloat16", "int", "long", "bool", "contiguous", "clone",
+    "detach", "cpu", "cuda", "requires_grad", "data", "real", "imag", "conj",
+    "cat", "concat", "concatenate", "stack",
+}
+# Keep H and W where they are (else: a collapse or an unknown rearrangement).
+RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "expand", "expand_as",
+            "broadcast_to", "view_as", "reshape_as", "channel_shuffle", "native_channel_shuffle", "repeat",
+            "tile", "getitem", "select", "narrow", "index_select", "chunk", "split", "unbind",
+            "tensor_split", "split_with_sizes"}
+COLLAPSING_RESHAPES = {"view", "reshape", "flatten", "squeeze", "view_as", "reshape_as"}
+TRANSPOSES = {"transpose", "swapaxes", "swapdims"}  # (input, dim0, dim1)
+# Along a `dim` argument: over channels they are pointwise; over H and W they see everything.
+DIM_OPS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "std_mean", "var_mean", "prod",
+           "norm", "logsumexp", "nansum", "nanmean", "median", "nanmedian", "argmax", "argmin", "all",
+           "any", "count_nonzero", "softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax",
+           "cummin", "logcumsumexp", "normalize", "sort", "argsort"}
+DIM_POSITION = {"norm": 2, "normalize": 2}  # index of `dim` among the positional args (else 1)
+DIM_DEFAULT = {"normalize": 1, "softmax": 1, "log_softmax": 1, "softmin": 1}  # else: all dims
+FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+         "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}  # results do not depend on the data
+POOLS = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d"}
+ADAPTIVE_POOLS = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"}
+
+
+def arg(args, kwargs, index, name, default=None):
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for t in obj if isinstance(t, torch.Tensor)]
+    return []
+
+
+def conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Zeros shaped like F.conv2d's result (and its error on an input of the wrong channel count)."""
+    if input.shape[-3] != weight.shape[1] * groups:
+        raise RuntimeError(f"conv2d with a weight of shape {tuple(weight.shape)} and groups={groups} expected an "
+                           f"input with {weight.shape[1] * groups} channels, got {input.shape[-3]}")
+    k, s, d = weight.shape[-2:], pair(stride), pair(dilation)
+    if isinstance(padding, str):
+        size = [n if padding == "same" else (n - di * (ki - 1) - 1) // si + 1
+                for n, ki, si, di in zip(input.shape[-2:], k, s, d)]
+    else:
+        size = [(n + 2 * pi - di * (ki - 1) - 1) // si + 1
+                for n, ki, si, pi, di in zip(input.shape[-2:], k, s, pair(padding), d)]
+    return input.new_zeros((*input.shape[:-3], weight.shape[0], *size))
+
+
+def probe_call(name, func, args, kwargs):
+    """Run one op the way the verify model needs it (see tracer.Tracer)."""
+    x = args[0] if args else None
+    if name in ACTIVATIONS or name in NORMS or name in DROPOUTS:
+        return x.clone()  # identity; a caller of an in-place form that ignores the result sees x unchanged
+    if name == "max_pool2d":
+        k = arg(args, kwargs, 1, "kernel_size")
+        s = arg(args, kwargs, 2, "stride") or k
+        p = arg(args, kwargs, 3, "padding", 0)
+        d = pair(arg(args, kwargs, 4, "dilation", 1))
+        ceil_mode = arg(args, kwargs, 5, "ceil_mode", False)
+        if d == (1, 1):
+            return F.avg_pool2d(x, k, s, p, ceil_mode=ceil_mode)
+        k = pair(k)
+        kernel = x.new_full((x.shape[1], 1, *k), 1.0 / math.prod(k))
+        return F.conv2d(x, kernel, stride=s, padding=p, dilation=d, groups=x.shape[1])
+    if name == "adaptive_max_pool2d":
+        return F.adaptive_avg_pool2d(x, arg(args, kwargs, 1, "output_size"))
+    if name in ("amax", "amin"):
+        dim = arg(args, kwargs, 1, "dim", ())
+        return x.mean(dim=dim or None, keepdim=arg(args, kwargs, 2, "keepdim", False))
+    return func(*args, **kwargs)

@@ -1,0 +1,157 @@
+"""The results of the receptive-field analysis, its gradient probe and the effective RF."""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from cnnscope.core.rf.axis import json_pair, show_number, show_pair
+
+
+@dataclass
+class Layer:
+    """One spatial operation as it was called. Per-axis values are (H, W) pairs."""
+
+    index: int
+    name: str  # qualified module name, '#call' when the module runs more than once, ':op' for functional calls
+    op: str
+    k: tuple
+    s: tuple
+    d: tuple
+    p: tuple
+    rf_in: tuple
+    jump_in: tuple
+    rf_out: tuple
+    jump_out: tuple
+    global_in: tuple = (False, False)  # the input already sees the whole input (a global path)
+    global_out: tuple = (False, False)
+
+
+@dataclass
+class Probe:
+    """The gradient probe of `verify_receptive_field`: nonzero input-gradient extent of the final
+    map's centre unit."""
+
+    rf: tuple  # (H, W), in pixels
+    input_size: tuple  # probe length along H (on an input of the analysed W) and along W
+    clipped: bool  # the support still touched the border after growing the input
+    dtype: str
+
+
+@dataclass
+class EffectiveRF:
+    """Mean |d centre unit / d input| over images (Luo et al., 2016)."""
+
+    heatmap: object  # numpy (H, W), sums to 1
+    centre: tuple  # (y, x) input pixel at the centre of the final map's centre unit
+    radius95: Optional[float]  # radius (pixels) around `centre` that holds 95% of the gradient mass
+    images: int
+    # where the images and weights came from, and the figure drawn of it (set by whoever knows)
+    dataset: Optional[str] = None
+    run: Optional[str] = None
+    figure: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "dataset": self.dataset, "images": self.images,
+                "radius95": None if self.radius95 is None else round(self.radius95, 2),
+                "centre": [show_number(c) for c in self.centre], "figure": self.figure}
+
+
+@dataclass
+class RFResult:
+    model: str
+    input_shape: tuple  # (C, H, W)
+    layers: list
+    final: tuple  # (Axis H, Axis W) of the final spatial map
+    final_size: tuple  # (H, W) of the final spatial map at the probe input
+    final_op: Optional[int]  # index of the torch call whose input is the final map; None: the output
+    warnings: list
+    probe: Optional[Probe] = None
+    erf: Optional[EffectiveRF] = None
+
+    @property
+    def final_rf_hw(self):
+        return tuple(a.rf for a in self.final)
+
+    @property
+    def final_window_hw(self):
+        """The local window, leaving out global paths (squeeze-excitation ...)."""
+        return tuple(a.window for a in self.final)
+
+    @property
+    def final_jump_hw(self):
+        return tuple(a.jump for a in self.final)
+
+    @property
+    def final_rf(self):
+        """55, "55x57" (H x W) or "global"."""
+        return show_pair(self.final_rf_hw)
+
+    @property
+    def final_jump(self):
+        return show_pair(self.final_jump_hw)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the input area that the final map's RF box can cover."""
+        return math.prod(min(1.0, rf / n) for rf, n in zip(self.final_rf_hw, self.input_shape[1:]))
+
+    @property
+    def first_exceeding(self) -> Optional[Layer]:
+        """The first layer whose RF exceeds the input along H or W."""
+        size = self.input_shape[1:]
+        return next((l for l in self.layers
+                     if any(g or r > n for r, g, n in zip(l.rf_out, l.global_out, size))), None)
+
+    @property
+    def probe_rf(self):
+        """The gradient probe's RF, shown like final_rf (None when it did not run)."""
+        return None if self.probe is None else show_pair(self.probe.rf)
+
+    @property
+    def verified(self) -> Optional[bool]:
+        """Does the gradient probe agree with the analysis? None when it did not run."""
+        if self.probe is None:
+            return None
+        return all(
+            (a.glob and p >= n) or a.rf == p
+            for a, p, n in zip(self.final, self.probe.rf, self.probe.input_size)
+        )
+
+    def to_json(self) -> dict:
+        """Keys: model; input [C, H, W]; final_rf and final_jump (a number when H and W agree,
+        "HxW" otherwise, "global" for a map that sees the whole input); final_rf_hw, final_jump_hw
+        ([H, W]); final_window_hw ([H, W] local window, leaving out global paths such as
+        squeeze-excitation gates); final_map ([H, W] size of the final spatial map); coverage
+        (0..1); first_exceeding (layer name or null); layers: [{index, name, op, k, s, d, p, rf_in,
+        jump_in, rf_out, jump_out, global_in, global_out}], each an [H, W] pair (rf_* are local
+        windows; global_* say whether a global path adds the whole input); warnings (list of
+        strings). With a probe: verify {probe_rf, probe_rf_hw, probe_input, match, clipped}; with an
+        effective RF: erf {run, dataset, images, radius95, centre, figure}."""
+        first = self.first_exceeding
+        out = {
+            "model": self.model,
+            "input": list(self.input_shape),
+            "final_rf": self.final_rf,
+            "final_jump": self.final_jump,
+            "final_rf_hw": json_pair(self.final_rf_hw),
+            "final_jump_hw": json_pair(self.final_jump_hw),
+            "final_window_hw": json_pair(self.final_window_hw),
+            "final_map": list(self.final_size),
+            "coverage": round(self.coverage, 4),
+            "first_exceeding": first.name if first else None,
+            "layers": [_layer_json(l) for l in self.layers],
+            "warnings": list(self.warnings),
+        }
+        if self.probe is not None:
+            out["verify"] = {"probe_rf": self.probe_rf, "probe_rf_hw": list(self.probe.rf),
+                             "probe_input": list(self.probe.input_size), "match": self.verified,
+                             "clipped": self.probe.clipped}
+        if self.erf is not None:
+            out["erf"] = self.erf.to_json()
+        return out
+
+
+def _layer_json(layer: Layer) -> dict:
+    return {"index": layer.index, "name": layer.name, "op": layer.op,
+            **{key: json_pair(getattr(layer, key)) for key in
+               ("k", "s", "d", "p", "rf_in", "jump_in", "rf_out", "jump_out")},
+            "global_in": list(layer.global_in), "global_out": list(layer.global_out)}

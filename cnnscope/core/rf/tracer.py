@@ -1,0 +1,344 @@
+"""The tracer: one forward pass of a probe input, every torch call seen as it executes.
+
+A TorchFunctionMode sees each torch function and Tensor method (functional calls included, with the
+stride, padding and dilation of THAT call), and module hooks say which module, and which call of it,
+runs it. Every tensor computed from the input carries its (Axis H, Axis W) metadata (axis.py); the
+op tables (ops.py) say what each operation does to it.
+"""
+import math
+import weakref
+from collections import Counter
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import cnnscope.core.rf.ops as ops
+from cnnscope.core.rf.axis import GLOBAL, PIXEL, Axis, show_number, sliding_window, transposed_window
+from cnnscope.core.rf.ops import arg, tensors
+from cnnscope.core.rf.result import Layer
+from cnnscope.core.runtime import pair
+
+
+class FinalMap(Exception):
+    """Raised to stop a forward pass once the final spatial map exists."""
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.tensor = tensor
+
+
+class Tracer(TorchFunctionMode):
+    """Follows the RF metadata of every tensor computed from the input during one forward pass.
+
+    probe=True runs the verify model: saturating activations, normalisation and dropout become
+    identities and max pooling becomes average pooling, so that gradients reach every input pixel
+    the final map depends on. stop_at=k raises FinalMap with the input of call k (the final map).
+    shapes_only=True skips the arithmetic of convolutions (zeros of the right shape): the
+    analysis needs only their arguments.
+    """
+
+    def __init__(self, model: nn.Module, input_tensor, probe=False, stop_at=None, shapes_only=False):
+        super().__init__()
+        self.shapes_only = shapes_only
+        self.names = {m: name for name, m in model.named_modules()}
+        self.meta = {}  # id(tensor) -> (Axis H, Axis W), for the live tensors computed from the input
+        self.set([input_tensor], (PIXEL, PIXEL))
+        self.probe = probe
+        self.stop_at = stop_at
+        self.stack = []  # (module, call number) of the modules running now, innermost last
+        self.calls = Counter()  # module -> calls so far
+        self.count = 0  # torch calls made inside the model's forward
+        self.raw_layers = []  # (module, call, op, k, s, d, p, Axis pairs in, Axis pairs out)
+        self.final = None  # (metadata, size, call index)
+        self.warnings = {}  # message -> times
+
+    # -- module stack --------------------------------------------------------------------------
+    @contextmanager
+    def hooked(self):
+        def enter(module, args):
+            self.calls[module] += 1
+            self.stack.append((module, self.calls[module]))
+
+        def leave(module, args, output):
+            self.stack.pop()
+
+        handles = []
+        try:
+            for module in self.names:
+                handles.append(module.register_forward_pre_hook(enter))
+                handles.append(module.register_forward_hook(leave))
+            with self:
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def where(self) -> str:
+        module, call = self.stack[-1]
+        name = self.names[module] or type(module).__name__
+        return f"{name}#{call}" if self.calls[module] > 1 else name
+
+    def warn(self, message):
+        self.warnings[message] = self.warnings.get(message, 0) + 1
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.stack:  # outside the model's forward
+            return func(*args, **kwargs)
+        name = ops.op_name(func)
+        if self.probe:
+            out = ops.probe_call(name, func, args, kwargs)
+        elif self.shapes_only and name == "conv2d":
+            out = ops.conv_zeros(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        index = self.count
+        self.count += 1
+        outs = tensors(out)
+        if not outs or name in ops.FRESH:
+            return out
+        inputs = [(t, self.meta[id(t)]) for a in (*args, *kwargs.values()) for t in tensors(a)
+                  if id(t) in self.meta]
+        if not inputs:
+            return out
+        if index == self.stop_at:
+            raise FinalMap(inputs[0][0])
+        if all(m is GLOBAL for _, m in inputs):
+            self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
+            return out
+        self.handle(name, args, kwargs, inputs, outs, index)
+        return out
+
+    def set(self, tensors, meta):
+        for t in tensors:
+            if id(t) not in self.meta:  # forget the entry when t dies, before its id can be reused
+                weakref.finalize(t, self.meta.pop, id(t), None)
+            self.meta[id(t)] = meta
+
+    def handle(self, name, args, kwargs, inputs, outs, index):
+        x, meta = inputs[0]
+        if name == "conv2d":
+            weight = arg(args, kwargs, 1, "weight")
+            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
+                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 5, "dilation", 1))
+        elif name == "conv_transpose2d":
+            weight = arg(args, kwargs, 1, "weight")
+            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
+                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7, "dilation", 1),
+                        transposed=True)
+        elif name in ops.POOLS:
+            self.pool(name, args, kwargs, x, meta, outs)
+        elif name in ops.ADAPTIVE_POOLS:
+            self.adaptive_pool(name, x, meta, outs, index)
+        elif name in ("interpolate", "upsample"):
+            self.interpolate(name, args, kwargs, x, meta, outs)
+        elif name == "pad":
+            self.pad(args, kwargs, meta, outs)
+        elif name in ("pixel_shuffle", "pixel_unshuffle"):
+            r = arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
+            if name == "pixel_shuffle":
+                new = tuple(a._replace(jump=a.jump / r) for a in meta)
+                self.record(name, x, meta, new, outs, k=(1, 1), s=(1 / r, 1 / r), d=(1, 1), p=(0, 0))
+            else:
+                self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        elif name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor):
+            self.merge(name, inputs, outs)  # torch.max(a, b): elementwise
+        elif name in ops.DIM_OPS:
+            self.dim_op(name, args, kwargs, x, meta, outs, index)
+        elif name in ops.ELEMENTWISE:
+            self.merge(name, inputs, outs)
+        elif name in ops.RESHAPES:
+            self.reshape(name, x, meta, outs, index)
+        elif name in ops.TRANSPOSES or name == "permute":
+            self.transpose(name, args, x, meta, outs)
+        else:
+            self.unknown(name, inputs, outs)
+
+    # -- spatial ops ---------------------------------------------------------------------------
+    def window(self, op, x, meta, outs, k, s, p, d, transposed=False):
+        k, s, d = pair(tuple(k)), pair(s), pair(d)
+        if isinstance(p, str):  # 'valid' or 'same' (the odd pixel of 'same' goes after)
+            p = (0, 0) if p == "valid" else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
+        p = pair(p)
+        step = transposed_window if transposed else sliding_window
+        new = tuple(step(a, *args) for a, args in zip(meta, zip(k, s, p, d)))
+        self.record(op, x, meta, new, outs, k=k, s=s, d=d, p=p)
+
+    def pool(self, op, args, kwargs, x, meta, outs):
+        base = 2 if op == "lp_pool2d" else 1  # lp_pool2d(input, norm_type, kernel_size, stride)
+        k = pair(arg(args, kwargs, base, "kernel_size"))
+        s = arg(args, kwargs, base + 1, "stride") or k  # None or [] mean "= kernel"
+        p = 0 if op == "lp_pool2d" else arg(args, kwargs, 3, "padding", 0)
+        d = arg(args, kwargs, 4, "dilation", 1) if op.startswith("max") else 1
+        # A fixed window, even one that spans the whole map here (F.avg_pool2d(x, 4) on 4x4): the
+        # RF of its units does not depend on the input size, unlike adaptive (global) pooling.
+        self.window(op, x, meta, outs, k, s, p, d)
+
+    def adaptive_pool(self, op, x, meta, outs, index):
+        size, out_size = tuple(x.shape[-2:]), tuple(outs[0].shape[-2:])
+        if out_size == (1, 1):
+            self.collapse(x, meta, outs, index)
+            return
+        # Window i spans [floor(i*n/m), ceil((i+1)*n/m)); uniform only when m divides n.
+        k = tuple(max(math.ceil((i + 1) * n / m) - math.floor(i * n / m) for i in range(m))
+                  for n, m in zip(size, out_size))
+        if any(n % m for n, m in zip(size, out_size)):
+            self.warn(f"{self.where()}: {op} from {size} to {out_size} has windows of unequal size; "
+                      "RF uses the largest")
+        s = tuple(n / m for n, m in zip(size, out_size))
+        self.window(op, x, meta, outs, k, s, 0, 1)
+
+    def interpolate(self, op, args, kwargs, x, meta, outs):
+        mode = arg(args, kwargs, 3, "mode", "nearest")
+        align = arg(args, kwargs, 4, "align_corners") or False
+        taps = {"bilinear": 2, "bicubic": 4}.get(mode, 1)
+        new, s = [], []
+        for a, n, m in zip(meta, x.shape[-2:], outs[0].shape[-2:]):
+            ratio = (n - 1) / max(m - 1, 1) if align and taps > 1 else n / m
+            # input position (in input units) sampled by output unit 0
+            first = 0.0 if (align or taps == 1 and mode == "nearest") else max(0.0, 0.5 * ratio - 0.5)
+            if mode == "nearest-exact":
+                first = math.floor(0.5 * ratio)
+            half = (taps - 1) / 2
+            new.append(Axis(a.lo + (first - half) * a.jump, a.hi + (first + half) * a.jump, a.jump * ratio,
+                            a.glob))
+            s.append(ratio)
+        self.record(op, x, meta, tuple(new), outs, k=(taps, taps), s=tuple(s), d=(1, 1), p=(0, 0))
+
+    def pad(self, args, kwargs, meta, outs):
+        pads = list(arg(args, kwargs, 1, "pad")) + [0, 0, 0, 0]
+        left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
+        self.set(outs, tuple(a._replace(lo=a.lo - shift * a.jump, hi=a.hi - shift * a.jump)
+                             for a, shift in zip(meta, (top, left))))
+
+    def record(self, op, x, meta, new, outs, *, k, s, d, p):
+        if meta is not GLOBAL:
+            module, call = self.stack[-1]
+            self.raw_layers.append((module, call, op, k, s, d, p, meta, new))
+        self.set(outs, new)
+
+    def collapse(self, x, meta, outs, index):
+        """Global pooling (or a flatten / mean over H and W): `x` is a candidate final map."""
+        self.final = (meta, tuple(x.shape[-2:]), index)
+        self.set(outs, GLOBAL)
+
+    # -- the rest ------------------------------------------------------------------------------
+    def merge(self, op, inputs, outs):
+        """Elementwise ops and concatenations: the union of the windows of the inputs that have the
+        output's H and W; a pooled input (a squeeze-excitation gate) makes the output global."""
+        for out in outs:
+            size = tuple(out.shape[-2:]) if out.dim() >= 2 else None
+            same = [m for t, m in inputs if m is not GLOBAL and t.dim() >= 2 and tuple(t.shape[-2:]) == size]
+            if not same:
+                self.unknown(op, inputs, [out])
+                continue
+            others = [m for t, m in inputs if m is GLOBAL or not (t.dim() >= 2 and tuple(t.shape[-2:]) == size)]
+            if any(m is not GLOBAL for m in others):
+                self.warn(f"{self.where()}: {op} broadcasts a spatial map over a larger one; "
+                          "the output is taken to see the whole input")
+            axes = []
+            for i, axis_name in enumerate(("H", "W")):
+                windows = [m[i] for m in same]
+                jumps = {a.jump for a in windows}
+                centres = {a.centre for a in windows}
+                if len(jumps) > 1 or len(centres) > 1:
+                    what = (f"jumps {sorted(show_number(j) for j in jumps)}" if len(jumps) > 1
+                            else f"centre offsets {sorted(show_number(c) for c in centres)}")
+                    self.warn(f"{self.where()}: {op} merges misaligned paths along {axis_name} "
+                              f"({what}); RF is the union of their windows")
+                glob = any(a.glob for a in windows) or bool(others)
+                axes.append(Axis(min(a.lo for a in windows), max(a.hi for a in windows), windows[0].jump, glob))
+            self.set([out], tuple(axes))
+
+    def dim_op(self, op, args, kwargs, x, meta, outs, index):
+        ndim = x.dim()
+        dim = arg(args, kwargs, ops.DIM_POSITION.get(op, 1), "dim", ops.DIM_DEFAULT.get(op))
+        if dim is None:
+            dim = kwargs.get("axis")
+        if dim is None or dim == ():
+            dims = set(range(ndim))
+        else:
+            dims = {d % ndim for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
+        spatial = dims & {ndim - 2, ndim - 1}
+        if len(spatial) == 2:
+            self.collapse(x, meta, outs, index)
+        elif not spatial and all(tuple(t.shape[-2:]) == tuple(x.shape[-2:]) for t in outs if t.dim() >= 2):
+            self.set(outs, meta)
+        elif len(spatial) == 1 and all(tuple(t.shape) == tuple(x.shape) for t in outs):  # softmax over H ...
+            axis = 0 if ndim - 2 in spatial else 1
+            new = list(meta)
+            new[axis] = meta[axis]._replace(glob=True)
+            self.set(outs, tuple(new))
+        else:
+            self.unknown(op, [(x, meta)], outs)
+
+    def reshape(self, op, x, meta, outs, index):
+        size = tuple(x.shape[-2:])
+        if all(t.dim() >= 2 and tuple(t.shape[-2:]) == size for t in outs):
+            self.set(outs, meta)
+        elif op in ops.COLLAPSING_RESHAPES and x.dim() >= 2 and outs[0].dim() < x.dim() \
+                and outs[0].shape[-1] % math.prod(size) == 0:
+            self.collapse(x, meta, outs, index)  # H and W flattened into one trailing dimension
+        else:
+            self.unknown(op, [(x, meta)], outs)
+
+    def transpose(self, op, args, x, meta, outs):
+        ndim = x.dim()
+        if op == "permute":
+            dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
+            moved = [d % ndim for d in dims][-2:] != [ndim - 2, ndim - 1]
+        else:
+            moved = bool({d % ndim for d in args[1:3]} & {ndim - 2, ndim - 1})
+        if moved:
+            self.unknown(op, [(x, meta)], outs)
+        else:
+            self.set(outs, meta)
+
+    def unknown(self, op, inputs, outs):
+        spatial = [(t, m) for t, m in inputs if t.dim() >= 2]
+        same = [m for t, m in spatial for out in outs
+                if out.dim() >= 2 and tuple(out.shape[-2:]) == tuple(t.shape[-2:])]
+        if same and len(outs) == 1:
+            self.warn(f"{self.where()}: unknown operation {op!r} keeps H and W; treated as pointwise "
+                      "(its RF contribution is unknown)")
+            self.merge(op, [(t, m) for t, m in spatial if tuple(t.shape[-2:]) == tuple(outs[0].shape[-2:])],
+                       outs)
+        else:
+            self.warn(f"{self.where()}: unknown operation {op!r} changes the spatial layout "
+                      f"{tuple(inputs[0][0].shape)} -> {[tuple(t.shape) for t in outs]}; "
+                      "the RF is not followed past it")
+
+    # -- results -------------------------------------------------------------------------------
+    def layers(self) -> list:
+        """Rows named 'module' ('module#call' when it runs several times). An op that runs in the
+        forward of a module whose submodules have rows of their own, or that shares its module's
+        call with other spatial ops, gets ':op' (and '.n' when that op repeats in the call)."""
+        containers = set()  # modules with a descendant that has rows
+        for name in {self.names[module] for module, *_ in self.raw_layers}:
+            parts = name.split(".") if name else []
+            containers.update(".".join(parts[:i]) for i in range(len(parts)))
+        per_call = Counter((module, call) for module, call, *_ in self.raw_layers)
+        per_op = Counter((module, call, op) for module, call, op, *_ in self.raw_layers)
+        seen = Counter()
+        rows = []
+        for i, (module, call, op, k, s, d, p, before, after) in enumerate(self.raw_layers, 1):
+            qualified = self.names[module]
+            name = qualified or type(module).__name__
+            if self.calls[module] > 1:
+                name += f"#{call}"
+            if qualified in containers or per_call[(module, call)] > 1:
+                seen[(module, call, op)] += 1
+                name += f":{op}" + (f".{seen[(module, call, op)]}" if per_op[(module, call, op)] > 1 else "")
+            rows.append(Layer(
+                index=i, name=name, op=op, k=tuple(k), s=tuple(s), d=tuple(d), p=tuple(p),
+                rf_in=tuple(a.window for a in before), jump_in=tuple(a.jump for a in before),
+                rf_out=tuple(a.window for a in after), jump_out=tuple(a.jump for a in after),
+                global_in=tuple(a.glob for a in before), global_out=tuple(a.glob for a in after),
+            ))
+        return rows
+
+    def warning_list(self) -> list:
+        return [m + (f" ({n} calls)" if n > 1 else "") for m, n in self.warnings.items()]

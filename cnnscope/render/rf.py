@@ -1,0 +1,94 @@
+"""The receptive-field table (RFResult): the seed's RF table in markdown (README-ready, a run's
+rf.md) and a rich table, each followed by the final RF line, the notes and the warnings."""
+from typing import Optional
+
+from cnnscope import render
+from cnnscope.core.rf import Layer, RFResult
+from cnnscope.core.rf.axis import show_pair
+
+_COLUMNS = ("#", "Layer", "k", "s", "d", "RF_in", "jump_in", "RF_out", "jump_out")
+
+
+def _rf_cell(window, glob) -> str:
+    """The local window, starred when the units also see the whole input through a global path."""
+    return str(show_pair(window)) + ("*" if any(glob) else "")
+
+
+def _cells(layer: Layer) -> list:
+    return [str(layer.index), layer.name, *(str(show_pair(v)) for v in (layer.k, layer.s, layer.d)),
+            _rf_cell(layer.rf_in, layer.global_in), str(show_pair(layer.jump_in)),
+            _rf_cell(layer.rf_out, layer.global_out), str(show_pair(layer.jump_out))]
+
+
+def _global_note(result: RFResult) -> str:
+    first_global = next((l for l in result.layers if any(l.global_out)), None)
+    return ("RF values marked * also see the whole input through a global path (a squeeze-excitation "
+            "gate, a softmax over H or W)"
+            + (f" from layer {first_global.index} on" if first_global else "")
+            + f"; the local window of the final map is {show_pair(result.final_window_hw)}.")
+
+
+def _verify_note(result: RFResult) -> str:
+    p = result.probe
+    verdict = "matches" if result.verified else "DOES NOT MATCH"
+    return (f"Verify (gradient probe, {p.dtype}, input grown to {p.input_size[0]} along H and "
+            f"{p.input_size[1]} along W): RF {result.probe_rf} {verdict} the analysis ({result.final_rf})"
+            + (" [the support still touched the border]" if p.clipped else "") + ".")
+
+
+def _erf_note(result: RFResult) -> str:
+    e = result.erf
+    radius = "undefined (zero gradient)" if e.radius95 is None else f"{e.radius95:.1f} px"
+    return (f"Effective RF ({e.images} {e.dataset} test images of {e.run}): 95% of the gradient "
+            f"mass lies within {radius} of the centre" + (f"; heatmap {e.figure}" if e.figure else "") + ".")
+
+
+def _notes(result: RFResult) -> list:
+    """Plain-text lines after the table: coverage, first layer past the input, verify, ERF."""
+    c, h, w = result.input_shape
+    first = result.first_exceeding
+    lines = [f"Final map {result.final_size[0]}x{result.final_size[1]}; its RF covers "
+             f"{result.coverage:.0%} of the {h}x{w} input; "
+             + (f"RF exceeds the input from layer {first.index} ({first.name})." if first
+                else "no layer's RF exceeds the input.")]
+    if any(a.glob for a in result.final):
+        lines.append(_global_note(result))
+    if result.probe is not None:
+        lines.append(_verify_note(result))
+    if result.erf is not None:
+        lines.append(_erf_note(result))
+    return lines
+
+
+def _markdown(result: RFResult, title: Optional[str] = None) -> str:
+    """The seed's RF table (README-ready), then the final RF line, notes and warnings."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(_COLUMNS) + " |",
+              "|---:|:------|:-:|:-:|:-:|-----:|--------:|-------:|---------:|"]
+    lines += ["| " + " | ".join(_cells(l)) + " |" for l in result.layers]
+    lines += ["", f"**Final RF:** {result.final_rf} &nbsp;&nbsp; **Final jump:** {result.final_jump}"]
+    lines += ["", *(f"{note}  " for note in _notes(result))]
+    if result.warnings:
+        lines += ["", *(f"> warning: {w}  " for w in result.warnings)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _table(result: RFResult, title: Optional[str] = None):
+    """A rich renderable: the table, the final RF and the notes."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    c, h, w = result.input_shape
+    table = Table(title=title or f"RF: {result.model} ({h}x{w} input)")
+    for i, column in enumerate(_COLUMNS):
+        table.add_column(column, justify="left" if i == 1 else "right", overflow="fold")
+    for layer in result.layers:
+        table.add_row(*_cells(layer))
+    parts = [table, Text(f"Final RF: {result.final_rf}   Final jump: {result.final_jump}", style="bold")]
+    parts += [Text(note) for note in _notes(result)]
+    parts += [Text(f"warning: {w}", style="yellow") for w in result.warnings]
+    return Group(*parts)
+
+
+render.register(RFResult, table=_table, markdown=_markdown)
