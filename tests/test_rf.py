@@ -22,7 +22,7 @@ import models
 from cnnscope.core import rf
 from cnnscope.runs.checkpoint import save_checkpoint
 from cnnscope.cli import cli
-from cnnscope.runs.data import load_dataset
+from cnnscope.runs.datasets import load_dataset
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.spec import build_model
 

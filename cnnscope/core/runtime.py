@@ -23,3 +23,10 @@ def tune_cpu_runtime():
         m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
         libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest
         libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+def autocast(device, enabled: bool):
+    """fp16 autocast on CUDA when enabled; a no-op context elsewhere."""
+    import torch  # not at the top: this module is imported before torch (see tune_cpu_runtime)
+
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
