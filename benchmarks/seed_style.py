@@ -5,7 +5,7 @@ normalises it to a float32 CHW tensor inside DataLoader worker processes (2, the
 NCHW tensors, a `.item()` per batch for the running loss and accuracy, and a full test-set
 evaluation after every epoch. The model (models.build), the recipe (cnnscope.runs.recipes: SGD nesterov,
 OneCycle stepped per batch, the augmentation with its translation range fixed) and the data
-(cnnscope.runs.data.load_dataset, no validation split: the seed trained on the whole training set and
+(cnnscope.runs.datasets.load_dataset, no validation split: the seed trained on the whole training set and
 evaluated on the test set) are the ones cnnscope uses, so only the loop differs.
 
 Prints one JSON object per epoch on stdout, e.g.
@@ -22,14 +22,16 @@ import torch
 import torch.nn as nn
 
 import models
-from cnnscope.runs import data, recipes
+from cnnscope.core.augment import AugmentSpec
+from cnnscope.runs import datasets, recipes
+from cnnscope.runs.loaders import AlbumentationsDataset
 
 
 class SeedDataset(torch.utils.data.Dataset):
     """Per sample, in a worker: the seeds' albumentations pipeline, then normalisation -> float32 CHW."""
 
     def __init__(self, split, augment, mean, std):
-        self.augmented = data.AlbumentationsDataset(split, augment, mean)
+        self.augmented = AlbumentationsDataset(split, augment, mean)
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -83,9 +85,9 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
-    ds = data.load_dataset(recipe.dataset, args.data_dir, val_split=0, seed=args.seed)
+    ds = datasets.load_dataset(recipe.dataset, args.data_dir, val_split=0, seed=args.seed)
     train_loader = make_loader(ds.train, ds, recipe.augment, recipe.batch_size, args.workers, True, device)
-    test_loader = make_loader(ds.test, ds, data.AugmentSpec(), recipe.batch_size, args.workers, False, device)
+    test_loader = make_loader(ds.test, ds, AugmentSpec(), recipe.batch_size, args.workers, False, device)
 
     model = models.build(args.model, num_classes=len(ds.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,

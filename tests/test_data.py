@@ -1,4 +1,5 @@
-"""Datasets, the two augmentation backends and the loaders (cnnscope/runs/data.py)."""
+"""Datasets, the two augmentation backends and the loaders (cnnscope/runs/datasets.py, loaders.py,
+cnnscope/core/augment.py)."""
 import gzip
 import json
 import math
@@ -12,9 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope.runs import data
 from cnnscope.cli import cli
-from cnnscope.runs.data import AugmentSpec, Dataset, Split, load_dataset, make_loader
+from cnnscope.core.augment import AugmentSpec
+from cnnscope.runs import datasets, loaders
+from cnnscope.runs.datasets import Dataset, Split, load_dataset
+from cnnscope.runs.loaders import make_loader
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.recipes import get_recipe
 
@@ -99,7 +102,7 @@ def test_unreachable_download_is_a_clear_error(tmp_path, monkeypatch, runner, na
     offline(monkeypatch)
     with pytest.raises(CnnscopeError, match=file_name) as err:
         load_dataset(name, tmp_path)
-    assert "--dataset fashion-mnist" in str(err.value)
+    assert "dataset fashion-mnist" in str(err.value)
     result = runner.invoke(cli, ["augment", "basic", "--dataset", name, "--data-dir", str(tmp_path),
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and file_name in result.output and "Traceback" not in result.output
@@ -132,7 +135,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
         assert not border.any()  # zero padding of 2
     assert ds.test.labels.tolist() == [9, 0, 3, 3] and ds.train.labels.dtype == torch.int64
 
-    if data.FASHION_MNIST_SYSTEM_DIR.is_dir():  # Debian's dataset-fashion-mnist: the real thing
+    if datasets.FASHION_MNIST_SYSTEM_DIR.is_dir():  # Debian's dataset-fashion-mnist: the real thing
         real = load_dataset("fashion-mnist", tmp_path / "elsewhere", val_split=0)
         assert real.train.images.shape == (60000, 3, 32, 32) and real.test.images.shape == (10000, 3, 32, 32)
         assert torch.bincount(real.test.labels).tolist() == [1000] * 10
@@ -140,7 +143,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
 
 def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch):
     offline(monkeypatch)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
     with pytest.raises(CnnscopeError, match="train-images-idx3-ubyte.gz"):
         load_dataset("fashion-mnist", tmp_path)
 
@@ -148,7 +151,7 @@ def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch
 def test_bad_names_and_splits_are_clear_errors(tmp_path):
     with pytest.raises(CnnscopeError, match="cifar10, cifar100, fashion-mnist, fake"):
         load_dataset("mnist", tmp_path)
-    with pytest.raises(CnnscopeError, match="val-split"):
+    with pytest.raises(CnnscopeError, match="val_split"):
         load_dataset("fake", tmp_path, val_split=1.0)
     with pytest.raises(CnnscopeError, match="batch, albumentations"):
         make_loader(load_dataset("fake").train, load_dataset("fake"), batch_size=8, train=True, backend="dali")
@@ -254,7 +257,7 @@ def test_loader_without_augmentation_normalizes_and_keeps_order():
     expected = (ds.test.images[:64].double() / 255 - torch.tensor(ds.mean).view(1, 3, 1, 1)) / torch.tensor(
         ds.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x.double(), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(data.denormalize(x, ds.mean, ds.std), ds.test.images[:64].float() / 255, atol=1e-6,
+    torch.testing.assert_close(loaders.denormalize(x, ds.mean, ds.std), ds.test.images[:64].float() / 255, atol=1e-6,
                                rtol=0)
 
 
@@ -301,7 +304,7 @@ def augment_all(ds, spec, backend, epochs=3):
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         originals.append(ds.train.images[loader.indices()].float() / 255)
-        augmented += [data.denormalize(x, ds.mean, ds.std) for x, _ in loader]
+        augmented += [loaders.denormalize(x, ds.mean, ds.std) for x, _ in loader]
     return torch.cat(originals), torch.cat(augmented)
 
 
@@ -379,7 +382,7 @@ BASIC = get_recipe("basic").augment
 ])
 def test_backends_draw_the_same_augmentations(spec, measure, expected):
     results = {backend: {k: float(v) for k, v in measure(*augment_all(PROBE, spec, backend)).items()}
-               for backend in data.BACKENDS}
+               for backend in loaders.BACKENDS}
     batch, albu = results["batch"], results["albumentations"]
     for key, (value, tolerance) in expected.items():
         assert batch[key] == pytest.approx(albu[key], abs=tolerance), (key, results)

@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cnnscope.runs import evaluate
+from cnnscope.core import metrics
 from cnnscope.cli import cli
 
 TINY_MODEL = textwrap.dedent('''
@@ -40,9 +40,9 @@ def runs(tmp_path_factory):
 
 def test_per_class_metrics_by_hand():
     # class 2 never occurs and is never predicted: its precision, recall and F1 are 0
-    cm = evaluate.confusion_counts([0] * 6 + [1] * 4, [0] * 5 + [1] + [0, 0, 1, 1], 3)
+    cm = metrics.confusion_counts([0] * 6 + [1] * 4, [0] * 5 + [1] + [0, 0, 1, 1], 3)
     assert cm.tolist() == [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
-    m = evaluate.per_class_metrics(cm)
+    m = metrics.per_class_metrics(cm)
     assert m["precision"] == pytest.approx([5 / 7, 2 / 3, 0])
     assert m["recall"] == pytest.approx([5 / 6, 1 / 2, 0])
     assert m["f1"] == pytest.approx([10 / 13, 4 / 7, 0])
@@ -50,9 +50,31 @@ def test_per_class_metrics_by_hand():
     assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 3)
     assert m["weighted_avg"]["precision"] == pytest.approx(0.6 * 5 / 7 + 0.4 * 2 / 3)
     assert m["weighted_avg"]["recall"] == pytest.approx(0.7)  # = accuracy
-    top = evaluate.top_confusions(cm, ["a", "b", "c"])
+    top = metrics.top_confusions(cm, ["a", "b", "c"])
     assert top == [{"true": "b", "pred": "a", "count": 2, "rate": 0.5},
                    {"true": "a", "pred": "b", "count": 1, "rate": pytest.approx(1 / 6)}]
+
+
+def test_evaluate_a_module_on_tensors_and_on_batches():
+    """The notebook API: any nn.Module, images and labels (or (x, y) batches), no run folder."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    images, labels = torch.randn(50, 3, 8, 8), torch.randint(0, 3, (50,))
+    result = metrics.evaluate(model, images, labels, classes=["a", "b", "c"], batch_size=16)
+    assert model.training  # evaluated an eval-mode copy, left the module as it was
+    with torch.no_grad():
+        logits = model.eval()(images)
+    assert result.num_test == 50 and result.classes == ["a", "b", "c"]
+    assert result.test_acc == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+    assert result.test_loss == pytest.approx(nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert sum(map(sum, result.confusion)) == 50
+    batches = list(zip(images.split(16), labels.split(16)))  # the same sums
+    assert metrics.evaluate(model, batches, classes=["a", "b", "c"]).to_json() == result.to_json()
+    assert metrics.evaluate(model, images, labels).classes == [str(i) for i in range(len(result.confusion))]
 
 
 def test_evaluate_json_agrees_with_the_files(runner, runs):

@@ -26,7 +26,7 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.render.rf import _cells
 from cnnscope.runs import rf as rf_runs
 from cnnscope.runs.checkpoint import save_checkpoint
-from cnnscope.runs.data import load_dataset
+from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.spec import build_model
 
 # The seed README's table for Net (shared/seeds/002, section 4.1), row for row.

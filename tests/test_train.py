@@ -13,13 +13,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope.runs import data, launch, recipes, train
+from cnnscope.core.augment import AugmentSpec
+from cnnscope.runs import datasets, launch, loaders, recipes, train
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
-FAKE_TEST = 128  # data.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
+FAKE_TEST = 128  # datasets.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
 
 TINY_MODEL = textwrap.dedent('''
     import torch.nn as nn
@@ -116,7 +117,7 @@ def test_confusion_matrix_and_report_match_the_test_set(basic_run):
     with open(run / "confusion_matrix.csv", newline="") as f:
         table = list(csv.reader(f))
     classes = table[0][1:]
-    assert classes == data.load_dataset("fake").classes == [r[0] for r in table[1:]]
+    assert classes == datasets.load_dataset("fake").classes == [r[0] for r in table[1:]]
     cm = torch.tensor([[int(v) for v in r[1:]] for r in table[1:]])
     assert cm.sum() == FAKE_TEST
     metrics = json.loads((run / "metrics.json").read_text())
@@ -148,7 +149,7 @@ def test_config_and_checkpoints_rebuild_the_run(basic_run):
     assert (recipe["lr"], recipe["scheduler"], recipe["batch_size"], recipe["augment"]["cutout"]) == (0.1, "onecycle", 64, 16)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pth")  # weights_only
     assert ckpt["epoch"] == 2 and ckpt["dataset"] == "fake" and ckpt["input_shape"] == [3, 32, 32]
-    assert ckpt["classes"] == data.load_dataset("fake").classes and len(ckpt["mean"]) == len(ckpt["std"]) == 3
+    assert ckpt["classes"] == datasets.load_dataset("fake").classes and len(ckpt["mean"]) == len(ckpt["std"]) == 3
     best = load_checkpoint(run / "checkpoints" / "best.pth")
     metrics = json.loads((run / "metrics.json").read_text())
     assert best["epoch"] == metrics["best_epoch"] and best["best_metric"] == metrics["best_val_acc"]
@@ -191,13 +192,13 @@ class InterruptingLoader:
 
 
 def interrupt_training_at(monkeypatch, epoch, batch):
-    make_loader = data.make_loader
+    make_loader = loaders.make_loader
 
     def patched(split, dataset, **kw):
         loader = make_loader(split, dataset, **kw)
         return InterruptingLoader(loader, epoch, batch) if kw["train"] else loader
 
-    monkeypatch.setattr(data, "make_loader", patched)
+    monkeypatch.setattr(loaders, "make_loader", patched)
 
 
 RESUME_ARGS = ["--seed", 3, "--recipe", "warmup_epochs=0"]
@@ -289,14 +290,14 @@ def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, m
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runner, tmp_path, monkeypatch, tiny_spec):
     """Poisoned batches in epoch 2: the run stops with a clear message; last.pth still holds epoch 1."""
-    make_loader = data.make_loader
+    make_loader = loaders.make_loader
 
     class Poisoned(InterruptingLoader):
         def __iter__(self):
             for x, y in self.loader:
                 yield (x * math.nan if self.epoch == 1 else x), y
 
-    monkeypatch.setattr(data, "make_loader", lambda split, ds, **kw: Poisoned(make_loader(split, ds, **kw), 0, 0)
+    monkeypatch.setattr(loaders, "make_loader", lambda split, ds, **kw: Poisoned(make_loader(split, ds, **kw), 0, 0)
                         if kw["train"] else make_loader(split, ds, **kw))
     result = invoke(runner, train_args(tiny_spec, tmp_path, epochs=3))
     assert result.exit_code == 2
@@ -433,7 +434,7 @@ def test_recipes_follow_the_models_table():
     assert (basic.optimizer, basic.lr, basic.momentum, basic.nesterov, basic.weight_decay, basic.batch_size,
             basic.epochs, basic.scheduler, basic.pct_start, basic.div_factor, basic.final_div_factor) == \
            ("sgd", 0.1, 0.9, True, 5e-4, 128, 25, "onecycle", 0.15, 10.0, 100.0)
-    assert basic.augment == data.AugmentSpec(hflip=0.5, affine_p=0.5, translate=0.0625, scale=(0.9, 1.1),
+    assert basic.augment == AugmentSpec(hflip=0.5, affine_p=0.5, translate=0.0625, scale=(0.9, 1.1),
                                              rotate=15, cutout=16, cutout_p=0.5, cutout_fill="mean")
     tiny = recipes.get_recipe("tiny")
     assert (tiny.lr, tiny.scheduler, tiny.plateau_factor, tiny.plateau_patience, tiny.early_stop_patience,
@@ -443,7 +444,7 @@ def test_recipes_follow_the_models_table():
             egrr.depth_warmup_epochs, egrr.tau_start, egrr.tau_end) == ("cifar100", 200, "cosine", 5, 5.0, 0.1, 20, 1.0, 0.1)
     assert egrr.augment.autoaugment and egrr.augment.cutout == 8 and egrr.augment.crop_pad == 4
     ectied, swrn = recipes.get_recipe("ectied"), recipes.get_recipe("swrn")
-    assert (ectied.scheduler, ectied.nesterov, ectied.augment) == ("cosine", False, data.AugmentSpec(hflip=0.5, crop_pad=4))
+    assert (ectied.scheduler, ectied.nesterov, ectied.augment) == ("cosine", False, AugmentSpec(hflip=0.5, crop_pad=4))
     assert (swrn.scheduler, swrn.step_milestones, swrn.step_gamma) == ("step", (0.3, 0.6, 0.8), 0.2)
     assert recipes.get_recipe("some/file.py:Net") == recipes.get_recipe("basic")
 

@@ -11,7 +11,7 @@ import models
 from cnnscope.runs import train
 from cnnscope.runs.checkpoint import load_run_model, save_checkpoint
 from cnnscope.cli import cli
-from cnnscope.runs.data import load_dataset
+from cnnscope.runs.datasets import load_dataset
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.spec import build_model, check_file_spec
 

@@ -4,7 +4,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, procs_option, resolve_format, trust_spec_option,
+    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, procs_option, resolve_format, trust_spec_option,
 )
 from cnnscope.errors import CnnscopeError
 
@@ -160,10 +160,8 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt):
     """
     from cnnscope.runs import evaluate
 
-    result = evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                   quiet=resolve_format(fmt) == "json", trust_spec=trust_spec)
-    emit_parts(fmt, table=lambda: evaluate.report_table(result), markdown=lambda: evaluate.report_markdown(result),
-         json_obj=result.to_json())
+    emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
+                                    quiet=resolve_format(fmt) == "json", trust_spec=trust_spec))
 
 
 @cli.command("compare")
@@ -185,6 +183,4 @@ def compare_cmd(runs, out, fmt):
     """
     from cnnscope.runs import compare
 
-    rows = compare.compare_runs(runs, out)
-    emit_parts(fmt, table=lambda: compare.summary_table(rows), markdown=lambda: compare.summary_markdown(rows),
-         json_obj=rows)
+    emit(fmt, compare.compare_runs(runs, out))

@@ -30,3 +30,10 @@ def pair(v):
     if isinstance(v, (list, tuple)):
         return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
     return (v, v)
+
+
+def autocast(device, enabled: bool):
+    """fp16 autocast on CUDA when enabled; a no-op context elsewhere."""
+    import torch  # not at the top: this module is imported before torch (see tune_cpu_runtime)
+
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")

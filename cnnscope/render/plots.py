@@ -196,7 +196,7 @@ def image_grid(images, titles, path, *, title: str = "", title_colors=None, ncol
     return save(fig, path)
 
 
-# ---- data: augmentation preview (cnnscope.runs.data) -------------------------------------------------
+# ---- augmentation preview (cnnscope.runs.augment) -----------------------------------------------------
 
 def augmentation_grid(originals, augmented, titles, path, *, title: str = "", ncols: int = 8) -> Path:
     """Pairs of rows: training images (N, H, W, 3) in [0, 1] captioned by `titles`, and below each

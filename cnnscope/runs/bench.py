@@ -32,10 +32,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from cnnscope.runs import data, recipes
+from cnnscope.runs import datasets, loaders, recipes
 from cnnscope.core import summary
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.evaluate import autocast, resolve_device
+from cnnscope.core.runtime import autocast
+from cnnscope.runs.evaluate import resolve_device
 from cnnscope.core.fuse import compile_errors, compile_model, inference_copy, to_channels_last, training_ops
 from cnnscope.core.probe import check_input, classifier_outputs
 
@@ -142,11 +143,11 @@ def loader_images_per_s(augment, input_shape, batch_size, steps, device, backend
     n = batch_size * (batches + WARMUP_STEPS)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *input_shape), dtype=torch.uint8, generator=g)
-    split = data.Split(images, torch.zeros(n, dtype=torch.int64))
+    split = datasets.Split(images, torch.zeros(n, dtype=torch.int64))
     channels = input_shape[0]
-    ds = data.Dataset(name="synthetic", classes=["0"], train=split, val=None, test=split,
+    ds = datasets.Dataset(name="synthetic", classes=["0"], train=split, val=None, test=split,
                       mean=(0.5,) * channels, std=(0.25,) * channels)
-    loader = data.make_loader(split, ds, batch_size=batch_size, train=True, augment=augment, backend=backend,
+    loader = loaders.make_loader(split, ds, batch_size=batch_size, train=True, augment=augment, backend=backend,
                               device=str(device), drop_last=True, workers=ALBUMENTATIONS_WORKERS)
     batch_iter = iter(loader)
     for _ in range(WARMUP_STEPS):

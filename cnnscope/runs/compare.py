@@ -1,19 +1,17 @@
-"""`cnnscope compare RUN...`: one table and combined curves across training runs.
+"""One table and combined curves across training runs (`cnnscope compare RUN...`).
 
-Reads each run folder's metrics.json and train_log.csv (no model is loaded) and writes into --out
+Reads each run folder's metrics.json and train_log.csv (no model is loaded) and writes into `out`
 (default reports/combined): summary.csv, summary.md, combined_acc.png, combined_loss.png.
 """
 from pathlib import Path
 
+from cnnscope import render
+from cnnscope.core.metrics import CompareResult
+from cnnscope.errors import CnnscopeError
 from cnnscope.runs import runfiles
 from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text
-from cnnscope.errors import CnnscopeError
 
-COLUMNS = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
-           "images_per_s")
 LOG_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")  # the curves' columns
-HEADERS = ("run", "model", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
-           "images/s")
 
 
 def run_folder(run) -> Path:
@@ -34,11 +32,11 @@ def read_log(path: Path) -> list[dict]:
 
 
 def summary_rows(folders: list[Path]) -> list[dict]:
-    """One row per run folder: its label and the COLUMNS of its metrics.json."""
+    """One row per run folder: its label and the CompareResult.columns of its metrics.json."""
     rows = []
     for label, folder in zip(labels_for(folders), folders):
         metrics = runfiles.read_metrics(folder / "metrics.json")
-        rows.append({"run": label, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+        rows.append({"run": label, **{c: metrics.get(c) for c in CompareResult.columns[1:]}})
     return rows
 
 
@@ -48,51 +46,23 @@ def labels_for(folders: list[Path]) -> list[str]:
     return [str(f) if names.count(f.name) > 1 else f.name for f in folders]
 
 
-def compare_runs(runs, out="reports/combined") -> list[dict]:
-    """Write the summary table and combined curves of `runs` into `out`; return the table rows."""
+def compare_runs(runs, out="reports/combined") -> CompareResult:
+    """Write the summary table and combined curves of `runs` into `out`."""
     from cnnscope.render import plots
 
     folders = [run_folder(r) for r in runs]
-    rows = summary_rows(folders)
-    logs = {row["run"]: read_log(folder) for row, folder in zip(rows, folders)}
+    result = CompareResult(summary_rows(folders))
+    logs = {row["run"]: read_log(folder) for row, folder in zip(result.rows, folders)}
 
     out = Path(out)
-    atomic_write_csv(out / "summary.csv", [COLUMNS, *([row[c] for c in COLUMNS] for row in rows)])
-    atomic_write_text(out / "summary.md", summary_markdown(rows))
+    columns = CompareResult.columns
+    atomic_write_csv(out / "summary.csv", [columns, *([row[c] for c in columns] for row in result.rows)])
+    atomic_write_text(out / "summary.md", render.to_markdown(result))
     for key, title, ylabel in (("acc", "Accuracy", "accuracy (%)"), ("loss", "Loss", "cross-entropy")):
         series = {
             label: {kind: ([r["epoch"] for r in log], [r[f"{kind}_{key}"] for r in log]) for kind in ("train", "val")}
             for label, log in logs.items()
         }
-        plots.curves(series, out / f"combined_{key}.png", title=f"{title}: train (solid) vs val (dashed)",
-                     ylabel=ylabel)
-    return rows
-
-
-def cell(value, column) -> str:
-    if value is None:
-        return "-"
-    if column == "params":
-        return f"{value:,}"
-    if column in ("best_val_acc", "test_acc"):
-        return f"{value:.2f}"
-    if column in ("train_time_s", "images_per_s"):
-        return f"{value:,.0f}"
-    return str(value)
-
-
-def summary_markdown(rows) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * 2 + "---:|" * (len(HEADERS) - 2)]
-    lines += ["| " + " | ".join(cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def summary_table(rows):
-    from rich.table import Table
-
-    table = Table(title="Runs")
-    for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i < 2 else "right")
-    for r in rows:
-        table.add_row(*(cell(r[c], c) for c in COLUMNS))
-    return table
+        result.figures[key] = str(plots.curves(series, out / f"combined_{key}.png",
+                                               title=f"{title}: train (solid) vs val (dashed)", ylabel=ylabel))
+    return result

@@ -74,7 +74,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.runs.data import load_dataset
+    from cnnscope.runs.datasets import load_dataset
 
     ckpt = target.checkpoint or {}
     name = dataset or ckpt.get("dataset") or "fake"

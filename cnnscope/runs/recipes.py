@@ -10,7 +10,8 @@ spending the whole run in it.
 import dataclasses
 from dataclasses import dataclass, field
 
-from cnnscope.runs.data import DATASETS, AugmentSpec
+from cnnscope.core.augment import AugmentSpec
+from cnnscope.runs.datasets import DATASETS
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
 
@@ -20,7 +21,7 @@ SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")
 _POSITIVE = Number(float, 0, lo_open=True)
 _NON_NEGATIVE = Number(float, 0)
 _FRACTION = Number(float, 0, 1, lo_open=True, hi_open=True)
-# The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: data.AUGMENT_RULES);
+# The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: augment.AUGMENT_RULES);
 # as strict as the train command's options where it has one (--lr > 0, --label-smoothing in [0, 1), ...).
 RECIPE_RULES = {
     "dataset": Choice(DATASETS),
@@ -136,7 +137,7 @@ _EPOCH_SCHEDULES = ("warmup_epochs", "depth_warmup_epochs")
 
 def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = None) -> Recipe:
     """Apply command-line values (None = not given) to `recipe`; every value is checked by its rule
-    (RECIPE_RULES, data.AUGMENT_RULES).
+    (RECIPE_RULES, augment.AUGMENT_RULES).
 
     A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too.
     """

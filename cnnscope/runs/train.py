@@ -35,11 +35,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cnnscope.runs import data, recipes, run_folder
+from cnnscope.runs import datasets, loaders, recipes, run_folder
 from cnnscope.runs.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
                                       save_checkpoint)
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.evaluate import autocast, predict, resolve_device
+from cnnscope.core.metrics import predict
+from cnnscope.core.runtime import autocast
+from cnnscope.runs.evaluate import resolve_device
 from cnnscope.core.fuse import compile_errors, compile_model, to_channels_last, training_ops
 from cnnscope.runs.launch import split_batch
 from cnnscope.core.probe import classifier_outputs
@@ -88,8 +90,8 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
 
     _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
     recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
-    if recipe.dataset not in data.DATASETS:
-        raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(data.DATASETS)}.")
+    if recipe.dataset not in datasets.DATASETS:
+        raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend,
                                    train_subset=train_subset, **runtime).items() if v is not None}
     return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
@@ -428,18 +430,18 @@ def _train(opts, resume_ckpt, run_dir: Path, overwrite, ddp: Dist, device, conso
     # data; rank 0 loads first so that a download happens once
     if not ddp.is_main:
         ddp.barrier()
-    ds = data.load_dataset(recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed)
+    ds = datasets.load_dataset(recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed)
     if opts.train_subset:
-        ds = dataclasses.replace(ds, train=data.subset(ds.train, opts.train_subset, opts.seed))
+        ds = dataclasses.replace(ds, train=loaders.subset(ds.train, opts.train_subset, opts.seed))
     if ddp.is_main:
         ddp.barrier()
     check_shares(len(ds.train), ddp.world_size)
     selected_on = "val" if ds.val is not None else "test"
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
-    train_loader = data.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
+    train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
                                     backend=opts.aug_backend, device=str(device), seed=opts.seed,
                                     rank=ddp.rank, world_size=ddp.world_size)
-    select_loader = data.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
+    select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
                                      batch_size=max(256, recipe.batch_size), device=str(device),
                                      rank=ddp.rank, world_size=ddp.world_size)
 
