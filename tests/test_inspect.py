@@ -1,4 +1,5 @@
-"""cnnscope.runs.inspect: entropy gates, soft-sharing similarity, Captum attributions, their figures and CLI.
+"""Inspections: entropy gates, soft-sharing similarity, Captum attributions (cnnscope.core), their figures
+(cnnscope.runs.inspect) and CLI.
 
 Known answers: coefficient similarities and fold groups computed by hand, the orthogonal init of a
 fresh SWRN, a gate head set by hand to follow local variance, GradCAM maps at the input's size.
@@ -16,7 +17,9 @@ from cnnscope.render import plots
 from cnnscope.runs.checkpoint import save_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.inspect import ProbeImages, Target, load_target, load_test_images
+from cnnscope.runs.inspect import (
+    ProbeImages, Target, inspect_attributions, inspect_gates, inspect_sharing, load_target, load_test_images,
+)
 from cnnscope.core import attribution, gates, sharing
 from models.ectied import ECTiedNet
 from models.egrr import EGRRNet
@@ -97,7 +100,7 @@ def test_zero_coefficients_have_zero_similarity():
 
 def test_sharing_budget_and_report(tmp_path):
     model = HandSetBank(HAND_ROWS)
-    report = sharing.inspect_sharing(Target(model, "hand", tmp_path), threshold=0.7)
+    report = inspect_sharing(Target(model, "hand", tmp_path), threshold=0.7)
     data = report.to_json()
     (bank,) = data["banks"]
     assert (bank["templates"], bank["template_shape"]) == (3, [4, 4, 3, 3])
@@ -108,7 +111,7 @@ def test_sharing_budget_and_report(tmp_path):
     width, height, variance = png(tmp_path / "sharing_bank.png")
     assert variance > 0
     # the heatmap grows with the number of layers
-    small = sharing.inspect_sharing(Target(HandSetBank(HAND_ROWS[:2]), "small", tmp_path / "s"))
+    small = inspect_sharing(Target(HandSetBank(HAND_ROWS[:2]), "small", tmp_path / "s"))
     small_width, small_height, _ = png(small.figures["bank"])
     assert width > small_width + 100 and height > small_height + 100
 
@@ -161,7 +164,7 @@ def test_hand_set_gate_picks_dilation_4_on_texture_only():
     # zero variance: logits (0, 0, -1), so P(d=4) = e^-1 / (2 + e^-1) everywhere
     np.testing.assert_allclose(flat[2], math.exp(-1) / (2 + math.exp(-1)), rtol=1e-5)
     assert (flat.argmax(0) != 2).all()
-    report = gates.GateReport("hand", "probe", [], (1, 2, 4), [step])
+    report = gates.GateReport((1, 2, 4), [step])
     assert report.variance_corr([step]) > 0.8
 
 
@@ -169,7 +172,7 @@ def test_gate_probabilities_and_shares_sum_to_one(tmp_path):
     torch.manual_seed(0)
     model = EGRRNet(**TINY_EGRR).eval()
     images = probe_images(n=3)
-    report = gates.inspect_gates(Target(model, "tiny", tmp_path), images)
+    report = inspect_gates(Target(model, "tiny", tmp_path), images)
     assert [(s.stage, s.step, s.probs.shape) for s in report.steps] == [
         (0, 0, (3, 3, 16, 16)), (0, 1, (3, 3, 16, 16)), (1, 0, (3, 3, 8, 8)), (1, 1, (3, 3, 8, 8))]
     for step in report.steps:
@@ -192,9 +195,9 @@ def test_gate_probabilities_and_shares_sum_to_one(tmp_path):
 def test_mix_colours_and_pearson():
     one_hot = np.zeros((3, 2, 2))
     one_hot[2] = 1
-    np.testing.assert_allclose(gates.mix_colours(one_hot), np.broadcast_to(gates.DILATION_COLOURS[2], (2, 2, 3)))
+    np.testing.assert_allclose(plots.mix_colours(one_hot), np.broadcast_to(plots.DILATION_COLOURS[2], (2, 2, 3)))
     uniform = np.full((3, 1, 1), 1 / 3)
-    np.testing.assert_allclose(gates.mix_colours(uniform)[0, 0], np.mean(gates.DILATION_COLOURS, axis=0))
+    np.testing.assert_allclose(plots.mix_colours(uniform)[0, 0], np.mean(plots.DILATION_COLOURS, axis=0))
     assert gates.pearson(np.arange(5.0), 3 * np.arange(5.0) + 1) == pytest.approx(1.0)
     assert gates.pearson(np.ones(5), np.arange(5.0)) is None
 
@@ -210,7 +213,7 @@ def test_gate_figures_grow_with_steps_and_images(tmp_path):
         path = plots.gate_maps(np.random.rand(n_images, 8, 8, 3), maps,
                                column_titles=[f"s0.t{i}" for i in range(n_steps)],
                                row_titles=[f"img{i}" for i in range(n_images)],
-                               legend=list(zip(["d=1", "d=2", "d=4"], gates.DILATION_COLOURS)),
+                               legend=list(zip(["d=1", "d=2", "d=4"], plots.DILATION_COLOURS)),
                                path=tmp_path / f"maps_{n_images}_{n_steps}.png")
         return png(path)
 
@@ -220,7 +223,7 @@ def test_gate_figures_grow_with_steps_and_images(tmp_path):
     assert_grows(w10 - w6, 4, 0.9)  # a 0.9-inch panel per step
     assert_grows(h10 - h6, 1, 0.9)  # and per image
     bars = [png(plots.gate_shares([f"s{i}" for i in range(n)], np.full((n, 3), 1 / 3),
-                                  list(zip(["d=1", "d=2", "d=4"], gates.DILATION_COLOURS)),
+                                  list(zip(["d=1", "d=2", "d=4"], plots.DILATION_COLOURS)),
                                   groups=[i // 2 for i in range(n)], path=tmp_path / f"bars{n}.png"))
             for n in (10, 40)]
     assert bars[1][0] > bars[0][0] + 500 and bars[0][2] > 0
@@ -308,8 +311,8 @@ def test_attribution_figure_grows_with_methods_and_images(tmp_path):
     model = PlainCNN().eval()
 
     def run(n, methods, name):
-        report = attribution.inspect_attributions(Target(model, "plain", tmp_path / name), probe_images(n),
-                                                  methods=methods)
+        report = inspect_attributions(Target(model, "plain", tmp_path / name), probe_images(n),
+                                      methods=methods)
         assert report.methods == list(methods) and len(report.images) == n
         return png(report.figures["attributions"])
 
@@ -343,7 +346,7 @@ def test_run_target_uses_the_checkpoint_normalisation(egrr_run, tmp_path):
     assert images.dataset == "fake" and images.classes[0] == "k0" and len(images.labels) == 3
     expected = (torch.from_numpy(images.pixels).permute(0, 3, 1, 2) - 0.5) / 0.25
     torch.testing.assert_close(images.x, expected)
-    with pytest.raises(CnnscopeError, match="--ctor applies to a SPEC"):
+    with pytest.raises(CnnscopeError, match="ctor keywords apply to a SPEC"):
         load_target(str(egrr_run), ["num_classes=3"])
 
 
@@ -418,4 +421,4 @@ def test_cli_attribute_true_target_needs_enough_outputs(runner, tmp_path):
                                  "--target", "true", "--n", "4", "--data-dir", str(tmp_path),
                                  "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "--target true needs a logit per class" in result.stderr
+    assert "target_class 'true' needs a logit per class" in result.stderr

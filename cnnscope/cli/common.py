@@ -97,6 +97,15 @@ def emit(fmt, result, title=None):
                markdown=lambda: render.to_markdown(result, title), json_obj=render.to_json(result))
 
 
+def progress():
+    """A rich progress bar on stderr (stdout stays clean for --format json); gone when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
 def emit_parts(fmt, *, table, markdown, json_obj):
     """Print one result in the chosen format: a rich renderable, markdown text or a JSON object."""
     import json

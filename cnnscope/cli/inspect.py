@@ -1,7 +1,7 @@
 """Inspections of a run or SPEC: gates, sharing, attribute."""
 import click
 
-from cnnscope.cli.common import SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, trust_spec_option
+from cnnscope.cli.common import SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, progress, trust_spec_option
 
 
 target_argument = click.argument("target", metavar="RUN|SPEC")
@@ -23,14 +23,6 @@ def images_options(command):
     )):
         command = option(command)
     return command
-
-
-def emit_report(fmt, report):
-    """Emit an inspection report (an object with sections() and to_json())."""
-    from cnnscope.runs.inspect import render_markdown, render_table
-
-    emit_parts(fmt, table=lambda: render_table(report.sections()),
-         markdown=lambda: render_markdown(report.sections()), json_obj=report.to_json())
 
 
 @cli.command("gates", epilog=SPEC_RUNS_CODE)
@@ -60,15 +52,15 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
       cnnscope gates reports/egrr-fashion-mnist
       cnnscope gates egrr --ctor num_classes=10 --n 4 --format json
     """
-    from cnnscope.core import gates
-    from cnnscope.runs.inspect import load_target, load_test_images, progress
+    from cnnscope.core.gates import require_gates
+    from cnnscope.runs.inspect import inspect_gates, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec)
-    gates.require_gates(tgt.model)
+    require_gates(tgt.model)  # before any images are loaded
     images = load_test_images(tgt, n_images, dataset, data_dir)
     with progress() as bar:
-        report = gates.inspect_gates(tgt, images, progress=bar)
-    emit_report(fmt, report)
+        report = inspect_gates(tgt, images, progress=bar)
+    emit(fmt, report)
 
 
 @cli.command("sharing", epilog=SPEC_RUNS_CODE)
@@ -100,11 +92,9 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
       cnnscope sharing reports/swrn-fashion-mnist
       cnnscope sharing swrn --ctor depth=16 --ctor width=1 --threshold 0.9 --format markdown
     """
-    from cnnscope.runs.inspect import load_target
-    from cnnscope.core import sharing
+    from cnnscope.runs.inspect import inspect_sharing, load_target
 
-    report = sharing.inspect_sharing(load_target(target, ctor, out, trust_spec), threshold)
-    emit_report(fmt, report)
+    emit(fmt, inspect_sharing(load_target(target, ctor, out, trust_spec), threshold))
 
 
 @cli.command("attribute", epilog=SPEC_RUNS_CODE)
@@ -138,14 +128,14 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
       cnnscope attribute reports/basic-fashion-mnist
       cnnscope attribute reports/ectied --method ig --method gradcam --target true
     """
-    from cnnscope.core import attribution
-    from cnnscope.runs.inspect import load_target, load_test_images, progress
+    from cnnscope.core.attribution import METHODS
+    from cnnscope.runs.inspect import inspect_attributions, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec)
     images = load_test_images(tgt, n_images, dataset, data_dir)
     with progress() as bar:
-        report = attribution.inspect_attributions(
-            tgt, images, methods=methods or attribution.METHODS, target_class=target_class, progress=bar)
+        report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
+                                      progress=bar)
     for message in [*report.skipped.values(), *report.warnings]:
         click.echo(f"warning: {message}", err=True)
-    emit_report(fmt, report)
+    emit(fmt, report)

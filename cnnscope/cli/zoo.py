@@ -99,8 +99,8 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf ectied --ctor iterations=8 --verify
       cnnscope rf basic --erf reports/basic-fashion-mnist
     """
+    from cnnscope.cli.common import progress
     from cnnscope.runs import rf
-    from cnnscope.runs.inspect import progress
     from cnnscope.runs.spec import parse_ctor
 
     with progress() as bar:

@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.inspect import Section, fmt_float
 from cnnscope.core.sharing import is_shared_layer
 from cnnscope.core.probe import logits, run_forward
 
@@ -46,15 +45,26 @@ class ConvCall:
 
 @dataclass
 class AttributionReport:
-    target: str
-    dataset: str
-    target_class: str  # "pred" | "true"
-    methods: list  # methods that ran, in figure order
-    images: list  # per image: index, label, class, pred, pred_class, prob, target, ig_delta
+    """Attribution maps of a batch of images, one per method, and what the model predicted; the
+    rest says what was looked at, and `figures` names the figures a caller drew (name -> path)."""
+    methods: list  # methods that ran, in METHODS order
+    maps: np.ndarray  # (N, len(methods), H, W) in [0, 1]
+    preds: list  # predicted class per image
+    probs: list  # softmax probability of the predicted class per image
+    targets: list  # the class attributed per image
+    ig_deltas: list  # Integrated Gradients' convergence delta per image; None where ig did not run
+    target_class: str = "pred"  # how targets were chosen: "pred", or given ("given", "true", ...)
     skipped: dict = field(default_factory=dict)  # method -> why it could not run
     warnings: list = field(default_factory=list)
     gradcam_layer: Optional[dict] = None  # {"name", "size", "calls"}
+    target: str = "model"  # what was inspected: a model's class name, a run folder, "<name> (untrained)"
+    dataset: Optional[str] = None  # where the images come from, when known
+    images: list = field(default_factory=list)  # {"index"} per image, with "label" and "class" when known
+    classes: list = field(default_factory=list)  # class names, when known
     figures: dict = field(default_factory=dict)
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
     def to_json(self) -> dict:
         return {
@@ -68,26 +78,12 @@ class AttributionReport:
             "settings": {"ig_steps": IG_STEPS, "ig_internal_batch_size": IG_INTERNAL_BATCH,
                          "occlusion_window": OCCLUSION_WINDOW, "occlusion_stride": OCCLUSION_STRIDE,
                          "baseline": "zeros of the normalised input (the dataset's mean colour)"},
-            "images": self.images,
+            "images": [{**image, "pred": pred, "pred_class": self.class_name(pred), "prob": prob,
+                        "target": target, "ig_delta": delta}
+                       for image, pred, prob, target, delta in zip(
+                           self.images, self.preds, self.probs, self.targets, self.ig_deltas)],
             "figures": self.figures,
         }
-
-    def sections(self) -> list[Section]:
-        notes = [f"methods: {', '.join(TITLES[m] for m in self.methods) or 'none'}"]
-        if self.gradcam_layer:
-            layer = self.gradcam_layer
-            notes.append(f"GradCAM layer: {layer['name']} ({'x'.join(map(str, layer['size']))})")
-        notes += [f"skipped {TITLES[m]}: {why}" for m, why in self.skipped.items()]
-        notes += [f"warning: {w}" for w in self.warnings]
-        notes += [f"{name}: {path}" for name, path in self.figures.items()]
-        return [Section(
-            f"Attributions: {self.target}, {len(self.images)} test images of {self.dataset}, "
-            f"target = {self.target_class} class",
-            ["Index", "True", "Predicted", "P(pred)", "Target", "IG delta"],
-            [[str(im["index"]), im["class"], im["pred_class"], fmt_float(im["prob"]), str(im["target"]),
-              fmt_float(im["ig_delta"], 4)] for im in self.images],
-            notes=notes,
-        )]
 
 
 def conv_calls(model, x) -> list[ConvCall]:
@@ -174,55 +170,47 @@ def explain(model, x, target: int, method: str, layer: Optional[nn.Module] = Non
     return to_heat(attr[0], method), delta
 
 
-def inspect_attributions(target, images, *, methods=METHODS, target_class="pred", progress=None):
-    """Attribution maps of `images` for each method, and plots/attributions.png."""
-    from cnnscope.render import plots
+def attribute(model, images: torch.Tensor, targets=None, methods=METHODS, *,
+              on_progress=lambda done, total: None) -> AttributionReport:
+    """Attribution maps of `images` (N, C, H, W) for each of `methods` (see the module doc).
 
-    model = target.model
-    probs = torch.softmax(logits(run_forward(model, images.x, target.label), model, target.label), dim=1)
+    `targets`: the class to attribute per image; None attributes the predicted class. GradCAM is
+    skipped, with the reason, where the model has no layer for it. `on_progress(maps done, maps in all)` follows the work.
+    """
+    probs = torch.softmax(logits(run_forward(model, images), model), dim=1)
     preds = probs.argmax(1).tolist()
-    num_outputs = probs.shape[1]
-    if target_class == "true" and max(images.labels) >= num_outputs:
+    if targets is not None and max(targets) >= probs.shape[1]:
         raise CnnscopeError(
-            f"--target true needs a logit per class, but the model has {num_outputs} outputs and the "
-            f"{images.dataset} labels go up to {max(images.labels)}. Use --target pred, or build the "
-            f"model with --ctor num_classes={len(images.classes)}."
+            f"The targets are class indices up to {max(targets)}, but {type(model).__name__} has "
+            f"{probs.shape[1]} outputs (one logit per class)."
         )
-    targets = preds if target_class == "pred" else list(images.labels)
-    report = AttributionReport(target.label, images.dataset, target_class, [], [])
-
-    layer = None
+    skipped, warnings, layer = {}, [], None
     if "gradcam" in methods:
-        layer, message = gradcam_layer(model, images.x[:1])
+        layer, message = gradcam_layer(model, images[:1])
         if layer is None:
-            report.skipped["gradcam"] = f"GradCAM cannot run: {message}"
-        else:
-            report.gradcam_layer = {"name": layer.name, "size": list(layer.size), "calls": layer.calls}
-            if message:
-                report.warnings.append(message)
-    report.methods = [m for m in METHODS if m in methods and m not in report.skipped]
-
-    task = progress.add_task("attribute", total=len(images.x) * len(report.methods)) if progress else None
-    heats = []
-    for i in range(len(images.x)):
-        row, ig_delta = [], None
-        for method in report.methods:
-            heat, delta = explain(model, images.x[i:i + 1], targets[i], method, layer and layer.module)
-            row.append(heat)
+            skipped["gradcam"] = f"GradCAM cannot run: {message}"
+        elif message:
+            warnings.append(message)
+    ran = [m for m in METHODS if m in methods and m not in skipped]
+    target_class = "pred" if targets is None else "given"
+    targets = preds if targets is None else list(targets)
+    maps = np.zeros((len(images), len(ran), *images.shape[2:]), dtype=np.float32)
+    ig_deltas = []
+    for i in range(len(images)):
+        ig_delta = None
+        for j, method in enumerate(ran):
+            maps[i, j], delta = explain(model, images[i:i + 1], targets[i], method, layer and layer.module)
             ig_delta = delta if method == "ig" else ig_delta
-            if progress:
-                progress.advance(task)
-        heats.append(row)
-        report.images.append({
-            "index": images.indices[i], "label": images.labels[i],
-            "class": images.class_name(images.labels[i]), "pred": preds[i],
-            "pred_class": images.class_name(preds[i]), "prob": float(probs[i, preds[i]]),
-            "target": targets[i], "ig_delta": ig_delta,
-        })
-    titles = [TITLES[m] + (f"\n{layer.name}" if m == "gradcam" else "") for m in report.methods]
-    report.figures["attributions"] = str(plots.attribution_grid(
-        images.pixels, heats, column_titles=titles,
-        row_titles=[f"true: {im['class']}\npred: {im['pred_class']}" for im in report.images],
-        path=target.plots_dir / "attributions.png",
-    ))
-    return report
+            on_progress(i * len(ran) + j + 1, len(images) * len(ran))
+        ig_deltas.append(ig_delta)
+    return AttributionReport(
+        ran, maps, preds, [float(probs[i, p]) for i, p in enumerate(preds)], targets, ig_deltas,
+        target_class=target_class, skipped=skipped, warnings=warnings,
+        gradcam_layer=layer and {"name": layer.name, "size": list(layer.size), "calls": layer.calls},
+        target=type(model).__name__, images=[{"index": i} for i in range(len(images))],
+    )
+
+
+def class_count(model, images: torch.Tensor, name=None) -> int:
+    """How many classes `model` scores: the logits of a forward of `images` (N, C, H, W)."""
+    return logits(run_forward(model, images, name), model, name).shape[1]

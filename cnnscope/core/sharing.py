@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.inspect import Section, fmt_float
 
 GROUPING = ("connected components (>= 2 layers) of the graph linking two layers of a bank when "
             "|cosine similarity| >= threshold")
@@ -51,9 +50,11 @@ class Bank:
 
 @dataclass
 class SharingReport:
-    target: str
+    """The soft-shared banks of a model and the threshold of their fold groups; `figures` names the
+    figures a caller drew from it (name -> path)."""
     threshold: float
-    banks: list
+    banks: list  # Bank in module order
+    target: str = "model"  # what was inspected: a model's class name, a run folder, "<name> (untrained)"
     figures: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -81,39 +82,6 @@ class SharingReport:
             "budget": budget(self.banks),
             "figures": self.figures,
         }
-
-    def sections(self) -> list[Section]:
-        data = self.to_json()
-        out = []
-        for bank in data["banks"]:
-            out.append(Section(
-                f"Bank {bank['name']}: |cosine similarity| of coefficient vectors "
-                f"({bank['templates']} templates of {'x'.join(map(str, bank['template_shape']))})",
-                ["#", "Layer", *(str(i) for i in range(len(bank["layers"])))],
-                [[str(i), name, *(fmt_float(v, 2) for v in row)]
-                 for i, (name, row) in enumerate(zip(bank["layers"], bank["similarity"]))],
-            ))
-        out.append(Section(
-            f"Fold groups at threshold {self.threshold}",
-            ["Bank", "Group", "Layers", "Min similarity"],
-            [[bank["name"], str(g), ", ".join(group["layers"]), fmt_float(group["min_similarity"])]
-             for bank in data["banks"] for g, group in enumerate(bank["groups"])],
-            notes=[f"Groups: {GROUPING}."] + ([] if any(b["groups"] for b in data["banks"]) else
-                                              ["No two layers of any bank reach the threshold."]),
-        ))
-        total = data["budget"]
-        out.append(Section(
-            "Sharing budget (parameters)",
-            ["Bank", "Layers", "Templates", "Coefficients", "Shared total", "Unshared", "Shared/unshared"],
-            [[b["name"], str(len(b["layers"])), f"{b['template_params']:,}", f"{b['coefficient_params']:,}",
-              f"{b['template_params'] + b['coefficient_params']:,}", f"{b['unshared_params']:,}",
-              fmt_float((b["template_params"] + b["coefficient_params"]) / b["unshared_params"])]
-             for b in data["banks"]]
-            + [["all", str(total["layers"]), f"{total['template_params']:,}", f"{total['coefficient_params']:,}",
-                f"{total['shared_params']:,}", f"{total['unshared_params']:,}", fmt_float(total["ratio"])]],
-            notes=[f"{name}: {path}" for name, path in self.figures.items()],
-        ))
-        return out
 
 
 def abs_cosine(coefficients: np.ndarray) -> np.ndarray:
@@ -181,10 +149,10 @@ def find_banks(model) -> list[Bank]:
             by_bank.setdefault(id(module.bank), (module.bank, []))[1].append((name, module))
     if not by_bank:
         raise CnnscopeError(
-            f"{type(model).__name__} has no soft-shared layers: `cnnscope sharing` looks for modules with "
+            f"{type(model).__name__} has no soft-shared layers: the sharing analysis looks for modules with "
             "a 1-D `coefficients` parameter and a `bank` holding `templates` (SConv2d and TemplateBank "
-            "in models/soft_sharing.py). Pass a swrn run or SPEC, e.g. "
-            "`cnnscope sharing swrn --ctor depth=16 --ctor width=1`."
+            "in models/soft_sharing.py). Inspect a swrn model deep enough to share, e.g. swrn with "
+            "depth=16 and width=1."
         )
     banks = []
     for index, (bank, layers) in enumerate(by_bank.values()):
@@ -197,15 +165,6 @@ def find_banks(model) -> list[Bank]:
     return banks
 
 
-def inspect_sharing(target, threshold=0.95) -> SharingReport:
-    """Coefficient similarity, fold groups and budget of every bank, with one heatmap per bank."""
-    from cnnscope.render import plots
-
-    report = SharingReport(target.label, threshold, find_banks(target.model))
-    for bank in report.banks:
-        report.figures[bank.name] = str(plots.similarity_heatmap(
-            bank.similarity, bank.layers, path=target.plots_dir / f"sharing_{bank.name}.png",
-            title=f"{target.label}: bank {bank.name} ({len(bank.layers)} layers, "
-                  f"{bank.template_shape[0]} templates)",
-        ))
-    return report
+def soft_sharing(model, threshold=0.95) -> SharingReport:
+    """Coefficient similarity, fold groups at `threshold` and parameter budget of every bank of `model`."""
+    return SharingReport(threshold, find_banks(model), target=type(model).__name__)

@@ -23,6 +23,18 @@ def save(fig, path) -> Path:
 
 # ---- inspection: entropy gates, soft sharing, attributions (cnnscope.runs.inspect) -------------------
 
+# One fixed colour per dilation (d=1 blue, d=2 green, d=4 red); a pixel shows the
+# probability-weighted mix, so a pure colour means a confident gate and grey-brown a hesitant one.
+DILATION_COLOURS = ((0.12, 0.40, 0.90), (0.10, 0.70, 0.20), (0.90, 0.15, 0.15))
+
+
+def mix_colours(probs, colours=DILATION_COLOURS):
+    """(D, H, W) probabilities -> (H, W, 3) RGB: the probability-weighted mix of the colours."""
+    import numpy as np
+
+    return np.einsum("dhw,dc->hwc", probs, np.asarray(colours[:len(probs)], dtype=np.float64))
+
+
 def _bare(ax):
     ax.set_xticks([])
     ax.set_yticks([])

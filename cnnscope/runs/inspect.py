@@ -1,15 +1,19 @@
 """Inspection of a model's inner workings: entropy gates, soft-sharing coefficients, attributions.
 
-Every inspection command works on a TARGET:
+Every inspection works on a TARGET:
   - a RUN: a reports/<run> folder or a checkpoint file; the trained weights, and test images from
     the run's dataset normalised with the run's mean and std. Figures go to <run>/plots/. Its model
     is built only if it is a zoo model or trusted (spec.check_file_spec).
-  - a SPEC (registry name, file.py:Class or package.module:attr, with --ctor keywords), labelled
-    "untrained": freshly initialised weights, test images from --dataset (default `fake`).
+  - a SPEC (registry name, file.py:Class or package.module:attr, with ctor keywords), labelled
+    "untrained": freshly initialised weights, test images from `dataset` (default `fake`).
     Figures go to reports/<name>-untrained/plots/.
-`--out DIR` puts the figures in DIR instead.
+`out` puts the figures in that folder instead.
+
+inspect_gates, inspect_sharing and inspect_attributions run the analysis of cnnscope.core on a
+target, draw its figures and return the core's report with the target, the images and the figure
+paths filled in.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnscope.core import attribution, gates, sharing
 from cnnscope.errors import CnnscopeError
 
 
@@ -40,6 +45,10 @@ class ProbeImages:
     def class_name(self, index: int) -> str:
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
+    def descriptions(self) -> list:
+        """{"index", "label", "class"} per image."""
+        return [{"index": i, "label": y, "class": self.class_name(y)} for i, y in zip(self.indices, self.labels)]
+
 
 def is_run(target: str) -> bool:
     """A run folder or a checkpoint file (anything that exists and is not a .py model file)."""
@@ -55,8 +64,8 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
     if is_run(target):
         if ctor:
             raise CnnscopeError(
-                f"--ctor applies to a SPEC, but {target} is a run: its constructor keywords come "
-                "from its checkpoint. Drop --ctor, or pass a SPEC to inspect an untrained model."
+                f"ctor keywords apply to a SPEC, but {target} is a run: its constructor keywords come "
+                "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model."
             )
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
         plots_dir = Path(out) if out else run_dir / "plots"
@@ -95,62 +104,79 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     )
 
 
-def progress():
-    """A rich progress bar on stderr (stdout stays clean for --format json); gone when done."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-
-
-# ---- tables: each report is a list of Sections, rendered as rich tables or markdown -------------
-
-@dataclass
-class Section:
-    title: str
-    columns: list  # header strings
-    rows: list  # lists of strings
-    notes: list = field(default_factory=list)  # lines printed under the table
-
-    def align_right(self) -> list:
-        """Numeric columns (no letters in the first row's cell) are right-aligned."""
-        return [not any(c.isalpha() for c in cell) for cell in (self.rows[0] if self.rows else [])]
+def _task(progress, description):
+    """A task on a rich Progress (or None) and the on_progress(done, total) that moves it."""
+    if progress is None:
+        return None, lambda done, total: None
+    task = progress.add_task(description, total=None)
+    return task, lambda done, total: progress.update(task, completed=done, total=total)
 
 
-def render_table(sections):
-    from rich.console import Group
-    from rich.table import Table
+def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gates.GateReport:
+    """Gate probabilities of the target's model on `images`; figures gate_maps.png and gate_shares.png."""
+    from cnnscope.render import plots
 
-    parts = []
-    for section in sections:
-        if not section.rows:  # nothing to tabulate: the title and the notes say it
-            parts += [f"[bold]{section.title}[/bold]", *section.notes]
-            continue
-        table = Table(title=section.title, caption="\n".join(section.notes) or None)
-        right = section.align_right()
-        for i, col in enumerate(section.columns):
-            table.add_column(col, justify="right" if i < len(right) and right[i] else "left")
-        for row in section.rows:
-            table.add_row(*row)
-        parts.append(table)
-    return Group(*parts)
-
-
-def render_markdown(sections) -> str:
-    lines = []
-    for section in sections:
-        right = section.align_right()
-        lines += [f"### {section.title}", ""]
-        if section.rows:
-            lines += ["| " + " | ".join(section.columns) + " |",
-                      "|" + "|".join("---:" if i < len(right) and right[i] else ":---"
-                                     for i in range(len(section.columns))) + "|"]
-            lines += ["| " + " | ".join(row) + " |" for row in section.rows] + [""]
-        if section.notes:
-            lines += [f"{note}  " for note in section.notes] + [""]
-    return "\n".join(lines).rstrip() + "\n"
+    task, on_progress = _task(progress, "gates: forward")
+    report = gates.gate_maps(target.model, images.x, on_progress=on_progress)
+    report = replace(report, target=target.label, dataset=images.dataset, images=images.descriptions())
+    if progress:
+        progress.update(task, description="gates: drawing")
+    steps = report.steps
+    colours = plots.DILATION_COLOURS[:len(report.dilations)]
+    legend = [(f"d={d}", c) for d, c in zip(report.dilations, colours)]
+    report.figures["gate_maps"] = str(plots.gate_maps(
+        images.pixels,
+        [[plots.mix_colours(s.probs[i], colours) for s in steps] for i in range(len(images.x))],
+        column_titles=[s.label for s in steps],
+        row_titles=[images.class_name(y) for y in images.labels],
+        legend=legend,
+        path=target.plots_dir / "gate_maps.png",
+    ))
+    report.figures["gate_shares"] = str(plots.gate_shares(
+        [s.label for s in steps], np.stack([s.shares for s in steps]), legend,
+        groups=[s.stage for s in steps], path=target.plots_dir / "gate_shares.png",
+        title=f"Mean dilation share per stage/step: {target.label}",
+    ))
+    return report
 
 
-def fmt_float(value, digits=3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def inspect_sharing(target: Target, threshold=0.95) -> sharing.SharingReport:
+    """The soft-sharing report of the target's model, with one similarity heatmap per bank."""
+    from cnnscope.render import plots
+
+    report = replace(sharing.soft_sharing(target.model, threshold), target=target.label)
+    for bank in report.banks:
+        report.figures[bank.name] = str(plots.similarity_heatmap(
+            bank.similarity, bank.layers, path=target.plots_dir / f"sharing_{bank.name}.png",
+            title=f"{target.label}: bank {bank.name} ({len(bank.layers)} layers, "
+                  f"{bank.template_shape[0]} templates)",
+        ))
+    return report
+
+
+def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribution.METHODS,
+                         target_class="pred", progress=None) -> attribution.AttributionReport:
+    """Attribution maps of `images` for the predicted class (target_class "pred") or the true one
+    ("true"), per method; figure attributions.png."""
+    from cnnscope.render import plots
+
+    outputs = attribution.class_count(target.model, images.x[:1], target.label)
+    if target_class == "true" and max(images.labels) >= outputs:
+        raise CnnscopeError(
+            f"target_class 'true' needs a logit per class, but the model has {outputs} outputs and the "
+            f"{images.dataset} labels go up to {max(images.labels)}. Attribute the predicted class "
+            f"(target_class 'pred'), or build the model with num_classes={len(images.classes)}."
+        )
+    report = attribution.attribute(target.model, images.x, images.labels if target_class == "true" else None,
+                                   methods, on_progress=_task(progress, "attribute")[1])
+    report = replace(report, target_class=target_class, target=target.label, dataset=images.dataset,
+                     images=images.descriptions(), classes=images.classes)
+    titles = [attribution.TITLES[m] + (f"\n{report.gradcam_layer['name']}" if m == "gradcam" else "")
+              for m in report.methods]
+    report.figures["attributions"] = str(plots.attribution_grid(
+        images.pixels, report.maps, column_titles=titles,
+        row_titles=[f"true: {images.class_name(y)}\npred: {report.class_name(p)}"
+                    for y, p in zip(images.labels, report.preds)],
+        path=target.plots_dir / "attributions.png",
+    ))
+    return report
