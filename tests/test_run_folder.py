@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnscope.runs import checkpoint, run_folder, train
-from cnnscope.runs.checkpoint import atomic_write_bytes, atomic_write_text
+from cnnscope import files
+from cnnscope.runs import run_folder, train
+from cnnscope.files import atomic_write_bytes, atomic_write_text
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
 
@@ -199,7 +200,7 @@ def dead_pid() -> int:
 
 
 def test_stale_temps_of_dead_writers_are_removed_and_nothing_else(tmp_path):
-    hour_ago = time.time() - 2 * checkpoint.OLD_TEMP_AGE_S
+    hour_ago = time.time() - 2 * files.OLD_TEMP_AGE_S
     dead = dead_pid()
     stale = [f".last.pth.{dead}.ab12cd_9.tmp", f".README.md.{dead}.zzzzzzzz.tmp", ".best.pth.k3j4h5g6.tmp"]
     kept = [f".metrics.json.{os.getpid()}.abcdefgh.tmp",  # a writer that still runs
@@ -220,7 +221,7 @@ def test_a_killed_write_leaves_the_old_file_and_a_temp_the_next_write_removes(tm
     target.write_bytes(b"old")
     writer = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os
-        from cnnscope.runs.checkpoint import atomic_write_bytes
+        from cnnscope.files import atomic_write_bytes
 
         def write(f):
             f.write(b"half")

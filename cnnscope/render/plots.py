@@ -5,7 +5,7 @@ from pathlib import Path
 
 import matplotlib
 
-from cnnscope.runs.checkpoint import atomic_write_bytes
+from cnnscope.files import atomic_write_bytes
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402

@@ -9,7 +9,7 @@ from cnnscope import render
 from cnnscope.core.metrics import CompareResult
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs import runfiles
-from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text
+from cnnscope.files import atomic_write_csv, atomic_write_text
 
 LOG_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")  # the curves' columns
 

@@ -23,7 +23,7 @@ import torch
 
 from cnnscope.core.augment import IMAGE_SIZE
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.checkpoint import atomic_write_bytes
+from cnnscope.files import atomic_write_bytes
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "fake")
 

@@ -18,7 +18,8 @@ import torch
 from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text, load_run_model
+from cnnscope.runs.checkpoint import load_run_model
+from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.loaders import make_loader
 from cnnscope.runs.runfiles import read_metrics

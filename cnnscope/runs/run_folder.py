@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from cnnscope.runs.checkpoint import disk_error, make_dirs
+from cnnscope.files import disk_error, make_dirs
 from cnnscope.errors import CnnscopeError
 
 LOCK_NAME = ".cnnscope.lock"

@@ -36,8 +36,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnscope.runs import datasets, loaders, recipes, run_folder
-from cnnscope.runs.checkpoint import (apply_model_settings, atomic_write_csv, atomic_write_text, load_checkpoint,
-                                      save_checkpoint)
+from cnnscope.runs.checkpoint import apply_model_settings, load_checkpoint, save_checkpoint
+from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.metrics import predict
 from cnnscope.core.runtime import autocast

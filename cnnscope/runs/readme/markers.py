@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.checkpoint import atomic_write_bytes
+from cnnscope.files import atomic_write_bytes
 from cnnscope.runs.readme.kinds import KINDS, SEED_PREFIXES, is_known
 
 # A marker is a whole line; the name is upper case. Args are parsed separately (ARG_RE).
