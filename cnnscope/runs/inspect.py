@@ -65,7 +65,8 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
         if ctor:
             raise CnnscopeError(
                 f"ctor keywords apply to a SPEC, but {target} is a run: its constructor keywords come "
-                "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model."
+                "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model.",
+                arguments=("ctor",),
             )
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
         plots_dir = Path(out) if out else run_dir / "plots"
@@ -165,7 +166,8 @@ def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribu
         raise CnnscopeError(
             f"target_class 'true' needs a logit per class, but the model has {outputs} outputs and the "
             f"{images.dataset} labels go up to {max(images.labels)}. Attribute the predicted class "
-            f"(target_class 'pred'), or build the model with num_classes={len(images.classes)}."
+            f"(target_class 'pred'), or build the model with num_classes={len(images.classes)}.",
+            arguments=("target_class", "ctor"),
         )
     report = attribution.attribute(target.model, images.x, images.labels if target_class == "true" else None,
                                    methods, on_progress=_task(progress, "attribute")[1])
