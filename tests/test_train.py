@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope.runs import data, launch, recipes, train
+from cnnscope.core import training
+from cnnscope.runs import data, launch, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
@@ -460,7 +461,7 @@ def test_short_runs_shrink_epoch_schedules_unless_given():
 
 def lrs(recipe, steps_per_epoch=10):
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr, momentum=0.9)
-    scheduler, per_batch = train.build_scheduler(optimizer, recipe, steps_per_epoch)
+    scheduler, per_batch = training.build_scheduler(optimizer, recipe, steps_per_epoch)
     out = []
     for epoch in range(recipe.epochs):
         for _ in range(steps_per_epoch if per_batch else 1):
@@ -496,18 +497,18 @@ def test_egrr_depth_warmup_and_tau_annealing():
             pass
 
     recipe = recipes.get_recipe("egrr")
-    settings = [train.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
+    settings = [training.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
     assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
     assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
     assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
-    assert train.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+    assert training.model_settings(nn.Linear(1, 1), recipe, 3) == {}
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():
     from models.soft_sharing import SWRN
 
     model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
-    optimizer = train.build_optimizer(model, recipes.get_recipe("swrn"))
+    optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
     coefficients = {id(m.coefficients) for m in model.modules() if hasattr(m, "coefficients")}
     assert coefficients
     for group in optimizer.param_groups:

@@ -18,61 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cnnscope.runs.checkpoint import atomic_write_csv, atomic_write_text
 from cnnscope.errors import CnnscopeError
-from cnnscope.core.fuse import inference_copy
+from cnnscope.core.metrics import predict
+from cnnscope.core.runtime import resolve_device
 from cnnscope.runs.runfiles import read_metrics
 
 GRID_SIZE = 32  # images in each sample grid
 TOP_CONFUSIONS = 5
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda, else mps, else cpu; a named device that is not there is a clear error."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if name == "auto":
-        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
-    if name not in available:
-        raise CnnscopeError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
-    if not available[name]:
-        raise CnnscopeError(f"--device {name} was asked for but this machine has no {name} device. Use --device auto or cpu.")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """fp16 autocast on CUDA when enabled; a no-op context elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
-
-
-@torch.inference_mode()
-def predict(model, loader, device, *, amp=False, progress=None, description=""):
-    """Run `model` over `loader` -> (summed cross-entropy, predictions, targets), both on the CPU.
-
-    The batches go through fuse.inference_copy(model): an eval-mode copy with batch norm folded into
-    the convs, in channels_last; `model` itself is left as it is.
-    With a rich `progress`, a task labelled `description` follows the batches.
-    """
-    model = inference_copy(model)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    preds, targets = [], []
-    task = progress.add_task(description, total=len(loader), stats="") if progress is not None else None
-    for x, y in loader:
-        with autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        preds.append(logits.argmax(1))
-        targets.append(y)
-        if task is not None:
-            progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    return loss_sum.item(), torch.cat(preds).cpu(), torch.cat(targets).cpu()
 
 
 def confusion_counts(targets, preds, num_classes: int) -> np.ndarray:

@@ -19,10 +19,10 @@ they die with the parent, however it ends (`die_with_parent`). A rank that dies 
 crashed) ends the others at once, and the parent says in one line which and how.
 """
 import ctypes
+import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
+from cnnscope.core.runtime import cpu_cores, free_port, split_batch
 from cnnscope.errors import CnnscopeError
 
 MIN_BATCH_PER_PROCESS = 64  # below this, batch-norm statistics get noisy and the kernels slow per image
@@ -42,13 +43,6 @@ GRACE_S = 10.0  # after one rank fails with a user error, how long the others ge
 PARENT_PID_VAR = "CNNSCOPE_LAUNCHER_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL_S = 1.0
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def launched() -> bool:
@@ -85,23 +79,10 @@ def resolve_procs(procs: str, batch_size: int, device_type: str, saved_world_siz
     return n
 
 
-def split_batch(batch_size: int, procs: int) -> int:
-    """Each process's share of the (global) batch; a clear error where it does not split evenly."""
-    if batch_size % procs:
-        raise CnnscopeError(f"The batch of {batch_size} does not split evenly over {procs} processes; choose a "
-                            f"process count (--procs, or torchrun's --nproc_per_node) that divides it, or change "
-                            f"--batch-size.")
-    return batch_size // procs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
-    """Run `job` (see `worker`) in `procs` processes of cores/procs threads each; their exit code.
+    """Run `job` in `procs` processes of cores/procs threads each; their exit code. `job` is
+    {"target": "package.module:function", "args": {...}}: each rank calls function(**args), which
+    returns the rank's exit code (see `worker`).
 
     SIGINT (Ctrl-C) and SIGTERM to the parent are passed on to every process: each stops after its
     batch, rank 0 saves and prints the resume command. `after_loss()` says what the user can do
@@ -235,22 +216,18 @@ def lost_connection(error: RuntimeError) -> bool:
 
 
 def worker(job_file: str) -> int:
-    """One rank: the job's training run (`cnnscope.runs.train.train`), with the CLI's exit codes."""
+    """One rank: the job's function (e.g. `cnnscope.runs.train.train_job`), with the CLI's exit codes."""
     die_with_parent(int(os.environ[PARENT_PID_VAR]))
     from cnnscope.core.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
     import torch
 
-    from cnnscope.runs import train
-    from cnnscope.runs.checkpoint import load_checkpoint
-
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     job = json.loads(Path(job_file).read_text())
+    module, function = job["target"].split(":")
     try:
-        opts = train.TrainOptions.from_json(job["options"])
-        ckpt = load_checkpoint(job["resume"]) if job["resume"] else None
-        result = train.train(opts, resume_ckpt=ckpt, run_dir=job["run_dir"], overwrite=job["overwrite"])
+        return getattr(importlib.import_module(module), function)(**job["args"])
     except CnnscopeError as e:
         print(f"Error: {e}", file=sys.stderr)
         return USER_ERROR_EXIT
@@ -262,7 +239,6 @@ def worker(job_file: str) -> int:
         if os.environ["RANK"] == "0":
             print("Aborted!", file=sys.stderr)  # as click says it for a single process
         return STOPPED_EXIT
-    return STOPPED_EXIT if result.interrupted else 0
 
 
 def exit_rank(code: int):
