@@ -401,27 +401,46 @@ def test_bad_procs_is_a_clear_error(tmp_path):
     assert not tmp_path.joinpath("basic").exists()
 
 
-def _children(*codes_after):
-    """Processes that exit with `code` after `seconds`, for (code, seconds) in codes_after."""
-    return [subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep({s}); sys.exit({c})"])
-            for c, s in codes_after]
+RANKS = textwrap.dedent('''
+    import os, sys, time
+    from cnnscope.errors import CnnscopeError
+
+    def run(codes, seconds, user_error=False):
+        """Rank r sleeps seconds[r], then fails with a user error or exits with codes[r]."""
+        rank = int(os.environ["RANK"])
+        time.sleep(seconds[rank])
+        if user_error:
+            raise CnnscopeError(f"bad input seen by rank {rank}")
+        print(f"rank {rank} ends with {codes[rank]}")
+        return codes[rank]
+''')
 
 
-def test_a_crashed_rank_ends_the_others_at_once():
-    children = _children((0, 60), (1, 0))
-    assert launch._wait(children) == 1
-    assert children[0].returncode == -signal.SIGKILL
+@pytest.fixture
+def ranks_module(tmp_path, monkeypatch):
+    """A job target the launcher's ranks can import: `ranks:run`."""
+    (tmp_path / "ranks.py").write_text(RANKS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
+    return lambda **args: {"target": "ranks:run", "args": args}
 
 
-def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it():
-    children = _children((2, 1), (2, 0))
-    assert launch._wait(children) == 1
-    assert [p.returncode for p in children] == [2, 2]  # rank 0 ended by itself, with its own message
+def test_a_crashed_rank_ends_the_others_at_once(ranks_module, capsys):
+    code = launch.run_processes(ranks_module(codes=[0, 1], seconds=[60, 0]), 2, after_loss=lambda: "Resume with: X")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Process 1 of 2 failed (exit code 1); its output:") and "rank 1 ends with 1" in err
+    assert err.endswith("Resume with: X\n")
 
 
-def test_a_stop_is_not_a_failure():
-    children = _children((130, 0.5), (130, 0))
-    assert launch._wait(children) is None and [p.returncode for p in children] == [130, 130]
+def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it(ranks_module, capfd):
+    code = launch.run_processes(ranks_module(codes=[0, 0], seconds=[2, 0], user_error=True), 2)
+    assert code == 2
+    assert capfd.readouterr().err.strip() == "Error: bad input seen by rank 0"  # rank 0's, once
+
+
+def test_a_stop_is_not_a_failure(ranks_module, capsys):
+    assert launch.run_processes(ranks_module(codes=[130, 130], seconds=[0.5, 0]), 2) == launch.STOPPED_EXIT
+    assert capsys.readouterr().err == ""
 
 
 # ---- recipes, schedules, optimizer groups -----------------------------------------------------

@@ -379,6 +379,7 @@ def interrupted(run: RunParts) -> TrainResult:
     under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
     command = resume_command(run.run_dir, run.opts, ddp.world_size if under_torchrun else 0)
     run.console.print(f"Stopped at {where}; saved {run.run_dir / 'checkpoints' / 'last.pth'}.\nResume with:\n  {command}")
+    ddp.barrier()  # the launcher ends the group when a rank ends with a stop: rank 0 has saved and said it
     return TrainResult(run.run_dir, {}, interrupted=True, resume_command=command)
 
 
