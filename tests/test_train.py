@@ -535,3 +535,19 @@ def test_soft_sharing_coefficients_get_no_weight_decay():
         assert group["weight_decay"] == (0.0 if ids <= coefficients else 5e-4)
         assert not (ids & coefficients) or ids <= coefficients
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_fit_trains_a_module_on_plain_loaders():
+    """core.training.fit: a model and DataLoaders of one's own, no run folder, no CLI."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    before = model[0].weight.detach().clone()
+    result = training.fit(model, loader, loader, recipe=recipes.get_recipe("basic"), epochs=2, lr=0.05)
+    assert [row["epoch"] for row in result.history] == [1, 2] and result.model is model
+    assert all(math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100 for row in result.history)
+    assert 1 <= result.best_epoch <= 2 and not torch.equal(before, model[0].weight)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from cnnscope.core.training import Dist
+
 WARMUP_STEPS = 3
 ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader, as the data path is benchmarked
 
@@ -96,3 +98,34 @@ def peak_memory_mb(device) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     # ru_maxrss is in KiB on Linux; it is the whole process's peak so far
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "cpu_max_rss"
+
+
+def time_training(train_step, device, rounds, ddp: Dist, threads: int, all_threads: int) -> dict:
+    """Warm up, then time the training step (on `threads`) and the matmul (on `all_threads`, rank 0
+    alone while the others wait) in alternating rounds. Rank 0 gets {train, matmul (median seconds),
+    warmup_s, memory_mb, memory_source (before the matmul's operands exist), matmul_size,
+    matmul_flops}; the other ranks, who only keep step, get {}."""
+    warmup_s = warm_up(train_step, device)
+    memory_mb, memory_source = peak_memory_mb(device)
+    if not ddp.is_main:
+        for _ in range(rounds):
+            ddp.barrier()  # rank 0 times the matmul while the others wait here
+            train_step()
+        return {}
+    torch.set_num_threads(all_threads)
+    matmul, size, matmul_flops = matmul_step(device)
+    warm_up(matmul, device, calls=1)
+
+    def on(threads_now, fn):
+        def call():
+            torch.set_num_threads(threads_now)
+            fn()
+        return call
+
+    try:
+        seconds = median_seconds({"train": on(threads, train_step), "matmul": on(all_threads, matmul)}, rounds,
+                                 device, before_round=ddp.barrier)
+    finally:
+        torch.set_num_threads(all_threads)
+    return dict(seconds, warmup_s=warmup_s, memory_mb=memory_mb, memory_source=memory_source, matmul_size=size,
+                matmul_flops=matmul_flops)

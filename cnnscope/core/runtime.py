@@ -1,10 +1,9 @@
-"""CPU/GPU runtime helpers: process settings, cores, ports, batch shares, devices, autocast,
+"""CPU/GPU runtime helpers: process settings, cores, batch shares, devices, autocast,
 torch.compile, the global RNGs. Nothing here imports torch at module level (the CLI calls
 tune_cpu_runtime before torch is imported)."""
 import ctypes
 import os
 import random
-import socket
 import sys
 from contextlib import contextmanager
 
@@ -38,12 +37,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def split_batch(batch_size: int, procs: int) -> int:

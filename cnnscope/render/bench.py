@@ -26,22 +26,22 @@ def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
     ]
 
 
-def bench_table(result: BenchResult, title=None):
+def table(result: BenchResult, title=None):
     from rich.table import Table
 
-    table = Table(title=title or f"cnnscope bench {result.model}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
+    out = Table(title=title or f"cnnscope bench {result.model}")
+    out.add_column("quantity")
+    out.add_column("value", justify="right")
     for row in bench_rows(result):
-        table.add_row(*row)
-    return table
+        out.add_row(*row)
+    return out
 
 
-def bench_markdown(result: BenchResult, title=None) -> str:
+def markdown(result: BenchResult, title=None) -> str:
     lines = [f"### {title}", ""] if title else []
     lines += ["| quantity | value |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in bench_rows(result)]
     return "\n".join(lines) + "\n"
 
 
-register(BenchResult, table=bench_table, markdown=bench_markdown)
+register(BenchResult, table=table, markdown=markdown)

@@ -29,8 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnscope.core import summary
-from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResult, matmul_step, median_seconds,
-                                 peak_memory_mb, sync, warm_up)
+from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResult, median_seconds, sync,
+                                 time_training, warm_up)
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
@@ -145,37 +145,6 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
                      training_ops(device, compile))
     model.train()
     return model, lambda: step(x, y)
-
-
-def time_training(train_step, device, rounds, ddp: Dist, threads: int, all_threads: int) -> dict:
-    """Warm up, then time the training step (on `threads`) and the matmul (on `all_threads`, rank 0
-    alone while the others wait) in alternating rounds. Rank 0 gets {train, matmul (median seconds),
-    warmup_s, memory_mb, memory_source (before the matmul's operands exist), matmul_size,
-    matmul_flops}; the other ranks, who only keep step, get {}."""
-    warmup_s = warm_up(train_step, device)
-    memory_mb, memory_source = peak_memory_mb(device)
-    if not ddp.is_main:
-        for _ in range(rounds):
-            ddp.barrier()  # rank 0 times the matmul while the others wait here
-            train_step()
-        return {}
-    torch.set_num_threads(all_threads)
-    matmul, size, matmul_flops = matmul_step(device)
-    warm_up(matmul, device, calls=1)
-
-    def on(threads_now, fn):
-        def call():
-            torch.set_num_threads(threads_now)
-            fn()
-        return call
-
-    try:
-        seconds = median_seconds({"train": on(threads, train_step), "matmul": on(all_threads, matmul)}, rounds,
-                                 device, before_round=ddp.barrier)
-    finally:
-        torch.set_num_threads(all_threads)
-    return dict(seconds, warmup_s=warmup_s, memory_mb=memory_mb, memory_source=memory_source, matmul_size=size,
-                matmul_flops=matmul_flops)
 
 
 def train_here(setup: dict, rounds) -> tuple[nn.Module, dict]:
