@@ -8,7 +8,8 @@ import torch.nn as nn
 
 import models
 from cnnscope.cli import cli
-from cnnscope.core.fuse import FastDilatedDepthwise, _dilated_depthwise, conv_bn_pairs, fold_batchnorm, to_channels_last
+from cnnscope.core.fastconv import FastDilatedDepthwise, _dilated_depthwise
+from cnnscope.core.fold import conv_bn_pairs, fold_batchnorm, to_channels_last
 
 # (model, constructor keywords, BNs that fold). Every BN of the compact models reads a conv output;
 # egrr folds its stem and its 4 projection BNs, never the 38 ISNorm BNs that read a gated mix; swrn
@@ -167,7 +168,7 @@ def test_bench_json_has_every_documented_key(runner):
 
 @pytest.mark.slow
 def test_bench_trains_in_data_parallel_processes(runner):
-    from cnnscope.runs.launch import cpu_cores
+    from cnnscope.core.runtime import cpu_cores
 
     result = runner.invoke(cli, ["bench", "basic", "--steps", "2", "--batch-size", "16", "--procs", "2",
                                  "--format", "json"])
@@ -185,12 +186,12 @@ def test_bench_amp_on_cpu_is_a_clear_error(runner):
 
 
 def test_a_failing_compile_is_a_clear_error(runner, monkeypatch):
-    import cnnscope.runs.bench
+    import cnnscope.core.training
 
     def no_compiler(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(cnnscope.runs.bench, "compile_model", lambda model: torch.compile(model, backend=no_compiler))
+    monkeypatch.setattr(cnnscope.core.training, "compile_model", lambda model: torch.compile(model, backend=no_compiler))
     result = runner.invoke(cli, ["bench", "basic", "--compile", "--steps", "1", "--batch-size", "2"])
     assert result.exit_code == 2, result.output
     assert "torch.compile failed on this machine (RuntimeError: no C++ compiler here)" in result.output

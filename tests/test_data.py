@@ -410,7 +410,7 @@ def test_augment_command_shows_a_runs_own_pipeline(runner, tmp_path):
     import dataclasses
 
     from cnnscope.runs.checkpoint import save_checkpoint
-    from cnnscope.runs.train import TrainOptions
+    from cnnscope.runs.train_options import TrainOptions
 
     recipe = dataclasses.replace(get_recipe("egrr"), dataset="fake")
     options = TrainOptions(spec="egrr", ctor={}, recipe=recipe, seed=3, aug_backend="albumentations")

@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cnnscope.core import training
 from cnnscope.core.augment import AugmentSpec
-from cnnscope.runs import datasets, launch, loaders, recipes, train
+from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
@@ -404,27 +405,49 @@ def test_bad_procs_is_a_clear_error(tmp_path):
     assert not tmp_path.joinpath("basic").exists()
 
 
-def _children(*codes_after):
-    """Processes that exit with `code` after `seconds`, for (code, seconds) in codes_after."""
-    return [subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep({s}); sys.exit({c})"])
-            for c, s in codes_after]
+RANKS = textwrap.dedent('''
+    import os, sys, time
+    from cnnscope.errors import CnnscopeError
+
+    def run(codes, seconds, user_error=False):
+        """Rank r sleeps seconds[r], then fails with a user error or exits with codes[r]."""
+        rank = int(os.environ["RANK"])
+        time.sleep(seconds[rank])
+        if user_error:
+            raise CnnscopeError(f"bad input seen by rank {rank}")
+        print(f"rank {rank} ends with {codes[rank]}")
+        return codes[rank]
+''')
 
 
-def test_a_crashed_rank_ends_the_others_at_once():
-    children = _children((0, 60), (1, 0))
-    assert launch._wait(children) == 1
-    assert children[0].returncode == -signal.SIGKILL
+@pytest.fixture
+def ranks_module(tmp_path, monkeypatch):
+    """A job target the launcher's ranks can import: `ranks:run`."""
+    (tmp_path / "ranks.py").write_text(RANKS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
+    return lambda **args: {"target": "ranks:run", "args": args}
 
 
-def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it():
-    children = _children((2, 1), (2, 0))
-    assert launch._wait(children) == 1
-    assert [p.returncode for p in children] == [2, 2]  # rank 0 ended by itself, with its own message
+@pytest.mark.slow
+def test_a_crashed_rank_ends_the_others_at_once(ranks_module, capsys):
+    code = launch.run_processes(ranks_module(codes=[0, 1], seconds=[60, 0]), 2, after_loss=lambda: "Resume with: X")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Process 1 of 2 failed (exit code 1); its output:") and "rank 1 ends with 1" in err
+    assert err.endswith("Resume with: X\n")
 
 
-def test_a_stop_is_not_a_failure():
-    children = _children((130, 0.5), (130, 0))
-    assert launch._wait(children) is None and [p.returncode for p in children] == [130, 130]
+@pytest.mark.slow
+def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it(ranks_module, capfd):
+    code = launch.run_processes(ranks_module(codes=[0, 0], seconds=[2, 0], user_error=True), 2)
+    assert code == 2
+    assert capfd.readouterr().err.strip() == "Error: bad input seen by rank 0"  # rank 0's, once
+
+
+@pytest.mark.slow
+def test_a_stop_is_not_a_failure(ranks_module, capsys):
+    assert launch.run_processes(ranks_module(codes=[130, 130], seconds=[0.5, 0]), 2) == launch.STOPPED_EXIT
+    assert capsys.readouterr().err == ""
 
 
 # ---- recipes, schedules, optimizer groups -----------------------------------------------------
@@ -464,7 +487,7 @@ def test_short_runs_shrink_epoch_schedules_unless_given():
 
 def lrs(recipe, steps_per_epoch=10):
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr, momentum=0.9)
-    scheduler, per_batch = train.build_scheduler(optimizer, recipe, steps_per_epoch)
+    scheduler, per_batch = training.build_scheduler(optimizer, recipe, steps_per_epoch)
     out = []
     for epoch in range(recipe.epochs):
         for _ in range(steps_per_epoch if per_batch else 1):
@@ -500,18 +523,18 @@ def test_egrr_depth_warmup_and_tau_annealing():
             pass
 
     recipe = recipes.get_recipe("egrr")
-    settings = [train.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
+    settings = [training.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
     assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
     assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
     assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
-    assert train.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+    assert training.model_settings(nn.Linear(1, 1), recipe, 3) == {}
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():
     from models.soft_sharing import SWRN
 
     model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
-    optimizer = train.build_optimizer(model, recipes.get_recipe("swrn"))
+    optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
     coefficients = {id(m.coefficients) for m in model.modules() if hasattr(m, "coefficients")}
     assert coefficients
     for group in optimizer.param_groups:
@@ -519,3 +542,19 @@ def test_soft_sharing_coefficients_get_no_weight_decay():
         assert group["weight_decay"] == (0.0 if ids <= coefficients else 5e-4)
         assert not (ids & coefficients) or ids <= coefficients
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_fit_trains_a_module_on_plain_loaders():
+    """core.training.fit: a model and DataLoaders of one's own, no run folder, no CLI."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    before = model[0].weight.detach().clone()
+    result = training.fit(model, loader, loader, recipe=recipes.get_recipe("basic"), epochs=2, lr=0.05)
+    assert [row["epoch"] for row in result.history] == [1, 2] and result.model is model
+    assert all(math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100 for row in result.history)
+    assert 1 <= result.best_epoch <= 2 and not torch.equal(before, model[0].weight)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models
-from cnnscope.runs import train
+from cnnscope.runs import train_options
 from cnnscope.runs.checkpoint import load_run_model, save_checkpoint
 from cnnscope.cli import cli
 from cnnscope.runs.datasets import load_dataset
@@ -46,7 +46,7 @@ def save_run(run, spec, ctor, state_dict):
     """A run folder whose checkpoint names `spec`, as `cnnscope train` saves one (fake data), with
     the training state that `train --resume` needs."""
     fake = load_dataset("fake")
-    options = train.new_options("basic", recipe_overrides={"dataset": "fake"}).to_json()
+    options = train_options.new_options("basic", recipe_overrides={"dataset": "fake"}).to_json()
     options.update(spec=spec, ctor=ctor)
     path = run / "checkpoints" / "last.pth"
     save_checkpoint({"model_spec": spec, "ctor": ctor, "model": state_dict, "dataset": "fake",
@@ -183,8 +183,8 @@ def test_resume_of_a_user_model_needs_trust_or_the_named_spec(runner, tmp_path):
 
 def test_printed_resume_command_trusts_only_the_users_own_model(tmp_path):
     for spec, trusted in (("basic", False), (user_model(tmp_path), True)):
-        opts = train.new_options(spec, recipe_overrides={"dataset": "fake"})
-        command = train.resume_command(tmp_path / "run", opts, 1)
+        opts = train_options.new_options(spec, recipe_overrides={"dataset": "fake"})
+        command = train_options.resume_command(tmp_path / "run", opts, 1)
         assert command.endswith("--trust-spec") == trusted, command
 
 

@@ -2,7 +2,7 @@
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit_parts, format_option, input_option, procs_option, spec_argument,
+    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, input_option, procs_option, spec_argument,
 )
 
 
@@ -58,5 +58,4 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile_model,
     result = bench.bench(spec, parse_ctor(ctor), batch_size=batch_size, device=device, steps=steps,
                          compile=compile_model, amp=amp, channels_last=channels_last, input_shape=input_shape,
                          procs=procs, progress=say)
-    emit_parts(fmt, table=lambda: bench.bench_table(result), markdown=lambda: bench.bench_markdown(result),
-         json_obj=result.to_json())
+    emit(fmt, result)

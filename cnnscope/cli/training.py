@@ -99,37 +99,21 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
       cnnscope train basic --procs 1
       torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
     """
-    from cnnscope.runs import launch
-    from cnnscope.runs import train as train_mod
-    from cnnscope.runs.evaluate import resolve_device
+    from cnnscope.runs.train import run_training
 
+    if model is None and not resume:
+        raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
     recipe_overrides = {k: options.pop(k) for k in
                         ("dataset", "epochs", "batch_size", "lr", "optimizer", "scheduler", "weight_decay",
                          "label_smoothing", "grad_clip")}
     for key, value in _key_values("--recipe", recipe_items, "warmup_epochs=2").items():
         if recipe_overrides.get(key) is None:
             recipe_overrides[key] = value
-    settings = dict(ctor=_key_values("--ctor", ctor, "num_classes=10"), recipe_overrides=recipe_overrides,
-                    augment_overrides=_key_values("--augment", augment_items, "cutout=16"), **options)
-    if resume:
-        opts, ckpt, run_dir = train_mod.resume_options(resume, model, trust_spec=trust_spec, **settings)
-    elif model is None:
-        raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
-    else:
-        opts, ckpt, run_dir = train_mod.new_options(model, **settings), None, None
-    if not launch.launched():
-        saved_world_size = ckpt["config"]["world_size"] if ckpt else None
-        n = launch.resolve_procs(procs, opts.recipe.batch_size, resolve_device(opts.device).type, saved_world_size)
-        if opts.train_subset:
-            train_mod.check_shares(opts.train_subset, n)
-        if n > 1:
-            run_dir = train_mod.run_dir_of(opts, run_dir)
-            job = dict(options=opts.to_json(), resume=str(train_mod.resume_path(resume)) if resume else None,
-                       run_dir=str(run_dir), overwrite=overwrite)
-            sys.exit(launch.run_processes(job, n, after_loss=lambda: train_mod.resume_hint(run_dir, opts)))
-    result = train_mod.train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite)
-    if result.interrupted:
-        sys.exit(launch.STOPPED_EXIT)
+    code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
+                        ctor=_key_values("--ctor", ctor, "num_classes=10"), recipe_overrides=recipe_overrides,
+                        augment_overrides=_key_values("--augment", augment_items, "cutout=16"), **options)
+    if code:
+        sys.exit(code)
 
 
 @cli.command("evaluate")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnscope.core.fuse import inference_copy
+from cnnscope.core.fold import inference_copy
 from cnnscope.core.runtime import autocast
 
 TOP_CONFUSIONS = 5

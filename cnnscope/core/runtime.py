@@ -1,7 +1,13 @@
-"""CPU/GPU runtime helpers: process settings, cores, ports, batch shares, devices."""
+"""CPU/GPU runtime helpers: process settings, cores, batch shares, devices, autocast,
+torch.compile, the global RNGs. Nothing here imports torch at module level (the CLI calls
+tune_cpu_runtime before torch is imported)."""
 import ctypes
 import os
+import random
 import sys
+from contextlib import contextmanager
+
+from cnnscope.errors import CnnscopeError
 
 
 def tune_cpu_runtime():
@@ -32,8 +38,112 @@ def pair(v):
     return (v, v)
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_batch(batch_size: int, procs: int) -> int:
+    """Each process's share of the (global) batch; a clear error where it does not split evenly."""
+    if batch_size % procs:
+        raise CnnscopeError(f"The batch of {batch_size} does not split evenly over {procs} processes; choose a "
+                            f"process count (procs, or torchrun's --nproc_per_node) that divides it, or change "
+                            f"the batch size.")
+    return batch_size // procs
+
+
+def resolve_device(name: str = "auto"):
+    """auto -> cuda, else mps, else cpu; a named device that is not there is a clear error."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if name not in available:
+        raise CnnscopeError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
+    if not available[name]:
+        raise CnnscopeError(f"Device {name!r} was asked for but this machine has no {name} device; use auto or cpu.")
+    return torch.device(name)
+
+
 def autocast(device, enabled: bool):
     """fp16 autocast on CUDA when enabled; a no-op context elsewhere."""
-    import torch  # not at the top: this module is imported before torch (see tune_cpu_runtime)
+    import torch
 
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+def compile_model(model):
+    """torch.compile(model) (opt-in). Compilation happens at the first call; wrap the calls in
+    `compile_errors()` so that a machine without a working compiler gets a clear message."""
+    import torch
+
+    try:
+        return torch.compile(model)
+    except RuntimeError as e:  # e.g. an unsupported Python version
+        raise CnnscopeError(f"torch.compile is not available here ({e}). Run without --compile.") from None
+
+
+@contextmanager
+def compile_errors(enabled: bool = True):
+    """Turn a torch.compile failure (raised at the first call of a compiled model) into a
+    CnnscopeError that says to run without --compile."""
+    try:
+        yield
+    except Exception as e:
+        from torch._dynamo.exc import TorchDynamoException
+
+        if enabled and isinstance(e, TorchDynamoException):
+            cause = getattr(e, "inner_exception", None) or e  # what the compiler backend raised
+            first_line = (str(cause).strip().splitlines() or [""])[0]
+            raise CnnscopeError(
+                f"torch.compile failed on this machine ({type(cause).__name__}: {first_line}). It needs a "
+                "working C++ compiler on the CPU (or Triton on CUDA); run again without --compile."
+            ) from None
+        raise
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """Every global RNG as tensors and lists, so that checkpoints load with weights_only=True."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    """Set every global RNG from capture_rng()'s state."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

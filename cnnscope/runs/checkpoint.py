@@ -70,14 +70,6 @@ def resolve_run(run) -> tuple[Path, Path]:
     )
 
 
-def apply_model_settings(model, settings: dict) -> None:
-    """Settings a trainer drives outside the weights (egrr's recursion depth and gate temperature)."""
-    if "depth" in settings:
-        model.set_depth(settings["depth"])
-    if "tau" in settings:
-        model.set_tau(settings["tau"])
-
-
 def load_weights(model, ckpt: dict, source, target: str) -> None:
     """Load a checkpoint's weights into `model` (built from SPEC `target`), or explain the mismatch."""
     try:
@@ -97,6 +89,7 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
     checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
+    from cnnscope.core.training import apply_model_settings
     from cnnscope.runs.spec import build_model
 
     folder, path = resolve_run(run)

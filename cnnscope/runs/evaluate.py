@@ -17,6 +17,7 @@ import torch
 
 from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
+from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.checkpoint import load_run_model
 from cnnscope.files import atomic_write_csv, atomic_write_text
@@ -25,22 +26,6 @@ from cnnscope.runs.loaders import make_loader
 from cnnscope.runs.runfiles import read_metrics
 
 GRID_SIZE = 32  # images in each sample grid
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda, else mps, else cpu; a named device that is not there is a clear error."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if name == "auto":
-        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
-    if name not in available:
-        raise CnnscopeError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
-    if not available[name]:
-        raise CnnscopeError(f"--device {name} was asked for but this machine has no {name} device. Use --device auto or cpu.")
-    return torch.device(name)
 
 
 def load_run_data(ckpt: dict, data_dir=None):

@@ -1,0 +1,131 @@
+"""Timing a training or inference step: warm-up, the median of interleaved timed calls, this
+device's practical peak (a large float32 matmul), the peak memory, and BenchResult.
+
+Timing: warm-up steps are excluded, and a step's time is the median of the timed steps, so that a
+short burst of load from other processes does not decide the figure; the steps to compare (a
+training step and the matmul) alternate, so that both see the same load and their ratio is fair on
+a shared machine.
+"""
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from cnnscope.core.training import Dist
+
+WARMUP_STEPS = 3
+ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader, as the data path is benchmarked
+
+
+@dataclass
+class BenchResult:
+    model: str
+    device: str
+    threads: int  # torch intra-op threads (of each training process)
+    procs: int  # data-parallel training processes
+    omp_wait_policy: str  # the OMP_WAIT_POLICY environment variable ("" when unset)
+    batch_size: int
+    steps: int  # timed steps (after WARMUP_STEPS)
+    input_shape: list
+    compile: bool
+    amp: bool
+    channels_last: bool
+    augment: str  # the recipe's augmentation, as the data path ran it
+    params: int
+    flops_per_image: int  # forward FLOPs = 2 x MACs (cnnscope.core.summary)
+    train_images_per_s: float
+    infer_images_per_s: float
+    data_images_per_s: float  # batch backend
+    data_albumentations_images_per_s: float
+    train_gflop_per_s: float  # 3 x flops_per_image x train_images_per_s / 1e9
+    peak_gflop_per_s: float  # float32 matmul, measured now
+    peak_fraction: float  # train_gflop_per_s / peak_gflop_per_s
+    matmul_size: int
+    folded_batchnorms: int
+    peak_memory_mb: float
+    peak_memory_source: str  # "cuda_max_allocated" | "cpu_max_rss"
+    warmup_s: float  # seconds of the training warm-up steps (compilation included with --compile)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def sync(device):
+    """Wait for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(step, device, calls=WARMUP_STEPS) -> float:
+    """Call `step` `calls` times (first calls allocate, autotune, compile); returns the seconds taken."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        step()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def median_seconds(steps: dict, rounds, device, before_round=lambda: None) -> dict:
+    """Time the callables of `steps` ({name: fn}, warmed up) in turn, one call each per round, for
+    `rounds` rounds: {name: median seconds per call}. Interleaving gives every callable the same
+    share of any load from other processes; the median ignores short bursts of it. `before_round`
+    is called, untimed, at the start of every round (e.g. a barrier with other processes)."""
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        before_round()
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_step(device, size=None):
+    """(a callable doing one square float32 matmul, n, FLOPs per call = 2 n^3): the practical peak of
+    this device. n = 2048 on the CPU, 8192 on a GPU; TF32 stays as configured (off by default)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return (lambda: a @ b), size, 2 * size**3
+
+
+def peak_memory_mb(device) -> tuple[float, str]:
+    """(peak memory so far in MB, its source): CUDA's max allocated, or this process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    # ru_maxrss is in KiB on Linux; it is the whole process's peak so far
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "cpu_max_rss"
+
+
+def time_training(train_step, device, rounds, ddp: Dist, threads: int, all_threads: int) -> dict:
+    """Warm up, then time the training step (on `threads`) and the matmul (on `all_threads`, rank 0
+    alone while the others wait) in alternating rounds. Rank 0 gets {train, matmul (median seconds),
+    warmup_s, memory_mb, memory_source (before the matmul's operands exist), matmul_size,
+    matmul_flops}; the other ranks, who only keep step, get {}."""
+    warmup_s = warm_up(train_step, device)
+    memory_mb, memory_source = peak_memory_mb(device)
+    if not ddp.is_main:
+        for _ in range(rounds):
+            ddp.barrier()  # rank 0 times the matmul while the others wait here
+            train_step()
+        return {}
+    torch.set_num_threads(all_threads)
+    matmul, size, matmul_flops = matmul_step(device)
+    warm_up(matmul, device, calls=1)
+
+    def on(threads_now, fn):
+        def call():
+            torch.set_num_threads(threads_now)
+            fn()
+        return call
+
+    try:
+        seconds = median_seconds({"train": on(threads, train_step), "matmul": on(all_threads, matmul)}, rounds,
+                                 device, before_round=ddp.barrier)
+    finally:
+        torch.set_num_threads(all_threads)
+    return dict(seconds, warmup_s=warmup_s, memory_mb=memory_mb, memory_source=memory_source, matmul_size=size,
+                matmul_flops=matmul_flops)

@@ -1,0 +1,47 @@
+"""Renderers of BenchResult (cnnscope bench): a two-column table of quantities and values."""
+from cnnscope.core.bench import ALBUMENTATIONS_WORKERS, BenchResult
+from cnnscope.render import register
+
+
+def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
+    """(quantity, value) for the table and markdown renderings."""
+    policy = f" (OMP_WAIT_POLICY={result.omp_wait_policy})" if result.omp_wait_policy else ""
+    procs = f"{result.procs} processes x " if result.procs > 1 else ""
+    where = f"{result.device}, {procs}{result.threads} threads{policy}" + (", compiled" if result.compile else "") + (
+        ", AMP" if result.amp else "") + (", channels_last" if result.channels_last else "")
+    return [
+        ("model", f"{result.model} ({result.params:,} params), input {'x'.join(map(str, result.input_shape))}"),
+        ("run on", f"{where}; batch {result.batch_size}, median of {result.steps} steps"),
+        ("FLOPs per image (forward)", f"{result.flops_per_image / 1e6:,.2f} M"),
+        ("training", f"{result.train_images_per_s:,.1f} images/s"),
+        ("inference (BN folded)", f"{result.infer_images_per_s:,.1f} images/s ({result.folded_batchnorms} BN folded)"),
+        ("data path, batch backend", f"{result.data_images_per_s:,.1f} images/s ({result.augment})"),
+        ("data path, albumentations", f"{result.data_albumentations_images_per_s:,.1f} images/s "
+                                      f"({ALBUMENTATIONS_WORKERS} workers)"),
+        ("achieved training FLOP/s", f"{result.train_gflop_per_s:,.2f} GFLOP/s"),
+        ("peak (float32 matmul)", f"{result.peak_gflop_per_s:,.2f} GFLOP/s ({result.matmul_size}^2)"),
+        ("fraction of peak", f"{100 * result.peak_fraction:.1f}%"),
+        ("peak memory", f"{result.peak_memory_mb:,.1f} MB ({result.peak_memory_source})"),
+        ("warm-up", f"{result.warmup_s:.1f} s"),
+    ]
+
+
+def table(result: BenchResult, title=None):
+    from rich.table import Table
+
+    out = Table(title=title or f"cnnscope bench {result.model}")
+    out.add_column("quantity")
+    out.add_column("value", justify="right")
+    for row in bench_rows(result):
+        out.add_row(*row)
+    return out
+
+
+def markdown(result: BenchResult, title=None) -> str:
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| quantity | value |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in bench_rows(result)]
+    return "\n".join(lines) + "\n"
+
+
+register(BenchResult, table=table, markdown=markdown)

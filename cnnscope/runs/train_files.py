@@ -1,0 +1,103 @@
+"""The files of a training run's folder: config.json, train_log.csv, metrics.json, the model texts
+(model_summary.txt, rf.md) and the curves. Rank 0 writes them; every write is atomic.
+"""
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnscope.core.training import Dist, LoopState
+from cnnscope.files import atomic_write_csv, atomic_write_text
+
+INPUT_SHAPE = (3, 32, 32)
+LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def git_commit() -> str | None:
+    """The commit of the cnnscope source tree (+ '-dirty' with local changes), None outside git."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on) -> dict:
+    """config.json: the resolved options, where the run ran, and the versions that ran it."""
+    import platform
+
+    import torchvision
+
+    import cnnscope
+
+    return {
+        "model": opts.spec, "ctor": opts.ctor, "dataset": opts.recipe.dataset, "seed": opts.seed,
+        "epochs": opts.recipe.epochs, "selected_on": selected_on,
+        "options": opts.to_json(),
+        "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": channels_last,
+        "versions": {"cnnscope": cnnscope.__version__, "torch": str(torch.__version__),
+                     "torchvision": str(torchvision.__version__), "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "git_commit": git_commit(),
+        "command": shlex.join(["cnnscope", *sys.argv[1:]]),
+    }
+
+
+def write_model_texts(run_dir: Path, net: nn.Module) -> None:
+    """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put."""
+    import copy
+
+    from cnnscope import render
+    from cnnscope.core.rf import receptive_field
+    from cnnscope.core.summary import summarize
+    from cnnscope.render.summary import model_summary_text
+
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(net).cpu()
+        atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summarize(probe, INPUT_SHAPE)))
+        atomic_write_text(run_dir / "rf.md", render.to_markdown(receptive_field(probe, INPUT_SHAPE)))
+
+
+def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
+    """train_log.csv (one row per epoch, from the checkpointed history) and metrics.json."""
+    # the whole log again each epoch (a few hundred rows at most), so a kill never leaves half a row
+    atomic_write_csv(run_dir / "train_log.csv", [LOG_COLUMNS] + [
+        [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in state.history])
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.update({
+        "run": run_dir.name, "model": opts.spec, "params": n_params, "dataset": dataset,
+        "selected_on": selected_on, "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
+        "epochs": state.epoch, "train_time_s": sum(r["epoch_time_s"] for r in state.history),
+        "images_per_s": state.train_images / state.train_seconds,
+    })
+    write_json(path, metrics)
+
+
+def write_curves(run_dir: Path, history: list, selected_on: str) -> None:
+    """plots/acc_curves.png, loss_curves.png, lr.png from the epoch rows."""
+    from cnnscope.render import plots
+
+    epochs = [r["epoch"] for r in history]
+
+    def series(key):  # the val_ columns hold test numbers when the run selected on test
+        return {"": {"train": (epochs, [r[f"train_{key}"] for r in history]),
+                     selected_on: (epochs, [r[f"val_{key}"] for r in history])}}
+
+    plots.curves(series("acc"), run_dir / "plots" / "acc_curves.png", title="Accuracy", ylabel="accuracy (%)")
+    plots.curves(series("loss"), run_dir / "plots" / "loss_curves.png", title="Loss", ylabel="cross-entropy")
+    plots.curves({"": {"lr": (epochs, [r["lr"] for r in history])}}, run_dir / "plots" / "lr.png",
+                 title="Learning rate (last batch of each epoch)", ylabel="lr")

@@ -1,0 +1,143 @@
+"""The options of a training run: a new run's (the model's recipe with the caller's values on top),
+a resumed run's (the checkpoint's, of which only the how-and-where may change), and the command
+that resumes a run.
+"""
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError
+from cnnscope.runs import datasets, recipes, run_folder
+from cnnscope.runs.checkpoint import load_checkpoint
+from cnnscope.runs.recipes import Recipe
+from cnnscope.runs.spec import check_file_spec, is_registry_name
+
+
+@dataclass
+class TrainOptions:
+    # what is trained: fixed for the life of a run (a resumed run keeps them)
+    spec: str
+    ctor: dict
+    recipe: Recipe
+    val_split: float = 0.1
+    seed: int = 0
+    aug_backend: str = "batch"
+    train_subset: int = 0  # train on this many images of the training split (0: all of it)
+    # how and where: may change when resuming without changing the result
+    data_dir: str = "data"
+    out: str = "reports"
+    name: str = ""
+    device: str = "auto"
+    amp: bool | None = None  # None: on with CUDA
+    channels_last: bool | None = None  # None: on (faster on the CPU too; benchmarks/README.md)
+    compile: bool = False  # torch.compile the training model (opt-in)
+    save_every: int = 0
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "recipe": self.recipe.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TrainOptions":
+        return cls(**{**obj, "recipe": recipes.recipe_from_json(obj["recipe"])})
+
+
+def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=None, val_split=None, seed=None,
+                aug_backend=None, train_subset=None, name=None, **runtime) -> TrainOptions:
+    """Options of a new run: the model's recipe with the command line on top (None = not given)."""
+    from cnnscope.runs.spec import resolve_target
+
+    _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
+    recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
+    if recipe.dataset not in datasets.DATASETS:
+        raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
+    given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend,
+                                   train_subset=train_subset, **runtime).items() if v is not None}
+    return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
+
+
+def check_shares(train_images: int, world_size: int) -> None:
+    """Every data-parallel process needs at least one training image."""
+    if train_images < world_size:
+        raise CnnscopeError(
+            f"{train_images} training image(s) cannot be shared by {world_size} processes: each needs at least one. "
+            f"Train on {world_size} or more images (--train-subset), or with fewer processes (--procs)."
+        )
+
+
+def resume_path(resume) -> Path:
+    """--resume RUN|CHECKPOINT -> the checkpoint file (a run folder's checkpoints/last.pth)."""
+    path = Path(resume)
+    if not path.is_dir():
+        return path
+    last = path / "checkpoints" / "last.pth"
+    if not last.exists() and run_folder.is_run(path):
+        raise run_folder.nothing_to_resume(path)
+    return last
+
+
+def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
+                   val_split=None, seed=None, aug_backend=None, train_subset=None, out=None, name=None,
+                   trust_spec=False, **runtime):
+    """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable.
+    Its model is built only if it is a zoo model, the user names it (`spec`) or trusts it (`trust_spec`).
+
+    Returns (options, checkpoint, run folder).
+    """
+    path = resume_path(resume)
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "config" not in ckpt:
+        raise CnnscopeError(
+            f"{path} holds model weights but no training state (optimizer, epoch); it cannot be resumed. "
+            "Resume from a run's checkpoints/last.pth, or start a new run."
+        )
+    saved = TrainOptions.from_json(ckpt["config"]["options"])
+    if spec is not None and spec != saved.spec:
+        raise CnnscopeError(
+            f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with "
+            f"`cnnscope train --resume {resume}` (MODEL may be left out), or train {spec!r} as a new run."
+        )
+    check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
+    asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset)
+    asked_recipe = recipes.resolve(saved.recipe, recipe_overrides or {}, augment_overrides)
+    changed = [k for k, v in asked.items() if v is not None and v != getattr(saved, k)]
+    changed += [f"ctor.{k}" for k, v in (ctor or {}).items() if saved.ctor.get(k) != v]
+    changed += [f"recipe.{f.name}" for f in dataclasses.fields(Recipe)
+                if getattr(asked_recipe, f.name) != getattr(saved.recipe, f.name)]
+    changed += [k for k, v in dict(out=out, name=name).items() if v is not None]
+    if changed:
+        raise CnnscopeError(
+            f"--resume continues a run with the settings it was started with, in its own folder; these "
+            f"options would change it: {', '.join(changed)}. Leave them out, or start a new run with --name."
+        )
+    runtime = {k: v for k, v in runtime.items() if v is not None}
+    opts = dataclasses.replace(saved, **runtime)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return opts, ckpt, run_dir
+
+
+def run_dir_of(opts: TrainOptions, run_dir=None) -> Path:
+    """The run's folder: `run_dir` (a resumed run's), else --out/--name."""
+    return Path(run_dir) if run_dir else Path(opts.out) / opts.name
+
+
+def resume_command(run_dir: Path, opts: TrainOptions, torchrun_procs: int = 0) -> str:
+    """The command that continues the run; under torchrun (torchrun_procs > 0) with torchrun, as
+    `cnnscope train --resume` starts as many processes as the run had (--procs auto) but torchrun
+    does not."""
+    launcher = ["torchrun", f"--nproc_per_node={torchrun_procs}", "-m", "cnnscope"] if torchrun_procs else ["cnnscope"]
+    args = launcher + ["train", "--resume", str(run_dir)]
+    if opts.device != "auto":
+        args += ["--device", opts.device]
+    if opts.data_dir != "data":
+        args += ["--data-dir", str(opts.data_dir)]
+    if not is_registry_name(opts.spec):  # the user's own model: they trusted it to train, and may resume it
+        args.append("--trust-spec")
+    return shlex.join(args)
+
+
+def resume_hint(run_dir: Path, opts: TrainOptions) -> str:
+    """What to do after the run's processes were lost: resume from last.pth, if there is one yet."""
+    if (run_dir / "checkpoints" / "last.pth").is_file():
+        return f"Resume with: {resume_command(run_dir, opts)}"
+    return "No checkpoint had been saved yet: start the run again."
