@@ -188,7 +188,7 @@ CASES = [
     ("summary-input-channels", ["summary", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),
     ("summary-input-huge", ["summary", "basic", "--input", "3", "100000", "100000"], "GB is available"),
     ("summary-unknown-model", ["summary", "nosuch"], "Unknown model 'nosuch'"),
-    ("summary-bad-ctor", ["summary", "basic", "--ctor", "width"], "Bad --ctor value"),
+    ("summary-bad-ctor", ["summary", "basic", "--ctor", "width"], "Bad ctor item"),
     # rf
     ("rf-forward-raises", ["rf", "{models}:Raises"], "ValueError: boom in forward"),
     ("rf-input-channels", ["rf", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),

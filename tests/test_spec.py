@@ -8,18 +8,19 @@ import torch.nn as nn
 
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs.spec import build_model, parse_ctor
+from cnnscope.runs.spec import build_model, parse_key_values
 
 
-def test_parse_ctor_literals_and_bare_words():
-    assert parse_ctor(["num_classes=100", "dilations=[1, 2, 4]", "name=fast", "p=0.5", "b=True"]) == {
+def test_parse_key_values_literals_and_bare_words():
+    assert parse_key_values(["num_classes=100", "dilations=[1, 2, 4]", "name=fast", "p=0.5", "b=True"]) == {
         "num_classes": 100, "dilations": [1, 2, 4], "name": "fast", "p": 0.5, "b": True}
 
 
 @pytest.mark.parametrize("bad", ["num_classes", "=3", "1x=2", "x=[1,2"])
-def test_parse_ctor_rejects_malformed(bad):
-    with pytest.raises(CnnscopeError, match="--ctor"):
-        parse_ctor([bad])
+def test_parse_key_values_rejects_malformed_naming_the_argument_not_a_flag(bad):
+    with pytest.raises(CnnscopeError, match="Bad recipe item") as e:
+        parse_key_values([bad], argument="recipe")
+    assert e.value.arguments == ("recipe",) and "--" not in str(e.value)
 
 
 def test_registry_name_and_module_attr_give_the_same_model():
@@ -93,7 +94,7 @@ def test_constructor_missing_arguments(runner, model_file):
 
 
 def test_malformed_ctor(runner):
-    _assert_clean_error(runner.invoke(cli, ["summary", "basic", "--ctor", "num_classes"]), "Bad --ctor value")
+    _assert_clean_error(runner.invoke(cli, ["summary", "basic", "--ctor", "num_classes"]), "Bad ctor item")
 
 
 def test_unknown_ctor_keyword(runner):

@@ -50,12 +50,12 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile_model,
       cnnscope bench swrn --ctor depth=16 --ctor width=4 --device cuda
     """
     from cnnscope.runs import bench
-    from cnnscope.runs.spec import parse_ctor
+    from cnnscope.runs.spec import parse_key_values
 
     def say(phase):
         click.echo(f"bench: {phase} ...", err=True)
 
-    result = bench.bench(spec, parse_ctor(ctor), batch_size=batch_size, device=device, steps=steps,
+    result = bench.bench(spec, parse_key_values(ctor), batch_size=batch_size, device=device, steps=steps,
                          compile=compile_model, amp=amp, channels_last=channels_last, input_shape=input_shape,
                          procs=procs, progress=say)
     emit(fmt, result)

@@ -9,16 +9,6 @@ from cnnscope.cli.common import (
 from cnnscope.errors import CnnscopeError
 
 
-def _key_values(option, items, example):
-    """Repeated K=V options -> dict (values are Python literals, as for --ctor)."""
-    from cnnscope.runs.spec import parse_ctor
-
-    try:
-        return parse_ctor(items)
-    except CnnscopeError as e:
-        raise CnnscopeError(str(e).replace("--ctor", option) + f" Example: {option} {example}.") from None
-
-
 @cli.command("train", epilog=SPEC_RUNS_CODE)
 @click.argument("model", metavar="[MODEL]", required=False)
 @ctor_option
@@ -34,9 +24,9 @@ def _key_values(option, items, example):
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
 @click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
-@click.option("--recipe", "recipe_items", multiple=True, metavar="K=V",
+@click.option("--recipe", "recipe", multiple=True, metavar="K=V",
               help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
-@click.option("--augment", "augment_items", multiple=True, metavar="K=V",
+@click.option("--augment", "augment", multiple=True, metavar="K=V",
               help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
 @click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
                                                "the test set [default: 0.1].")
@@ -60,7 +50,7 @@ def _key_values(option, items, example):
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
                    "writes are removed.")
-def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, overwrite, procs, **options):
+def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
     MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
@@ -99,6 +89,7 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
       cnnscope train basic --procs 1
       torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
     """
+    from cnnscope.runs.spec import parse_key_values
     from cnnscope.runs.train import run_training
 
     if model is None and not resume:
@@ -106,12 +97,13 @@ def train_cmd(model, ctor, recipe_items, augment_items, resume, trust_spec, over
     recipe_overrides = {k: options.pop(k) for k in
                         ("dataset", "epochs", "batch_size", "lr", "optimizer", "scheduler", "weight_decay",
                          "label_smoothing", "grad_clip")}
-    for key, value in _key_values("--recipe", recipe_items, "warmup_epochs=2").items():
+    for key, value in parse_key_values(recipe, argument="recipe", example="warmup_epochs=2").items():
         if recipe_overrides.get(key) is None:
             recipe_overrides[key] = value
+    augment_overrides = parse_key_values(augment, argument="augment", example="cutout=16")
     code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
-                        ctor=_key_values("--ctor", ctor, "num_classes=10"), recipe_overrides=recipe_overrides,
-                        augment_overrides=_key_values("--augment", augment_items, "cutout=16"), **options)
+                        ctor=parse_key_values(ctor), recipe_overrides=recipe_overrides,
+                        augment_overrides=augment_overrides, **options)
     if code:
         sys.exit(code)
 

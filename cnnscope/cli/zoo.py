@@ -41,9 +41,9 @@ def summary_cmd(spec, ctor, input_shape, fmt):
       cnnscope summary my_model.py:Net --input 1 28 28 --format json
     """
     from cnnscope.core.summary import summarize
-    from cnnscope.runs.spec import build_model, parse_ctor
+    from cnnscope.runs.spec import build_model, parse_key_values
 
-    emit(fmt, summarize(build_model(spec, parse_ctor(ctor)), input_shape, spec), spec)
+    emit(fmt, summarize(build_model(spec, parse_key_values(ctor)), input_shape, spec), spec)
 
 
 @cli.command("rf", epilog=SPEC_RUNS_CODE)
@@ -101,10 +101,10 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
     """
     from cnnscope.cli.common import progress
     from cnnscope.runs import rf
-    from cnnscope.runs.spec import parse_ctor
+    from cnnscope.runs.spec import parse_key_values
 
     with progress() as bar:
-        result = rf.report(spec, parse_ctor(ctor), input_shape, check=check, erf_run=erf_run,
+        result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
     emit(fmt, result, title)
     if result.verified is False:

@@ -71,7 +71,7 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
         plots_dir = Path(out) if out else run_dir / "plots"
         return Target(model, str(run_dir), plots_dir, ckpt)
-    model = spec.build_model(target, spec.parse_ctor(ctor))
+    model = spec.build_model(target, spec.parse_key_values(ctor))
     model.eval()
     _, name = spec.resolve_target(target)
     plots_dir = Path(out) if out else Path("reports") / f"{name}-untrained" / "plots"

@@ -18,16 +18,20 @@ from pathlib import Path
 from cnnscope.errors import CnnscopeError
 
 
-def parse_ctor(items) -> dict:
-    """['k=v', ...] -> {k: literal(v)}. Values are Python literals; a bare word is a string."""
+def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> dict:
+    """['k=v', ...] -> {k: literal(v)}. Values are Python literals; a bare word is a string.
+
+    `argument` names the parameter the items came from, so that an error can say which (the CLI
+    adds the option it is); `example` is a valid item shown in the error.
+    """
     out = {}
     for item in items or ():
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
             raise CnnscopeError(
-                f"Bad --ctor value {item!r}: expected KEY=VALUE with KEY a Python identifier, "
-                "e.g. --ctor num_classes=100 --ctor width=2.0 --ctor dilations=[1,2,3]."
+                f"Bad {argument} item {item!r}: expected KEY=VALUE with KEY a Python identifier, e.g. {example}.",
+                arguments=(argument,),
             )
         raw = raw.strip()
         try:
@@ -35,8 +39,8 @@ def parse_ctor(items) -> dict:
         except (ValueError, SyntaxError):
             if not raw.isidentifier():
                 raise CnnscopeError(
-                    f"Bad --ctor value {item!r}: {raw!r} is not a Python literal. Use numbers, quoted "
-                    "strings, True/False/None, lists, tuples or dicts, e.g. --ctor dilations=[1,2,4]."
+                    f"Bad {argument} item {item!r}: {raw!r} is not a Python literal. Use numbers, quoted strings, "
+                    f"True/False/None, lists, tuples or dicts, e.g. {example}.", arguments=(argument,),
                 ) from None
             value = raw  # a bare word such as mode=fast reads as the string 'fast'
         out[key] = value

@@ -27,7 +27,7 @@ from pathlib import Path
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.readme.blocks import Renderer, RfEntry
 from cnnscope.runs.readme.markers import Update, parse_blocks, read_readme, split_lines, update_text
-from cnnscope.runs.spec import parse_ctor
+from cnnscope.runs.spec import parse_key_values
 
 MODES = ("write", "check", "diff")
 
@@ -73,7 +73,7 @@ def update_readme(path, mode="write", *, runs=(), rf_models=(), rf_ctor=(), **re
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
     update = plan_update(path, runs=parse_run_map(runs), rf_entries=[RfEntry.parse(v) for v in rf_models],
-                         rf_ctor=parse_ctor(rf_ctor), **renderer_options)
+                         rf_ctor=parse_key_values(rf_ctor, argument="rf_ctor"), **renderer_options)
     if mode == "write":
         if update.stale:
             update.write()

@@ -189,7 +189,7 @@ class Renderer:
                 f'width="{width}"></p>\n')
 
     def _model(self, args):
-        from cnnscope.runs.spec import build_model, parse_ctor
+        from cnnscope.runs.spec import build_model, parse_key_values
 
         spec, read_from = args["spec"], "The marker"
         if self.rf_entry is not None:  # --rf: a command-line path, with --rf-ctor
@@ -198,7 +198,7 @@ class Renderer:
             where, sep, attr = spec.rpartition(":")
             if sep and (where.endswith(".py") or "/" in where):
                 spec = f"{self._path(where)}:{attr}"  # a model file named in a marker: relative to the README
-            ctor = parse_ctor(args.get("ctor", "").split())
+            ctor = parse_key_values(args.get("ctor", "").split())
         try:
             return build_model(spec, ctor, read_from=read_from, trust_spec=self.trust_spec)
         except CnnscopeError as e:
