@@ -90,11 +90,20 @@ def resolve_format(fmt):
 
 
 def emit(fmt, result, title=None):
-    """Print one result object in the chosen format (cnnscope.render's convention)."""
+    """Print one result object in the chosen format, by cnnscope.render's convention."""
+    import json
+
     from cnnscope import render
 
-    emit_parts(fmt, table=lambda: render.to_table(result, title),
-               markdown=lambda: render.to_markdown(result, title), json_obj=render.to_json(result))
+    fmt = resolve_format(fmt)
+    if fmt == "json":
+        click.echo(json.dumps(render.to_json(result), indent=2))
+    elif fmt == "markdown":
+        click.echo(render.to_markdown(result, title))
+    else:
+        from rich.console import Console
+
+        Console().print(render.to_table(result, title))
 
 
 def progress():
@@ -104,21 +113,6 @@ def progress():
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-
-
-def emit_parts(fmt, *, table, markdown, json_obj):
-    """Print one result in the chosen format: a rich renderable, markdown text or a JSON object."""
-    import json
-
-    fmt = resolve_format(fmt)
-    if fmt == "json":
-        click.echo(json.dumps(json_obj, indent=2))
-    elif fmt == "markdown":
-        click.echo(markdown())
-    else:
-        from rich.console import Console
-
-        Console().print(table())
 
 
 @click.group(cls=CnnscopeGroup, context_settings={"help_option_names": ["-h", "--help"]})
