@@ -81,10 +81,10 @@ def disk_error(action: str, e: Exception) -> CnnscopeError:
     code = os_error.errno if os_error else None
     what = os.strerror(code) if code else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     if code in (errno.ENOSPC, errno.EDQUOT):
-        advice = "Free some space on that disk, or write somewhere else (e.g. another --out)."
+        advice = "Free some space on that disk, or write somewhere else (e.g. another out folder)."
     else:
-        advice = "Choose a folder you can write to (e.g. another --out), or fix the permissions of this one."
-    return CnnscopeError(f"Could not {action}: {what}. {advice}")
+        advice = "Choose a folder you can write to (e.g. another out folder), or fix the permissions of this one."
+    return CnnscopeError(f"Could not {action}: {what}. {advice}", arguments=("out",))
 
 
 def _os_error(e: BaseException | None) -> OSError | None:

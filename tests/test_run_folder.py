@@ -183,7 +183,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(runner, tiny_spec
     assert resume.exit_code == 2, resume.output
     text = text_of(resume)
     assert "stopped before its first checkpoint, so there is nothing to resume" in text
-    assert "without --resume" in text and f"cnnscope train {tiny_spec}" in text  # the command it was started with
+    assert "without resume" in text and "resume is --resume" in text and f"cnnscope train {tiny_spec}" in text  # the command it was started with
 
     again = invoke(runner, *train_args(tiny_spec, tmp_path))
     assert again.exit_code == 0, again.output
@@ -296,7 +296,7 @@ def test_out_under_proc_is_a_clear_error(runner, tiny_spec):
     assert result.exit_code == 2, result.output
     text = text_of(result)
     assert "Could not create the folder /proc/cnnscope-test/Tiny: No such file or directory" in text
-    assert "another --out" in text
+    assert "another out folder" in text and "out is --out" in text
 
 
 def test_a_full_disk_during_a_checkpoint_is_a_clear_error_without_temps(runner, tiny_spec, tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def test_missing_attribute_lists_module_classes(runner, model_file):
 
 def test_constructor_missing_arguments(runner, model_file):
     _assert_clean_error(runner.invoke(cli, ["summary", f"{model_file}:Tiny"]),
-                        "Cannot construct Tiny", "--ctor width=")
+                        "Cannot construct Tiny", "width=...", "ctor is --ctor K=V")
 
 
 def test_malformed_ctor(runner):

@@ -136,8 +136,9 @@ def test_library_refuses_unless_trusted(tmp_path):
     state = trained_weights_of(user_model(tmp_path / "source"))
     spec = user_model(tmp_path / "mine")
     ckpt = save_run(tmp_path / "run", spec, {"num_classes": 10}, state)
-    with pytest.raises(CnnscopeError, match="--trust-spec"):
+    with pytest.raises(CnnscopeError, match="allow it with trust_spec") as refused:
         load_run_model(ckpt)
+    assert refused.value.arguments == ("trust_spec",)  # the library speaks of its argument, not a flag
     assert not (tmp_path / "mine" / "IMPORTED").exists()
     model, _, _ = load_run_model(ckpt, trust_spec=True)
     torch.testing.assert_close(model.state_dict(), state)

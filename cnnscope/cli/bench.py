@@ -14,13 +14,13 @@ from cnnscope.cli.common import (
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed steps of each measurement (after 3 warm-up steps).")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (compiles during warm-up).")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the model (compiles during warm-up).")
 @click.option("--amp/--no-amp", default=None, help="float16 autocast (CUDA only) [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and input in channels_last memory format.")
 @procs_option
 @format_option()
-def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile_model, amp, channels_last, procs, fmt):
+def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, fmt):
     """Training and inference speed of SPEC on synthetic batches, against this machine's peak.
 
     Measures training images/s (forward + backward + the recipe's optimizer step), inference
@@ -56,6 +56,6 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile_model,
         click.echo(f"bench: {phase} ...", err=True)
 
     result = bench.bench(spec, parse_key_values(ctor), batch_size=batch_size, device=device, steps=steps,
-                         compile=compile_model, amp=amp, channels_last=channels_last, input_shape=input_shape,
+                         compile=compile, amp=amp, channels_last=channels_last, input_shape=input_shape,
                          procs=procs, progress=say)
     emit(fmt, result)

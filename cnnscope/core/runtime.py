@@ -51,7 +51,7 @@ def split_batch(batch_size: int, procs: int) -> int:
     if batch_size % procs:
         raise CnnscopeError(f"The batch of {batch_size} does not split evenly over {procs} processes; choose a "
                             f"process count (procs, or torchrun's --nproc_per_node) that divides it, or change "
-                            f"the batch size.")
+                            f"batch_size.", arguments=("procs", "batch_size"))
     return batch_size // procs
 
 
@@ -88,13 +88,14 @@ def compile_model(model):
     try:
         return torch.compile(model)
     except RuntimeError as e:  # e.g. an unsupported Python version
-        raise CnnscopeError(f"torch.compile is not available here ({e}). Run without --compile.") from None
+        raise CnnscopeError(f"torch.compile is not available here ({e}). Run without compile.",
+                            arguments=("compile",)) from None
 
 
 @contextmanager
 def compile_errors(enabled: bool = True):
     """Turn a torch.compile failure (raised at the first call of a compiled model) into a
-    CnnscopeError that says to run without --compile."""
+    CnnscopeError that says to run without compile."""
     try:
         yield
     except Exception as e:
@@ -105,7 +106,8 @@ def compile_errors(enabled: bool = True):
             first_line = (str(cause).strip().splitlines() or [""])[0]
             raise CnnscopeError(
                 f"torch.compile failed on this machine ({type(cause).__name__}: {first_line}). It needs a "
-                "working C++ compiler on the CPU (or Triton on CUDA); run again without --compile."
+                "working C++ compiler on the CPU (or Triton on CUDA); run again without compile.",
+                arguments=("compile",),
             ) from None
         raise
 

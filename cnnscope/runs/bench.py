@@ -95,15 +95,16 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
 def check_settings(batch_size, device, steps, compile, amp, procs):
     """(device, amp, process count), or a clear error where the settings do not go together."""
     if steps < 1 or batch_size < 1:
-        raise CnnscopeError(f"--steps and --batch-size must be at least 1, got {steps} and {batch_size}.")
+        raise CnnscopeError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}.",
+                            arguments=("steps", "batch_size"))
     device = resolve_device(device)
     if amp is None:
         amp = device.type == "cuda"
     elif amp and device.type != "cuda":
-        raise CnnscopeError("--amp (float16 autocast) runs on CUDA only; leave it out on the CPU.")
+        raise CnnscopeError("amp (float16 autocast) runs on CUDA only; leave it off on the CPU.", arguments=("amp",))
     procs = launch.resolve_procs(str(procs), batch_size, device.type)
     if procs > 1 and compile:
-        raise CnnscopeError("--compile is benchmarked in one process: add --procs 1.")
+        raise CnnscopeError("compile is benchmarked in one process: set procs to 1.", arguments=("compile", "procs"))
     return device, amp, procs
 
 
@@ -164,7 +165,7 @@ def train_in_processes(procs: int, setup: dict, rounds) -> dict:
         code = launch.run_processes(job, procs)
         if code or not out.is_file():
             raise CnnscopeError(f"A training process of the data-parallel bench failed (exit code {code}); "
-                                "run with --procs 1 to see the error in this process.")
+                                "run with procs=1 to see the error in this process.", arguments=("procs",))
         return json.loads(out.read_text())
 
 

@@ -78,10 +78,12 @@ def resolve_procs(procs: str, batch_size: int, device_type: str, saved_world_siz
     except ValueError:
         n = 0
     if n < 1:
-        raise CnnscopeError(f"--procs takes a whole number of processes (1 or more) or 'auto', not {procs!r}.")
+        raise CnnscopeError(f"procs takes a whole number of processes (1 or more) or 'auto', not {procs!r}.",
+                            arguments=("procs",))
     if n > 1 and device_type != "cpu":
-        raise CnnscopeError(f"--procs {n} runs data-parallel processes on the CPU; on {device_type} drop --procs "
-                            f"and use one process per GPU: torchrun --nproc_per_node=GPUS -m cnnscope train ...")
+        raise CnnscopeError(f"procs={n} runs data-parallel processes on the CPU; on {device_type} leave procs at "
+                            f"'auto' or 1 and use one process per GPU: torchrun --nproc_per_node=GPUS -m cnnscope "
+                            f"train ...", arguments=("procs",))
     split_batch(batch_size, n)
     return n
 

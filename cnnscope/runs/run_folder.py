@@ -62,7 +62,7 @@ def locked(folder: Path):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise CnnscopeError(
                 f"{folder} is in use: process {holder} is training into it (it holds {path}). Wait for it to "
-                "finish or stop it, or train into another folder (--name or --out)."
+                "finish or stop it, or train into another folder (another name or out).", arguments=("name", "out"),
             ) from None
         # the pid goes into the locked file itself, in place: the lock is on this file
         os.ftruncate(fd, 0)
@@ -89,8 +89,8 @@ def claim(folder: Path, held, *, resuming: bool, overwrite: bool) -> str:
     started = (folder / "checkpoints" / "last.pth").is_file()
     if started and not overwrite:
         raise CnnscopeError(
-            f"{folder} already holds a run. Continue it with `cnnscope train --resume {folder}`, choose "
-            "another --name, or pass --overwrite to replace it."
+            f"{folder} already holds a run. Continue it with resume={str(folder)!r}, choose another name, or set "
+            "overwrite to replace it.", arguments=("resume", "name", "overwrite"),
         )
     for path in run_files(folder):
         path.unlink()
@@ -112,7 +112,8 @@ def refuse_foreign_files(folder: Path) -> None:
         raise CnnscopeError(
             f"{folder} is not a cnnscope run (no {LOCK_NAME}, no config.json written by cnnscope), yet it holds "
             f"{names}, which a run would replace; cnnscope does not replace files it did not write, even with "
-            "--overwrite. Train into another folder (--name or --out), or move those files away."
+            "overwrite. Train into another folder (another name or out), or move those files away.",
+            arguments=("overwrite", "name", "out"),
         )
 
 
@@ -125,5 +126,6 @@ def nothing_to_resume(folder: Path) -> CnnscopeError:
     started = f" (it was started with `{command}`)" if command else ""
     return CnnscopeError(
         f"{folder} holds a run stopped before its first checkpoint, so there is nothing to resume. Start it "
-        f"again: run the same `cnnscope train` command without --resume{started}; it trains into this folder anew."
+        f"again: train it as it was started, without resume{started}; it trains into this folder anew.",
+        arguments=("resume",),
     )

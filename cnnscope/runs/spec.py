@@ -128,7 +128,8 @@ def check_file_spec(spec, ctor, read_from: str, trust_spec: bool = False) -> Non
     raise CnnscopeError(
         f"{read_from} asks to build the model {spec!r} with constructor keywords {ctor}, which is not a zoo "
         f"model: building it would {_what_would_run(spec, ctor)}, which runs code. cnnscope builds only zoo "
-        "models from files it is handed; if you trust that code, allow it with --trust-spec."
+        "models from files it is handed; if you trust that code, allow it with trust_spec.",
+        arguments=("trust_spec",),
     )
 
 
@@ -188,11 +189,10 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
             ]
             required = [p.name for p in params if p.default is p.empty and p.name not in ctor]
             accepted = ", ".join(p.name for p in params) or "none"
-            need = f" Give the required ones with --ctor, e.g. {' '.join(f'--ctor {r}=...' for r in required)}." \
+            need = f" Give the required ones as ctor keywords, e.g. {', '.join(f'{r}=...' for r in required)}." \
                 if required else ""
-            raise CnnscopeError(
-                f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}"
-            ) from None
+            raise CnnscopeError(f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}",
+                                arguments=("ctor",)) from None
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
             model = target(**ctor)
@@ -201,7 +201,7 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
     except (Exception, SystemExit) as e:  # a constructor that calls sys.exit() is a broken model too
         raise CnnscopeError(
             f"Constructing {name}({', '.join(f'{k}={v!r}' for k, v in ctor.items())}) failed: "
-            f"{type(e).__name__}: {e}. Check the --ctor values."
+            f"{type(e).__name__}: {e}. Check the ctor keywords.", arguments=("ctor",),
         ) from None
     if not isinstance(model, nn.Module):
         raise CnnscopeError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")

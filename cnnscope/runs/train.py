@@ -104,8 +104,8 @@ def build_run_model(opts: TrainOptions, num_classes: int) -> tuple[nn.Module, di
     if outputs != num_classes:
         raise CnnscopeError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
-            f"classes: the model must return (batch, {num_classes}) logits. Pass --ctor num_classes={num_classes} "
-            "if its constructor takes another name for it."
+            f"classes: the model must return (batch, {num_classes}) logits. Give the ctor keyword "
+            f"num_classes={num_classes} if its constructor takes another name for it.", arguments=("ctor",),
         )
     return model, ctor
 
@@ -328,8 +328,8 @@ def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
         kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
         raise CnnscopeError(
             f"Training stopped: the loss became {e} in epoch {epoch + 1}, so the weights are no longer "
-            f"usable and nothing from this epoch was saved{kept}. Lower --lr, set --grad-clip "
-            "(e.g. 5), or check the data."
+            f"usable and nothing from this epoch was saved{kept}. Lower lr, set grad_clip "
+            "(e.g. 5), or check the data.", arguments=("lr", "grad_clip"),
         ) from None
 
 

@@ -61,7 +61,8 @@ def check_shares(train_images: int, world_size: int) -> None:
     if train_images < world_size:
         raise CnnscopeError(
             f"{train_images} training image(s) cannot be shared by {world_size} processes: each needs at least one. "
-            f"Train on {world_size} or more images (--train-subset), or with fewer processes (--procs)."
+            f"Train on {world_size} or more images (train_subset), or with fewer processes (procs).",
+            arguments=("train_subset", "procs"),
         )
 
 
@@ -94,8 +95,9 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
     saved = TrainOptions.from_json(ckpt["config"]["options"])
     if spec is not None and spec != saved.spec:
         raise CnnscopeError(
-            f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with "
-            f"`cnnscope train --resume {resume}` (MODEL may be left out), or train {spec!r} as a new run."
+            f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with resume={resume!r} "
+            f"and no model (the run knows its model), or train {spec!r} as a new run, without resume.",
+            arguments=("resume",),
         )
     check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
     asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset)
@@ -107,8 +109,9 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
     changed += [k for k, v in dict(out=out, name=name).items() if v is not None]
     if changed:
         raise CnnscopeError(
-            f"--resume continues a run with the settings it was started with, in its own folder; these "
-            f"options would change it: {', '.join(changed)}. Leave them out, or start a new run with --name."
+            f"resume continues a run with the settings it was started with, in its own folder; these "
+            f"settings would change it: {', '.join(changed)}. Leave them out, or start a new run (without "
+            f"resume) under another name.", arguments=("resume", "name"),
         )
     runtime = {k: v for k, v in runtime.items() if v is not None}
     opts = dataclasses.replace(saved, **runtime)
@@ -122,7 +125,8 @@ def run_dir_of(opts: TrainOptions, run_dir=None) -> Path:
 
 
 def resume_command(run_dir: Path, opts: TrainOptions, torchrun_procs: int = 0) -> str:
-    """The command that continues the run; under torchrun (torchrun_procs > 0) with torchrun, as
+    """The command that continues the run (printed to be pasted, so a command line, not an error
+    worded in arguments); under torchrun (torchrun_procs > 0) with torchrun, as
     `cnnscope train --resume` starts as many processes as the run had (--procs auto) but torchrun
     does not."""
     launcher = ["torchrun", f"--nproc_per_node={torchrun_procs}", "-m", "cnnscope"] if torchrun_procs else ["cnnscope"]
@@ -137,7 +141,8 @@ def resume_command(run_dir: Path, opts: TrainOptions, torchrun_procs: int = 0) -
 
 
 def resume_hint(run_dir: Path, opts: TrainOptions) -> str:
-    """What to do after the run's processes were lost: resume from last.pth, if there is one yet."""
+    """What to do after the run's processes were lost: resume from last.pth, if there is one yet
+    (the command line of resume_command, to be pasted)."""
     if (run_dir / "checkpoints" / "last.pth").is_file():
         return f"Resume with: {resume_command(run_dir, opts)}"
     return "No checkpoint had been saved yet: start the run again."

@@ -47,7 +47,8 @@ def parse_run_map(items) -> dict:
     for item in items:
         key, sep, path = item.partition("=")
         if not sep or not key or not path:
-            raise CnnscopeError(f"Bad --run value {item!r}: expected X=PATH, e.g. --run BASE=reports/basic.")
+            raise CnnscopeError(f"Bad runs item {item!r}: expected X=PATH, e.g. BASE=reports/basic.",
+                                arguments=("runs",))
         run_map[key] = path
     return run_map
 

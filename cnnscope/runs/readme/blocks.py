@@ -29,8 +29,9 @@ class RfEntry:
         class_name, _, title = rest.partition(":")
         if not where or not class_name.isidentifier():
             raise CnnscopeError(
-                f"Bad --rf value {value!r}: expected FILE.py:CLASS or FILE.py:CLASS:\"TITLE\" (or "
-                "package.module:CLASS:\"TITLE\"), e.g. --rf model.py:Net:\"RF: Net (32x32 input)\"."
+                f"Bad rf_models item {value!r}: expected FILE.py:CLASS or FILE.py:CLASS:\"TITLE\" (or "
+                "package.module:CLASS:\"TITLE\"), e.g. model.py:Net:\"RF: Net (32x32 input)\".",
+                arguments=("rf_models",),
             )
         return cls(f"{where}:{class_name}", class_name, title.strip())
 
@@ -138,13 +139,14 @@ class Renderer:
                 return os.path.relpath(path, self.readme_dir)
         raise CnnscopeError(
             f"{where}: no run folder for {x}: {' and '.join(str(c) for c in candidates)} do not exist. "
-            f"Train it (cnnscope train ... --name {x.lower()}) or name its folder with --run {x}=PATH."
+            f"Train it into {self.reports / x.lower()}, or name its folder in runs ({x}=PATH).",
+            arguments=("runs",),
         )
 
     # -- helpers
 
-    def _fail(self, message: str):
-        raise CnnscopeError(f"{self.where}: block {self.block_name}: {message}")
+    def _fail(self, message: str, arguments=()):
+        raise CnnscopeError(f"{self.where}: block {self.block_name}: {message}", arguments=arguments)
 
     def _path(self, value: str) -> Path:
         return self.readme_dir / value
@@ -169,7 +171,7 @@ class Renderer:
         try:
             return read(*args)
         except CnnscopeError as e:
-            self._fail(str(e))
+            self._fail(str(e), e.arguments)
 
     def _text(self, path: Path, made_by: str) -> str:
         """A generated text file as block content: "\\n" endings, one final newline."""
@@ -202,7 +204,7 @@ class Renderer:
         try:
             return build_model(spec, ctor, read_from=read_from, trust_spec=self.trust_spec)
         except CnnscopeError as e:
-            self._fail(f"SPEC {args['spec']!r}: {e}")
+            self._fail(f"SPEC {args['spec']!r}: {e}", e.arguments)
 
     def _spec_or_run(self, args) -> bool:
         """True for spec=..., False for run=...; exactly one of them must be given."""
@@ -330,8 +332,8 @@ class Renderer:
         runs = [*sorted(p for p in self.reports.glob("*") if p.is_dir()), *self.runs.values()]
         found = [run / "plots" / name for run in runs if (run / "plots" / name).is_file()]
         if not found:
-            self._fail(f"no run under {self.reports} (nor any --run) has plots/{name}; give run=PATH, or "
-                       f"write it with `{made_by.format(run='RUN')}`.")
+            self._fail(f"no run under {self.reports} (nor any of runs) has plots/{name}; give run=PATH, or "
+                       f"write it with `{made_by.format(run='RUN')}`.", arguments=("runs",))
         return self._image(found[0], title, args)
 
     def _combined_dir(self, args) -> Path:

@@ -149,8 +149,9 @@ def update_text(text: str, renderer, source: str = "README.md") -> str:
     unused = [e for e in renderer.rf_entries if e not in renderer.used_rf_entries]
     if unused:
         raise CnnscopeError(
-            f"--rf {unused[0].spec} fills no block: {source} has no "
-            f"{' or '.join('RF_' + k for k in unused[0].block_keys())} block. Add one, or drop the --rf."
+            f"The rf_models entry {unused[0].spec} fills no block: {source} has no "
+            f"{' or '.join('RF_' + k for k in unused[0].block_keys())} block. Add one, or leave that entry out.",
+            arguments=("rf_models",),
         )
     new = "".join(out)
     # Generated content must not change the block structure (a stray fence or marker line in a run's
