@@ -21,7 +21,8 @@ process on to them, and starts them in sessions of their own, so that a terminal
 this process alone and is passed on once. Rank 0 prints; ranks > 0 write logs that are shown if
 they fail. What the agent does not do, this module adds: the ranks die with this process however
 it ends (`die_with_parent`), a failure is said in one line (not the agent's log and banner), a rank
-that only lost its connection to a dead one is never blamed, a user error is said once by rank 0,
+that only lost its connection to a dead one is never blamed, rank 0's user error is raised again in
+this process (said once, by the caller),
 and ranks end without the interpreter's racy finalization (`exit_rank`).
 """
 import ctypes
@@ -48,6 +49,7 @@ LOST_PEER_EXIT = 3  # a rank whose collective failed because another rank died: 
 STOPPED_EXIT = 130  # Ctrl-C: an orderly stop, rank 0 saves and prints the resume command
 GRACE_S = 10.0  # how long a rank > 0 that met a user error waits for rank 0 to meet and say it
 PARENT_PID_VAR = "CNNSCOPE_LAUNCHER_PID"
+ERROR_FILE = "error.json"  # beside the job file: rank 0's CnnscopeError, for the launcher to raise
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL_S = 1.0
 
@@ -91,7 +93,8 @@ def resolve_procs(procs: str, batch_size: int, device_type: str, saved_world_siz
 def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
     """Run `job` in `procs` processes of cores/procs threads each, under torchrun's elastic agent;
     their exit code. `job` is {"target": "package.module:function", "args": {...}}: each rank calls
-    function(**args), which returns the rank's exit code (see `worker`).
+    function(**args), which returns the rank's exit code (see `worker`). A CnnscopeError that rank 0
+    meets is raised here, in the caller's process.
 
     SIGINT (Ctrl-C) and SIGTERM to this process are passed on by the agent to every rank: each stops
     after its batch, rank 0 saves and prints the resume command. `after_loss()` says what the user
@@ -159,8 +162,12 @@ def _cause(codes: dict) -> int:
 
 def _outcome(codes: dict, procs: int, tmp: Path, after_loss) -> int:
     """The exit code of the group from the failed ranks' codes ({rank: code}), and what the user is
-    told where rank 0 could not say it."""
+    told where rank 0 could not say it; rank 0's CnnscopeError is raised."""
     if codes.get(0) == USER_ERROR_EXIT:
+        said = tmp / ERROR_FILE  # rank 0's CnnscopeError, raised here for the caller to word
+        if said.is_file():
+            error = json.loads(said.read_text())
+            raise CnnscopeError(error["message"], arguments=error["arguments"]) from None
         return USER_ERROR_EXIT  # rank 0 said why
     if STOPPED_EXIT in codes.values() and set(codes.values()) <= {STOPPED_EXIT, -signal.SIGTERM}:
         return STOPPED_EXIT  # a stop, and the agent ended the ranks that had not yet ended by themselves
@@ -231,9 +238,11 @@ def worker(job_file: str) -> int:
     try:
         return getattr(importlib.import_module(module), function)(**job["args"])
     except CnnscopeError as e:
-        print(f"Error: {e}", file=sys.stderr)
         if os.environ["RANK"] != "0":  # rank 0 meets the same error and says it; the agent then ends this one
+            print(f"Error: {e}", file=sys.stderr)
             time.sleep(GRACE_S)
+        else:
+            _hand_over(e, Path(job_file).with_name(ERROR_FILE))
         return USER_ERROR_EXIT
     except RuntimeError as e:
         if not lost_connection(e):
@@ -243,6 +252,15 @@ def worker(job_file: str) -> int:
         if os.environ["RANK"] == "0":
             print("Aborted!", file=sys.stderr)  # as click says it for a single process
         return STOPPED_EXIT
+
+
+def _hand_over(error: CnnscopeError, path: Path) -> None:
+    """Rank 0's user error goes to the launcher, which raises it again in the caller's process (so that
+    the caller words it, e.g. the CLI in terms of its flags); said here if it cannot be handed over."""
+    try:
+        path.write_text(json.dumps({"message": str(error), "arguments": list(error.arguments)}))
+    except OSError:
+        print(f"Error: {error}", file=sys.stderr)
 
 
 def exit_rank(code: int):
