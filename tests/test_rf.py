@@ -301,6 +301,101 @@ def test_upsampling_and_pooling():
     assert result.verified
 
 
+def unit_extents(model, shape=(3, 40, 40)):
+    """Per axis, the extent of the nonzero input gradient of EVERY output unit, measured (float64,
+    positive weights, zero biases, positive input): for H, the gradient of the sum of row r of the
+    output over channels and columns (with separable windows its H extent is that of each unit of row
+    r). -> ([extent of row r], [extent of column c])."""
+    import copy
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.fill_(0.0 if name.endswith("bias") else 1.0 / p[0].numel())
+    x = (torch.rand(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5)
+    x.requires_grad_()
+    out = net(x)
+    extents = []
+    for axis in (0, 1):
+        found = []
+        for i in range(out.shape[2 + axis]):
+            unit = out[:, :, i, :] if axis == 0 else out[:, :, :, i]
+            (grad,) = torch.autograd.grad(unit.sum(), x, retain_graph=True)
+            hits = (grad[0].abs().sum(0) > 0).any(dim=1 - axis).nonzero().flatten().tolist()
+            found.append(hits[-1] - hits[0] + 1)
+        extents.append(found)
+    return extents
+
+
+def test_transposed_conv_k2_s2_adds_nothing():
+    """Output unit o of a k=2 s=2 transposed conv gets input unit (o - t)/2 for the one tap t = o mod 2:
+    every unit sees exactly one input unit, so the RF stays the 3x3 conv's 3 (the old rule, the hull
+    of both phases, said 3 + (k-1)/s = 3.5). The two phases see different windows: unit o sees
+    [-1 + q, 1 + q] with q = o // 2, i.e. [-1, 1] + o/2 for even o and [-1.5, 0.5] + o/2 for odd o."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 4, 2, stride=2))
+    result = receptive_field(model, (3, 40, 40))
+    assert result.final_rf == 3 and result.final_jump == 0.5
+    assert result.final[0].phases == ((-1, 1), (-1.5, 0.5))
+    rows, cols = unit_extents(model)
+    assert max(rows) == max(cols) == 3 and set(rows) == {2, 3}  # 2: units at the border, clipped
+
+
+def test_transposed_conv_k4_s2_p1_on_a_stride_2_trunk():
+    """conv 3x3 s2 p1 then conv 3x3 s1 p1: input unit i sees [-3 + 2i, 3 + 2i] (RF 7, jump 2). A k=4 s=2
+    p=1 transposed conv: output o gets input unit (o + 1 - t)/2 for the taps t in [0, 4) with o + 1 - t
+    even, i.e. t in {1, 3} for even o (input units o/2 and o/2 - 1) and t in {0, 2} for odd o (input
+    units (o+1)/2 and (o-1)/2): two neighbouring input units in every phase, one jump (2 pixels)
+    apart, so RF = 7 + 2 = 9 for every unit (jump 1). The old rule said 7 + (k-1)*2/s = 10."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1))
+    result = probed(model, (3, 40, 40))
+    assert result.final_rf == 9 and result.final_jump == 1
+    assert result.verified and result.probe.rf == (9, 9)
+    rows, cols = unit_extents(model)
+    assert max(rows) == max(cols) == 9
+
+
+class UNet(nn.Module):
+    """Two stride-2 conv downs, two k=2 s=2 transposed-conv ups, skip concatenations."""
+
+    def __init__(self):
+        super().__init__()
+        conv = lambda i, o, s=1: nn.Conv2d(i, o, 3, stride=s, padding=1)
+        self.enc1, self.down1, self.enc2, self.down2, self.mid = (
+            conv(3, 4), conv(4, 4, 2), conv(4, 4), conv(4, 4, 2), conv(4, 4))
+        self.up2, self.dec2 = nn.ConvTranspose2d(4, 4, 2, stride=2), conv(8, 4)
+        self.up1, self.dec1 = nn.ConvTranspose2d(4, 4, 2, stride=2), conv(8, 4)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.down1(e1))
+        d2 = self.dec2(torch.cat([self.up2(self.mid(self.down2(e2))), e2], 1))
+        return self.dec1(torch.cat([self.up1(d2), e1], 1))
+
+
+def test_transposed_convs_in_a_unet():
+    """By hand (windows relative to unit u * jump): enc1 [-1, 1] j1; down1 [-2, 2] j2; enc2 [-4, 4];
+    down2 [-6, 6] j4; mid [-10, 10] (RF 21). up2 (k2 s2, j2): unit o = 2q + t sees mid unit q, i.e.
+    [-10, 10] - 2t: phases (even, odd) = [-10, 10], [-12, 8]; the skip enc2 [-4, 4] lies inside both.
+    dec2 (3x3 on j2): even o unions odd o-1 [-14, 6], even o [-10, 10], odd o+1 [-10, 10] -> [-14, 10];
+    odd o unions [-12, 8], [-12, 8], [-8, 12] -> [-12, 12]: RF 25 both. up1 (j1): o = 2q + t sees
+    dec2 unit q (phase q mod 2) shifted by -t: phases o mod 4 = [-14, 10], [-15, 9], [-12, 12],
+    [-13, 11] (25 each; enc1 inside). dec1 (3x3 on j1): o mod 4 = 0: [-14, 10] (25); 1: [-15, 9] U
+    [-15, 9] U [-11, 13] = [-15, 13] (29); 2: [-16, 8] U [-12, 12] U [-12, 12] = [-16, 12] (29);
+    3: [-13, 11] (25). So units see 25 or 29: the RF (max) is 29; the old rule (hull of the phases
+    at every transposed conv) said 30."""
+    model = UNet()
+    result = receptive_field(model, (3, 40, 40))
+    assert [(l.name, l.rf_out[0], l.jump_out[0]) for l in result.layers] == [
+        ("enc1", 3, 1), ("down1", 5, 2), ("enc2", 9, 2), ("down2", 13, 4), ("mid", 21, 4),
+        ("up2", 21, 2), ("dec2", 25, 2), ("up1", 25, 1), ("dec1", 29, 1)]
+    assert result.final_rf == 29
+    assert result.final[0].phases == ((-14, 10), (-15, 13), (-16, 12), (-13, 11))
+    rows, cols = unit_extents(model)
+    assert max(rows) == max(cols) == 29
+    assert {rows[i] for i in range(16, 24)} == {25, 29}  # interior units: both sizes, period 4
+    assert [rows[i] for i in range(16, 20)] == [25, 29, 29, 25]
+
+
 def test_analysis_leaves_the_model_as_it_was():
     model = models.build("swrn", depth=16, width=1)  # one TemplateBank reached from several modules
     model.train()

@@ -16,8 +16,12 @@ unit 0 sees and its jump (the input-pixel distance between neighbouring units): 
       LayerNorm) are left out, as in every conventional RF analysis.
   global pooling, means over H and W, flattening H and W: "global" (the whole input). The map
       that went into the last of them is the network's final spatial map.
-  interpolation, transposed convs, pixel (un)shuffle, F.pad: handled (interpolation and transposed
-      convs as the bounding interval, since their windows are not uniform along the map).
+  transposed convs (output unit o gets input units (o + p - t*d)/s, the taps t that make it whole):
+      the units of the output do not all see the same window; Axis.phases follows the window of
+      each phase o mod P exactly through later windows, merges and pads, and the RF is the largest
+      (k=2 s=2 adds nothing; k=4 s=2 p=1 adds one input jump).
+  interpolation, pixel (un)shuffle: handled as the bounding interval (their windows are not uniform
+      along the map either).
 An operation it does not know, on a tensor it tracks, is named in a warning, never silently
 passed through.
 

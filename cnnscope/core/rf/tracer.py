@@ -15,7 +15,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import cnnscope.core.rf.ops as ops
-from cnnscope.core.rf.axis import GLOBAL, PIXEL, Axis, show_number, sliding_window, transposed_window
+from cnnscope.core.rf.axis import (GLOBAL, PIXEL, Axis, merge_windows, shifted, show_number, sliding_window,
+                                   transposed_window)
 from cnnscope.core.rf.ops import arg, tensors
 from cnnscope.core.rf.result import Layer
 from cnnscope.core.runtime import pair
@@ -140,7 +141,7 @@ class Tracer(TorchFunctionMode):
         elif name in ("pixel_shuffle", "pixel_unshuffle"):
             r = arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
             if name == "pixel_shuffle":
-                new = tuple(a._replace(jump=a.jump / r) for a in meta)
+                new = tuple(a.hull()._replace(jump=a.jump / r) for a in meta)
                 self.record(name, x, meta, new, outs, k=(1, 1), s=(1 / r, 1 / r), d=(1, 1), p=(0, 0))
             else:
                 self.window(name, x, meta, outs, (r, r), r, 0, 1)
@@ -211,8 +212,7 @@ class Tracer(TorchFunctionMode):
     def pad(self, args, kwargs, meta, outs):
         pads = list(arg(args, kwargs, 1, "pad")) + [0, 0, 0, 0]
         left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
-        self.set(outs, tuple(a._replace(lo=a.lo - shift * a.jump, hi=a.hi - shift * a.jump)
-                             for a, shift in zip(meta, (top, left))))
+        self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, (top, left))))
 
     def record(self, op, x, meta, new, outs, *, k, s, d, p):
         if meta is not GLOBAL:
@@ -250,7 +250,9 @@ class Tracer(TorchFunctionMode):
                     self.warn(f"{self.where()}: {op} merges misaligned paths along {axis_name} "
                               f"({what}); RF is the union of their windows")
                 glob = any(a.glob for a in windows) or bool(others)
-                axes.append(Axis(min(a.lo for a in windows), max(a.hi for a in windows), windows[0].jump, glob))
+                if len(jumps) > 1:
+                    windows = [a.hull() for a in windows]  # phases of different maps do not line up
+                axes.append(merge_windows(windows, glob))
             self.set([out], tuple(axes))
 
     def dim_op(self, op, args, kwargs, x, meta, outs, index):
