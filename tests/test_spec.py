@@ -1,4 +1,5 @@
 """SPEC resolution and its errors, through the CLI as a user meets them."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -112,3 +113,95 @@ def test_help_does_not_import_torch(argv):
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "Usage:" in out and out.strip().endswith("NO-TORCH")
+
+
+# A package on disk: relative imports need the file imported as part of its package.
+BLOCKS = "import torch.nn as nn\n\ndef conv3x3(c):\n    return nn.Conv2d(c, c, 3, padding=1)\n"
+NET = textwrap.dedent("""
+    import torch.nn as nn
+    from {dots}blocks import conv3x3
+
+    class Net(nn.Module):
+        def __init__(self, depth={depth}):
+            super().__init__()
+            self.convs = nn.Sequential(*(conv3x3(3) for _ in range(depth)))
+
+        def forward(self, x):
+            return self.convs(x)
+""")
+
+
+@pytest.fixture
+def clean_import_path(monkeypatch):
+    """A test's package folders leave sys.path as it was (sys.modules is the loader's business)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def _write_package(base, depth=2):
+    (base / "pkg" / "sub").mkdir(parents=True)
+    (base / "pkg" / "__init__.py").write_text("")
+    (base / "pkg" / "sub" / "__init__.py").write_text("")
+    (base / "pkg" / "blocks.py").write_text(BLOCKS)
+    (base / "pkg" / "net.py").write_text(NET.format(dots=".", depth=depth))
+    (base / "pkg" / "sub" / "net.py").write_text(NET.format(dots="..", depth=depth))
+
+
+def _final_rf(runner, spec):
+    result = runner.invoke(cli, ["rf", spec, "--input", "3", "16", "16", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["final_rf"]
+
+
+@pytest.mark.parametrize("spec", ["{tmp}/pkg/net.py:Net", "pkg/net.py:Net", "pkg.net:Net",
+                                  "{tmp}/pkg/sub/net.py:Net", "pkg/sub/net.py:Net", "pkg.sub.net:Net"])
+def test_package_file_with_relative_import(runner, tmp_path, monkeypatch, clean_import_path, spec):
+    _write_package(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert _final_rf(runner, spec.format(tmp=tmp_path)) == 5  # two 3x3 convs, stride 1: 1 + 2 + 2
+    assert sys.modules["pkg"].__file__ == str(tmp_path / "pkg" / "__init__.py")  # this test's, not a cached one
+
+
+def test_same_package_name_in_two_folders_is_not_served_from_the_cache(runner, tmp_path, monkeypatch,
+                                                                       clean_import_path):
+    for depth in (2, 3, 4):  # the same dotted names pkg.net, pkg.blocks in three folders
+        _write_package(tmp_path / f"d{depth}", depth=depth)
+    assert _final_rf(runner, f"{tmp_path}/d2/pkg/net.py:Net") == 5
+    assert _final_rf(runner, f"{tmp_path}/d3/pkg/sub/net.py:Net") == 7
+    monkeypatch.chdir(tmp_path / "d4")
+    assert _final_rf(runner, "pkg.net:Net") == 9
+    assert _final_rf(runner, f"{tmp_path}/d2/pkg/net.py:Net") == 5
+
+
+def test_broken_relative_import_says_what_was_tried(runner, tmp_path, monkeypatch, clean_import_path):
+    _write_package(tmp_path)
+    (tmp_path / "pkg" / "net.py").write_text(NET.format(dots=".", depth=2).replace(".blocks", ".bloks"))
+    monkeypatch.chdir(tmp_path)
+    _assert_clean_error(runner.invoke(cli, ["rf", "pkg/net.py:Net"]),
+                        "as the module pkg.net", f"package root {tmp_path / 'pkg'}", f"imported from {tmp_path}",
+                        "No module named 'pkg.bloks'", "Relative imports")
+    _assert_clean_error(runner.invoke(cli, ["rf", "pkg.net:Net"]), "No module named 'pkg.bloks'",
+                        "an import inside it failed")
+
+
+def test_relative_import_outside_a_package_advises_an_init_file(runner, tmp_path, clean_import_path):
+    (tmp_path / "blocks.py").write_text(BLOCKS)
+    (tmp_path / "loose_net.py").write_text(NET.format(dots=".", depth=2))
+    _assert_clean_error(runner.invoke(cli, ["rf", f"{tmp_path}/loose_net.py:Net"]),
+                        "relative import", "has no __init__.py")
+
+
+def test_module_spec_not_found_says_where_it_looked(runner, tmp_path, monkeypatch, clean_import_path):
+    monkeypatch.chdir(tmp_path)
+    _assert_clean_error(runner.invoke(cli, ["rf", "nopkg_i13.net:Net"]), "No module named 'nopkg_i13'",
+                        f"current folder {tmp_path.resolve()}", "path/to/nopkg_i13/net.py:Net")
+
+
+def test_package_named_like_an_imported_module_is_refused_not_shadowed(runner, tmp_path, clean_import_path):
+    (tmp_path / "click").mkdir()
+    (tmp_path / "click" / "__init__.py").write_text("")
+    (tmp_path / "click" / "blocks.py").write_text(BLOCKS)
+    (tmp_path / "click" / "net.py").write_text(NET.format(dots=".", depth=2))
+    _assert_clean_error(runner.invoke(cli, ["rf", f"{tmp_path}/click/net.py:Net"]),
+                        "as the package 'click'", "Rename the package folder")
+    import click
+    assert hasattr(click, "ClickException")  # the real click is still the one imported

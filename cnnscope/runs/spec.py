@@ -47,10 +47,78 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
     return out
 
 
-def _load_file(path: Path):
-    if not path.is_file():
-        raise CnnscopeError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
-    # The file's folder goes on sys.path so that it can import its neighbours.
+# Top-level packages that cnnscope imported from a user's folder (a package root's parent, or the
+# current folder), by name -> the folder they came from. A later SPEC that names a package of the same
+# name in another folder must not get the cached one: those entries are dropped from sys.modules first.
+_USER_PACKAGES: dict[str, Path] = {}
+
+
+def _package_root(path: Path) -> Path | None:
+    """The outermost folder of the package `path` lies in (its folder has __init__.py, and so on up
+    while the names are importable), or None for a plain file."""
+    if not path.stem.isidentifier():
+        return None
+    root = None
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier() and folder.parent != folder:
+        root = folder
+        folder = folder.parent
+    return root
+
+
+def _origin(module) -> Path | None:
+    """Where a module was imported from: its file, or a namespace package's first folder."""
+    where = getattr(module, "__file__", None)
+    if where is None:
+        locations = list(getattr(module, "__path__", None) or ())
+        where = locations[0] if locations else None
+    return Path(where).resolve() if where else None
+
+
+def _spec_origin(module_spec) -> Path | None:
+    if module_spec is None:
+        return None
+    if module_spec.has_location and module_spec.origin:
+        return Path(module_spec.origin).resolve()
+    locations = list(module_spec.submodule_search_locations or ())
+    return Path(locations[0]).resolve() if locations else None
+
+
+def _forget(top: str) -> None:
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    _USER_PACKAGES.pop(top, None)
+
+
+def _make_room(top: str, wanted: Path | None, what: str) -> None:
+    """Before importing the package `top` from `wanted` (its __init__.py or module file): drop a
+    package of that name that cnnscope imported earlier from another folder; refuse to shadow any
+    other module of that name that is already imported."""
+    import importlib.machinery
+
+    loaded = sys.modules.get(top)
+    if loaded is None and top not in _USER_PACKAGES:  # not imported yet: would this import shadow another?
+        other = _spec_origin(importlib.machinery.PathFinder.find_spec(top, sys.path))
+        if other is not None and other != wanted:
+            raise CnnscopeError(
+                f"Cannot import {what} as the package {top!r}: another module of that name is on the import "
+                f"path ({other}), and cnnscope or your code may need it. Rename the package folder {top!r}."
+            )
+    if loaded is None or _origin(loaded) == wanted:
+        return
+    if top in _USER_PACKAGES:
+        _forget(top)
+        return
+    if wanted is not None:
+        raise CnnscopeError(
+            f"Cannot import {what} as the package {top!r}: a module of that name is already imported from "
+            f"{_origin(loaded) or 'a built-in location'}. Rename the package folder {top!r}."
+        )
+
+
+def _load_plain_file(path: Path):
+    """A file outside any package, under a private name; its folder goes on sys.path so that it can
+    import its neighbours."""
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -64,10 +132,110 @@ def _load_file(path: Path):
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # a file that calls sys.exit() is a broken model file too
         del sys.modules[name]
+        advice = "Check that the modules it imports are installed or lie beside it."
+        if isinstance(e, ImportError) and "relative import" in str(e):
+            advice = (f"It uses a relative import (from .x import y), which needs a package: its folder "
+                      f"{folder} has no __init__.py. Add one (cnnscope then imports the file as part of "
+                      "that package), or import its neighbours by name (from x import y).")
+        elif not isinstance(e, ImportError):
+            advice = "The file raised while it was imported; fix the error it names."
+        raise CnnscopeError(f"Importing {path} failed: {type(e).__name__}: {e}. {advice}") from None
+    return module
+
+
+def _load_package_file(path: Path, root: Path):
+    """A file inside a package: the package root's parent goes on sys.path and the file is imported
+    as its dotted module (root.sub.stem), so that its relative imports work. Those folders are on
+    sys.path only during the import (the package's own later imports go by its __path__): a folder left
+    there would serve a stale package of the same name to a later `pkg.module:attr` SPEC."""
+    path = path.resolve()
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    dotted = ".".join(parts)
+    top = root.name
+    _make_room(top, (root / "__init__.py").resolve(), f"{path}")
+    base = str(root.parent)
+    folder = str(path.parent)  # as for a plain file: a neighbour imported by its bare name still works
+    added = [p for p in (base, folder) if p not in sys.path]
+    sys.path[:0] = added
+    _USER_PACKAGES[top] = root.parent
+    try:
+        module = importlib.import_module(dotted)
+    except (Exception, SystemExit) as e:
+        if top not in sys.modules:
+            _USER_PACKAGES.pop(top, None)
+        if isinstance(e, ImportError):
+            advice = (f"Relative imports (from .x import y, from ..x import y) must name modules inside the "
+                      f"package {root}; absolute ones must be installed or lie in {base}. Check the import "
+                      "the error names.")
+        else:
+            advice = "The package raised while it was imported; fix the error it names."
         raise CnnscopeError(
-            f"Importing {path} failed: {type(e).__name__}: {e}. Fix the file, or check that the "
-            "modules it imports are installed or lie beside it."
+            f"Importing {path} as the module {dotted} (package root {root}, imported from {base}) failed: "
+            f"{type(e).__name__}: {e}. {advice}"
         ) from None
+    finally:
+        for p in added:
+            sys.path.remove(p)
+    if _origin(module) != path:
+        raise CnnscopeError(
+            f"Importing {path} as the module {dotted} gave {_origin(module)} instead. Another module named "
+            f"{dotted!r} comes first on the import path; rename the package folder {top!r}."
+        )
+    return module
+
+
+def _load_file(path: Path):
+    if not path.is_file():
+        raise CnnscopeError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
+    root = _package_root(path.resolve())
+    return _load_plain_file(path) if root is None else _load_package_file(path, root)
+
+
+def _import_module(where: str, spec: str):
+    """Import `package.module` from sys.path, and else from the current folder (which a console
+    script does not put on sys.path); the current folder is on sys.path only during this import."""
+    import importlib.machinery
+    import os
+
+    top = where.partition(".")[0]
+    cwd = Path(os.getcwd()).resolve()
+    from_path = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    from_cwd = None if from_path is not None else importlib.machinery.PathFinder.find_spec(top, [str(cwd)])
+    if top in _USER_PACKAGES:
+        wanted = _spec_origin(from_path or from_cwd)
+        if wanted is None or _origin(sys.modules.get(top)) != wanted:
+            _forget(top)
+    added = from_cwd is not None and str(cwd) not in sys.path
+    if added:
+        sys.path.append(str(cwd))
+    fresh = top not in sys.modules
+    try:
+        module = importlib.import_module(where)
+    except (Exception, SystemExit) as e:
+        if isinstance(e, ModuleNotFoundError) and e.name is not None and where.startswith(e.name) and (
+                e.name == where or where[len(e.name)] == "."):
+            if e.name != top and top in sys.modules:
+                advice = (f"The package {top} was found at {_origin(sys.modules[top])}, but it has no module "
+                          f"{e.name}. Check the dotted name in SPEC.")
+            else:
+                advice = (f"Tried the import path and the current folder {cwd}. Run cnnscope from the folder "
+                          f"that holds {top}/ (or {top}.py), add that folder to PYTHONPATH, or name the file: "
+                          f"path/to/{where.replace('.', '/')}.py:{spec.rpartition(':')[2]}.")
+        elif isinstance(e, ImportError):
+            advice = (f"{where} was found, but an import inside it failed: check that the modules it imports "
+                      "are installed or lie in its package.")
+        else:
+            advice = f"{where} raised while it was imported; fix the error it names."
+        raise CnnscopeError(
+            f"Cannot import module {where!r} from SPEC {spec!r}: {type(e).__name__}: {e}. {advice}"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(str(cwd))
+    if fresh and from_cwd is not None and top in sys.modules:
+        _USER_PACKAGES[top] = cwd
     return module
 
 
@@ -144,12 +312,7 @@ def resolve_target(spec: str):
     if _names_file(where):
         module = _load_file(Path(where))
     else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as e:
-            raise CnnscopeError(
-                f"Cannot import module {where!r} from SPEC {spec!r}: {e}. Use path/to/file.py:Name for a file."
-            ) from None
+        module = _import_module(where, spec)
     if not hasattr(module, attr):
         classes = _module_classes(module)
         listing = f" It defines these nn.Module classes: {', '.join(classes)}." if classes else (
