@@ -22,8 +22,8 @@ this process alone and is passed on once. Rank 0 prints; ranks > 0 write logs th
 they fail. What the agent does not do, this module adds: the ranks die with this process however
 it ends (`die_with_parent`), a failure is said in one line (not the agent's log and banner), a rank
 that only lost its connection to a dead one is never blamed, rank 0's user error is raised again in
-this process (said once, by the caller),
-and ranks end without the interpreter's racy finalization (`exit_rank`).
+this process (said once, by the caller), and ranks end without the interpreter's racy finalization
+(`exit_rank`).
 """
 import ctypes
 import importlib
