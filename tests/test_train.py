@@ -561,3 +561,17 @@ def test_fit_trains_a_module_on_plain_loaders():
     assert [row["epoch"] for row in result.history] == [1, 2] and result.model is model
     assert all(math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100 for row in result.history)
     assert 1 <= result.best_epoch <= 2 and not torch.equal(before, model[0].weight)
+
+
+def test_piped_output_is_one_whole_line_per_event(tmp_path):
+    """Off a terminal no progress bar is drawn (rich would leave blank lines) and no line is wrapped."""
+    cmd = [sys.executable, "-m", "cnnscope", *map(str, train_args("basic", tmp_path, "--train-subset", 64,
+                                                                     "--procs", 1, epochs=2, batch_size=64))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4 and all(lines), lines  # the header, one line per epoch, the closing line
+    assert lines[0].startswith("basic: basic (84,322 params) on fake") and lines[0].endswith(f"-> {tmp_path}/basic")
+    for epoch, line in zip((1, 2), lines[1:3]):
+        assert line.startswith(f"epoch   {epoch}/2  train loss") and " img/s" in line, line
+    assert lines[3].startswith("Done in ") and lines[3].endswith(f"-> {tmp_path}/basic")

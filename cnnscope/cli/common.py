@@ -106,15 +106,6 @@ def emit(fmt, result, title=None):
         Console().print(render.to_table(result, title))
 
 
-def progress():
-    """A rich progress bar on stderr (stdout stays clean for --format json); gone when done."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-
-
 @click.group(cls=CnnscopeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cnnscope")
 def cli():

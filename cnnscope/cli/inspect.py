@@ -1,7 +1,8 @@
 """Inspections of a run or SPEC: gates, sharing, attribute."""
 import click
 
-from cnnscope.cli.common import SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, progress, trust_spec_option
+from cnnscope.cli.common import SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, trust_spec_option
+from cnnscope.render.progress import progress_bar
 
 
 target_argument = click.argument("target", metavar="RUN|SPEC")
@@ -58,7 +59,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
     tgt = load_target(target, ctor, out, trust_spec)
     require_gates(tgt.model)  # before any images are loaded
     images = load_test_images(tgt, n_images, dataset, data_dir)
-    with progress() as bar:
+    with progress_bar() as bar:
         report = inspect_gates(tgt, images, progress=bar)
     emit(fmt, report)
 
@@ -133,7 +134,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
 
     tgt = load_target(target, ctor, out, trust_spec)
     images = load_test_images(tgt, n_images, dataset, data_dir)
-    with progress() as bar:
+    with progress_bar() as bar:
         report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
                                       progress=bar)
     for message in [*report.skipped.values(), *report.warnings]:

@@ -99,11 +99,11 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf ectied --ctor iterations=8 --verify
       cnnscope rf basic --erf reports/basic-fashion-mnist
     """
-    from cnnscope.cli.common import progress
+    from cnnscope.render.progress import progress_bar
     from cnnscope.runs import rf
     from cnnscope.runs.spec import parse_key_values
 
-    with progress() as bar:
+    with progress_bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
     emit(fmt, result, title)

@@ -44,14 +44,16 @@ def load_run_data(ckpt: dict, data_dir=None):
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=False, trust_spec=False) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec)."""
-    from rich.progress import Progress
+    from rich.console import Console
+
+    from cnnscope.render.progress import progress_bar
 
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     device = resolve_device(device)
     model.to(device)
     ds = load_run_data(ckpt, data_dir)
     loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=device.type)
-    with Progress(transient=True, disable=quiet) as progress:
+    with progress_bar(Console(), stats=True, quiet=quiet) as progress:
         loss_sum, preds, targets = predict(model, loader, device, amp=device.type == "cuda", progress=progress,
                                            description="testing")
     if len(targets) != len(ds.test) or not torch.equal(targets, ds.test.labels):

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest,
                                     reduced_depth, train_epoch, training_model, validate)
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs import datasets, launch, loaders, run_folder
+from cnnscope.render.progress import progress_bar
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint as write_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
@@ -153,7 +154,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
 
     ddp, device = init_distributed(opts.device)
     try:
-        console = console or Console()
+        console = console or Console(soft_wrap=True)  # whole lines, also when piped
         console.quiet = not ddp.is_main
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
@@ -293,7 +294,7 @@ def save_checkpoint(run: RunParts, names: list[str]) -> None:
 def run_epochs(run: RunParts) -> TrainResult:
     """Epochs until the recipe's last, an early stop or a stop request; then the closing evaluation."""
     stop, recipe = StopRequest(), run.opts.recipe
-    with stop.installed(), epoch_progress(run.console) as progress:
+    with stop.installed(), progress_bar(run.console, stats=True) as progress:
         while run.state.epoch < recipe.epochs:
             begin_epoch(run)
             train_one_epoch(run, stop, progress)
@@ -351,18 +352,6 @@ def close_epoch(run: RunParts, progress) -> bool:
         run.console.print(f"Early stop: the {run.selected_on} loss has not improved for {state.bad_epochs} epochs.")
         return False
     return True
-
-
-@contextmanager
-def epoch_progress(console):
-    """One rich progress bar per epoch (removed when the epoch ends; its summary line stays)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
-                  transient=True) as progress:
-        yield progress
 
 
 def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool) -> str:
