@@ -24,6 +24,7 @@ import torch.nn as nn
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.sharing import is_shared_layer
 from cnnscope.core.probe import logits, run_forward
+from cnnscope.core import metrics
 
 METHODS = ("ig", "saliency", "gradcam", "occlusion")
 TITLES = {"ig": "Integrated Gradients", "saliency": "Saliency", "gradcam": "GradCAM",
@@ -64,7 +65,7 @@ class AttributionReport:
     figures: dict = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
-        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+        return metrics.class_name(self.classes, index)
 
     def to_json(self) -> dict:
         return {

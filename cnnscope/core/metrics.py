@@ -23,6 +23,11 @@ TOP_CONFUSIONS = 5
 
 
 @torch.inference_mode()
+def class_name(classes, index: int) -> str:
+    """The name of class `index`, or the index itself where `classes` does not name it."""
+    return classes[index] if 0 <= index < len(classes) else str(index)
+
+
 def predict(model, loader, device, *, amp=False, progress=None, description=""):
     """Run `model` over `loader` -> (summed cross-entropy, predictions, targets), both on the CPU.
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnscope.core import attribution, gates, sharing
+from cnnscope.core import attribution, gates, metrics, sharing
 from cnnscope.errors import CnnscopeError
 
 
@@ -43,7 +43,7 @@ class ProbeImages:
     dataset: str
 
     def class_name(self, index: int) -> str:
-        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+        return metrics.class_name(self.classes, index)
 
     def descriptions(self) -> list:
         """{"index", "label", "class"} per image."""

@@ -39,7 +39,7 @@ from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest,
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs import datasets, launch, loaders, run_folder
 from cnnscope.render.progress import progress_bar
-from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint as write_checkpoint
+from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_files import (INPUT_SHAPE, run_config, write_curves, write_json, write_log_and_metrics,
@@ -271,7 +271,7 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def save_checkpoint(run: RunParts, names: list[str]) -> None:
+def checkpoint_run(run: RunParts, names: list[str]) -> None:
     """Checkpoint the current state as checkpoints/<name> for each name (every rank must call)."""
     rng = run.ddp.gather(capture_rng())
     if not run.ddp.is_main:
@@ -286,7 +286,7 @@ def save_checkpoint(run: RunParts, names: list[str]) -> None:
         "input_shape": list(INPUT_SHAPE),
     }
     for name in names:
-        write_checkpoint(ckpt, run.run_dir / "checkpoints" / name)
+        save_checkpoint(ckpt, run.run_dir / "checkpoints" / name)
 
 
 # ---- the epoch loop ---------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def run_epochs(run: RunParts) -> TrainResult:
             begin_epoch(run)
             train_one_epoch(run, stop, progress)
             if run.state.batch:  # stopped mid-epoch: the checkpoint says where, so resuming replays exactly
-                save_checkpoint(run, ["last.pth"])
+                checkpoint_run(run, ["last.pth"])
                 return interrupted(run)
             if not close_epoch(run, progress):
                 break
@@ -343,7 +343,7 @@ def close_epoch(run: RunParts, progress) -> bool:
     names = ["last.pth"] + (["best.pth"] if improved else [])
     if opts.save_every and state.epoch % opts.save_every == 0:
         names.append(f"epoch_{state.epoch:03d}.pth")
-    save_checkpoint(run, names)
+    checkpoint_run(run, names)
     if run.ddp.is_main:
         write_log_and_metrics(run.run_dir, opts, state, n_params(run.net), run.ds.name, run.selected_on)
     run.console.print(epoch_line(row, opts.recipe.epochs, run.selected_on, improved))
