@@ -1,3 +1,5 @@
+import textwrap
+
 import pytest
 import torch
 
@@ -10,3 +12,30 @@ def runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+# A user model file (not a zoo model) for the training and run-folder tests.
+TINY_MODEL = textwrap.dedent('''
+    import torch.nn as nn
+
+    class Tiny(nn.Module):
+        """BN and dropout, so that resuming must restore running stats and the RNG."""
+
+        def __init__(self, num_classes=10, width=8):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.drop = nn.Dropout(0.3)
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.drop(self.features(x)))
+''')
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny_model.py"
+    path.write_text(TINY_MODEL)
+    return f"{path}:Tiny"

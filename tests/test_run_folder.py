@@ -18,27 +18,7 @@ from cnnscope.files import atomic_write_bytes, atomic_write_text
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError
 
-TINY_MODEL = textwrap.dedent('''
-    import torch.nn as nn
-
-    class Tiny(nn.Module):
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
-                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.fc = nn.Linear(4, num_classes)
-
-        def forward(self, x):
-            return self.fc(self.features(x))
-''')
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny_model.py"
-    path.write_text(TINY_MODEL)
-    return f"{path}:Tiny"
 
 
 def invoke(runner, *args):

@@ -23,31 +23,6 @@ from cnnscope.errors import CnnscopeError
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
 FAKE_TEST = 128  # datasets.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
 
-TINY_MODEL = textwrap.dedent('''
-    import torch.nn as nn
-
-    class Tiny(nn.Module):
-        """BN and dropout, so that resuming must restore running stats and the RNG."""
-
-        def __init__(self, num_classes=10, width=8):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.drop = nn.Dropout(0.3)
-            self.fc = nn.Linear(width, num_classes)
-
-        def forward(self, x):
-            return self.fc(self.drop(self.features(x)))
-''')
-
-
-@pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny_model.py"
-    path.write_text(TINY_MODEL)
-    return f"{path}:Tiny"
-
 
 def invoke(runner, args):
     result = runner.invoke(cli, [str(a) for a in args])
