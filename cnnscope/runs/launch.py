@@ -113,7 +113,8 @@ def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
         # rank 0 prints to the terminal; the others write logs, shown if one of them fails alone
         logs = DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs"), redirects={r: Std.ALL for r in range(1, procs)})
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, rdzv_backend="c10d",
-                              rdzv_endpoint="127.0.0.1:0", run_id=f"cnnscope-{os.getpid()}", max_restarts=0, monitor_interval=0.1, logs_specs=logs)
+                              rdzv_endpoint="127.0.0.1:0", run_id=f"cnnscope-{os.getpid()}", max_restarts=0,
+                              monitor_interval=0.1, logs_specs=logs)
         try:
             elastic_launch(config, sys.executable)("-m", __name__, str(job_file))
         except ChildFailedError as e:
