@@ -2,7 +2,8 @@
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, input_option, procs_option, spec_argument,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, input_option, procs_option, seed_option,
+    spec_argument, verbosity_options,
 )
 
 
@@ -11,7 +12,7 @@ from cnnscope.cli.common import (
 @ctor_option
 @input_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True)
+@device_option()
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed steps of each measurement (after 3 warm-up steps).")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the model (compiles during warm-up).")
@@ -19,8 +20,11 @@ from cnnscope.cli.common import (
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and input in channels_last memory format.")
 @procs_option
+@seed_option(used_for="of the weights and the synthetic batches")
 @format_option()
-def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, fmt):
+@verbosity_options
+def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, seed, fmt,
+              verbosity):
     """Training and inference speed of SPEC on synthetic batches, against this machine's peak.
 
     Measures training images/s (forward + backward + the recipe's optimizer step), inference
@@ -49,13 +53,11 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
       cnnscope bench basic --compile --procs 1
       cnnscope bench swrn --ctor depth=16 --ctor width=4 --device cuda
     """
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs import bench
     from cnnscope.runs.spec import parse_key_values
 
-    def say(phase):
-        click.echo(f"bench: {phase} ...", err=True)
-
     result = bench.bench(spec, parse_key_values(ctor), batch_size=batch_size, device=device, steps=steps,
                          compile=compile, amp=amp, channels_last=channels_last, input_shape=input_shape,
-                         procs=procs, progress=say)
+                         procs=procs, seed=seed, reporter=Reporter(verbosity))
     emit(fmt, result)

@@ -3,6 +3,7 @@
 Nothing here imports torch at module level, so `cnnscope --help` answers at once; each command
 imports what it needs when it runs.
 """
+import functools
 import sys
 
 import click
@@ -74,6 +75,40 @@ procs_option = click.option(
          "(at most 8), on any machine, since batch norm sees each process's share and so the count changes the "
          "weights; a resumed run keeps its count.",
 )
+
+
+def device_option(default="auto", used_for=""):
+    """--device: where the command computes. The library checks the name (resolve_device), so an
+    unknown or absent device is the usual one-paragraph error, exit 2."""
+    return click.option(
+        "--device", default=default, show_default=default is not None, metavar="auto|cpu|cuda[:N]|mps",
+        help="Device " + (used_for or "to compute on") + ": cpu, cuda, cuda:N (the N-th GPU), mps, or auto "
+             "(cuda > mps > cpu); one this machine does not have is an error.",
+    )
+
+
+def seed_option(default=0, used_for="of the random numbers the command draws"):
+    return click.option("--seed", type=int, default=default, show_default=default is not None,
+                        help=f"Seed {used_for}; the same seed gives the same output.")
+
+
+def verbosity_options(command):
+    """--quiet and --verbose, handed to the command as one `verbosity` (render.progress's levels):
+    quiet prints only results and errors; verbose adds every preparation step and per-step detail."""
+    from cnnscope.render.progress import NORMAL, QUIET, VERBOSE
+
+    @functools.wraps(command)
+    def with_verbosity(*args, quiet, verbose, **kwargs):
+        if quiet and verbose:
+            raise click.UsageError("--quiet and --verbose exclude each other: give one.")
+        return command(*args, verbosity=QUIET if quiet else VERBOSE if verbose else NORMAL, **kwargs)
+
+    with_verbosity = click.option("--verbose", "-v", is_flag=True,
+                                  help="Also print every preparation step and per-step details (on stderr).")(
+        with_verbosity)
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="Print only the results and errors: no progress bars, no preparation lines.")(
+        with_verbosity)
 
 
 def format_option(default=None):

@@ -1,7 +1,7 @@
 """augment: a grid of augmented training samples."""
 import click
 
-from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option
+from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option, seed_option, verbosity_options
 
 
 @cli.command("augment", epilog=SPEC_RUNS_CODE)
@@ -16,8 +16,10 @@ from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder that gets plots/augmented_samples_grid.png [default: the run folder for RUN, "
                    "reports/<model> for MODEL].")
+@seed_option(default=None, used_for="of the batch drawn and of its augmentation [default: the run's, else 0]")
 @format_option()
-def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, fmt):
+@verbosity_options
+def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt, verbosity):
     """Grid of training images before and after the training augmentation pipeline.
 
     MODEL uses its recipe's augmentation and dataset; RUN (reports/<run> or a checkpoint) the
@@ -30,8 +32,10 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, fmt):
     \b
     Examples:
       cnnscope augment basic --dataset fashion-mnist
-      cnnscope augment reports/egrr --n 16 --aug-backend albumentations
+      cnnscope augment reports/egrr --n 16 --aug-backend albumentations --seed 1
     """
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.augment import augment_grid
 
-    emit(fmt, augment_grid(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend, out=out))
+    emit(fmt, augment_grid(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend, out=out,
+                           seed=seed, reporter=Reporter(verbosity)))

@@ -1,8 +1,10 @@
 """Inspections of a run or SPEC: gates, sharing, attribute."""
 import click
 
-from cnnscope.cli.common import SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, trust_spec_option
-from cnnscope.render.progress import progress_bar
+from cnnscope.cli.common import (
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, seed_option, trust_spec_option,
+    verbosity_options,
+)
 
 
 target_argument = click.argument("target", metavar="RUN|SPEC")
@@ -26,6 +28,9 @@ def images_options(command):
     return command
 
 
+untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
+
+
 @cli.command("gates", epilog=SPEC_RUNS_CODE)
 @target_argument
 @ctor_option
@@ -33,7 +38,10 @@ def images_options(command):
 @images_options
 @out_option
 @format_option()
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
+@device_option()
+@untrained_seed_option
+@verbosity_options
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt, device, seed, verbosity):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -50,16 +58,18 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
 
     \b
     Examples:
-      cnnscope gates reports/egrr-fashion-mnist
-      cnnscope gates egrr --ctor num_classes=10 --n 4 --format json
+      cnnscope gates reports/egrr
+      cnnscope gates egrr --ctor num_classes=10 --n 4 --seed 1 --format json
     """
     from cnnscope.core.gates import require_gates
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.inspect import inspect_gates, load_target, load_test_images
 
-    tgt = load_target(target, ctor, out, trust_spec)
+    reporter = Reporter(verbosity)
+    tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
-    images = load_test_images(tgt, n_images, dataset, data_dir)
-    with progress_bar() as bar:
+    images = load_test_images(tgt, n_images, dataset, data_dir, reporter)
+    with reporter.bar() as bar:
         report = inspect_gates(tgt, images, progress=bar)
     emit(fmt, report)
 
@@ -72,7 +82,9 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
               help="Layers whose |cosine similarity| is at least this are linked into fold groups.")
 @out_option
 @format_option()
-def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
+@untrained_seed_option
+@verbosity_options
+def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, verbosity):
     """Soft-sharing analysis of every TemplateBank (swrn, or any model with SConv2d layers).
 
     Per bank: the layers x layers |cosine similarity| of the SConv2d coefficient vectors
@@ -90,12 +102,14 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
 
     \b
     Examples:
-      cnnscope sharing reports/swrn-fashion-mnist
+      cnnscope sharing reports/swrn
       cnnscope sharing swrn --ctor depth=16 --ctor width=1 --threshold 0.9 --format markdown
     """
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.inspect import inspect_sharing, load_target
 
-    emit(fmt, inspect_sharing(load_target(target, ctor, out, trust_spec), threshold))
+    tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=Reporter(verbosity))
+    emit(fmt, inspect_sharing(tgt, threshold))
 
 
 @cli.command("attribute", epilog=SPEC_RUNS_CODE)
@@ -110,7 +124,11 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
               show_default=True, help="Attribute the predicted class or the true class.")
 @out_option
 @format_option()
-def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods, target_class, out, fmt):
+@device_option()
+@seed_option(used_for="of a SPEC's untrained weights and of the methods that draw noise")
+@verbosity_options
+def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods, target_class, out, fmt, device,
+                  seed, verbosity):
     """Captum attributions of N test images: Integrated Gradients, Saliency, GradCAM, Occlusion.
 
     Writes plots/attributions.png: a row per image (the image with its true and predicted
@@ -126,17 +144,19 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
 
     \b
     Examples:
-      cnnscope attribute reports/basic-fashion-mnist
+      cnnscope attribute reports/basic
       cnnscope attribute reports/ectied --method ig --method gradcam --target true
     """
     from cnnscope.core.attribution import METHODS
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.inspect import inspect_attributions, load_target, load_test_images
 
-    tgt = load_target(target, ctor, out, trust_spec)
-    images = load_test_images(tgt, n_images, dataset, data_dir)
-    with progress_bar() as bar:
+    reporter = Reporter(verbosity)
+    tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
+    images = load_test_images(tgt, n_images, dataset, data_dir, reporter)
+    with reporter.bar() as bar:
         report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
-                                      progress=bar)
+                                      seed=seed, progress=bar)
     for message in [*report.skipped.values(), *report.warnings]:
         click.echo(f"warning: {message}", err=True)
     emit(fmt, report)

@@ -4,7 +4,8 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, procs_option, resolve_format, trust_spec_option,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, seed_option,
+    trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
 
@@ -30,7 +31,8 @@ from cnnscope.errors import CnnscopeError
               help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
 @click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
                                                "the test set [default: 0.1].")
-@click.option("--seed", type=int, help="Seed of the split, data order, augmentation and initial weights [default: 0].")
+@seed_option(default=None, used_for="of the split, data order, augmentation and initial weights [default: 0; a resumed "
+                                   "run keeps its own]")
 @click.option("--train-subset", type=click.IntRange(min=1), metavar="N",
               help="Train on a random N-image subset of the training split (fixed by --seed), for quick looks "
                    "at heavy models; the validation and test sets stay whole.")
@@ -38,7 +40,7 @@ from cnnscope.errors import CnnscopeError
               help="Augmentation path: whole batches in-process (default) or the seeds' per-sample albumentations.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder of the run folders [default: reports].")
 @click.option("--name", help="Run folder name [default: the model name].")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), help="[default: auto: cuda > mps > cpu]")
+@device_option(default=None, used_for="to train on [default: auto; a resumed run keeps its own]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only) [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last weights (the batches always are) [default: on].")
 @click.option("--compile/--no-compile", default=None,
@@ -50,7 +52,8 @@ from cnnscope.errors import CnnscopeError
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
                    "writes are removed.")
-def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, **options):
+@verbosity_options
+def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, verbosity, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
     MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
@@ -101,7 +104,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
         if recipe_overrides.get(key) is None:
             recipe_overrides[key] = value
     augment_overrides = parse_key_values(augment, argument="augment", example="cutout=16")
-    code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
+    code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs, verbosity=verbosity,
                         ctor=parse_key_values(ctor), recipe_overrides=recipe_overrides,
                         augment_overrides=augment_overrides, **options)
     if code:
@@ -111,11 +114,12 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
 @cli.command("evaluate")
 @click.argument("run", metavar="RUN")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda", "mps")), default="auto", show_default=True)
+@device_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @trust_spec_option()
 @format_option()
-def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt):
+@verbosity_options
+def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, verbosity):
     """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
 
     Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
@@ -134,10 +138,11 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt):
       cnnscope evaluate reports/basic
       cnnscope evaluate reports/basic/checkpoints/last.pth --format json
     """
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs import evaluate
 
     emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    quiet=resolve_format(fmt) == "json", trust_spec=trust_spec))
+                                    reporter=Reporter(verbosity), trust_spec=trust_spec))
 
 
 @cli.command("compare")

@@ -4,7 +4,8 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, emit, format_option, input_option, spec_argument, trust_spec_option,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, input_option, spec_argument,
+    trust_spec_option, verbosity_options,
 )
 
 
@@ -28,7 +29,8 @@ def models_cmd(fmt):
 @ctor_option
 @input_option
 @format_option()
-def summary_cmd(spec, ctor, input_shape, fmt):
+@verbosity_options
+def summary_cmd(spec, ctor, input_shape, fmt, verbosity):
     """Per-layer table of SPEC: output shape, params and MACs of every call.
 
     A module called several times (weight tying) gets one row per call; the totals count its
@@ -41,8 +43,10 @@ def summary_cmd(spec, ctor, input_shape, fmt):
       cnnscope summary my_model.py:Net --input 1 28 28 --format json
     """
     from cnnscope.core.summary import summarize
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.spec import build_model, parse_key_values
 
+    Reporter(verbosity).detail(f"building {spec}, then one forward pass of a {'x'.join(map(str, input_shape))} input")
     emit(fmt, summarize(build_model(spec, parse_key_values(ctor)), input_shape, spec), spec)
 
 
@@ -63,7 +67,9 @@ def summary_cmd(spec, ctor, input_shape, fmt):
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where --erf finds the run's dataset.")
 @trust_spec_option()
-def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec):
+@device_option(used_for="of --erf's gradients")
+@verbosity_options
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec, device, verbosity):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -97,15 +103,17 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf models/compact.py:NetDilated --format markdown --title "RF: NetDilated (32x32 input)"
       cnnscope rf torchvision.models:resnet50 --input 3 224 224 --format json
       cnnscope rf ectied --ctor iterations=8 --verify
-      cnnscope rf basic --erf reports/basic-fashion-mnist
+      cnnscope rf basic --erf reports/basic --device cpu
     """
-    from cnnscope.render.progress import progress_bar
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs import rf
     from cnnscope.runs.spec import parse_key_values
 
-    with progress_bar() as bar:
+    reporter = Reporter(verbosity)
+    with reporter.bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
-                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
+                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, device=device,
+                           reporter=reporter, progress=bar)
     emit(fmt, result, title)
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "

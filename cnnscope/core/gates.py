@@ -127,8 +127,8 @@ def record_gate_steps(model, x, on_progress=lambda done, total: None) -> list[Ga
     for position, gate in enumerate(per_image[0]):
         steps.append(GateStep(
             stage=int(gate["stage"]), step=int(gate["step"]),
-            probs=torch.cat([maps[position]["probs"] for maps in per_image]).float().numpy(),
-            variance=torch.cat([maps[position]["variance"] for maps in per_image]).float().numpy(),
+            probs=torch.cat([maps[position]["probs"] for maps in per_image]).float().cpu().numpy(),
+            variance=torch.cat([maps[position]["variance"] for maps in per_image]).float().cpu().numpy(),
         ))
     return steps
 

@@ -55,8 +55,12 @@ def split_batch(batch_size: int, procs: int) -> int:
     return batch_size // procs
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str = "auto"):
-    """auto -> cuda, else mps, else cpu; a named device that is not there is a clear error."""
+    """auto -> cuda, else mps, else cpu; 'cuda:N' is the N-th GPU. A device that is unknown or not
+    on this machine is a clear error (argument `device`)."""
     import torch
 
     available = {
@@ -64,12 +68,18 @@ def resolve_device(name: str = "auto"):
         "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
         "cpu": True,
     }
+    name = str(name).strip().lower()
     if name == "auto":
         name = next(d for d in ("cuda", "mps", "cpu") if available[d])
-    if name not in available:
-        raise CnnscopeError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
-    if not available[name]:
-        raise CnnscopeError(f"Device {name!r} was asked for but this machine has no {name} device; use auto or cpu.")
+    kind, _, index = name.partition(":")
+    if kind not in available or (index and (kind != "cuda" or not index.isdigit())):
+        raise CnnscopeError(f"Unknown device {name!r}; use {DEVICES}.", arguments=("device",))
+    if not available[kind]:
+        raise CnnscopeError(f"Device {name!r} was asked for but this machine has no {kind} device; use auto or cpu.",
+                            arguments=("device",))
+    if index and int(index) >= torch.cuda.device_count():
+        raise CnnscopeError(f"Device {name!r} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.", arguments=("device",))
     return torch.device(name)
 
 

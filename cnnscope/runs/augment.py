@@ -4,25 +4,30 @@ from pathlib import Path
 
 from cnnscope.core.augment import AugmentResult
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.progress import SILENT
 from cnnscope.runs import checkpoint, recipes, spec
 from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.loaders import augmented_samples
 
 
-def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, out=None) -> AugmentResult:
+def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, out=None, seed=None,
+                 reporter=SILENT) -> AugmentResult:
     """Augment the first `n` images of epoch 0's first training batch and draw them in
     <out>/plots/augmented_samples_grid.png.
 
     `target` is a MODEL (its recipe's augmentation and dataset, backend "batch", seed 0) or a RUN
     (reports/<run> or a checkpoint: the augmentation, dataset, backend, validation split and seed it
-    was trained with). `dataset` and `backend` replace those; `out` defaults to the run folder for a
-    RUN, reports/<model> for a MODEL.
+    was trained with). `dataset`, `backend` and `seed` (of the batch and its augmentation) replace
+    those; `out` defaults to the run folder for a RUN, reports/<model> for a MODEL.
     """
     from cnnscope.render import plots
 
-    model, recipe, trained_backend, seed, val_split, out_dir = _trained_with(target, out)
+    model, recipe, trained_backend, trained_seed, val_split, out_dir = _trained_with(target, out)
     backend = backend or trained_backend
-    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=seed)
+    seed = trained_seed if seed is None else seed
+    reporter.detail(f"loading {dataset or recipe.dataset} from {data_dir}/; augmenting {n} images ({backend} "
+                    f"backend, seed {seed})")
+    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=trained_seed)  # its split
     originals, augmented, labels = augmented_samples(ds, recipe.augment, n=n, backend=backend, seed=seed)
     figure = plots.augmentation_grid(
         originals, augmented, [ds.classes[i] for i in labels],

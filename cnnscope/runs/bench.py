@@ -37,44 +37,48 @@ from cnnscope.core.probe import check_input, classifier_outputs
 from cnnscope.core.runtime import autocast, compile_errors, compile_model, cpu_cores, resolve_device, split_batch
 from cnnscope.core.training import Dist, TrainStep, build_optimizer, init_distributed, training_model
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.progress import SILENT
 from cnnscope.runs import datasets, launch, loaders, recipes
 
 DATA_MIN_BATCHES = 10  # a loader's rate needs more batches than its workers prefetch
 
 
 def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto", steps=20, compile=False,
-          amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", progress=None) -> BenchResult:
+          amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", seed=0,
+          reporter=SILENT) -> BenchResult:
     """Benchmark SPEC on `device` (see the module docstring). amp=None: on with CUDA. procs: the
     training processes, "auto" as `cnnscope train --procs auto` chooses (cnnscope.runs.launch).
-
-    `progress`, if given, is called with a short description before each phase.
+    `seed`: of the weights and the synthetic batches. `reporter` (render.progress) draws a bar over
+    the four measurements and says each one; verbose, also what it measured.
     """
     device, amp, procs = check_settings(batch_size, device, steps, compile, amp, procs)
-    report = progress or (lambda message: None)
     recipe = recipes.get_recipe(spec)
     input_shape, flops, params = probe_model(spec, ctor, input_shape, batch_size, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
-
-    # the matmul peak is timed in the same rounds as the training steps: the same load for both
-    report("training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
     setup = dict(spec=spec, ctor=ctor or {}, batch_size=split_batch(batch_size, procs), device=str(device), amp=amp,
-                 compile=compile, channels_last=channels_last, input_shape=list(input_shape))
-    if procs > 1:
-        timing = train_in_processes(procs, setup, steps)
-        model, threads = bench_model(spec, ctor, device, channels_last), max(1, torch.get_num_threads() // procs)
-    else:
-        model, timing = train_here(setup, steps)
-        threads = torch.get_num_threads()
-
-    report("inference")
-    infer_seconds, folded = time_inference(model, batch_size, input_shape, device, amp, compile, channels_last, steps)
-
-    report("data path")
-    data_rate = loader_images_per_s(recipe.augment, input_shape, batch_size, steps, device, "batch")
-    album_rate = loader_images_per_s(recipe.augment, input_shape, batch_size, steps, torch.device("cpu"),
-                                     "albumentations")
+                 compile=compile, channels_last=channels_last, input_shape=list(input_shape), seed=seed)
+    with reporter.stages(4) as begin:
+        # the matmul peak is timed in the same rounds as the training steps: the same load for both
+        begin("bench: training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
+        if procs > 1:
+            timing = train_in_processes(procs, setup, steps)
+            model = bench_model(spec, ctor, device, channels_last, seed)
+            threads = max(1, torch.get_num_threads() // procs)
+        else:
+            model, timing = train_here(setup, steps)
+            threads = torch.get_num_threads()
+        reporter.detail(f"  a training step: {timing['train'] * 1e3:.1f} ms (median of {steps})")
+        begin("bench: inference")
+        infer_seconds, folded = time_inference(model, batch_size, input_shape, device, amp, compile, channels_last,
+                                               steps)
+        reporter.detail(f"  an inference batch: {infer_seconds * 1e3:.1f} ms (median of {steps})")
+        begin("bench: data path, batch backend")
+        data_rate = loader_images_per_s(recipe.augment, input_shape, batch_size, steps, device, "batch", seed)
+        begin("bench: data path, albumentations backend")
+        album_rate = loader_images_per_s(recipe.augment, input_shape, batch_size, steps, torch.device("cpu"),
+                                         "albumentations", seed)
 
     train_rate = batch_size / timing["train"]
     achieved = 3 * flops * train_rate / 1e9
@@ -120,21 +124,21 @@ def probe_model(spec, ctor, input_shape, batch_size, device) -> tuple[tuple, int
     return input_shape, flops, sum(p.numel() for p in probe.parameters())
 
 
-def bench_model(spec, ctor, device, channels_last) -> nn.Module:
+def bench_model(spec, ctor, device, channels_last, seed=0) -> nn.Module:
     """The model, with the same weights in every process."""
     from cnnscope.runs.spec import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(spec, ctor or {}).to(device)
     return to_channels_last(model) if channels_last else model
 
 
-def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape, ddp=Dist()):
+def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, input_shape, seed=0, ddp=Dist()):
     """(model, one training step on a random batch) as `cnnscope train` runs them: core.training's
     step, the model in DDP when `ddp` has several processes (the process group must exist)."""
     device = torch.device(device)
     recipe = recipes.get_recipe(spec)
-    model = bench_model(spec, ctor, device, channels_last)
+    model = bench_model(spec, ctor, device, channels_last, seed)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=memory_format)
     with torch.no_grad():
@@ -202,11 +206,11 @@ def time_inference(model, batch_size, input_shape, device, amp, compile, channel
     return median_seconds({"infer": infer_step}, steps, device)["infer"], len(folded.folded_batchnorms)
 
 
-def loader_images_per_s(augment, input_shape, batch_size, steps, device, backend) -> float:
+def loader_images_per_s(augment, input_shape, batch_size, steps, device, backend, seed=0) -> float:
     """Images/s of the training loader alone over a random uint8 split (warm-up batches excluded)."""
     batches = max(steps, DATA_MIN_BATCHES)
     n = batch_size * (batches + WARMUP_STEPS)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, *input_shape), dtype=torch.uint8, generator=g)
     split = datasets.Split(images, torch.zeros(n, dtype=torch.int64))
     channels = input_shape[0]

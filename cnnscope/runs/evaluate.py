@@ -18,6 +18,7 @@ import torch
 from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
 from cnnscope.core.runtime import resolve_device
+from cnnscope.render.progress import QUIET, SILENT, progress_bar
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.checkpoint import load_run_model
 from cnnscope.files import atomic_write_csv, atomic_write_text
@@ -41,19 +42,19 @@ def load_run_data(ckpt: dict, data_dir=None):
     return dataclasses.replace(ds, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
 
 
-def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=False, trust_spec=False) -> EvalResult:
+def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
+                 trust_spec=False) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
-    `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec)."""
-    from rich.console import Console
-
-    from cnnscope.render.progress import progress_bar
-
-    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
+    `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
+    (render.progress) draws the bar and says what is loaded."""
     device = resolve_device(device)
+    reporter.detail(f"loading the run {run} onto {device}")
+    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     model.to(device)
+    reporter.detail(f"loading the test split of {ckpt.get('dataset')}")
     ds = load_run_data(ckpt, data_dir)
-    loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=device.type)
-    with progress_bar(Console(), stats=True, quiet=quiet) as progress:
+    loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=str(device))
+    with progress_bar(reporter.console, stats=True, quiet=reporter.verbosity == QUIET) as progress:
         loss_sum, preds, targets = predict(model, loader, device, amp=device.type == "cuda", progress=progress,
                                            description="testing")
     if len(targets) != len(ds.test) or not torch.equal(targets, ds.test.labels):

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core import attribution, gates, metrics, sharing
+from cnnscope.core.runtime import resolve_device, seed_all
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.progress import SILENT
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Target:
     label: str  # the run folder, or "<name> (untrained)"
     plots_dir: Path  # where figures go
     checkpoint: Optional[dict] = None  # None for an untrained SPEC
+    device: torch.device = torch.device("cpu")  # where the model is
 
 
 @dataclass
@@ -56,11 +59,14 @@ def is_run(target: str) -> bool:
     return path.is_dir() or (path.is_file() and path.suffix != ".py")
 
 
-def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
-    """TARGET (RUN or SPEC) -> the model in eval mode, its label and its figure folder.
-    `trust_spec`: build a RUN's SPEC even when it is no zoo model (spec.check_file_spec)."""
+def load_target(target: str, ctor=(), out=None, trust_spec=False, *, device="cpu", seed=0,
+                reporter=SILENT) -> Target:
+    """TARGET (RUN or SPEC) -> the model in eval mode on `device`, its label and its figure folder.
+    `trust_spec`: build a RUN's SPEC even when it is no zoo model (spec.check_file_spec); `seed`
+    draws an untrained SPEC's weights."""
     from cnnscope.runs import checkpoint, spec
 
+    device = resolve_device(device)
     if is_run(target):
         if ctor:
             raise CnnscopeError(
@@ -68,17 +74,20 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
                 "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model.",
                 arguments=("ctor",),
             )
+        reporter.detail(f"loading the run {target} onto {device}")
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
         plots_dir = Path(out) if out else run_dir / "plots"
-        return Target(model, str(run_dir), plots_dir, ckpt)
+        return Target(model.to(device), str(run_dir), plots_dir, ckpt, device)
+    reporter.detail(f"building {target} with untrained weights (seed {seed}) on {device}")
+    seed_all(seed)
     model = spec.build_model(target, spec.parse_key_values(ctor))
     model.eval()
     _, name = spec.resolve_target(target)
     plots_dir = Path(out) if out else Path("reports") / f"{name}-untrained" / "plots"
-    return Target(model, f"{name} (untrained)", plots_dir)
+    return Target(model.to(device), f"{name} (untrained)", plots_dir, device=device)
 
 
-def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> ProbeImages:
+def load_test_images(target: Target, n: int, dataset=None, data_dir="data", reporter=SILENT) -> ProbeImages:
     """The first `n` images of the test split, normalised as the model was trained.
 
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
@@ -88,6 +97,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
 
     ckpt = target.checkpoint or {}
     name = dataset or ckpt.get("dataset") or "fake"
+    reporter.detail(f"loading {name} ({data_dir}) for the first {n} test images")
     data = load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
     mean = ckpt.get("mean") or data.mean
@@ -96,7 +106,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     images = data.test.images[:n].float() / 255.0
     x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     return ProbeImages(
-        x=x.contiguous(),
+        x=x.contiguous().to(target.device),
         pixels=images.permute(0, 2, 3, 1).numpy(),
         labels=data.test.labels[:n].tolist(),
         indices=list(range(n)),
@@ -105,11 +115,11 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     )
 
 
-def _task(progress, description):
-    """A task on a rich Progress (or None) and the on_progress(done, total) that moves it."""
+def _task(progress, description, total):
+    """A task of `total` steps on a rich Progress (or None) and the on_progress(done, total) that moves it."""
     if progress is None:
         return None, lambda done, total: None
-    task = progress.add_task(description, total=None)
+    task = progress.add_task(description, total=total)
     return task, lambda done, total: progress.update(task, completed=done, total=total)
 
 
@@ -117,7 +127,7 @@ def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gate
     """Gate probabilities of the target's model on `images`; figures gate_maps.png and gate_shares.png."""
     from cnnscope.render import plots
 
-    task, on_progress = _task(progress, "gates: forward")
+    task, on_progress = _task(progress, "gates: forward", len(images.x))
     report = gates.gate_maps(target.model, images.x, on_progress=on_progress)
     report = replace(report, target=target.label, dataset=images.dataset, images=images.descriptions())
     if progress:
@@ -156,9 +166,9 @@ def inspect_sharing(target: Target, threshold=0.95) -> sharing.SharingReport:
 
 
 def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribution.METHODS,
-                         target_class="pred", progress=None) -> attribution.AttributionReport:
+                         target_class="pred", seed=0, progress=None) -> attribution.AttributionReport:
     """Attribution maps of `images` for the predicted class (target_class "pred") or the true one
-    ("true"), per method; figure attributions.png."""
+    ("true"), per method; figure attributions.png. `seed` seeds the methods that draw noise."""
     from cnnscope.render import plots
 
     outputs = attribution.class_count(target.model, images.x[:1], target.label)
@@ -169,8 +179,9 @@ def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribu
             f"(target_class 'pred'), or build the model with num_classes={len(images.classes)}.",
             arguments=("target_class", "ctor"),
         )
+    seed_all(seed)
     report = attribution.attribute(target.model, images.x, images.labels if target_class == "true" else None,
-                                   methods, on_progress=_task(progress, "attribute")[1])
+                                   methods, on_progress=_task(progress, "attribute", len(images.x) * len(methods))[1])
     report = replace(report, target_class=target_class, target=target.label, dataset=images.dataset,
                      images=images.descriptions(), classes=images.classes)
     titles = [attribution.TITLES[m] + (f"\n{report.gradcam_layer['name']}" if m == "gradcam" else "")

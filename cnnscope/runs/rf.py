@@ -6,21 +6,26 @@ from cnnscope.core.rf import (
     RFResult, effective_receptive_field, receptive_field, rf_box, verify_receptive_field,
 )
 from cnnscope.core.rf.trace import meta_tensors_loaded
+from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.progress import SILENT
 from cnnscope.runs.checkpoint import load_run_model
 from cnnscope.runs.inspect import Target, load_test_images
 from cnnscope.runs.spec import build_model, resolve_target
 
 
 def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_run=None, erf_images=64,
-           data_dir="data", trust_spec=False, progress=None) -> RFResult:
+           data_dir="data", trust_spec=False, device="cpu", reporter=SILENT, progress=None) -> RFResult:
     """Analyse SPEC; `check` adds the gradient probe (result.probe); `erf_run` measures the effective
     RF of that run's weights on `erf_images` of its test images (result.erf, RUN/plots/erf.png) and
     analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size;
     `trust_spec`: build the run's own SPEC even when it is no zoo model (spec.check_file_spec).
+    `device`: where the effective RF's gradients are computed. `reporter` says what is prepared,
     `progress`: a rich Progress to report on."""
+    device = resolve_device(device)  # also without erf_run: a device that is not here is an error
     if erf_run is not None:
-        model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, trust_spec, progress)
+        model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, trust_spec,
+                                     device, reporter, progress)
     elif spec is None:
         raise CnnscopeError("Give a SPEC to analyse (e.g. basic), or erf_run: a trained run.", arguments=("erf_run",))
     else:
@@ -31,7 +36,7 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
             result = receptive_field(model, input_shape)
     if check:
         task = progress.add_task("verify: gradient probe", total=None) if progress else None
-        result.probe = verify_receptive_field(model, result)
+        result.probe = verify_receptive_field(model.cpu(), result)  # the probe's input is on the CPU
         if progress:
             progress.remove_task(task)
     return result
@@ -51,19 +56,23 @@ def _analyze_on_meta(spec, ctor, input_shape):
         return None, None
 
 
-def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, trust_spec, progress):
+def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, trust_spec, device, reporter, progress):
     """(model, result) of the run's weights (in SPEC's architecture when SPEC is given), with
     result.erf measured on `n_images` of its test images and drawn to RUN/plots/erf.png."""
     if ctor and spec is None:
         raise CnnscopeError("ctor applies to a SPEC; with erf_run alone the run's checkpoint gives the constructor "
                             "keywords. Leave out ctor, or give the SPEC it belongs to.", arguments=("ctor", "erf_run"))
+    reporter.detail(f"loading the run {run}")
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, spec=spec, ctor=ctor)
-    images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt), n_images, data_dir=data_dir)
+    images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt, device), n_images,
+                              data_dir=data_dir, reporter=reporter)
     shape = tuple(images.x.shape[1:])
     if tuple(input_shape) != shape:
         raise CnnscopeError(f"The effective RF of erf_run is measured on the run's {'x'.join(map(str, shape))} test "
                             f"images: input_shape must be {shape}.", arguments=("input_shape", "erf_run"))
-    result = receptive_field(model, shape)
+    result = receptive_field(model, shape)  # on the CPU, before the weights move to `device`
+    reporter.detail(f"effective RF: gradients of {len(images.x)} images on {device}")
+    model.to(device)
     task = progress.add_task("erf: gradients", total=len(images.x)) if progress else None
     erf = effective_receptive_field(model, images.x, result,
                                     on_batch=(lambda k: progress.advance(task, k)) if progress else None)

@@ -37,21 +37,24 @@ from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest,
                                     build_optimizer, build_scheduler, end_epoch, init_distributed, model_settings,
                                     reduced_depth, train_epoch, training_model, validate)
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, run_folder
-from cnnscope.render.progress import progress_bar
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
+from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta
 from cnnscope.runs.train_files import (INPUT_SHAPE, run_config, write_curves, write_json, write_log_and_metrics,
                                        write_model_texts)
 
 
 # ---- launching --------------------------------------------------------------------------------
 
-def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", **settings) -> int:
+def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", verbosity=NORMAL,
+                 **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, in this process or in `procs`
     data-parallel ones (cnnscope.runs.launch); `settings` are new_options'/resume_options'
-    keywords. Returns the exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
+    keywords; `verbosity` render.progress's level of what is printed besides the results.
+    Returns the exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
     if resume:
         opts, ckpt, run_dir = resume_options(resume, model, trust_spec=trust_spec, **settings)
     elif model is None:
@@ -66,17 +69,19 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
         if n > 1:
             run_dir = run_dir_of(opts, run_dir)
             args = dict(options=opts.to_json(), resume=str(resume_path(resume)) if resume else None,
-                        run_dir=str(run_dir), overwrite=overwrite)
+                        run_dir=str(run_dir), overwrite=overwrite, verbosity=verbosity)
             job = {"target": f"{__name__}:train_job", "args": args}
+            Reporter(verbosity).step(f"starting {n} data-parallel training processes (each imports torch: a few seconds)")
             return launch.run_processes(job, n, after_loss=lambda: resume_hint(run_dir, opts))
-    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite)
+    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=verbosity)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
-def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool) -> int:
+def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL) -> int:
     """One rank of a --procs run (what run_training hands to the launcher): its exit code."""
     ckpt = load_checkpoint(resume) if resume else None
-    result = train(TrainOptions.from_json(options), resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite)
+    result = train(TrainOptions.from_json(options), resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite,
+                   verbosity=verbosity)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
@@ -129,6 +134,7 @@ class RunParts:
     ddp: Dist
     device: torch.device
     console: object
+    reporter: Reporter  # preparation lines (stderr) and the verbosity
     amp: bool
     ds: datasets.Dataset
     train_loader: object
@@ -148,17 +154,19 @@ class RunParts:
 
 
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
-          console=None) -> TrainResult:
-    """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test."""
+          console=None, verbosity=NORMAL) -> TrainResult:
+    """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
+    `verbosity` (render.progress): QUIET prints the closing line alone."""
     from rich.console import Console
 
     ddp, device = init_distributed(opts.device)
     try:
         console = console or Console(soft_wrap=True)  # whole lines, also when piped
         console.quiet = not ddp.is_main
+        reporter = Reporter(verbosity if ddp.is_main else QUIET)
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
-            run = setup_run(opts, run_dir, ddp, device, console, resume_ckpt)
+            run = setup_run(opts, run_dir, ddp, device, console, reporter, resume_ckpt)
             # only now: a bad dataset or model leaves no half-made run folder behind
             prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
             start_run(run, resume_ckpt)
@@ -168,10 +176,12 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
             dist.destroy_process_group()
 
 
-def setup_data(opts: TrainOptions, ddp: Dist, device):
+def setup_data(opts: TrainOptions, ddp: Dist, device, reporter=SILENT):
     """(dataset, train loader, selection loader); rank 0 loads first so that a download happens once."""
     if not ddp.is_main:
         ddp.barrier()
+    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download, and the mean/std "
+                  "of the training split)")
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed)
     if opts.train_subset:
         ds = dataclasses.replace(ds, train=loaders.subset(ds.train, opts.train_subset, opts.seed))
@@ -179,6 +189,8 @@ def setup_data(opts: TrainOptions, ddp: Dist, device):
         ddp.barrier()
     check_shares(len(ds.train), ddp.world_size)
     rank_batch = split_batch(opts.recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
+    reporter.detail(f"loaders: {opts.aug_backend} augmentation backend, {rank_batch} images per process and batch, "
+                    f"{opts.recipe.augment.describe()}")
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=opts.recipe.augment,
                                     backend=opts.aug_backend, device=str(device), seed=opts.seed,
                                     rank=ddp.rank, world_size=ddp.world_size)
@@ -188,9 +200,11 @@ def setup_data(opts: TrainOptions, ddp: Dist, device):
     return ds, train_loader, select_loader
 
 
-def setup_model(opts: TrainOptions, num_classes: int, ddp: Dist, device) -> tuple[nn.Module, TrainOptions]:
+def setup_model(opts: TrainOptions, num_classes: int, ddp: Dist, device, reporter=SILENT) -> tuple[nn.Module,
+                                                                                                  TrainOptions]:
     """The model with the same initial weights on every rank, on `device`; the options with the
     constructor keywords used."""
+    reporter.step(f"building {opts.spec} ({num_classes} classes, seed {opts.seed}) on {device}")
     seed_all(opts.seed)
     net, ctor = build_run_model(opts, num_classes)
     if ddp.world_size > 1 and device.type == "cuda":
@@ -203,12 +217,12 @@ def setup_model(opts: TrainOptions, num_classes: int, ddp: Dist, device) -> tupl
     return net, dataclasses.replace(opts, ctor=ctor)
 
 
-def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, resume_ckpt) -> RunParts:
+def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> RunParts:
     """Data, model, optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
-    ds, train_loader, select_loader = setup_data(opts, ddp, device)
-    net, opts = setup_model(opts, len(ds.classes), ddp, device)
+    ds, train_loader, select_loader = setup_data(opts, ddp, device, reporter)
+    net, opts = setup_model(opts, len(ds.classes), ddp, device, reporter)
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
@@ -217,7 +231,9 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, res
                      nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
                      torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
                      training_ops(device, opts.compile), scheduler if per_batch else None)
-    return RunParts(opts, run_dir, ddp, device, console, amp, ds, train_loader, select_loader, net, step,
+    if opts.compile:
+        reporter.step("compiling the model with torch.compile: the first batches take longer")
+    return RunParts(opts, run_dir, ddp, device, console, reporter, amp, ds, train_loader, select_loader, net, step,
                     scheduler, per_batch, skipping)
 
 
@@ -249,26 +265,18 @@ def start_run(run: RunParts, resume_ckpt) -> None:
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
+            run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
             write_model_texts(run.run_dir, run.net)
-    announce(run)
-
-
-def announce(run: RunParts) -> None:
-    opts, ds, ddp, state = run.opts, run.ds, run.ddp, run.state
-    batch = opts.recipe.batch_size
-    where = f"{run.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "") + (", AMP" if run.amp else "")
-    run.console.print(
-        f"[bold]{opts.name}[/]: {opts.spec} ({n_params(run.net):,} params) on {ds.name} ({len(ds.train):,} train / "
-        f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
-        f"{opts.recipe.epochs} epochs x {len(run.train_loader)} batches of {batch}"
-        + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else "") + f" -> {run.run_dir}"
-    )
+    state = run.state
+    say(run, opening_line(run))
     if state.epoch or state.batch:
-        run.console.print(f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
+        say(run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
 
 
-def n_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
+def say(run: RunParts, text: str) -> None:
+    """A line of the run's log (stdout): the opening line, the epochs; not when quiet."""
+    if run.reporter.verbosity > QUIET:
+        run.console.print(text)
 
 
 def checkpoint_run(run: RunParts, names: list[str]) -> None:
@@ -294,10 +302,12 @@ def checkpoint_run(run: RunParts, names: list[str]) -> None:
 def run_epochs(run: RunParts) -> TrainResult:
     """Epochs until the recipe's last, an early stop or a stop request; then the closing evaluation."""
     stop, recipe = StopRequest(), run.opts.recipe
-    with stop.installed(), progress_bar(run.console, stats=True) as progress:
+    with stop.installed(), progress_bar(run.console, stats=True, quiet=run.reporter.verbosity == QUIET) as progress:
+        batches = len(run.train_loader)
+        run_bar = RunBar(progress, batches, recipe.epochs, run.state.epoch * batches + run.state.batch)
         while run.state.epoch < recipe.epochs:
             begin_epoch(run)
-            train_one_epoch(run, stop, progress)
+            train_one_epoch(run, stop, run_bar.for_epoch(run.state.epoch))
             if run.state.batch:  # stopped mid-epoch: the checkpoint says where, so resuming replays exactly
                 checkpoint_run(run, ["last.pth"])
                 return interrupted(run)
@@ -346,18 +356,13 @@ def close_epoch(run: RunParts, progress) -> bool:
     checkpoint_run(run, names)
     if run.ddp.is_main:
         write_log_and_metrics(run.run_dir, opts, state, n_params(run.net), run.ds.name, run.selected_on)
-    run.console.print(epoch_line(row, opts.recipe.epochs, run.selected_on, improved))
+    say(run, epoch_line(row, opts.recipe.epochs, run.selected_on, improved, run_eta(state.history, opts.recipe.epochs)))
+    run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
     patience = opts.recipe.early_stop_patience
     if patience and state.bad_epochs >= patience:
-        run.console.print(f"Early stop: the {run.selected_on} loss has not improved for {state.bad_epochs} epochs.")
+        say(run, f"Early stop: the {run.selected_on} loss has not improved for {state.bad_epochs} epochs.")
         return False
     return True
-
-
-def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool) -> str:
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%  "
-            f"{selected_on} loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%  lr {row['lr']:.4g}  "
-            f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:,.0f} img/s" + ("  [green]* best[/]" if improved else ""))
 
 
 # ---- the end: stopped, or done ----------------------------------------------------------------
@@ -380,7 +385,9 @@ def finish(run: RunParts) -> TrainResult:
         return TrainResult(run.run_dir, {})
     write_curves(run.run_dir, run.state.history, run.selected_on)
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume)
-    result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=run.device.type, trust_spec=True)
+    run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
+    result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.device), trust_spec=True,
+                          reporter=run.reporter)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     run.console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "

@@ -1,0 +1,74 @@
+"""What a training run prints: the opening line, one line per epoch (with the ETA of the whole run),
+and, on a terminal, one bar for the whole run beside each epoch's bar."""
+
+
+def n_params(net) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def opening_line(run) -> str:
+    """The model, data, device and batches of `run` (a runs.train.RunParts)."""
+    opts, ds, ddp = run.opts, run.ds, run.ddp
+    batch = opts.recipe.batch_size
+    where = f"{run.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "") + (", AMP" if run.amp else "")
+    return (f"[bold]{opts.name}[/]: {opts.spec} ({n_params(run.net):,} params) on {ds.name} ({len(ds.train):,} train / "
+            f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
+            f"{opts.recipe.epochs} epochs x {len(run.train_loader)} batches of {batch}"
+            + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else "") + f" -> {run.run_dir}")
+
+
+def duration(seconds: float) -> str:
+    """42s, 3m05s, 2h07m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def run_eta(history: list, epochs: int) -> float | None:
+    """Seconds left for the epochs after the last of `history` (log rows), at their mean epoch
+    time; None when none is left. An early stop may end the run sooner."""
+    left = epochs - len(history)
+    if left <= 0 or not history:
+        return None
+    return left * sum(row["epoch_time_s"] for row in history) / len(history)
+
+
+def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool, eta: float | None) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%  "
+            f"{selected_on} loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%  lr {row['lr']:.4g}  "
+            f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:,.0f} img/s"
+            + (f"  run ETA {duration(eta)}" if eta is not None else "") + ("  [green]* best[/]" if improved else ""))
+
+
+class RunBar:
+    """A bar over all the training batches of the run (its ETA is the run's) on the rich Progress
+    that draws each epoch's bar; `for_epoch` gives the Progress that train_epoch moves, which moves
+    this bar too."""
+
+    def __init__(self, progress, batches_per_epoch: int, epochs: int, done_batches: int):
+        self.progress, self.batches_per_epoch = progress, batches_per_epoch
+        self.task = progress.add_task("run", total=batches_per_epoch * epochs, completed=done_batches, stats="")
+
+    def for_epoch(self, epoch: int) -> "_EpochProgress":
+        return _EpochProgress(self.progress, self.task, epoch * self.batches_per_epoch)
+
+
+class _EpochProgress:
+    """The part of rich's Progress that train_epoch uses; each update also moves the run's bar."""
+
+    def __init__(self, progress, run_task, first_batch: int):
+        self.progress, self.run_task, self.first_batch = progress, run_task, first_batch
+
+    def add_task(self, *args, **fields):
+        return self.progress.add_task(*args, **fields)
+
+    def remove_task(self, task):
+        self.progress.remove_task(task)
+
+    def update(self, task, completed=None, **fields):
+        self.progress.update(task, completed=completed, **fields)
+        if completed is not None:
+            self.progress.update(self.run_task, completed=self.first_batch + completed)
