@@ -9,7 +9,7 @@ import torch.nn as nn
 from .registry import register
 from .blocks import ConvBlock, DWSeparable
 
-SEED_DOC = "002_d36f90de2825472b.txt"
+SEED_DOC = "Compact CNNs with DW-Separable + Dilation (No MaxPool)"
 
 
 @register("basic", dataset="cifar10", seed_doc=SEED_DOC)

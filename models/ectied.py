@@ -45,7 +45,7 @@ class ECBlock(nn.Module):
         return x + self.gamma * out
 
 
-@register("ectied", dataset="cifar10", seed_doc="000_523c3e1c6084b977.txt")
+@register("ectied", dataset="cifar10", seed_doc="Weight-Tied ECNet")
 class ECTiedNet(nn.Module):
     """One weight-tied ECBlock applied N times with a dilation schedule (38,475 params at defaults)."""
 

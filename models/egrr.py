@@ -142,7 +142,7 @@ class EGRRStage(nn.Module):
         return h
 
 
-@register("egrr", dataset="cifar100", seed_doc="001_6f32dd0e4f9fe4a4.txt")
+@register("egrr", dataset="cifar100", seed_doc="EGRR: Entropy-Gated Recursive Residual Network")
 class EGRRNet(nn.Module):
     """Entropy-gated recursive residual net: symmetric shared 1x1, per-pixel dilation gate."""
 

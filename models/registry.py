@@ -10,7 +10,7 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     dataset: str  # the seed's default dataset
-    seed_doc: str  # the seed document (shared/seeds/) the design comes from
+    seed_doc: str  # the title of the paper or repository the design comes from (its seed document)
     description: str
 
 

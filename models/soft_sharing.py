@@ -137,7 +137,7 @@ class SWRNStage(nn.Module):
         return self.blocks(x)
 
 
-@register("swrn", dataset="cifar10", seed_doc="004_adc1ce41fadb22be.txt")
+@register("swrn", dataset="cifar10", seed_doc="Learning Implicitly Recurrent CNNs Through Parameter Sharing (ICLR 2019)")
 class SWRN(nn.Module):
     """Wide ResNet with soft parameter sharing, SWRN-depth-width-templates (default 28-10-6)."""
 

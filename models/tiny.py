@@ -13,7 +13,7 @@ def _dws(in_channels, out_channels, stride=1, dilation=1):
     return DWSeparable(in_channels, out_channels, stride=stride, dilation=dilation, dw_norm=True)
 
 
-@register("tiny", dataset="cifar10", seed_doc="003_511871084e313f54.txt")
+@register("tiny", dataset="cifar10", seed_doc="Tuning CNN for CIFAR10 with Depthwise & Dilated Convolutions")
 class NetCIFAR10_Tiny(nn.Module):
     """Tiny DW-separable + dilated CNN, 1x1-conv head (36,170 params)."""
 

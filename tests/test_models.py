@@ -96,7 +96,8 @@ def test_every_model_gives_finite_logits(name, num_classes):
 def test_registry_entries_name_their_seed_and_dataset():
     assert list_models() == ["basic", "dilated", "ectied", "egrr", "swrn", "tiny"]
     assert get_entry("egrr").dataset == "cifar100"
-    assert get_entry("basic").seed_doc == get_entry("dilated").seed_doc == "002_d36f90de2825472b.txt"
+    assert (get_entry("basic").seed_doc == get_entry("dilated").seed_doc
+            == "Compact CNNs with DW-Separable + Dilation (No MaxPool)")
     assert build("egrr").fc.out_features == 100 and build("tiny").head.out_channels == 10
 
 
