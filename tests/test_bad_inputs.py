@@ -194,11 +194,14 @@ CASES = [
     ("rf-input-channels", ["rf", "basic", "--input", "1", "32", "32"], "takes 3-channel images"),
     ("rf-input-zero", ["rf", "basic", "--input", "3", "0", "32"], "C H W, three whole numbers of at least 1"),
     ("rf-input-huge", ["rf", "basic", "--input", "3", "100000", "100000"], "GB is available"),
+    ("rf-device-unknown", ["rf", "basic", "--device", "tpu"], "Unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
     # bench
     ("bench-input-huge", ["bench", "basic", "--procs", "1", "--input", "3", "100000", "100000"], "GB is available"),
     ("bench-tuple", ["bench", "{models}:Tuple", "--procs", "1"], "returns a tuple of 2"),
     ("bench-no-params", ["bench", "{models}:NoParams", "--procs", "1"], "no trainable parameters"),
     ("bench-forward-raises", ["bench", "{models}:Raises", "--procs", "1"], "boom in forward"),
+    ("bench-device-index", ["bench", "basic", "--device", "cuda:99"], "Device 'cuda:99' was asked for"),
+    ("bench-quiet-verbose", ["bench", "basic", "--quiet", "--verbose"], "--quiet and --verbose exclude each other"),
     # train
     ("train-lr-negative", ["train", "basic", "--recipe", "lr=-1", *TRAIN], "lr=-1 is not allowed: lr takes a number > 0"),
     ("train-batch-zero", ["train", "basic", "--recipe", "batch_size=0", *TRAIN], "batch_size=0 is not allowed"),
@@ -212,6 +215,7 @@ CASES = [
     ("train-subset-procs", ["train", "basic", "--train-subset", "1", *TRAIN[:4], "--procs", "2", "--out", "{out}"],
      "cannot be shared by 2 processes"),
     ("train-forward-raises", ["train", "{models}:Raises", *TRAIN], "boom in forward"),
+    ("train-device-unknown", ["train", "basic", *TRAIN, "--device", "gpu"], "Unknown device 'gpu'"),
     ("train-tuple", ["train", "{models}:Tuple", *TRAIN], "one logits tensor"),
     ("train-dict", ["train", "{models}:Dict", *TRAIN], "returns a dict of 1"),
     ("train-no-params", ["train", "{models}:NoParams", *TRAIN], "no trainable parameters"),
@@ -223,6 +227,7 @@ CASES = [
     ("evaluate-empty", ["evaluate", "{empty_pth}"], "the file is empty"),
     ("evaluate-garbage", ["evaluate", "{garbage_pth}"], "could not be read"),
     ("evaluate-corrupt-metrics", ["evaluate", "{fake_run}"], "metrics.json is not valid JSON"),
+    ("evaluate-device-index", ["evaluate", "{fmnist_ckpt}", "--device", "cuda:99"], "Device 'cuda:99' was asked for"),
     ("evaluate-labels", ["evaluate", "{fmnist_ckpt}", "--data-dir", "{idx_labels}"], "labels 190..193 outside the 10"),
     # augment: dataset folders
     ("augment-idx-cut", ["augment", "basic", "--dataset", "fashion-mnist", "--data-dir", "{idx_cut}", *OUT],
@@ -254,6 +259,10 @@ CASES = [
     ("attribute-forward-raises", ["attribute", "{models}:Raises", "--n", "1", *OUT], "boom in forward"),
     ("attribute-tuple", ["attribute", "{models}:Tuple", "--n", "1", *OUT], "returns a tuple of 2"),
     ("attribute-garbage", ["attribute", "{garbage_pth}"], "could not be read"),
+    ("attribute-device-index", ["attribute", "basic", "--device", "cuda:99", *OUT],
+     "Device 'cuda:99' was asked for but this machine has"),
+    ("attribute-seed-text", ["attribute", "basic", "--seed", "one", *OUT], "Invalid value for '--seed'"),
+    ("gates-device-unknown", ["gates", "egrr", "--device", "cuda:x", *OUT], "Unknown device 'cuda:x'"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),

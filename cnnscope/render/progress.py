@@ -45,12 +45,12 @@ class Reporter:
     def step(self, message: str) -> None:
         """A step of a long preparation (loading the dataset, starting processes): shown unless quiet."""
         if self.verbosity >= NORMAL:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def detail(self, message: str) -> None:
         """Shown only when verbose."""
         if self.verbosity >= VERBOSE:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def bar(self, stats=False):
         return progress_bar(self.console, stats=stats, quiet=self.verbosity == QUIET)
