@@ -12,7 +12,8 @@ from cnnscope.cli.common import (
 @cli.command("models")
 @format_option()
 def models_cmd(fmt):
-    """List the model zoo: name, class, parameters, MACs at 32x32, default dataset, seed.
+    """List the model zoo: name, class, parameters, MACs at 32x32, default dataset, and the paper or
+    repository (the seed) the design comes from.
 
     \b
     Examples:
