@@ -130,8 +130,10 @@ def test_a_rank_killed_from_outside_is_said_in_one_line(tmp_path, victim):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGKILL, out + err
     run = tmp_path / "tiny"
-    assert err.strip() == (f"Process {victim} of 2 was killed by SIGKILL; the others were stopped. "
-                           f"Resume with: cnnscope train --resume {run} --device cpu")
+    *preparation, said = err.strip().splitlines()
+    assert said == (f"Process {victim} of 2 was killed by SIGKILL; the others were stopped. "
+                    f"Resume with: cnnscope train --resume {run} --device cpu")
+    assert [line.split(" ")[0] for line in preparation] == ["starting", "loading", "building", "writing"], err
     assert wait_gone(ranks) == []
 
 
