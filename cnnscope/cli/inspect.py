@@ -15,7 +15,7 @@ out_option = click.option(
 
 
 def images_options(command):
-    """--n, --dataset, --data-dir: which test images an inspection command looks at."""
+    """--n, --dataset, --data-dir, --image: which images an inspection command looks at."""
     for option in reversed((
         click.option("--n", "n_images", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Number of test images (the first N of the test split)."),
@@ -23,6 +23,9 @@ def images_options(command):
                      help="Take the images from this dataset [default: the run's; `fake` for a SPEC]."),
         click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
                      help="Where the datasets are (or are downloaded to)."),
+        click.option("--image", "image_paths", multiple=True, type=click.Path(exists=False), metavar="PATH",
+                     help="Your own image file, or a folder of them; repeatable. Used instead of test images: "
+                          "resized to the model's input and normalised as the run was trained."),
     )):
         command = option(command)
     return command
@@ -41,7 +44,7 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @device_option()
 @untrained_seed_option
 @verbosity_options
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt, device, seed, verbosity):
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt, device, seed, verbosity):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -68,7 +71,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt, d
     reporter = Reporter(verbosity)
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
-    images = load_test_images(tgt, n_images, dataset, data_dir, reporter)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
     with reporter.bar() as bar:
         report = inspect_gates(tgt, images, progress=bar)
     emit(fmt, report)
@@ -127,8 +130,8 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, verbosity):
 @device_option()
 @seed_option(used_for="of a SPEC's untrained weights and of the methods that draw noise")
 @verbosity_options
-def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods, target_class, out, fmt, device,
-                  seed, verbosity):
+def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, out,
+                  fmt, device, seed, verbosity):
     """Captum attributions of N test images: Integrated Gradients, Saliency, GradCAM, Occlusion.
 
     Writes plots/attributions.png: a row per image (the image with its true and predicted
@@ -153,7 +156,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
 
     reporter = Reporter(verbosity)
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
-    images = load_test_images(tgt, n_images, dataset, data_dir, reporter)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
     with reporter.bar() as bar:
         report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
                                       seed=seed, progress=bar)

@@ -65,12 +65,15 @@ def summary_cmd(spec, ctor, input_shape, fmt, verbosity):
                    "SPEC may then be left out (the run's own model).")
 @click.option("--erf-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of test images --erf averages over.")
+@click.option("--image", "erf_image_paths", multiple=True, metavar="PATH",
+              help="With --erf: average over your own image file(s) or folder(s) instead of test images; repeatable.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where --erf finds the run's dataset.")
 @trust_spec_option()
 @device_option(used_for="of --erf's gradients")
 @verbosity_options
-def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec, device, verbosity):
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_image_paths, data_dir, trust_spec,
+           device, verbosity):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -105,6 +108,7 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf torchvision.models:resnet50 --input 3 224 224 --format json
       cnnscope rf ectied --ctor iterations=8 --verify
       cnnscope rf basic --erf reports/basic --device cpu
+      cnnscope rf --erf reports/basic --image my_photos/
     """
     from cnnscope.render.progress import Reporter
     from cnnscope.runs import rf
@@ -113,8 +117,8 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
     reporter = Reporter(verbosity)
     with reporter.bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
-                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, device=device,
-                           reporter=reporter, progress=bar)
+                           erf_images=erf_images, erf_image_paths=erf_image_paths, data_dir=data_dir,
+                           trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
     emit(fmt, result, title)
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
