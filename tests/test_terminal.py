@@ -17,7 +17,7 @@ from cnnscope.runs.train_console import RunBar, duration, run_eta
 from cnnscope.runs.train_options import new_options, run_dir_of
 
 TINY_EGRR = ["egrr", "--ctor", "num_classes=10", "--ctor", "stem_channels=8", "--ctor", "stages=((8,2,1),(16,2,2))"]
-COMPUTING = ("train", "evaluate", "bench", "summary", "rf", "gates", "sharing", "attribute", "augment")
+COMPUTING = ("train", "evaluate", "bench", "summary", "rf", "gates", "sharing", "attribute", "augment", "export")
 
 
 def option_names(command):

@@ -1,7 +1,7 @@
 """export: a run's model as a TorchScript, torch.export or ONNX file."""
 import click
 
-from cnnscope.cli.common import cli, emit, format_option, trust_spec_option
+from cnnscope.cli.common import cli, emit, format_option, trust_spec_option, verbosity_options
 
 
 @cli.command("export")
@@ -15,7 +15,8 @@ from cnnscope.cli.common import cli, emit, format_option, trust_spec_option
               help="Largest output difference from the checkpoint accepted on the test images.")
 @trust_spec_option()
 @format_option()
-def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt):
+@verbosity_options
+def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, verbosity):
     """Export RUN's model (its best.pth, or a checkpoint file) to a file that runs without its code.
 
     The program is loaded back from the bytes written and must give the checkpoint's outputs on
@@ -33,6 +34,8 @@ def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt):
       cnnscope export reports/basic
       cnnscope export reports/basic --to torchscript --out basic.pt
     """
+    from cnnscope.render.progress import Reporter
     from cnnscope.runs.export import export_run
 
+    Reporter(verbosity).detail(f"exporting {run} ({to}), then checking the program on the run's test images")
     emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec))
