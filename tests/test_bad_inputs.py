@@ -254,6 +254,13 @@ CASES = [
     ("attribute-forward-raises", ["attribute", "{models}:Raises", "--n", "1", *OUT], "boom in forward"),
     ("attribute-tuple", ["attribute", "{models}:Tuple", "--n", "1", *OUT], "returns a tuple of 2"),
     ("attribute-garbage", ["attribute", "{garbage_pth}"], "could not be read"),
+    ("attribute-layer-unknown", ["attribute", "basic", "--layer", "nope", "--n", "1", *OUT],
+     "Net has no layer 'nope'. Layers a layer method can use"),
+    ("attribute-layer-not-a-map", ["attribute", "basic", "--layer", "fc", "--n", "1", *OUT],
+     "Layer fc of Net gives a tensor of shape (1, 10), not an (N, C, H, W) map"),
+    ("attribute-ig-tolerance", ["attribute", "basic", "--ig-tolerance", "0"], "Invalid value for '--ig-tolerance'"),
+    ("attribute-sanity-no-params", ["attribute", "{models}:NoParams", "--sanity", "--n", "1", *OUT],
+     "no weights to randomise"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),
