@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnscope import render
 from cnnscope.cli import cli
 from cnnscope.cli.inspect import ATTRIBUTION_METHODS
 from cnnscope.core import attribution, attribution_methods, sanity
@@ -223,6 +224,10 @@ def test_sanity_check_flags_a_method_that_ignores_the_weights():
     assert [(m["name"], m["flagged"], m["control"]) for m in data["methods"]] == [
         ("saliency", False, False), ("edges", True, True)]
     assert sorted(report.snapshots) == [0, 2, 3, 5]
+    markdown = render.to_markdown(report)
+    assert "| Method | original | 1 random | 2 random | 3 random | 5 random | Signed, all random | Verdict |" in markdown
+    assert "| Edges (control) | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | FLAGGED (expected: control) |" in markdown
+    assert f"| Saliency | 1.000 | {ranks[0, 1]:.3f} |" in markdown and markdown.count("FLAGGED (expected") == 1
     for key, value in model.state_dict().items():  # the model itself is untouched
         torch.testing.assert_close(value, before[key])
 

@@ -173,15 +173,15 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
       warnings, gradcam_layer: {name, size, calls, chosen} | null, settings, images: [{index, label,
       class, pred, pred_class, prob, target, ig_delta, ig_steps, ig_relative_delta, ig_converged}],
       figures: {attributions, maps}}
-    With --sanity: {target, dataset, measure, threshold, seed, stages: [{stage, randomised}],
+    With --sanity: {target, dataset, measure, threshold, seed, stages: [{stage, randomised, layers_random}],
       methods: [{name, title, rank_abs, rank_signed, final_rank_abs, flagged, control}], flagged,
       attribution: (the JSON above), figures: {sanity, sanity_maps}}
 
     \b
     Examples:
-      cnnscope attribute reports/basic-fmnist --method ig --method gradcam --target true
-      cnnscope attribute reports/basic-fmnist --list-layers
-      cnnscope attribute reports/basic-fmnist --layer c3b.pw --sanity --method saliency --method edges
+      cnnscope attribute reports/basic --method ig --method gradcam --target true
+      cnnscope attribute reports/basic --list-layers
+      cnnscope attribute reports/basic --layer c3b.pw --sanity --method saliency --method edges
     """
     from cnnscope.core.attribution import list_layers as layer_list
     from cnnscope.core.attribution_methods import DEFAULT_METHODS

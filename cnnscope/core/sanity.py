@@ -148,13 +148,14 @@ def sanity_check(model, images: torch.Tensor, targets=None, methods=DEFAULT_METH
     if not stages:
         raise CnnscopeError(f"{type(model).__name__} has no parameters, so there are no weights to randomise "
                             "and no sanity check to run.")
-    original = attribute(model, images, targets, methods, layer=layer, ig_tolerance=ig_tolerance)
+    original = attribute(model, images, targets, methods, layer=layer, ig_tolerance=ig_tolerance,
+                         on_progress=lambda done, total: on_progress(done, total * (len(stages) + 1)))
     layer_module = original.gradcam_layer and dict(random.named_modules())[original.gradcam_layer["name"]]
     shape = (len(original.methods), len(stages) + 1, len(images))
     rank_abs, rank_signed = np.ones(shape), np.ones(shape)
     keep = set(np.linspace(0, len(stages), SNAPSHOTS).round().astype(int).tolist())
-    snapshots = {0: original.maps} if 0 in keep else {}
-    total, done = len(stages) * len(images) * len(original.methods), [0]
+    snapshots = {0: original.maps}
+    total, done = (len(stages) + 1) * len(images) * len(original.methods), [len(images) * len(original.methods)]
 
     def step(n):
         done[0] += n

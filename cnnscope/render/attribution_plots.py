@@ -8,7 +8,7 @@ which colours saturate; the colour bar's arrows say so) and one colour bar under
 """
 import numpy as np
 from matplotlib.colors import Normalize, TwoSlopeNorm
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FuncFormatter
 
 from cnnscope.render.plots import _bare, plt
 
@@ -38,10 +38,14 @@ def _colour_bar(fig, grid, column, image, label, extend):
     """A horizontal colour bar under `column` with ticks at its ends (and 0 or the middle)."""
     bar = fig.add_subplot(grid[-1, column])
     low, high = image.norm.vmin, image.norm.vmax
+    # tick labels in units of a power of ten, named in the label, so that neighbours' labels stay apart
+    power = int(np.floor(np.log10(max(abs(low), abs(high)))))
+    unit = 10.0 ** power
     colorbar = fig.colorbar(image, cax=bar, orientation="horizontal", extend=extend,
-                            ticks=[low, (low + high) / 2, high], format=FormatStrFormatter("%.2g"))
+                            ticks=[low, (low + high) / 2, high],
+                            format=FuncFormatter(lambda value, _: f"{value / unit:.2g}"))
     colorbar.ax.tick_params(labelsize=6)
-    colorbar.set_label(label, fontsize=6)
+    colorbar.set_label(label + (f" (x 1e{power})" if power else ""), fontsize=6)
     return colorbar
 
 
