@@ -225,8 +225,14 @@ def test_sanity_check_flags_a_method_that_ignores_the_weights():
         ("saliency", False, False), ("edges", True, True)]
     assert sorted(report.snapshots) == [0, 2, 3, 5]
     markdown = render.to_markdown(report)
-    assert "| Method | original | 1 random | 2 random | 3 random | 5 random | Signed, all random | Verdict |" in markdown
-    assert "| Edges (control) | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | FLAGGED (expected: control) |" in markdown
+    assert ("| Method | original | 1 random | 2 random | 3 random | 5 random | Signed, all random | "
+            "At or below 0.5 from | Verdict |") in markdown
+    assert ("| Edges (control) | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | never | "
+            "FLAGGED (expected: control) |") in markdown
+    below = report.first_below()[0]
+    assert ranks[0, below] <= 0.5 < ranks[0, below - 1] and report.first_below()[1] is None
+    assert data["methods"][0]["first_below_threshold"] == {
+        "stage": below, "layers_random": below, "layer": report.stages[below - 1][0]}
     assert f"| Saliency | 1.000 | {ranks[0, 1]:.3f} |" in markdown and markdown.count("FLAGGED (expected") == 1
     for key, value in model.state_dict().items():  # the model itself is untouched
         torch.testing.assert_close(value, before[key])

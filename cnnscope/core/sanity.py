@@ -63,6 +63,16 @@ class SanityReport:
         final = self.mean_rank()[:, -1]
         return [m for m, r in zip(self.methods, final) if r > self.threshold]
 
+    def first_below(self) -> list:
+        """Per method, the first stage whose mean rank correlation is at or below the threshold (None: never)."""
+        return [next((s for s in range(1, len(row)) if row[s] <= self.threshold), None) for row in self.mean_rank()]
+
+    def _stage_json(self, stage):
+        """{stage, layers_random, layer (the lowest random one)} of a stage >= 1; None for None."""
+        if stage is None:
+            return None
+        return {"stage": stage, "layers_random": self.layers_random(stage), "layer": self.stages[stage - 1][-1]}
+
     def to_json(self) -> dict:
         abs_mean, signed_mean, flagged = self.mean_rank(), self.mean_rank(signed=True), self.flagged()
         return {
@@ -75,8 +85,9 @@ class SanityReport:
                        for s, names in enumerate(self.stages)],
             "methods": [{"name": m, "title": METHODS[m].title, "rank_abs": abs_mean[j].tolist(),
                          "rank_signed": signed_mean[j].tolist(), "final_rank_abs": float(abs_mean[j, -1]),
-                         "flagged": m in flagged, "control": METHODS[m].model_free}
-                        for j, m in enumerate(self.methods)],
+                         "first_below_threshold": self._stage_json(below), "flagged": m in flagged,
+                         "control": METHODS[m].model_free}
+                        for j, (m, below) in enumerate(zip(self.methods, self.first_below()))],
             "flagged": flagged,
             "attribution": self.attribution.to_json(),
             "figures": self.figures,

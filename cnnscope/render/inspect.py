@@ -115,8 +115,9 @@ def sanity_sections(report: SanityReport) -> list[Section]:
         f"Sanity check: {data['target']}, model-parameter randomisation (Adebayo et al. 2018), "
         f"{len(report.attribution.images)} images",
         ["Method", *(f"{report.layers_random(k)} random" if k else "original" for k in marks),
-         "Signed, all random", "Verdict"],
+         "Signed, all random", f"At or below {report.threshold:g} from", "Verdict"],
         [[m["title"], *(fmt_float(m["rank_abs"][k]) for k in marks), fmt_float(m["rank_signed"][-1]),
+          _first_below(m["first_below_threshold"]),
           ("FLAGGED (expected: control)" if m["control"] else "FLAGGED") if m["flagged"] else "changes"]
          for m in data["methods"]],
         notes=[f"Spearman rank correlation of |map| with the original model's maps, mean over images, after "
@@ -126,6 +127,10 @@ def sanity_sections(report: SanityReport) -> list[Section]:
                "on the learned weights enough to explain them."] + _figure_notes(report),
     )
     return [*attribution_sections(report.attribution), ranks]
+
+
+def _first_below(stage) -> str:
+    return "never" if stage is None else f"{stage['layers_random']} random ({stage['layer']})"
 
 
 def layer_sections(layers: LayerList) -> list[Section]:
