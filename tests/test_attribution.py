@@ -238,6 +238,16 @@ def test_sanity_check_flags_a_method_that_ignores_the_weights():
         torch.testing.assert_close(value, before[key])
 
 
+def test_sanity_curves_mark_the_flagged_methods_and_show_every_value():
+    figure = attribution_plots.sanity_curves(
+        ["original", "fc", "conv"], {"Saliency": [1.0, 0.2, -0.6], "Edges (control)": [1.0, 1.0, 1.0]},
+        flagged=["Edges (control)"], controls=["Edges (control)"], threshold=0.5)
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Saliency", "Edges (control) - FLAGGED"]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [1.0, 0.2, -0.6])
+    assert ax.get_ylim()[0] < -0.6 and [t.get_text() for t in ax.get_xticklabels()] == ["original", "fc", "conv"]
+
+
 def test_cli_sanity_and_list_layers(runner, tmp_path):
     common = ["attribute", "basic", "--n", "1", "--data-dir", str(tmp_path), "--out", str(tmp_path / "plots")]
     result = runner.invoke(cli, [*common, "--sanity", "--method", "saliency", "--method", "edges",

@@ -82,7 +82,8 @@ def sanity_curves(stage_labels, ranks: dict, *, flagged, controls, threshold, ti
     ax.axhline(threshold, color="black", linewidth=0.8, linestyle=":")
     ax.text(0, threshold, f" flag above {threshold:g}", va="bottom", fontsize=7)
     ax.set_xticks(range(len(stage_labels)), stage_labels, rotation=90, fontsize=7)
-    ax.set(xlabel="randomised from the output down to this layer (cascading)", ylim=(-0.35, 1.05),
+    lowest = min((min(values) for values in ranks.values()), default=0.0)
+    ax.set(xlabel="randomised from the output down to this layer (cascading)", ylim=(min(-0.35, lowest - 0.05), 1.05),
            ylabel="Spearman rank correlation of |map|\nwith the original model's (mean over images)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
