@@ -265,6 +265,13 @@ CASES = [
     ("train-init-from-garbage", ["train", "basic", "--dataset", "fake", "--procs", "1", "--init-from", "{garbage_pth}",
                                  *OUT], "could not be read"),
     ("rf-image-without-erf", ["rf", "basic", "--image", "{garbage_pth}"], "Image files are for the effective RF"),
+    ("attribute-layer-unknown", ["attribute", "basic", "--layer", "nope", "--n", "1", *OUT],
+     "Net has no layer 'nope'. Layers a layer method can use"),
+    ("attribute-layer-not-a-map", ["attribute", "basic", "--layer", "fc", "--n", "1", *OUT],
+     "Layer fc of Net gives a tensor of shape (1, 10), not an (N, C, H, W) map"),
+    ("attribute-ig-tolerance", ["attribute", "basic", "--ig-tolerance", "0"], "Invalid value for '--ig-tolerance'"),
+    ("attribute-sanity-no-params", ["attribute", "{models}:NoParams", "--sanity", "--n", "1", *OUT],
+     "no weights to randomise"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),

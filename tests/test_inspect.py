@@ -289,21 +289,9 @@ def test_gradcam_maps_have_the_input_size(size):
     x = torch.randn(1, 3, *size)
     layer, _ = attribution.gradcam_layer(model, x)
     assert layer.size == (math.ceil(size[0] / 4), math.ceil(size[1] / 4))
-    heat, delta = attribution.explain(model, x, 3, "gradcam", layer.module)
-    assert heat.shape == size and delta is None
-    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-
-
-def test_integrated_gradients_is_complete():
-    torch.manual_seed(0)
-    model = PlainCNN().eval()
-    x = torch.randn(1, 3, 16, 16)
-    heat, delta = attribution.explain(model, x, 2, "ig")
-    assert heat.shape == (16, 16) and heat.max() == pytest.approx(1.0)
-    # completeness: sum of attributions = F(x) - F(0), up to the Riemann error of IG_STEPS steps
-    with torch.no_grad():
-        gap = (model(x) - model(torch.zeros_like(x)))[0, 2].abs().item()
-    assert abs(delta) < 0.05 * gap
+    heat, ig = attribution.explain(model, x, 3, "gradcam", layer.module)
+    assert heat.shape == size and ig is None
+    assert heat.min() >= 0 and heat.max() > 0  # ReLU'd class activation map, unnormalised
 
 
 def test_attribution_figure_grows_with_methods_and_images(tmp_path):
@@ -317,7 +305,7 @@ def test_attribution_figure_grows_with_methods_and_images(tmp_path):
         return png(report.figures["attributions"])
 
     w1, h1, var = run(1, ("saliency",), "one")
-    w4, h4, _ = run(2, attribution.METHODS, "four")
+    w4, h4, _ = run(2, attribution.DEFAULT_METHODS, "four")
     assert var > 0
     assert_grows(w4 - w1, 3, 1.6)  # a 1.6-inch panel per method
     assert_grows(h4 - h1, 1, 1.6)  # and per image
@@ -373,7 +361,7 @@ def test_cli_attribute_on_a_weight_tied_run(runner, egrr_run, tmp_path):
     data = json.loads(result.stdout)
     assert data["methods"] == ["saliency", "gradcam"] and data["skipped"] == {}
     # the last spatial conv (a gate head) runs every recursion step: GradCAM falls back and says so
-    assert data["gradcam_layer"] == {"name": "stages.1.proj.1", "size": [16, 16], "calls": 1}
+    assert data["gradcam_layer"] == {"name": "stages.1.proj.1", "size": [16, 16], "calls": 1, "chosen": "auto"}
     assert "stages.1.gate.head.2 (16x16), runs 2 times" in data["warnings"][0]
     assert "warning: GradCAM uses stages.1.proj.1" in result.stderr
     (image,) = data["images"]

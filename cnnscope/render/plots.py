@@ -120,19 +120,6 @@ def similarity_heatmap(matrix, names, *, path, title=""):
     return save(fig, path)
 
 
-def attribution_grid(images, maps, *, row_titles, column_titles, path, cell=1.6):
-    """A row per image: the image, then each method's map in [0, 1] over the greyscale image.
-
-    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (H, W) in [0, 1].
-    """
-    def draw(ax, image, heat):
-        ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="bilinear")
-
-    return save(_image_rows(images, maps, draw, row_titles=row_titles, column_titles=column_titles,
-                            cell=cell), path)
-
-
 # ---- training and evaluation ------------------------------------------------------------------
 
 def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False) -> Path:
