@@ -23,16 +23,25 @@ def save(fig, path) -> Path:
 
 # ---- inspection: entropy gates, soft sharing, attributions (cnnscope.runs.inspect) -------------------
 
-# One fixed colour per dilation (d=1 blue, d=2 green, d=4 red); a pixel shows the
-# probability-weighted mix, so a pure colour means a confident gate and grey-brown a hesitant one.
-DILATION_COLOURS = ((0.12, 0.40, 0.90), (0.10, 0.70, 0.20), (0.90, 0.15, 0.15))
+# One Okabe-Ito colour per dilation, in order (blue, orange, bluish green, vermillion, reddish purple,
+# sky blue, yellow): distinguishable with every common colour-vision deficiency (Okabe & Ito 2008).
+DILATION_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
+                         for h in ("0072B2", "E69F00", "009E73", "D55E00", "CC79A7", "56B4E9", "F0E442"))
+GATE_LEGEND_TITLE = ("gate dilation: pixel colour = the most probable dilation, "
+                     "paler = less confident (white = all equally likely)")
 
 
-def mix_colours(probs, colours=DILATION_COLOURS):
-    """(D, H, W) probabilities -> (H, W, 3) RGB: the probability-weighted mix of the colours."""
+def gate_colours(probs, colours=DILATION_COLOURS):
+    """(D, H, W) probabilities -> (H, W, 3) RGB: the colour of the most probable dilation, faded
+    towards white as the gate is less sure (confidence = (p_max - 1/D) / (1 - 1/D)). Mixing the
+    colours instead would turn hesitant pixels into a hue no dilation has."""
     import numpy as np
 
-    return np.einsum("dhw,dc->hwc", probs, np.asarray(colours[:len(probs)], dtype=np.float64))
+    probs = np.asarray(probs, dtype=np.float64)
+    d = len(probs)
+    rgb = np.asarray(colours[:d], dtype=np.float64)[probs.argmax(axis=0)]
+    confidence = ((probs.max(axis=0) - 1 / d) / (1 - 1 / d))[..., None] if d > 1 else 1.0
+    return 1 - confidence * (1 - rgb)
 
 
 def _bare(ax):
@@ -70,7 +79,7 @@ def gate_maps(images, maps, *, column_titles, row_titles, legend, path, cell=0.9
                       row_titles=row_titles, column_titles=column_titles, cell=cell)
     fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in legend], loc="lower center",
                bbox_to_anchor=(0.5, 1.0), ncol=len(legend), fontsize=8, frameon=False,
-               title="gate dilation (pixel colour = probability-weighted mix)", title_fontsize=8)
+               title=GATE_LEGEND_TITLE, title_fontsize=8)
     return save(fig, path)
 
 

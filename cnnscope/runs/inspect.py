@@ -145,7 +145,7 @@ def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gate
     legend = [(f"d={d}", c) for d, c in zip(report.dilations, colours)]
     report.figures["gate_maps"] = str(plots.gate_maps(
         images.pixels,
-        [[plots.mix_colours(s.probs[i], colours) for s in steps] for i in range(len(images.x))],
+        [[plots.gate_colours(s.probs[i], colours) for s in steps] for i in range(len(images.x))],
         column_titles=[s.label for s in steps],
         row_titles=[images.class_name(y) for y in images.labels],
         legend=legend,
