@@ -27,8 +27,7 @@ def save(fig, path) -> Path:
 # sky blue, yellow): distinguishable with every common colour-vision deficiency (Okabe & Ito 2008).
 DILATION_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
                          for h in ("0072B2", "E69F00", "009E73", "D55E00", "CC79A7", "56B4E9", "F0E442"))
-GATE_LEGEND_TITLE = ("gate dilation: pixel colour = the most probable dilation, "
-                     "paler = less confident (white = all equally likely)")
+GATE_LEGEND_TITLE = "most probable gate dilation\n(paler = less confident; white = all equally likely)"
 
 
 def gate_colours(probs, colours=DILATION_COLOURS):
@@ -144,11 +143,13 @@ def attribution_grid(images, maps, *, row_titles, column_titles, path, cell=1.6)
 
 # ---- training and evaluation ------------------------------------------------------------------
 
-def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False) -> Path:
+def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False,
+           best=None, test_acc=None) -> Path:
     """Line plot of {run: {kind: (xs, ys)}}: one colour per run, one line style per kind.
 
     One run's train/val accuracy is {"": {"train": (epochs, acc), "val": (epochs, acc)}}; several
-    runs give the combined plots of `cnnscope compare`.
+    runs give the combined plots of `cnnscope compare`. best: (x, label), a dotted line at the best
+    epoch; test_acc: a star at (that x, test_acc), the test accuracy of the best epoch's weights.
     """
     styles = ["-", "--", ":", "-."]
     kinds = list(dict.fromkeys(k for lines in runs.values() for k in lines))
@@ -157,12 +158,16 @@ def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", 
         for kind, (xs, ys) in lines.items():
             ax.plot(xs, ys, styles[kinds.index(kind) % len(styles)], color=color, marker="." if len(xs) < 30 else None,
                     label=f"{run} {kind}".strip())
+    if best is not None:
+        ax.axvline(best[0], color="0.35", linestyle=":", linewidth=1.2, label=best[1])
+        if test_acc is not None:
+            ax.plot([best[0]], [test_acc], "*", color="black", markersize=11, label=f"test acc {test_acc:.2f}%")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs: no 1.5
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(runs) * len(kinds) > 1:
+    if len(runs) * len(kinds) > 1 or best is not None:
         ax.legend(fontsize=8)
     return save(fig, path)
 
@@ -250,8 +255,9 @@ def augmentation_grid(originals, augmented, titles, path, *, title: str = "", nc
 # ---- receptive fields (cnnscope.core.rf) -------------------------------------------------------------
 
 def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical RF", title: str = "") -> Path:
-    """Effective-RF heatmap (H, W) with the theoretical RF box (top, left, bottom, right, in pixels,
-    drawn clipped to the image) and a circle of `radius` pixels around `centre` (y, x)."""
+    """Effective-RF heatmap (H, W) over the input pixels with the theoretical RF box (top, left, bottom,
+    right, in pixels, drawn clipped to the image), a circle of `radius` pixels around `centre` (y, x),
+    the input pixel at the centre of the probed output unit's RF, marked +; a legend names all three."""
     import numpy as np
     from matplotlib.patches import Circle, Rectangle
 
@@ -267,9 +273,15 @@ def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical 
     if radius is not None:
         ax.add_patch(Circle((centre[1], centre[0]), radius, fill=False, edgecolor="lime", linewidth=1.5,
                             label=f"95% of the mass: r = {radius:.1f} px"))
-    ax.plot(centre[1], centre[0], "+", color="white", markersize=8)
+    ax.plot(centre[1], centre[0], "+", color="white", markeredgecolor="white", markersize=9, linestyle="none",
+            label="centre of the probed output unit's RF")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    ax.set(xlabel="input x (px)", ylabel="input y (px)")
+    # a dark key background, so that the white centre marker shows in the legend too
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, facecolor="0.25",
+                       labelcolor="white", framealpha=1.0)
+    legend.set_title("heat: |d output unit / d input pixel|, mean over images", prop={"size": 8})
+    legend.get_title().set_color("white")
     ax.set_title(title, fontsize=9)
     return save(fig, path)

@@ -380,9 +380,9 @@ def finish(run: RunParts) -> TrainResult:
 
     if not run.ddp.is_main:
         return TrainResult(run.run_dir, {})
-    write_curves(run.run_dir, run.state.history, run.selected_on)
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume)
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=run.device.type, trust_spec=True)
+    write_curves(run.run_dir)  # after the evaluation, which puts the test accuracy in metrics.json
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     run.console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "

@@ -305,11 +305,10 @@ class Renderer:
     def combined_summary_table(self, args) -> str:
         if "runs" in args:
             from cnnscope import render
-            from cnnscope.core.metrics import CompareResult
             from cnnscope.runs import compare
 
             folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
-            return render.to_markdown(CompareResult(self._read(compare.summary_rows, folders)))
+            return render.to_markdown(self._read(compare.comparison, folders))
         return self._text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."),
                           "cnnscope compare RUN...")
 
