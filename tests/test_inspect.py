@@ -215,9 +215,8 @@ def test_gate_map_figure_draws_the_palette_with_its_legend(tmp_path, monkeypatch
     monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or path)
     probs = np.zeros((3, 2, 2))
     probs[1] = 1  # every pixel sure of d=2
-    legend = list(zip(["d=1", "d=2", "d=4"], plots.DILATION_COLOURS))
-    plots.gate_maps(np.zeros((1, 4, 4, 3)), [[plots.gate_colours(probs)]], column_titles=["s0.t0"],
-                    row_titles=["img0"], legend=legend, path=tmp_path / "maps.png")
+    plots.gate_maps(np.zeros((1, 4, 4, 3)), [[probs]], dilations=["d=1", "d=2", "d=4"], column_titles=["s0.t0"],
+                    row_titles=["img0"], path=tmp_path / "maps.png")
     fig = drawn[0]
     panel = fig.axes[1].images[0].get_array()
     np.testing.assert_allclose(panel, np.broadcast_to(plots.DILATION_COLOURS[1], (2, 2, 3)))
@@ -234,11 +233,11 @@ def test_model_without_gates_is_a_clear_error():
 
 def test_gate_figures_grow_with_steps_and_images(tmp_path):
     def draw(n_images, n_steps):
-        maps = [[np.random.rand(4, 4, 3) for _ in range(n_steps)] for _ in range(n_images)]
-        path = plots.gate_maps(np.random.rand(n_images, 8, 8, 3), maps,
+        maps = [[np.random.dirichlet((1, 1, 1), (4, 4)).transpose(2, 0, 1) for _ in range(n_steps)]
+                for _ in range(n_images)]
+        path = plots.gate_maps(np.random.rand(n_images, 8, 8, 3), maps, dilations=["d=1", "d=2", "d=4"],
                                column_titles=[f"s0.t{i}" for i in range(n_steps)],
                                row_titles=[f"img{i}" for i in range(n_images)],
-                               legend=list(zip(["d=1", "d=2", "d=4"], plots.DILATION_COLOURS)),
                                path=tmp_path / f"maps_{n_images}_{n_steps}.png")
         return png(path)
 
@@ -247,8 +246,7 @@ def test_gate_figures_grow_with_steps_and_images(tmp_path):
     assert var > 0
     assert_grows(w10 - w6, 4, 0.9)  # a 0.9-inch panel per step
     assert_grows(h10 - h6, 1, 0.9)  # and per image
-    bars = [png(plots.gate_shares([f"s{i}" for i in range(n)], np.full((n, 3), 1 / 3),
-                                  list(zip(["d=1", "d=2", "d=4"], plots.DILATION_COLOURS)),
+    bars = [png(plots.gate_shares([f"s{i}" for i in range(n)], np.full((n, 3), 1 / 3), ["d=1", "d=2", "d=4"],
                                   groups=[i // 2 for i in range(n)], path=tmp_path / f"bars{n}.png"))
             for n in (10, 40)]
     assert bars[1][0] > bars[0][0] + 500 and bars[0][2] > 0

@@ -1,21 +1,26 @@
 """Every figure cnnscope draws. Functions take plain data (arrays, lists, dicts) and a path, and
 write a PNG; nothing here knows about models or training, so analysis code stays testable alone.
 """
+import sys
 from pathlib import Path
 
 import matplotlib
 
 from cnnscope.files import atomic_write_bytes
+from cnnscope.render import figure_code
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, path) -> Path:
-    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it."""
+    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it. The PNG is
+    stamped with the code that drew it (the caller; render/figure_code.py)."""
     path = Path(path)
+    metadata = {figure_code.KEY: figure_code.stamp(sys._getframe(1))}
     try:
-        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight",
+                                                       metadata=metadata))
     finally:
         plt.close(fig)
     return path
@@ -67,32 +72,31 @@ def _image_rows(images, maps, draw, *, row_titles, column_titles, cell):
     return fig
 
 
-def gate_maps(images, maps, *, column_titles, row_titles, legend, path, cell=0.9):
-    """A row per image: the image, then one RGB gate map per stage/step (nearest upsampling).
+def gate_maps(images, probs, *, dilations, column_titles, row_titles, path, cell=0.9):
+    """A row per image: the image, then one gate map per stage/step (gate_colours, nearest upsampling).
 
-    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (h, w, 3) in [0, 1]; legend: [(label, rgb), ...].
+    images: (N, H, W, 3) in [0, 1]; probs[i][j]: (D, h, w) gate probabilities; dilations: D labels.
     """
     from matplotlib.patches import Patch
 
-    fig = _image_rows(images, maps, lambda ax, _, rgb: ax.imshow(rgb.clip(0, 1), interpolation="nearest"),
+    fig = _image_rows(images, probs, lambda ax, _, p: ax.imshow(gate_colours(p), interpolation="nearest"),
                       row_titles=row_titles, column_titles=column_titles, cell=cell)
-    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in legend], loc="lower center",
-               bbox_to_anchor=(0.5, 1.0), ncol=len(legend), fontsize=8, frameon=False,
+    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in zip(dilations, DILATION_COLOURS)],
+               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(dilations), fontsize=8, frameon=False,
                title=GATE_LEGEND_TITLE, title_fontsize=8)
     return save(fig, path)
 
 
-def gate_shares(labels, shares, legend, *, groups, path, title=""):
-    """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D)) per step.
-
-    groups: one id per bar (the stage); a dashed line separates consecutive groups.
+def gate_shares(labels, shares, dilations, *, groups, path, title=""):
+    """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D); `dilations`: D
+    labels) per step. groups: one id per bar (the stage); a dashed line separates consecutive groups.
     """
     import numpy as np
 
     shares = np.asarray(shares)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(labels) + 1.5), 3.2))
     bottom = np.zeros(len(labels))
-    for d, (label, rgb) in enumerate(legend):
+    for d, (label, rgb) in enumerate(zip(dilations, DILATION_COLOURS)):
         ax.bar(range(len(labels)), shares[:, d], bottom=bottom, color=rgb, label=label, width=0.85)
         bottom += shares[:, d]
     for i in range(1, len(groups)):
