@@ -38,11 +38,18 @@ def code_hash(module: types.ModuleType, function: str) -> str | None:
         seen.add(name)
         obj = vars(module).get(name)
         if inspect.isfunction(obj) and obj.__module__ == module.__name__:
-            parts.append(inspect.getsource(obj))
+            parts.append(_source(obj))
             todo += sorted(set(_names(obj.__code__)) - seen)
         elif isinstance(obj, _CONSTANTS):
             parts.append(f"{name} = {obj!r}")
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:12]
+
+
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except OSError:  # installed without sources: the bytecode says what the function does
+        return repr((function.__code__.co_code, function.__code__.co_consts))
 
 
 def drawers_hash(drawers) -> str:
