@@ -572,3 +572,21 @@ def test_effective_rf_radius_holds_95_percent_of_the_mass():
     inside = np.abs(offsets).max(axis=0) <= 3  # the theoretical RF, 7x7
     assert (heat[~inside] == 0).all() and (heat[inside] > 0).sum() > 40
     assert rf_box(result, (cy, cx)) == (11, 11, 17, 17)
+
+
+def test_erf_figure_labels_its_axes_and_explains_the_centre_marker(tmp_path, monkeypatch):
+    from cnnscope.render import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig.axes[0]) or path)
+    heat = np.zeros((8, 8))
+    heat[3, 4] = 1.0
+    plots.erf_heatmap(heat, tmp_path / "erf.png", centre=(3, 4), box=(1, 2, 5, 6), radius=0.0,
+                      box_label="theoretical RF 5 px")
+    ax = drawn[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("input x (px)", "input y (px)")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "theoretical RF 5 px" and labels[1].startswith("95% of the mass")
+    assert labels[2] == "centre of the probed output unit's RF"
+    marker = next(line for line in ax.get_lines() if line.get_label() == labels[2])
+    assert (marker.get_xdata()[0], marker.get_ydata()[0], marker.get_marker()) == (4, 3, "+")

@@ -32,7 +32,8 @@ def summary_cmd(spec, ctor, input_shape, fmt):
     """Per-layer table of SPEC: output shape, params and MACs of every call.
 
     A module called several times (weight tying) gets one row per call; the totals count its
-    parameters once (unique) and its MACs once per call.
+    parameters once (unique) and its MACs once per call. MACs use torch.utils.flop_counter's
+    formulas; an operation with none that may hide products is named in a warning.
 
     \b
     Examples:

@@ -142,18 +142,17 @@ def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gate
     if progress:
         progress.update(task, description="gates: drawing")
     steps = report.steps
-    colours = plots.DILATION_COLOURS[:len(report.dilations)]
-    legend = [(f"d={d}", c) for d, c in zip(report.dilations, colours)]
+    dilations = [f"d={d}" for d in report.dilations]
     report.figures["gate_maps"] = str(plots.gate_maps(
         images.pixels,
-        [[plots.mix_colours(s.probs[i], colours) for s in steps] for i in range(len(images.x))],
+        [[s.probs[i] for s in steps] for i in range(len(images.x))],
+        dilations=dilations,
         column_titles=[s.label for s in steps],
         row_titles=[images.class_name(y) for y in images.labels],
-        legend=legend,
         path=target.plots_dir / "gate_maps.png",
     ))
     report.figures["gate_shares"] = str(plots.gate_shares(
-        [s.label for s in steps], np.stack([s.shares for s in steps]), legend,
+        [s.label for s in steps], np.stack([s.shares for s in steps]), dilations,
         groups=[s.stage for s in steps], path=target.plots_dir / "gate_shares.png",
         title=f"Mean dilation share per stage/step: {target.label}",
     ))
