@@ -107,15 +107,7 @@ def test_swrn_soft_shared_convs_equal_probe():
 
 # ---- torchvision models (no weights) ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_0", "densenet121"])
-def test_torchvision_analysis_equals_gradient_probe(name):
-    torch.manual_seed(0)
-    result = probed(getattr(torchvision.models, name)(weights=None))
-    assert not result.probe.clipped
-    assert result.probe.rf == result.final_rf_hw and result.verified
-    assert min(result.probe.input_size) > result.final_rf_hw[0] > 32  # the probe input had to grow
-    assert result.warnings == []
-
+# The analysis against --verify on every torchvision family: tests/test_rf_torchvision.py
 
 def test_densenet121_rf_follows_its_block_config():
     result = receptive_field(torchvision.models.densenet121(), (3, 224, 224))

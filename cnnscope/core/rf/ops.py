@@ -77,8 +77,12 @@ def arg(args, kwargs, index, name, default=None):
 
 
 def tensors(obj):
+    """The tensors of an argument or a result: itself, or those in a list, tuple or dict (a model's
+    {"out": map} output)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
     if isinstance(obj, (list, tuple)):
         return [t for t in obj if isinstance(t, torch.Tensor)]
     return []

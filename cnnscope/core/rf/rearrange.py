@@ -110,15 +110,17 @@ class Rearranging:
             letters = term[t.dim() + lay.h], term[t.dim() + lay.w]
             glob = [c not in result for c in letters]
             metas.append(tuple(a._replace(glob=a.glob or g) for a, g in zip(m, glob)))
-            if kept is None and not any(glob):
-                kept = lay._replace(h=result.index(letters[0]) - len(result), w=result.index(letters[1]) - len(result))
-        if kept is None:  # H and W do not survive together: the end of the spatial map
+            # a contracted axis stays where the contraction puts the other operand's dimension (x @ M)
+            h, w = (result.index(c) - len(result) if c in result else term.index(c) - len(term) for c in letters)
+            if kept is None and lay._replace(h=h, w=w).fits(outs[0]):
+                kept = lay._replace(h=h, w=w)
+        if kept is None:  # H and W do not survive: the end of the spatial map
             if metas:
                 self.collapse(inputs[0][0], inputs[0][1], outs, index)
             else:
                 self.set(outs, GLOBAL)
             return
-        mixed = len(tracked) > 1  # both sides depend on the input: every unit sees the whole input
+        mixed = len(tracked) > 1  # both sides depend on the input (queries against keys): the whole input
         axes = tuple(merge_windows([m[i] for m in metas], mixed or any(m[i].glob for m in metas)) for i in (0, 1))
         self.set(outs, axes, kept)
 

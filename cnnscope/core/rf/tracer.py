@@ -262,7 +262,7 @@ class Tracer(Rearranging, TorchFunctionMode):
 
     def merge_axis(self, op, i, windows, glob):
         jumps = {a.jump for a in windows}
-        centres = {a.centre for a in windows}
+        centres = {a.centre for a in windows if not a.phases}  # phases: each unit's own window, merged exactly
         if len(jumps) > 1 or len(centres) > 1:
             what = (f"jumps {sorted(show_number(j) for j in jumps)}" if len(jumps) > 1
                     else f"centre offsets {sorted(show_number(c) for c in centres)}")
