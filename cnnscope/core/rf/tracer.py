@@ -139,9 +139,11 @@ class Tracer(Rearranging, TorchFunctionMode):
 
     def handle(self, name, func, args, kwargs, inputs, outs, index):
         x, meta = inputs[0]
-        if self.rearrange(name, func, args, kwargs, inputs, outs, index):
+        if self.layout(x) is None:  # a map indexed down to fewer than two dimensions
+            self.unknown(name, inputs, outs)
+        elif self.rearrange(name, func, args, kwargs, inputs, outs, index):
             return
-        if name in ops.GRID_OPS and not is_default(self.layout(x)):
+        elif name in ops.GRID_OPS and not is_default(self.layout(x)):
             self.unknown(name, inputs, outs)  # these read N x C x H x W only
         elif name in ("conv2d", "conv_transpose2d"):
             weight = arg(args, kwargs, 1, "weight")

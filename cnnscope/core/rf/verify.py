@@ -102,11 +102,11 @@ def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
         size = [0, 0]
         size[axis], size[1 - axis] = side, thin
         shape = (result.input_shape[0], *size)
-        analysis = receptive_field(model, shape) if result.size_dependent and shape != result.input_shape else result
         x = (torch.rand(1, *shape, generator=generator, dtype=dtype) + 0.5).requires_grad_()
         try:
+            analysis = receptive_field(model, shape) if result.size_dependent and shape != result.input_shape else result
             checks, centre = _check_units(net, analysis, axis, x)
-        except RuntimeError:
+        except Exception:
             if thin == result.input_shape[2 - axis]:
                 raise
             thin = result.input_shape[2 - axis]  # too thin for this model: the analysed side
