@@ -293,11 +293,9 @@ def test_upsampling_and_pooling():
     assert result.verified
 
 
-def unit_extents(model, shape=(3, 40, 40)):
-    """Per axis, the extent of the nonzero input gradient of EVERY output unit, measured (float64,
-    positive weights, zero biases, positive input): for H, the gradient of the sum of row r of the
-    output over channels and columns (with separable windows its H extent is that of each unit of row
-    r). -> ([extent of row r], [extent of column c])."""
+def positive_run(model, shape):
+    """(output, input) of a float64 copy of `model` with positive weights and zero biases on a positive
+    input: the nonzero input gradient of a unit is then exactly the set of pixels it depends on."""
     import copy
     net = copy.deepcopy(model).double().eval()
     with torch.no_grad():
@@ -305,7 +303,15 @@ def unit_extents(model, shape=(3, 40, 40)):
             p.fill_(0.0 if name.endswith("bias") else 1.0 / p[0].numel())
     x = (torch.rand(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5)
     x.requires_grad_()
-    out = net(x)
+    return net(x), x
+
+
+def unit_extents(model, shape=(3, 40, 40)):
+    """Per axis, the extent of the nonzero input gradient of EVERY output unit, measured (float64,
+    positive weights, zero biases, positive input): for H, the gradient of the sum of row r of the
+    output over channels and columns (with separable windows its H extent is that of each unit of row
+    r). -> ([extent of row r], [extent of column c])."""
+    out, x = positive_run(model, shape)
     extents = []
     for axis in (0, 1):
         found = []

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnscope.core.rf import receptive_field, verify_receptive_field
-from test_rf import UNet
+from test_rf import UNet, positive_run
 
 
 class Up(nn.Module):
@@ -43,13 +43,7 @@ class FCN(nn.Module):
 
 def row_supports(model, shape):
     """[(first, last) input column with a nonzero gradient] for every unit of the output's centre row."""
-    net = model.double().eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.fill_(0.0 if name.endswith("bias") else 1.0 / p[0].numel())
-    x = (torch.rand(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5)
-    x.requires_grad_()
-    out = net(x)
+    out, x = positive_run(model, shape)
     row = (out.shape[-2] - 1) // 2
     found = []
     for u in range(out.shape[-1]):
@@ -79,6 +73,11 @@ def analysed_supports(result, n):
     # nearest x2: unit o is input unit o // 2 (3); the 3x3 conv after it reads o-1 .. o+1, always two
     # input units: 5 for every unit
     (Up(True, scale_factor=2, mode="nearest"), (5, 5), 5),
+    # nearest-exact 8 -> 12 units: o reads floor((o + 0.5) * 2/3) = 0,1,1,2,3,3,4,5,5,6,7,7; the 3x3 conv
+    # after it reads o-1 .. o+1: two distinct input units (5) or three (7, o = 3, 6, 9); centre o = 5: {3, 4}
+    (Up(True, size=(12, 12), mode="nearest-exact"), (5, 7), 5),
+    # area 8 -> 4 units (adaptive average pooling): o reads units 2o and 2o + 1: 3 + 2 = 5 everywhere
+    (Up(size=(4, 4), mode="area"), (5, 5), 5),
 ])
 def test_upsampled_units_see_their_own_windows(model, windows, centre):
     result = receptive_field(model, (3, 16, 16))
