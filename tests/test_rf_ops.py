@@ -207,9 +207,9 @@ class Attention(nn.Module):
     """conv 3x3 -> single-head attention over the H*W tokens -> back to the grid -> conv 3x3, with or
     without the residual around the attention."""
 
-    def __init__(self, residual):
+    def __init__(self, residual, fused=False):
         super().__init__()
-        self.residual = residual
+        self.residual, self.fused = residual, fused
         self.c1, self.c2 = conv(3, 8), conv(8, 8)
         self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
 
@@ -217,8 +217,11 @@ class Attention(nn.Module):
         x = self.c1(x)
         n, c, h, w = x.shape
         t = x.flatten(2).transpose(1, 2)
-        weights = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / 8 ** 0.5, dim=-1)
-        y = (weights @ self.v(t)).transpose(1, 2).reshape(n, c, h, w)
+        if self.fused:
+            y = F.scaled_dot_product_attention(self.q(t), self.k(t), self.v(t))
+        else:
+            y = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / 8 ** 0.5, dim=-1) @ self.v(t)
+        y = y.transpose(1, 2).reshape(n, c, h, w)
         return self.c2(x + y if self.residual else y)
 
 
@@ -243,12 +246,38 @@ class Mixers(nn.Module):
         return self.c2(x)
 
 
-@pytest.mark.parametrize("model", [Attention(True), Attention(False), Mixers("mean"), Mixers("einsum")],
-                         ids=["attention+residual", "attention", "mean-fed-back", "einsum"])
-def test_global_mixing_is_global_beside_the_local_window(model):
-    """Every unit sees the whole input; the local window is the two 3x3 convs' 5."""
+class NonLocal(nn.Module):
+    """A non-local block (Wang et al., 2018): 1x1 embeddings flattened to N x C x HW, a softmax over
+    the HW x HW affinities by matmul, back to the grid, a 1x1 conv and the residual; or the same
+    through nn.MultiheadAttention."""
+
+    def __init__(self, mha=False):
+        super().__init__()
+        self.conv = conv(3, 8)
+        self.theta, self.phi, self.g, self.out = (nn.Conv2d(8, 8, 1) for _ in range(4))
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True) if mha else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        if self.mha is not None:
+            t = x.flatten(2).transpose(1, 2)
+            return x + self.mha(t, t, t)[0].transpose(1, 2).reshape(n, c, h, w)
+        theta, phi, g = (f(x).view(n, c, -1) for f in (self.theta, self.phi, self.g))
+        affinity = torch.softmax(torch.matmul(theta.permute(0, 2, 1), phi), dim=-1)
+        y = torch.matmul(affinity, g.permute(0, 2, 1)).permute(0, 2, 1).contiguous().view(n, c, h, w)
+        return x + self.out(y)
+
+
+@pytest.mark.parametrize("model, window", [
+    (Attention(True), 5), (Attention(False), 5), (Attention(True, fused=True), 5), (Mixers("mean"), 5),
+    (Mixers("einsum"), 5), (NonLocal(), 3), (NonLocal(mha=True).eval(), 3)],
+    ids=["attention+residual", "attention", "scaled_dot_product_attention", "mean-fed-back", "einsum",
+         "non-local", "multihead-attention"])
+def test_global_mixing_is_global_beside_the_local_window(model, window):
+    """Every unit sees the whole input; the local window is that of the 3x3 convs: 3, or 5 for two."""
     result = probed(model)
-    assert result.final_rf == "global" and result.final_window_hw == (5, 5)
+    assert result.final_rf == "global" and result.final_window_hw == (window, window) and not result.warnings
     assert result.probe.rf == (32, 32)
 
 

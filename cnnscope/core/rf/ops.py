@@ -108,12 +108,20 @@ def conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups
 SATURATING = {"sigmoid", "hardsigmoid", "tanh", "logsigmoid", "softsign", "softmax", "log_softmax", "softmin"}
 
 
+def _unsaturated(x):
+    return x / (2 * x.detach().abs().amax()).clamp_min(1.0)
+
+
 def probe_call(name, func, args, kwargs):
     """Run one op the way the verify model needs it (see tracer.Tracer)."""
     x = args[0] if args else None
     if name in SATURATING and isinstance(x, torch.Tensor) and x.is_floating_point():
-        scale = (2 * x.detach().abs().amax()).clamp_min(1.0)
-        return func(x / scale, *args[1:], **kwargs)
+        return func(_unsaturated(x), *args[1:], **kwargs)
+    if name == "scaled_dot_product_attention" and len(args) == 3 and not kwargs:  # its softmax, unsaturated
+        q, k, v = args
+        return torch.softmax(_unsaturated(q @ k.transpose(-2, -1)), -1) @ v
+    if name == "multi_head_attention_forward":  # its softmax is inside: queries and keys scaled down before
+        return func(_unsaturated(args[0]), _unsaturated(args[1]), *args[2:], **kwargs)
     if name in ACTIVATIONS or name in NORMS or name in DROPOUTS:
         return x.clone()  # identity; a caller of an in-place form that ignores the result sees x unchanged
     if name == "max_pool2d":

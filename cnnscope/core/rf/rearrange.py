@@ -12,6 +12,7 @@ from cnnscope.core.rf.layout import Layout, indexed, moved, permuted, reshaped
 from cnnscope.core.rf.ops import arg
 from cnnscope.core.runtime import pair
 
+ATTENTION = {"scaled_dot_product_attention", "multi_head_attention_forward"}
 RESHAPING = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 
 
@@ -21,10 +22,17 @@ def special_name(func, name):
 
 
 def _equation(name, args, kwargs):
-    """matmul, bmm, linear as an einsum equation over their operands -> (equation, operands), or None."""
+    """matmul, bmm, linear, attention as an einsum equation over their operands -> (equation, operands),
+    or None."""
     if name == "einsum":
         operands = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
         return _expand_ellipsis(args[0].replace(" ", ""), operands), list(operands)
+    if name in ATTENTION:  # softmax(q k^T) v: the tokens of k and v are summed over
+        q, k, v = (arg(args, kwargs, i, key) for i, key in enumerate(("query", "key", "value")))
+        if name == "multi_head_attention_forward":  # L x N x E, or L x E unbatched
+            return ("lnd,snd,sne->lne" if q.dim() == 3 else "ld,sd,se->le"), [q, k, v]
+        batch = string.ascii_letters[:q.dim() - 2]
+        return f"{batch}ld,{batch}sd,{batch}se->{batch}le", [q, k, v]
     a, b = args[0], arg(args, kwargs, 1, "weight" if name == "linear" else "other")
     if name == "linear":
         batch = string.ascii_letters[:a.dim() - 1]
@@ -73,7 +81,7 @@ class Rearranging:
                 self.record(name, x, meta, after, outs, k=(1, 1), s=(hs, ws), d=(1, 1), p=(-h0, -w0), layout=new)
         elif name in ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
             self.set(outs, meta, permuted(self.layout(x), x.dim(), self._permutation(name, args, kwargs, x.dim())))
-        elif name in ("linear", "matmul", "bmm", "einsum"):
+        elif name in ("linear", "matmul", "bmm", "einsum", *ATTENTION):
             self.contract(name, args, kwargs, inputs, outs, index)
         elif name in ("im2col", "col2im"):
             self.columns(name, args, kwargs, x, meta, outs)
@@ -122,7 +130,8 @@ class Rearranging:
             return
         mixed = len(tracked) > 1  # both sides depend on the input (queries against keys): the whole input
         axes = tuple(merge_windows([m[i] for m in metas], mixed or any(m[i].glob for m in metas)) for i in (0, 1))
-        self.set(outs, axes, kept)
+        self.set(outs[:1], axes, kept)
+        self.set(outs[1:], GLOBAL)  # attention weights beside the output
 
     def columns(self, name, args, kwargs, x, meta, outs):
         """im2col: N x C x H x W -> N x C*k*k x L (blocks as tokens, a sliding window); col2im: back,
