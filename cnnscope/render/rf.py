@@ -23,7 +23,7 @@ def _cells(layer: Layer) -> list:
 def _global_note(result: RFResult) -> str:
     first_global = next((l for l in result.layers if any(l.global_out)), None)
     return ("RF values marked * also see the whole input through a global path (a squeeze-excitation "
-            "gate, a softmax over H or W)"
+            "gate, attention, a pooled map fed back, a matmul or softmax over H or W)"
             + (f" from layer {first_global.index} on" if first_global else "")
             + f"; the local window of the final map is {show_pair(result.final_window_hw)}.")
 
