@@ -159,6 +159,24 @@ def test_unfold_matmul_is_the_convolution(stride, rf, jump):
     assert [l.op for l in result.layers][:1] == ["unfold"]
 
 
+def test_tensor_unfold_einsum_is_the_convolution():
+    """x.unfold(2, 3, 2).unfold(3, 3, 2) (after padding by 1) and an einsum against a weight: a 3x3
+    stride-2 conv, [-1, 1] 2; then a 3x3 conv: RF 3 + 2*2 = 7, jump 2."""
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(8, 3, 3, 3))
+            self.conv = conv(8, 8)
+
+        def forward(self, x):
+            patches = F.pad(x, (1, 1, 1, 1)).unfold(2, 3, 2).unfold(3, 3, 2)  # N x C x H' x W' x 3 x 3
+            return self.conv(torch.einsum("nchwij,ocij->nohw", patches, self.weight))
+
+    result = probed(Patches())
+    assert (result.final_rf, result.final_jump) == (7, 2) and not result.warnings
+
+
 def test_fold_is_a_transposed_window():
     """A 2x2 stride-2 conv and a 2x2 stride-2 transposed conv by hand: unfold(2, stride 2), a matmul
     mixing each block's 12 values, fold(2, stride 2). Unit o of the output comes from block o // 2,

@@ -1,7 +1,7 @@
 """The tracer's handling of operations that move H and W around (layout.py) or contract over them:
 permutes and reshapes (channels-last blocks, token sequences), indexing (strided slices are windows),
 linear maps, matmul and einsum (a contraction over H or W mixes the whole axis: global), and
-unfold / fold (im2col / col2im: a hand-written convolution is the convolution it is)."""
+unfold / fold (im2col / col2im) and Tensor.unfold: a hand-written convolution is the convolution it is."""
 import math
 import string
 
@@ -85,6 +85,8 @@ class Rearranging:
             self.contract(name, args, kwargs, inputs, outs, index)
         elif name in ("im2col", "col2im"):
             self.columns(name, args, kwargs, x, meta, outs)
+        elif name == "unfold" and len(outs) == 1:
+            self.tensor_unfold(args, kwargs, x, meta, outs)
         else:
             return False
         return True
@@ -132,6 +134,26 @@ class Rearranging:
         axes = tuple(merge_windows([m[i] for m in metas], mixed or any(m[i].glob for m in metas)) for i in (0, 1))
         self.set(outs[:1], axes, kept)
         self.set(outs[1:], GLOBAL)  # attention weights beside the output
+
+    def tensor_unfold(self, args, kwargs, x, meta, outs):
+        """x.unfold(dim, size, step): windows along dim, the units of each in a new last dimension (a conv
+        by hand: x.unfold(2, k, s).unfold(3, k, s)); along H or W a sliding window, elsewhere pointwise."""
+        dim, size, step = (arg(args, kwargs, i, key) for i, key in ((1, "dimension"), (2, "size"), (3, "step")))
+        lay, position = self.layout(x), dim % x.dim() - x.dim()
+        if lay.merged and position == lay.h:
+            self.unknown("unfold", [(x, meta)], outs)
+            return
+        new = Layout(lay.h - 1, lay.w - 1, lay.grid)  # the new last dimension moves H and W one to the left
+        if position not in (lay.h, lay.w):
+            self.set(outs, meta, new)
+            return
+        axis = 0 if position == lay.h else 1
+        after, k, s = list(meta), [1, 1], [1, 1]
+        after[axis], k[axis], s[axis] = sliding_window(meta[axis], size, step, 0, 1), size, step
+        grid = list(lay.grid)
+        grid[axis] = outs[0].shape[position - 1]
+        self.record("unfold", x, meta, tuple(after), outs, k=tuple(k), s=tuple(s), d=(1, 1), p=(0, 0),
+                    layout=new._replace(grid=tuple(grid)))
 
     def columns(self, name, args, kwargs, x, meta, outs):
         """im2col: N x C x H x W -> N x C*k*k x L (blocks as tokens, a sliding window); col2im: back,
