@@ -24,7 +24,7 @@ from cnnscope.cli.common import (
 @format_option()
 @verbosity_options
 def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, seed, fmt,
-              verbosity):
+              reporter):
     """Training and inference speed of SPEC on synthetic batches, against this machine's peak.
 
     Measures training images/s (forward + backward + the recipe's optimizer step), inference
@@ -53,11 +53,10 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
       cnnscope bench basic --compile --procs 1
       cnnscope bench swrn --ctor depth=16 --ctor width=4 --device cuda
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs import bench
     from cnnscope.runs.spec import parse_key_values
 
     result = bench.bench(spec, parse_key_values(ctor), batch_size=batch_size, device=device, steps=steps,
                          compile=compile, amp=amp, channels_last=channels_last, input_shape=input_shape,
-                         procs=procs, seed=seed, reporter=Reporter(verbosity))
+                         procs=procs, seed=seed, reporter=reporter)
     emit(fmt, result)

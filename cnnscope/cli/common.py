@@ -107,15 +107,15 @@ def seed_option(default=0, used_for="of the random numbers the command draws"):
 
 
 def verbosity_options(command):
-    """--quiet and --verbose, handed to the command as one `verbosity` (render.progress's levels):
-    quiet prints only results and errors; verbose adds every preparation step and per-step detail."""
-    from cnnscope.render.progress import NORMAL, QUIET, VERBOSE
+    """--quiet and --verbose, handed to the command as one `reporter`: a render.progress.Reporter at
+    that verbosity (quiet: only results and errors; verbose: every preparation step and per-step detail)."""
+    from cnnscope.render.progress import NORMAL, QUIET, VERBOSE, Reporter
 
     @functools.wraps(command)
     def with_verbosity(*args, quiet, verbose, **kwargs):
         if quiet and verbose:
             raise click.UsageError("--quiet and --verbose exclude each other: give one.")
-        return command(*args, verbosity=QUIET if quiet else VERBOSE if verbose else NORMAL, **kwargs)
+        return command(*args, reporter=Reporter(QUIET if quiet else VERBOSE if verbose else NORMAL), **kwargs)
 
     with_verbosity = click.option("--verbose", "-v", is_flag=True,
                                   help="Also print every preparation step and per-step details (on stderr).")(

@@ -19,7 +19,7 @@ from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option, seed_o
 @seed_option(default=None, used_for="of the batch drawn and of its augmentation [default: the run's, else 0]")
 @format_option()
 @verbosity_options
-def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt, verbosity):
+def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt, reporter):
     """Grid of training images before and after the training augmentation pipeline.
 
     MODEL uses its recipe's augmentation and dataset; RUN (reports/<run> or a checkpoint) the
@@ -34,8 +34,7 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt
       cnnscope augment basic --dataset fashion-mnist
       cnnscope augment reports/egrr --n 16 --aug-backend albumentations --seed 1
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs.augment import augment_grid
 
     emit(fmt, augment_grid(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend, out=out,
-                           seed=seed, reporter=Reporter(verbosity)))
+                           seed=seed, reporter=reporter))

@@ -16,7 +16,7 @@ from cnnscope.cli.common import cli, emit, format_option, trust_spec_option, ver
 @trust_spec_option()
 @format_option()
 @verbosity_options
-def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, verbosity):
+def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, reporter):
     """Export RUN's model (its best.pth, or a checkpoint file) to a file that runs without its code.
 
     The program is loaded back from the bytes written and must give the checkpoint's outputs on
@@ -34,8 +34,7 @@ def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, verbosity):
       cnnscope export reports/basic
       cnnscope export reports/basic --to torchscript --out basic.pt
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs.export import export_run
 
-    Reporter(verbosity).detail(f"exporting {run} ({to}), then checking the program on the run's test images")
+    reporter.detail(f"exporting {run} ({to}), then checking the program on the run's test images")
     emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec))

@@ -44,7 +44,7 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @device_option()
 @untrained_seed_option
 @verbosity_options
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt, device, seed, verbosity):
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt, device, seed, reporter):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -65,10 +65,8 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
       cnnscope gates egrr --ctor num_classes=10 --n 4 --seed 1 --format json
     """
     from cnnscope.core.gates import require_gates
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs.inspect import inspect_gates, load_target, load_test_images
 
-    reporter = Reporter(verbosity)
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
@@ -87,7 +85,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
 @format_option()
 @untrained_seed_option
 @verbosity_options
-def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, verbosity):
+def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
     """Soft-sharing analysis of every TemplateBank (swrn, or any model with SConv2d layers).
 
     Per bank: the layers x layers |cosine similarity| of the SConv2d coefficient vectors
@@ -108,10 +106,9 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, verbosity):
       cnnscope sharing reports/swrn
       cnnscope sharing swrn --ctor depth=16 --ctor width=1 --threshold 0.9 --format markdown
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs.inspect import inspect_sharing, load_target
 
-    tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=Reporter(verbosity))
+    tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=reporter)
     emit(fmt, inspect_sharing(tgt, threshold))
 
 
@@ -161,7 +158,7 @@ def attribution_options(command):
 @seed_option(used_for="of a SPEC's untrained weights and of --sanity's re-initialised weights")
 @verbosity_options
 def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, layer,
-                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt, device, seed, verbosity):
+                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt, device, seed, reporter):
     """Captum attributions of N test images (or your --image files), and a sanity check of the methods.
 
     \b
@@ -204,21 +201,18 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
       cnnscope attribute reports/basic --layer c3b.pw --sanity --method saliency --method edges
     """
     from cnnscope.core.attribution import list_layers as layer_list
-    from cnnscope.core.attribution_methods import DEFAULT_METHODS
-    from cnnscope.render.progress import Reporter
+    from cnnscope.core.attribution_methods import DEFAULT_METHODS as DEFAULTS
     from cnnscope.runs.inspect import inspect_attributions, inspect_sanity, load_target, load_test_images
 
-    reporter = Reporter(verbosity)
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
     if list_layers:
         return emit(fmt, layer_list(tgt.model, images.x[:1], tgt.label))
-    options = dict(methods=methods or DEFAULT_METHODS, target_class=target_class, layer=layer,
-                   ig_tolerance=ig_tolerance)
+    options = dict(methods=methods or DEFAULTS, target_class=target_class, layer=layer, ig_tolerance=ig_tolerance)
+    if sanity:
+        options.update(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed)
     with reporter.bar() as bar:
-        report = (inspect_sanity(tgt, images, threshold=sanity_threshold, max_stages=sanity_stages, seed=seed,
-                                 progress=bar, **options) if sanity
-                  else inspect_attributions(tgt, images, progress=bar, **options))
+        report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
     attributions = report.attribution if sanity else report
     for message in [*attributions.skipped.values(), *attributions.warnings]:
         click.echo(f"warning: {message}", err=True)

@@ -57,7 +57,7 @@ from cnnscope.errors import CnnscopeError
               help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
                    "writes are removed.")
 @verbosity_options
-def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, verbosity, **options):
+def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
     MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
@@ -112,8 +112,9 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
     if model is None and not resume:
         raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
     code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
-                        verbosity=verbosity, ctor=parse_key_values(ctor), recipe_overrides=_recipe_overrides(options, recipe),
-                        augment_overrides=parse_key_values(augment, argument="augment", example="cutout=16"), **options)
+                        ctor=parse_key_values(ctor), recipe_overrides=_recipe_overrides(options, recipe),
+                        augment_overrides=parse_key_values(augment, argument="augment", example="cutout=16"),
+                        **options)  # reporter and the run options
     if code:
         sys.exit(code)
 
@@ -138,7 +139,7 @@ def _recipe_overrides(options: dict, recipe_items) -> dict:
 @trust_spec_option()
 @format_option()
 @verbosity_options
-def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, verbosity):
+def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
     """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
 
     Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
@@ -157,11 +158,10 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, verbosity):
       cnnscope evaluate reports/basic
       cnnscope evaluate reports/basic/checkpoints/last.pth --format json
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs import evaluate
 
     emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    reporter=Reporter(verbosity), trust_spec=trust_spec))
+                                    reporter=reporter, trust_spec=trust_spec))
 
 
 @cli.command("compare")

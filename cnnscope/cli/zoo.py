@@ -31,7 +31,7 @@ def models_cmd(fmt):
 @input_option
 @format_option()
 @verbosity_options
-def summary_cmd(spec, ctor, input_shape, fmt, verbosity):
+def summary_cmd(spec, ctor, input_shape, fmt, reporter):
     """Per-layer table of SPEC: output shape, params and MACs of every call.
 
     A module called several times (weight tying) gets one row per call; the totals count its
@@ -45,10 +45,9 @@ def summary_cmd(spec, ctor, input_shape, fmt, verbosity):
       cnnscope summary my_model.py:Net --input 1 28 28 --format json
     """
     from cnnscope.core.summary import summarize
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs.spec import build_model, parse_key_values
 
-    Reporter(verbosity).detail(f"building {spec}, then one forward pass of a {'x'.join(map(str, input_shape))} input")
+    reporter.detail(f"building {spec}, then one forward pass of a {'x'.join(map(str, input_shape))} input")
     emit(fmt, summarize(build_model(spec, parse_key_values(ctor)), input_shape, spec), spec)
 
 
@@ -74,7 +73,7 @@ def summary_cmd(spec, ctor, input_shape, fmt, verbosity):
 @device_option(used_for="of --erf's gradients")
 @verbosity_options
 def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_image_paths, data_dir, trust_spec,
-           device, verbosity):
+           device, reporter):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -114,11 +113,9 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
       cnnscope rf basic --erf reports/basic --device cpu
       cnnscope rf --erf reports/basic --image my_photos/
     """
-    from cnnscope.render.progress import Reporter
     from cnnscope.runs import rf
     from cnnscope.runs.spec import parse_key_values
 
-    reporter = Reporter(verbosity)
     with reporter.bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, erf_image_paths=erf_image_paths, data_dir=data_dir,

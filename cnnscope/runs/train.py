@@ -49,11 +49,11 @@ from cnnscope.runs.train_files import (INPUT_SHAPE, run_config, write_json, writ
 
 # ---- launching --------------------------------------------------------------------------------
 
-def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", verbosity=NORMAL,
+def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", reporter=None,
                  **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, in this process or in `procs`
     data-parallel ones (cnnscope.runs.launch); `settings` are new_options'/resume_options'
-    keywords; `verbosity` render.progress's level of what is printed besides the results.
+    keywords; `reporter` (render.progress, default NORMAL) says what is prepared, at its verbosity.
     Returns the exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
     if resume:
         opts, ckpt, run_dir = resume_options(resume, model, trust_spec=trust_spec, **settings)
@@ -61,6 +61,7 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
         raise CnnscopeError("Give the model to train (a SPEC) or a run to resume.")
     else:
         opts, ckpt, run_dir = new_options(model, **settings), None, None
+    reporter = reporter or Reporter(NORMAL)
     if not launch.launched():
         saved_world_size = ckpt["config"]["world_size"] if ckpt else None
         n = launch.resolve_procs(procs, opts.recipe.batch_size, resolve_device(opts.device).type, saved_world_size)
@@ -69,11 +70,11 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
         if n > 1:
             run_dir = run_dir_of(opts, run_dir)
             args = dict(options=opts.to_json(), resume=str(resume_path(resume)) if resume else None,
-                        run_dir=str(run_dir), overwrite=overwrite, verbosity=verbosity)
+                        run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity)
             job = {"target": f"{__name__}:train_job", "args": args}
-            Reporter(verbosity).step(f"starting {n} data-parallel training processes (each imports torch: a few seconds)")
+            reporter.step(f"starting {n} data-parallel training processes (each imports torch)")
             return launch.run_processes(job, n, after_loss=lambda: resume_hint(run_dir, opts))
-    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=verbosity)
+    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
