@@ -4,8 +4,8 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, seed_option,
-    trust_spec_option, verbosity_options,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
+    seed_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
 
