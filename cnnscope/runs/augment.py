@@ -22,7 +22,7 @@ def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, o
 
     model, recipe, trained_backend, seed, val_split, out_dir = _trained_with(target, out)
     backend = backend or trained_backend
-    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=seed)
+    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=seed, image_size=recipe.image_size)
     originals, augmented, labels = augmented_samples(ds, recipe.augment, n=n, backend=backend, seed=seed)
     figure = plots.augmentation_grid(
         originals, augmented, [ds.classes[i] for i in labels],

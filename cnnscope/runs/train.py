@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
-from cnnscope.core.probe import classifier_outputs
+from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import (capture_rng, compile_errors, resolve_device, restore_rng, seed_all,
                                    split_batch)
 from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
@@ -42,7 +42,7 @@ from cnnscope.render.progress import progress_bar
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
-from cnnscope.runs.train_files import (INPUT_SHAPE, run_config, write_curves, write_json, write_log_and_metrics,
+from cnnscope.runs.train_files import (run_config, write_curves, write_json, write_log_and_metrics,
                                        write_model_texts)
 
 
@@ -82,8 +82,9 @@ def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool) 
 
 # ---- the model --------------------------------------------------------------------------------
 
-def build_run_model(opts: TrainOptions, num_classes: int) -> tuple[nn.Module, dict]:
-    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it).
+def build_run_model(opts: TrainOptions, num_classes: int, input_shape) -> tuple[nn.Module, dict]:
+    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes
+    it) for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it).
 
     Returns (model, the constructor keywords actually used).
     """
@@ -94,14 +95,18 @@ def build_run_model(opts: TrainOptions, num_classes: int) -> tuple[nn.Module, di
     ctor = dict(opts.ctor)
     target, _ = resolve_target(opts.spec)
     try:
-        takes_num_classes = "num_classes" in inspect.signature(target).parameters
+        takes = inspect.signature(target).parameters
     except (TypeError, ValueError):
-        takes_num_classes = False
-    if takes_num_classes:
+        takes = {}
+    if "num_classes" in takes:
         ctor.setdefault("num_classes", num_classes)
+    if "in_channels" in takes:
+        ctor.setdefault("in_channels", input_shape[0])
     model = build_model(opts.spec, ctor)
+    # a 3-channel model trains on grey images repeated over RGB (datasets.fit_channels)
+    shape = (input_channels(model) or input_shape[0], *input_shape[1:])
     with torch.random.fork_rng(devices=[]):
-        outputs = classifier_outputs(model, INPUT_SHAPE, opts.spec)
+        outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:
         raise CnnscopeError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
@@ -168,31 +173,25 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
             dist.destroy_process_group()
 
 
-def setup_data(opts: TrainOptions, ddp: Dist, device):
-    """(dataset, train loader, selection loader); rank 0 loads first so that a download happens once."""
+def setup_data(opts: TrainOptions, ddp: Dist) -> datasets.Dataset:
+    """The dataset; rank 0 loads first so that a download (or a tree's decoding) happens once."""
     if not ddp.is_main:
         ddp.barrier()
-    ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed)
+    ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
+                               image_size=opts.recipe.image_size)
     if opts.train_subset:
         ds = dataclasses.replace(ds, train=loaders.subset(ds.train, opts.train_subset, opts.seed))
     if ddp.is_main:
         ddp.barrier()
     check_shares(len(ds.train), ddp.world_size)
-    rank_batch = split_batch(opts.recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
-    train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=opts.recipe.augment,
-                                    backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                    rank=ddp.rank, world_size=ddp.world_size)
-    select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                     batch_size=max(256, opts.recipe.batch_size), device=str(device),
-                                     rank=ddp.rank, world_size=ddp.world_size)
-    return ds, train_loader, select_loader
+    return ds
 
 
-def setup_model(opts: TrainOptions, num_classes: int, ddp: Dist, device) -> tuple[nn.Module, TrainOptions]:
+def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device) -> tuple[nn.Module, TrainOptions]:
     """The model with the same initial weights on every rank, on `device`; the options with the
     constructor keywords used."""
     seed_all(opts.seed)
-    net, ctor = build_run_model(opts, num_classes)
+    net, ctor = build_run_model(opts, len(ds.classes), ds.input_shape)
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
@@ -207,8 +206,16 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, res
     """Data, model, optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
-    ds, train_loader, select_loader = setup_data(opts, ddp, device)
-    net, opts = setup_model(opts, len(ds.classes), ddp, device)
+    ds = setup_data(opts, ddp)
+    net, opts = setup_model(opts, ds, ddp, device)
+    ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
+    train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
+                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
+                                       rank=ddp.rank, world_size=ddp.world_size)
+    select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
+                                        batch_size=max(256, recipe.batch_size), device=str(device),
+                                        rank=ddp.rank, world_size=ddp.world_size)
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
@@ -245,11 +252,12 @@ def start_run(run: RunParts, resume_ckpt) -> None:
         restore_rng(resume_ckpt["rng"][ddp.rank % len(resume_ckpt["rng"])])
     else:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
-    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on)
+    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on,
+                            datasets.describe(run.ds))
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
-            write_model_texts(run.run_dir, run.net)
+            write_model_texts(run.run_dir, run.net, run.ds.input_shape)
     announce(run)
 
 
@@ -283,7 +291,7 @@ def checkpoint_run(run: RunParts, names: list[str]) -> None:
         "scaler": step.scaler.state_dict(), "epoch": run.state.epoch, "best_metric": run.state.best_acc,
         "loop": dataclasses.asdict(run.state), "rng": rng, "config": run.config, "model_settings": run.settings,
         "dataset": ds.name, "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
-        "input_shape": list(INPUT_SHAPE),
+        "input_shape": list(ds.input_shape),
     }
     for name in names:
         save_checkpoint(ckpt, run.run_dir / "checkpoints" / name)

@@ -49,7 +49,7 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
 
     _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
     recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
-    if recipe.dataset not in datasets.DATASETS:
+    if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
         raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend,
                                    train_subset=train_subset, **runtime).items() if v is not None}
