@@ -42,7 +42,8 @@ CACHE_FORMAT = 1
 @dataclass(frozen=True)
 class Tree:
     """The files of an image-folder tree: classes, and per section ("train", "val", "test", or "all"
-    for one tree) its (path, label) pairs in cache order."""
+    for one tree) its (path, label) pairs in cache order, paths as strings (a Path per file costs
+    seconds over 100,000 files)."""
     root: Path
     classes: list
     sections: dict
@@ -152,7 +153,7 @@ def scan(root: Path) -> Tree:
             raise CnnscopeError(f"{folder} has class folders that train/ lacks: {', '.join(unknown)}. The classes "
                                 "are train/'s folders.", arguments=("dataset",))
         files = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
-                 for path in _class_files(folder / name)]
+                 for path in _class_files(str(folder / name))]
         if part in ("train", "all"):
             order = torch.randperm(len(files), generator=torch.Generator().manual_seed(FILE_ORDER_SEED))
             files = [files[i] for i in order.tolist()]
@@ -164,9 +165,9 @@ def _subfolders(folder: Path) -> list:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _class_files(folder: Path) -> list:
-    """The image files under a class folder, sorted; an empty class is a CnnscopeError."""
-    found = sorted(Path(top) / name for top, dirs, names in os.walk(folder)
+def _class_files(folder: str) -> list:
+    """The paths of the image files under a class folder, sorted; an empty class is a CnnscopeError."""
+    found = sorted(os.path.join(top, name) for top, dirs, names in os.walk(folder)
                    for name in names if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."))
     if not found:
         raise CnnscopeError(f"The class folder {folder} has no images (.png, .jpg or .jpeg). Add images or "
@@ -178,11 +179,11 @@ def _class_files(folder: Path) -> list:
 
 def _cache_stem(tree: Tree, image_size, data_dir: Path) -> Path:
     """<cache folder>/<H>x<W>-<key of the files' names, sizes and modification times>."""
-    listing = []
+    listing, skip = [], len(str(tree.root)) + 1
     for part, files in tree.sections.items():
         for path, label in files:
-            st = path.stat()
-            listing.append([part, str(path.relative_to(tree.root)), label, st.st_size, st.st_mtime_ns])
+            st = os.stat(path)
+            listing.append([part, path[skip:], label, st.st_size, st.st_mtime_ns])
     key = hashlib.sha256(json.dumps([CACHE_FORMAT, list(image_size), tree.classes, listing]).encode()).hexdigest()
     folder = tree.root / CACHE_FOLDER
     try:
