@@ -184,3 +184,15 @@ def test_svhn_from_mat_files(tmp_path):
     ds = load_dataset("svhn", tmp_path, val_split=0)
     assert ds.test.labels.tolist() == [0, 1, 2, 9] and ds.classes == [str(i) for i in range(10)]
     assert torch.equal(ds.train.images[3, 1], torch.from_numpy(x[:, :, 1, 3].astype(np.uint8)))
+
+
+@pytest.mark.parametrize("backend", ["batch", "albumentations"])
+def test_fake_data_and_augmentation_at_a_non_square_size(backend):
+    from cnnscope.core.augment import AugmentSpec
+
+    ds = load_dataset("fake", val_split=0, image_size=(24, 40), fake_size=(20, 10))
+    assert ds.train.images.shape == (20, 3, 24, 40) and ds.test.input_shape == (3, 24, 40)
+    spec = AugmentSpec(crop_pad=4, hflip=0.5, cutout=24, cutout_p=1.0)
+    loader = make_loader(ds.train, ds, batch_size=8, train=True, augment=spec, backend=backend, workers=0)
+    x, y = next(iter(loader))
+    assert x.shape == (8, 3, 24, 40) and len(y) == 8

@@ -28,7 +28,7 @@ from cnnscope.runs import file_datasets, image_folder
 
 DATASETS = (*file_datasets.NAMES, "fake")
 DEFAULT_IMAGE_SIZE = (file_datasets.NATIVE_SIZE, file_datasets.NATIVE_SIZE)
-STATS_CHUNK = 2048  # images per read of the statistics pass
+CHUNK = 512  # images per step of the statistics and resizing passes
 
 
 # ---- data types ---------------------------------------------------------------------------------
@@ -187,20 +187,20 @@ def _resize(split: Split, size) -> Split:
     """A named dataset's images resized (bilinear, antialiased) from their native size to `size`."""
     if split.input_shape[1:] == tuple(size):
         return split
-    chunks = [F.interpolate(split.images[i:i + STATS_CHUNK].float(), size=size, mode="bilinear", antialias=True,
+    chunks = [F.interpolate(split.images[i:i + CHUNK].float(), size=size, mode="bilinear", antialias=True,
                             align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-              for i in range(0, len(split), STATS_CHUNK)]
+              for i in range(0, len(split), CHUNK)]
     return Split(torch.cat(chunks), split.labels)
 
 
 def channel_stats(split: Split):
     """Per-channel mean and std of a split's uint8 images in [0, 1] units, exact: from a 256-bin
-    histogram per channel, summed over chunks of STATS_CHUNK images, so a large split is never in
+    histogram per channel, summed over chunks of CHUNK images, so a large split is never in
     memory at once, nor as floats."""
     channels = split.input_shape[0]
     counts = torch.zeros(channels, 256, dtype=torch.float64)
-    for lo in range(0, len(split), STATS_CHUNK):
-        chunk = split.take(torch.arange(lo, min(lo + STATS_CHUNK, len(split))))
+    for lo in range(0, len(split), CHUNK):
+        chunk = split.take(torch.arange(lo, min(lo + CHUNK, len(split))))
         for c in range(channels):
             counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64)

@@ -76,6 +76,8 @@ class Rows:
                                         "decodes the images again.")
         finally:
             os.close(fd)
+        if (order[1:] > order[:-1]).all():  # read in the order asked (a test or statistics pass)
+            return torch.from_numpy(rows)
         batch = torch.empty((len(index), *self.shape), dtype=torch.uint8)
         batch[torch.from_numpy(order)] = torch.from_numpy(rows)
         return batch
