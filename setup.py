@@ -18,6 +18,6 @@ setup(
         "albumentations",
         "numpy",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"]},
+    extras_require={"dev": ["pytest", "hypothesis"], "onnx": ["onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
 )

@@ -9,3 +9,8 @@ class CnnscopeError(Exception):
     def __init__(self, message="", *, arguments=()):
         super().__init__(message)
         self.arguments = tuple(arguments)
+
+
+class CnnscopeWarning(UserWarning):
+    """Something the user should know that does not stop the command (e.g. a run's model file changed
+    since it was trained); the CLI prints it as one `warning:` line on stderr."""

@@ -284,6 +284,17 @@ CASES = [
     ("attribute-forward-raises", ["attribute", "{models}:Raises", "--n", "1", *OUT], "boom in forward"),
     ("attribute-tuple", ["attribute", "{models}:Tuple", "--n", "1", *OUT], "returns a tuple of 2"),
     ("attribute-garbage", ["attribute", "{garbage_pth}"], "could not be read"),
+    ("attribute-image-missing", ["attribute", "{fmnist_ckpt}", "--image", "{out}/missing.png", *OUT],
+     "missing.png does not exist. Give an image file or a folder of images. (On the command line: image_paths is --image PATH.)"),
+    ("attribute-image-garbage", ["attribute", "{fmnist_ckpt}", "--image", "{garbage_pth}", *OUT],
+     "Cannot read the image"),
+    # export
+    ("export-garbage", ["export", "{garbage_pth}"], "could not be read"),
+    ("export-format", ["export", "{garbage_pth}", "--to", "pdf"], "Invalid value for '--to'"),
+    # own runs
+    ("train-init-from-garbage", ["train", "basic", "--dataset", "fake", "--procs", "1", "--init-from", "{garbage_pth}",
+                                 *OUT], "could not be read"),
+    ("rf-image-without-erf", ["rf", "basic", "--image", "{garbage_pth}"], "Image files are for the effective RF"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),

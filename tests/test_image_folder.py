@@ -196,3 +196,41 @@ def test_fake_data_and_augmentation_at_a_non_square_size(backend):
     loader = make_loader(ds.train, ds, batch_size=8, train=True, augment=spec, backend=backend, workers=0)
     x, y = next(iter(loader))
     assert x.shape == (8, 3, 24, 40) and len(y) == 8
+
+
+@pytest.mark.slow
+def test_own_model_on_a_tree_then_evaluate_attribute_export_from_elsewhere(tmp_path, runner, monkeypatch):
+    """The issue's walk-through: a 3-class tree of 40x48 RGB PNGs, a model file with a relative import
+    trained on it from one folder; evaluate, attribute (--image) and export from another folder after
+    the model file moved."""
+    from test_own_models import write_package
+
+    project = tmp_path / "project"
+    write_package(project)
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("ant", "bee", "cow")):
+        (project / "images" / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(rng.normal(60 + 70 * label, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(project / "images" / name / f"{i}.png")
+    monkeypatch.chdir(project)
+    result = runner.invoke(cli, ["train", "mypkg/net.py:Net", "--dataset", "images", "--image-size", "40x48",
+                                 "--epochs", "1", "--procs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"),
+                                 "--name", "net"])
+    assert result.exit_code == 0, result.output
+    (project / "mypkg").rename(tmp_path / "mypkg-moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = str(tmp_path / "runs" / "net")
+    result = runner.invoke(cli, ["evaluate", run, "--trust-spec", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classes"] == ["ant", "bee", "cow"]
+    image = project / "images" / "bee" / "3.png"
+    result = runner.invoke(cli, ["attribute", run, "--trust-spec", "--image", str(image), "--method", "saliency",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [i["file"] for i in json.loads(result.stdout)["images"]] == [str(image)]
+    result = runner.invoke(cli, ["export", run, "--trust-spec", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 2  # the tree's test split: round(24 * 0.1)

@@ -4,10 +4,11 @@ Nothing here imports torch at module level, so `cnnscope --help` answers at once
 imports what it needs when it runs.
 """
 import sys
+import warnings
 
 import click
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, CnnscopeWarning
 
 
 
@@ -24,9 +25,22 @@ class UserError(click.ClickException):
 class CnnscopeGroup(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return super().invoke(ctx)
         except CnnscopeError as e:
             raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or ""))) from None
+
+
+def _show_warning(show_others):
+    """A CnnscopeWarning as one `warning:` line on stderr (no file and line: it is about the user's
+    input, not cnnscope's code); other warnings as Python shows them."""
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, CnnscopeWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            show_others(message, category, *args, **kwargs)
+    return show
 
 
 def _user_message(error: CnnscopeError, command) -> str:

@@ -13,7 +13,7 @@ out_option = click.option(
 
 
 def images_options(command):
-    """--n, --dataset, --data-dir: which test images an inspection command looks at."""
+    """--n, --dataset, --data-dir, --image: which images an inspection command looks at."""
     for option in reversed((
         click.option("--n", "n_images", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Number of test images (the first N of the test split)."),
@@ -21,6 +21,9 @@ def images_options(command):
                      help="Take the images from this dataset [default: the run's; `fake` for a SPEC]."),
         click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
                      help="Where the datasets are (or are downloaded to)."),
+        click.option("--image", "image_paths", multiple=True, type=click.Path(exists=False), metavar="PATH",
+                     help="Your own image file, or a folder of them; repeatable. Used instead of test images: "
+                          "resized to the model's input and normalised as the run was trained."),
     )):
         command = option(command)
     return command
@@ -33,7 +36,7 @@ def images_options(command):
 @images_options
 @out_option
 @format_option()
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -58,7 +61,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, out, fmt):
 
     tgt = load_target(target, ctor, out, trust_spec)
     require_gates(tgt.model)  # before any images are loaded
-    images = load_test_images(tgt, n_images, dataset, data_dir)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths)
     with progress_bar() as bar:
         report = inspect_gates(tgt, images, progress=bar)
     emit(fmt, report)
@@ -110,7 +113,8 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
               show_default=True, help="Attribute the predicted class or the true class.")
 @out_option
 @format_option()
-def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods, target_class, out, fmt):
+def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, out,
+                  fmt):
     """Captum attributions of N test images: Integrated Gradients, Saliency, GradCAM, Occlusion.
 
     Writes plots/attributions.png: a row per image (the image with its true and predicted
@@ -133,7 +137,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, methods
     from cnnscope.runs.inspect import inspect_attributions, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec)
-    images = load_test_images(tgt, n_images, dataset, data_dir)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths)
     with progress_bar() as bar:
         report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
                                       progress=bar)

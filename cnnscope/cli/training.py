@@ -28,7 +28,8 @@ DATASETS_HELP = (
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where datasets live / download to [default: data].")
 @click.option("--image-size", callback=lambda ctx, param, value: parse_image_size(value), metavar="N|HxW",
               help="Train on images resized to N x N (or H x W) [default: the recipe's, 32].")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs [default: the recipe's].")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs [default: the recipe's]; with --resume, a larger count extends the run (see below).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Batch size, split between the processes [default: the recipe's].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
@@ -60,6 +61,9 @@ DATASETS_HELP = (
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
+@click.option("--init-from", metavar="RUN|CHECKPOINT",
+              help="Start a new run from the weights of a run (its best.pth) or checkpoint; a classifier head with "
+                   "another class count is replaced by a fresh one. Only weights are read: no code runs.")
 @trust_spec_option()
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
@@ -87,6 +91,14 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
 
     Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
     command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).
+    --resume RUN --epochs N extends a finished or stopped run to N epochs in all: its schedule is
+    re-planned as if the run had been started with N epochs, from the step it reached (a OneCycle
+    or cosine LR goes back up to where the longer schedule is; step milestones move; a plateau
+    schedule keeps its state), and early stopping's count of bad epochs starts again.
+
+    A run of your own model (a file or module SPEC) keeps a copy of its source files in
+    RUN/model_source/ and is rebuilt from that copy by every later command (from any folder, after
+    the file moved or changed; a changed original is reported).
     Exit codes: 0 done, 2 bad input or a diverged (NaN) loss, 130 stopped by Ctrl-C.
 
     On the CPU the batch is split over --procs data-parallel processes (gloo): by default one per
@@ -97,10 +109,11 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
     \b
     Examples:
       cnnscope train basic --dataset fashion-mnist --epochs 5
-      cnnscope train basic --dataset path/to/my_images --image-size 64 --epochs 10
       cnnscope train egrr --epochs 30 --augment autoaugment=False
       cnnscope train my_model.py:Net --ctor width=32 --lr 0.05 --name net-w32
       cnnscope train --resume reports/basic
+      cnnscope train --resume reports/basic --epochs 40
+      cnnscope train my_model.py:Net --dataset path/to/images --image-size 64 --init-from reports/basic
       cnnscope train basic --procs 1
       torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
     """
@@ -109,16 +122,10 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
 
     if model is None and not resume:
         raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
-    recipe_overrides = {k: options.pop(k) for k in
-                        ("dataset", "image_size", "epochs", "batch_size", "lr", "optimizer", "scheduler",
-                         "weight_decay", "label_smoothing", "grad_clip")}
-    for key, value in parse_key_values(recipe, argument="recipe", example="warmup_epochs=2").items():
-        if recipe_overrides.get(key) is None:
-            recipe_overrides[key] = value
-    augment_overrides = parse_key_values(augment, argument="augment", example="cutout=16")
     code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
-                        ctor=parse_key_values(ctor), recipe_overrides=recipe_overrides,
-                        augment_overrides=augment_overrides, **options)
+                        ctor=parse_key_values(ctor), recipe_overrides=_recipe_overrides(options, recipe),
+                        augment_overrides=parse_key_values(augment, argument="augment", example="cutout=16"),
+                        **options)
     if code:
         sys.exit(code)
 
@@ -131,6 +138,18 @@ def parse_image_size(value):
     if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
         return (int(parts[0]), int(parts[-1]))
     raise click.BadParameter(f"{value!r} is not N or HxW (whole numbers of at least 1), e.g. 64 or 48x64.")
+
+
+def _recipe_overrides(options: dict, recipe_items) -> dict:
+    """The recipe fields given by name (taken out of `options`), then the --recipe K=V ones."""
+    from cnnscope.runs.spec import parse_key_values
+
+    overrides = {k: options.pop(k) for k in ("dataset", "image_size", "epochs", "batch_size", "lr", "optimizer",
+                                             "scheduler", "weight_decay", "label_smoothing", "grad_clip")}
+    for key, value in parse_key_values(recipe_items, argument="recipe", example="warmup_epochs=2").items():
+        if overrides.get(key) is None:
+            overrides[key] = value
+    return overrides
 
 
 @cli.command("evaluate")

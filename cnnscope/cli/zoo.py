@@ -60,10 +60,12 @@ def summary_cmd(spec, ctor, input_shape, fmt):
                    "SPEC may then be left out (the run's own model).")
 @click.option("--erf-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of test images --erf averages over.")
+@click.option("--image", "erf_image_paths", multiple=True, metavar="PATH",
+              help="With --erf: average over your own image file(s) or folder(s) instead of test images; repeatable.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where --erf finds the run's dataset.")
 @trust_spec_option()
-def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data_dir, trust_spec):
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_image_paths, data_dir, trust_spec):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -98,6 +100,7 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
       cnnscope rf torchvision.models:resnet50 --input 3 224 224 --format json
       cnnscope rf ectied --ctor iterations=8 --verify
       cnnscope rf basic --erf reports/basic-fashion-mnist
+      cnnscope rf --erf reports/basic --image my_photos/
     """
     from cnnscope.render.progress import progress_bar
     from cnnscope.runs import rf
@@ -105,7 +108,8 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, data
 
     with progress_bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
-                           erf_images=erf_images, data_dir=data_dir, trust_spec=trust_spec, progress=bar)
+                           erf_images=erf_images, erf_image_paths=erf_image_paths, data_dir=data_dir,
+                           trust_spec=trust_spec, progress=bar)
     emit(fmt, result, title)
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "

@@ -90,7 +90,8 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
     from cnnscope.core.training import apply_model_settings
-    from cnnscope.runs.spec import build_model
+    from cnnscope.runs.model_source import spec_to_build
+    from cnnscope.runs.spec import build_model, check_file_spec
 
     folder, path = resolve_run(run)
     ckpt = load_checkpoint(path)
@@ -98,8 +99,9 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
         model = build_model(spec, ctor)
         load_weights(model, ckpt, path, spec)
     else:
-        model = build_model(ckpt["model_spec"], ckpt.get("ctor") or {}, read_from=f"Checkpoint {path}",
-                            trust_spec=trust_spec)
+        check_file_spec(ckpt["model_spec"], ckpt.get("ctor") or {}, f"Checkpoint {path}", trust_spec)
+        source = (ckpt.get("config") or {}).get("options", {}).get("source")
+        model = build_model(spec_to_build(folder, ckpt["model_spec"], source), ckpt.get("ctor") or {})
         load_weights(model, ckpt, path, ckpt["model_spec"])
         # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
         # run trained down to tau=0.1 would be read at tau=1.

@@ -13,7 +13,7 @@ inspect_gates, inspect_sharing and inspect_attributions run the analysis of cnns
 target, draw its figures and return the core's report with the target, the images and the figure
 paths filled in.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from cnnscope.core import attribution, gates, metrics, sharing
 from cnnscope.errors import CnnscopeError
+from cnnscope.runs.user_images import UNKNOWN_LABEL, load_images
 
 
 @dataclass
@@ -40,14 +41,18 @@ class ProbeImages:
     labels: list  # int class index per image
     indices: list  # position of each image in the test split
     classes: list  # class names of the dataset
-    dataset: str
+    dataset: str  # the dataset's name, or "image files"
+    files: list = field(default_factory=list)  # the image files, when the images are the user's
 
     def class_name(self, index: int) -> str:
-        return metrics.class_name(self.classes, index)
+        return "?" if index == UNKNOWN_LABEL else metrics.class_name(self.classes, index)
 
     def descriptions(self) -> list:
-        """{"index", "label", "class"} per image."""
-        return [{"index": i, "label": y, "class": self.class_name(y)} for i, y in zip(self.indices, self.labels)]
+        """{"index", "label", "class"} per image, and its "file" for the user's images."""
+        rows = [{"index": i, "label": y, "class": self.class_name(y)} for i, y in zip(self.indices, self.labels)]
+        for row, path in zip(rows, self.files):
+            row["file"] = str(path)
+        return rows
 
 
 def is_run(target: str) -> bool:
@@ -78,8 +83,9 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False) -> Target:
     return Target(model, f"{name} (untrained)", plots_dir)
 
 
-def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> ProbeImages:
-    """The first `n` images of the test split, normalised as the model was trained.
+def load_test_images(target: Target, n: int, dataset=None, data_dir="data", image_paths=()) -> ProbeImages:
+    """The first `n` images of the test split, normalised as the model was trained; or, when
+    `image_paths` are given, those image files (runs.user_images), all of them.
 
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
@@ -88,6 +94,8 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
     from cnnscope.runs.loaders import pixels
 
     ckpt = target.checkpoint or {}
+    if image_paths:
+        return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
     data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
@@ -104,6 +112,16 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data") -> P
         classes=list((ckpt.get("classes") if name == ckpt.get("dataset") else None) or data.classes),
         dataset=name,
     )
+
+
+def _image_files(target: Target, paths) -> ProbeImages:
+    """The user's image files for the target's model: a run's input shape, mean and std; for an
+    untrained SPEC, 3x32x32 and mean = std = 0.5 (pixels mapped to [-1, 1])."""
+    ckpt = target.checkpoint or {}
+    shape = ckpt.get("input_shape", (3, 32, 32))
+    x, pixels, files = load_images(paths, shape, ckpt.get("mean") or (0.5,) * shape[0], ckpt.get("std") or (0.5,) * shape[0])
+    return ProbeImages(x=x, pixels=pixels, labels=[UNKNOWN_LABEL] * len(files), indices=list(range(len(files))),
+                       classes=list(ckpt.get("classes") or ()), dataset="image files", files=files)
 
 
 def _task(progress, description):
@@ -163,6 +181,9 @@ def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribu
     from cnnscope.render import plots
 
     outputs = attribution.class_count(target.model, images.x[:1], target.label)
+    if target_class == "true" and images.files:
+        raise CnnscopeError("target_class 'true' needs the images' labels, but image files come without them: "
+                            "attribute the predicted class (target_class 'pred').", arguments=("target_class",))
     if target_class == "true" and max(images.labels) >= outputs:
         raise CnnscopeError(
             f"target_class 'true' needs a logit per class, but the model has {outputs} outputs and the "

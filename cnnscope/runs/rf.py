@@ -13,14 +13,19 @@ from cnnscope.runs.spec import build_model, resolve_target
 
 
 def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_run=None, erf_images=64,
-           data_dir="data", trust_spec=False, progress=None) -> RFResult:
+           erf_image_paths=(), data_dir="data", trust_spec=False, progress=None) -> RFResult:
     """Analyse SPEC; `check` adds the gradient probe (result.probe); `erf_run` measures the effective
-    RF of that run's weights on `erf_images` of its test images (result.erf, RUN/plots/erf.png) and
+    RF of that run's weights on `erf_images` of its test images, or on the image files at
+    `erf_image_paths` (runs.user_images), (result.erf, RUN/plots/erf.png) and
     analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size;
     `trust_spec`: build the run's own SPEC even when it is no zoo model (spec.check_file_spec).
     `progress`: a rich Progress to report on."""
     if erf_run is not None:
-        model, result = _measure_erf(erf_run, spec, ctor, input_shape, erf_images, data_dir, trust_spec, progress)
+        model, result = _measure_erf(erf_run, spec, ctor, input_shape, (erf_images, erf_image_paths), data_dir,
+                                     trust_spec, progress)
+    elif erf_image_paths:
+        raise CnnscopeError("Image files are for the effective RF of a trained run: give erf_run too.",
+                            arguments=("erf_image_paths", "erf_run"))
     elif spec is None:
         raise CnnscopeError("Give a SPEC to analyse (e.g. basic), or erf_run: a trained run.", arguments=("erf_run",))
     else:
@@ -51,14 +56,16 @@ def _analyze_on_meta(spec, ctor, input_shape):
         return None, None
 
 
-def _measure_erf(run, spec, ctor, input_shape, n_images, data_dir, trust_spec, progress):
+def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, progress):
     """(model, result) of the run's weights (in SPEC's architecture when SPEC is given), with
-    result.erf measured on `n_images` of its test images and drawn to RUN/plots/erf.png."""
+    result.erf measured on `images` = (n, paths): n of its test images, or the image files at paths,
+    and drawn to RUN/plots/erf.png."""
     if ctor and spec is None:
         raise CnnscopeError("ctor applies to a SPEC; with erf_run alone the run's checkpoint gives the constructor "
                             "keywords. Leave out ctor, or give the SPEC it belongs to.", arguments=("ctor", "erf_run"))
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, spec=spec, ctor=ctor)
-    images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt), n_images, data_dir=data_dir)
+    images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt), images[0], data_dir=data_dir,
+                              image_paths=images[1])
     shape = tuple(images.x.shape[1:])
     if tuple(input_shape) != shape:
         raise CnnscopeError(f"The effective RF of erf_run is measured on the run's {'x'.join(map(str, shape))} test "
@@ -79,4 +86,8 @@ def _draw_erf(result: RFResult, erf, run_dir):
     return plots.erf_heatmap(
         erf.heatmap, run_dir / "plots" / "erf.png", centre=erf.centre, box=rf_box(result, erf.centre),
         radius=erf.radius95, box_label=f"theoretical RF {result.final_rf} px",
-        title=f"Effective RF: {result.model}, {run_dir.name} ({erf.images} {erf.dataset} test images)")
+        title=f"Effective RF: {result.model}, {run_dir.name} ({erf.images} {_images_of(erf.dataset)})")
+
+
+def _images_of(dataset: str) -> str:
+    return "image files" if dataset == "image files" else f"{dataset} test images"

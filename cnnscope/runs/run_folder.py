@@ -23,6 +23,8 @@ PLOTS = ("acc_curves.png", "loss_curves.png", "lr.png", "cm.png", "test_samples_
          "augmented_samples_grid.png", "gate_maps.png", "gate_shares.png", "attributions.png", "erf.png",
          "sharing_*.png")
 CHECKPOINTS = ("last.pth", "best.pth", "epoch_*.pth")
+MODEL_SOURCE = ("**/*.py",)  # the copy of the user's model source (runs.model_source)
+EXPORTS = ("*.pt", "*.pt2", "*.onnx")  # cnnscope export
 
 
 def is_run(folder: Path) -> bool:
@@ -40,7 +42,8 @@ def run_files(folder: Path) -> list[Path]:
     """The files in `folder` that cnnscope writes into a run folder."""
     folder = Path(folder)
     found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
-    for sub, patterns in (("plots", PLOTS), ("checkpoints", CHECKPOINTS)):
+    for sub, patterns in (("plots", PLOTS), ("checkpoints", CHECKPOINTS), ("model_source", MODEL_SOURCE),
+                          ("export", EXPORTS)):
         found += sorted(p for pattern in patterns for p in (folder / sub).glob(pattern) if p.is_file())
     return found
 

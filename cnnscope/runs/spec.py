@@ -53,7 +53,7 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
 _USER_PACKAGES: dict[str, Path] = {}
 
 
-def _package_root(path: Path) -> Path | None:
+def package_root(path: Path) -> Path | None:
     """The outermost folder of the package `path` lies in (its folder has __init__.py, and so on up
     while the names are importable), or None for a plain file."""
     if not path.stem.isidentifier():
@@ -189,7 +189,7 @@ def _load_package_file(path: Path, root: Path):
 def _load_file(path: Path):
     if not path.is_file():
         raise CnnscopeError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
-    root = _package_root(path.resolve())
+    root = package_root(path.resolve())
     return _load_plain_file(path) if root is None else _load_package_file(path, root)
 
 
@@ -267,7 +267,7 @@ def is_registry_name(spec: str) -> bool:
     return ":" not in spec
 
 
-def _names_file(where: str) -> bool:
+def names_file(where: str) -> bool:
     """The part of a SPEC before ':' names a file (else a module)."""
     return where.endswith(".py") or "/" in where or "\\" in where
 
@@ -275,7 +275,7 @@ def _names_file(where: str) -> bool:
 def _what_would_run(spec: str, ctor: dict) -> str:
     where, _, attr = spec.rpartition(":")
     call = f"{attr}({', '.join(f'{k}={v!r}' for k, v in ctor.items())})"
-    if _names_file(where):
+    if names_file(where):
         return f"import and execute the Python file {where} and call its {call}"
     return f"import the module {where} and call {where}.{call}"
 
@@ -309,7 +309,7 @@ def resolve_target(spec: str):
     where, _, attr = spec.rpartition(":")
     if not attr or not where:
         raise CnnscopeError(f"Bad SPEC {spec!r}: expected NAME, path/file.py:Name or package.module:attr.")
-    if _names_file(where):
+    if names_file(where):
         module = _load_file(Path(where))
     else:
         module = _import_module(where, spec)

@@ -31,17 +31,17 @@ import torch.nn as nn
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import classifier_outputs, input_channels
-from cnnscope.core.runtime import (capture_rng, compile_errors, resolve_device, restore_rng, seed_all,
-                                   split_batch)
+from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
                                     build_optimizer, build_scheduler, end_epoch, init_distributed, model_settings,
                                     reduced_depth, train_epoch, training_model, validate)
 from cnnscope.errors import CnnscopeError
-from cnnscope.runs import datasets, launch, loaders, run_folder
+from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.render.progress import progress_bar
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
+from cnnscope.runs.train_state import init_weights, restore_run
 from cnnscope.runs.train_files import (run_config, write_curves, write_json, write_log_and_metrics,
                                        write_model_texts)
 
@@ -82,9 +82,11 @@ def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool) 
 
 # ---- the model --------------------------------------------------------------------------------
 
-def build_run_model(opts: TrainOptions, num_classes: int, input_shape) -> tuple[nn.Module, dict]:
-    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes
-    it) for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it).
+def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
+                    spec: str | None = None) -> tuple[nn.Module, dict]:
+    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
+    for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
+    from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
 
     Returns (model, the constructor keywords actually used).
     """
@@ -92,8 +94,9 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape) -> tuple[
 
     from cnnscope.runs.spec import build_model, resolve_target
 
+    spec = spec or opts.spec
     ctor = dict(opts.ctor)
-    target, _ = resolve_target(opts.spec)
+    target, _ = resolve_target(spec)
     try:
         takes = inspect.signature(target).parameters
     except (TypeError, ValueError):
@@ -102,8 +105,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape) -> tuple[
         ctor.setdefault("num_classes", num_classes)
     if "in_channels" in takes:
         ctor.setdefault("in_channels", input_shape[0])
-    model = build_model(opts.spec, ctor)
-    # a 3-channel model trains on grey images repeated over RGB (datasets.fit_channels)
+    model = build_model(spec, ctor)
     shape = (input_channels(model) or input_shape[0], *input_shape[1:])
     with torch.random.fork_rng(devices=[]):
         outputs = classifier_outputs(model, shape, opts.spec)
@@ -187,11 +189,14 @@ def setup_data(opts: TrainOptions, ddp: Dist) -> datasets.Dataset:
     return ds
 
 
-def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device) -> tuple[nn.Module, TrainOptions]:
-    """The model with the same initial weights on every rank, on `device`; the options with the
-    constructor keywords used."""
+def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run_dir: Path,
+                resuming: bool) -> tuple[nn.Module, TrainOptions, str]:
+    """The model with the same initial weights on every rank (--init-from's, for a new run that asks),
+    on `device`; the options with the constructor keywords used; a note on the initial weights."""
     seed_all(opts.seed)
-    net, ctor = build_run_model(opts, len(ds.classes), ds.input_shape)
+    net, ctor = build_run_model(opts, len(ds.classes), ds.input_shape,
+                                model_source.spec_to_build(run_dir, opts.spec, opts.source))
+    note = init_weights(net, opts.init_from, len(ds.classes)) if opts.init_from and not resuming else ""
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
@@ -199,7 +204,7 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device) -> 
         to_channels_last(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return net, dataclasses.replace(opts, ctor=ctor)
+    return net, dataclasses.replace(opts, ctor=ctor), note
 
 
 def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, resume_ckpt) -> RunParts:
@@ -207,7 +212,9 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, res
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
     ds = setup_data(opts, ddp)
-    net, opts = setup_model(opts, ds, ddp, device)
+    net, opts, note = setup_model(opts, ds, ddp, device, run_dir, resume_ckpt is not None)
+    if note:
+        console.print(note)
     ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
@@ -243,15 +250,11 @@ def start_run(run: RunParts, resume_ckpt) -> None:
     the model texts; the run's opening lines."""
     ddp = run.ddp
     if resume_ckpt is not None:
-        run.net.load_state_dict(resume_ckpt["model"])
-        run.step.optimizer.load_state_dict(resume_ckpt["optimizer"])
-        if run.scheduler is not None:
-            run.scheduler.load_state_dict(resume_ckpt["scheduler"])
-        run.step.scaler.load_state_dict(resume_ckpt["scaler"])
-        run.state = LoopState(**resume_ckpt["loop"])
-        restore_rng(resume_ckpt["rng"][ddp.rank % len(resume_ckpt["rng"])])
+        restore_run(run, resume_ckpt)
     else:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
+        if ddp.is_main:  # a run of the user's own model keeps a copy of its source
+            run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
     run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on,
                             datasets.describe(run.ds))
     if ddp.is_main:

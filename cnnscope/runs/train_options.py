@@ -24,6 +24,8 @@ class TrainOptions:
     seed: int = 0
     aug_backend: str = "batch"
     train_subset: int = 0  # train on this many images of the training split (0: all of it)
+    init_from: str = ""  # the checkpoint whose weights the run started from (runs.transfer)
+    source: dict | None = None  # the copy of the user's model source in the run folder (runs.model_source)
     # how and where: may change when resuming without changing the result
     data_dir: str = "data"
     out: str = "reports"
@@ -43,16 +45,19 @@ class TrainOptions:
 
 
 def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=None, val_split=None, seed=None,
-                aug_backend=None, train_subset=None, name=None, **runtime) -> TrainOptions:
+                aug_backend=None, train_subset=None, init_from=None, name=None, **runtime) -> TrainOptions:
     """Options of a new run: the model's recipe with the command line on top (None = not given)."""
+    from cnnscope.runs.checkpoint import resolve_run
     from cnnscope.runs.spec import resolve_target
 
     _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
+    if init_from:
+        init_from = str(resolve_run(init_from)[1].resolve())
     recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
     if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
         raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
-    given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend,
-                                   train_subset=train_subset, **runtime).items() if v is not None}
+    given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
+                                   init_from=init_from, **runtime).items() if v is not None}
     return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
 
 
@@ -78,10 +83,11 @@ def resume_path(resume) -> Path:
 
 
 def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
-                   val_split=None, seed=None, aug_backend=None, train_subset=None, out=None, name=None,
-                   trust_spec=False, **runtime):
-    """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable.
-    Its model is built only if it is a zoo model, the user names it (`spec`) or trusts it (`trust_spec`).
+                   val_split=None, seed=None, aug_backend=None, train_subset=None, init_from=None, out=None,
+                   name=None, trust_spec=False, **runtime):
+    """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable,
+    and the recipe's epochs, which may grow (extend_epochs). Its model is built only if it is a zoo
+    model, the user names it (`spec`) or trusts it (`trust_spec`).
 
     Returns (options, checkpoint, run folder).
     """
@@ -100,12 +106,14 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
             arguments=("resume",),
         )
     check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
-    asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset)
+    asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
+                 init_from=init_from)
     asked_recipe = recipes.resolve(saved.recipe, recipe_overrides or {}, augment_overrides)
+    recipe = extend_epochs(saved.recipe, asked_recipe.epochs, ckpt["loop"]["epoch"], path)
     changed = [k for k, v in asked.items() if v is not None and v != getattr(saved, k)]
     changed += [f"ctor.{k}" for k, v in (ctor or {}).items() if saved.ctor.get(k) != v]
     changed += [f"recipe.{f.name}" for f in dataclasses.fields(Recipe)
-                if getattr(asked_recipe, f.name) != getattr(saved.recipe, f.name)]
+                if f.name != "epochs" and getattr(asked_recipe, f.name) != getattr(saved.recipe, f.name)]
     changed += [k for k, v in dict(out=out, name=name).items() if v is not None]
     if changed:
         raise CnnscopeError(
@@ -114,9 +122,21 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
             f"resume) under another name.", arguments=("resume", "name"),
         )
     runtime = {k: v for k, v in runtime.items() if v is not None}
-    opts = dataclasses.replace(saved, **runtime)
+    opts = dataclasses.replace(saved, recipe=recipe, **runtime)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return opts, ckpt, run_dir
+
+
+def extend_epochs(recipe: Recipe, epochs: int, done: int, path) -> Recipe:
+    """The recipe of a resumed run (`done` epochs trained) asked to train `epochs` in all: more than
+    it planned extends it (its schedule is then re-planned: runs.train_state.restore_schedule);
+    fewer than it planned is refused."""
+    if epochs < recipe.epochs:
+        raise CnnscopeError(
+            f"{path} is a run of {recipe.epochs} epochs ({done} done); resume can extend a run to more epochs, "
+            f"not shorten it. Ask for {recipe.epochs} or more epochs, or leave epochs out.", arguments=("epochs",),
+        )
+    return dataclasses.replace(recipe, epochs=epochs)
 
 
 def run_dir_of(opts: TrainOptions, run_dir=None) -> Path:

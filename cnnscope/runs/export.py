@@ -1,0 +1,26 @@
+"""`cnnscope export RUN`: the run's trained model as a file (core.export), checked against its
+checkpoint on the run's first test images, written to RUN/export/ unless told otherwise."""
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from cnnscope.core.export import FORMATS, ExportResult, export_model
+from cnnscope.files import atomic_write_bytes
+
+
+def export_run(run, to="export", out=None, *, data_dir=None, n_images=16, tolerance=1e-4,
+               trust_spec=False) -> ExportResult:
+    """Export RUN's model (best.pth, or the checkpoint given) as `to` to `out` (default
+    RUN/export/<run name><suffix>), checked against the checkpoint on its first test images."""
+    from cnnscope.runs.checkpoint import load_run_model
+    from cnnscope.runs.datasets import run_dataset
+
+    model, ckpt, folder = load_run_model(run, trust_spec=trust_spec)
+    ds = run_dataset(ckpt, data_dir)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
+    x = (ds.test.take(torch.arange(min(n_images, len(ds.test)))).float() / 255 - mean) / std
+    data, result = export_model(model, x, to, tolerance=tolerance, name=str(folder))
+    path = Path(out) if out else Path(folder) / "export" / f"{Path(folder).name}{FORMATS[to]}"
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return dataclasses.replace(result, path=str(path))

@@ -1,0 +1,124 @@
+"""Self-contained runs: a run of the user's own model keeps a copy of the model's source.
+
+When a run trains a SPEC that names the user's code (path/file.py:Name, or package.module:attr not
+installed in site-packages), the Python files of that code that are imported when the model is built
+are copied into <run>/model_source/, keeping their layout below the package root's parent (or the
+file's folder), and the options record where the copy and the original are, with a SHA-256 of each
+file. Every later command on the run builds the model from the copy, by a path relative to the run
+folder: it works from any folder, after the original file moved or changed (with a warning when it
+changed), and after the run folder itself was moved or copied.
+
+Building from the copy is still building a SPEC read from a file: the trust rule
+(spec.check_file_spec) applies to it exactly as to the SPEC it was copied from.
+"""
+import hashlib
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.files import atomic_write_bytes
+from cnnscope.runs import spec as specs
+
+SOURCE_DIR = "model_source"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _installed(path: Path) -> bool:
+    """A module of an installed distribution or of the standard library: importable anywhere."""
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _own_packages() -> list[Path]:
+    """cnnscope's and the zoo's package folders: never part of a user's model source."""
+    import models
+
+    import cnnscope
+
+    return [Path(m.__file__).resolve().parent for m in (cnnscope, models)]
+
+
+def _main_file(spec: str) -> Path:
+    """The file a (non-zoo) SPEC names: its path, or the imported module's file."""
+    where = spec.rpartition(":")[0]
+    if specs.names_file(where):
+        return Path(where).resolve()
+    specs.resolve_target(spec)  # imports the module when it is not yet
+    return Path(sys.modules[where].__file__).resolve()
+
+
+def source_files(spec: str) -> tuple[Path, Path, list[Path]] | None:
+    """(base folder, the SPEC's file, every file of its code imported so far) for a SPEC that names
+    the user's own code; None for a zoo name or an installed module. The base folder is the package
+    root's parent for a file inside a package, else the file's folder."""
+    if specs.is_registry_name(spec):
+        return None
+    main = _main_file(spec)
+    if _installed(main):
+        return None
+    root = specs.package_root(main)
+    base = root.parent if root is not None else main.parent
+    own = _own_packages()
+    files = {main}
+    for module in list(sys.modules.values()):
+        where = getattr(module, "__file__", None)
+        if not where or not where.endswith(".py"):
+            continue
+        path = Path(where).resolve()
+        if path.is_relative_to(base) and path.is_file() and not _installed(path) and not any(path.is_relative_to(p) for p in own):
+            files.add(path)
+    folder = main.parent  # a package file needs every __init__.py from its root down
+    while root is not None and folder.is_relative_to(root):
+        files.add(folder / "__init__.py")
+        folder = folder.parent
+    return base, main, sorted(files)
+
+
+def save_source(run_dir: Path, spec: str) -> dict | None:
+    """Copy the model source of `spec` into run_dir/model_source/; the record the run keeps of it
+    (None: a zoo or installed model, nothing to keep)."""
+    found = source_files(spec)
+    if found is None:
+        return None
+    base, main, files = found
+    attr = spec.rpartition(":")[2]
+    hashes = {}
+    for path in files:
+        relative = path.relative_to(base).as_posix()
+        data = path.read_bytes()
+        atomic_write_bytes(Path(run_dir) / SOURCE_DIR / relative, lambda f, data=data: f.write(data))
+        hashes[relative] = hashlib.sha256(data).hexdigest()
+    return {"spec": f"{SOURCE_DIR}/{main.relative_to(base).as_posix()}:{attr}", "base": str(base),
+            "origin_spec": f"{main}:{attr}", "files": hashes}
+
+
+def spec_to_build(run_dir: Path, spec: str, source: dict | None) -> str:
+    """The SPEC that rebuilds a run's model: its copy in run_dir/model_source/ when the run kept one
+    (warning when the original files changed since), else the SPEC it was trained from."""
+    if not source or specs.is_registry_name(spec):  # a zoo model is built by name, never from a file
+        return spec
+    run_dir = Path(run_dir).resolve()
+    copy_file, _, attr = source["spec"].rpartition(":")
+    copy = (run_dir / copy_file).resolve()
+    if not copy.is_relative_to(run_dir / SOURCE_DIR):
+        raise CnnscopeError(
+            f"The run {run_dir} records its model source as {source['spec']!r}, which lies outside its "
+            f"{SOURCE_DIR}/ folder: the run's files were not written by `cnnscope train`."
+        )
+    if not copy.is_file():
+        warnings.warn(f"The run folder {run_dir} has no copy of its model source ({copy}); building "
+                      f"{source['origin_spec']} instead.", CnnscopeWarning, stacklevel=2)
+        return source["origin_spec"]
+    changed = [name for name, digest in source["files"].items()
+               if (Path(source["base"]) / name).is_file() and _sha256(Path(source["base"]) / name) != digest]
+    if changed:
+        warnings.warn(f"The model source changed since the run was trained ({', '.join(changed)} in "
+                      f"{source['base']}); the run's own copy in {run_dir / SOURCE_DIR} is used.",
+                      CnnscopeWarning, stacklevel=2)
+    return f"{copy}:{attr}"

@@ -1,0 +1,65 @@
+"""The user's own image files as probe images: resized and normalised the way the run was trained.
+
+A path is an image file (PNG, JPEG, BMP, GIF, WebP, TIFF: whatever Pillow reads) or a folder, whose
+image files are taken in sorted order (subfolders included). Each image is converted to the model's
+channel count (1: grayscale, 3: RGB), resized to the model's input size (bilinear; the aspect ratio
+is not kept, as the training images were resized too) and normalised with the run's mean and std.
+Their labels are unknown (-1): attributions explain the predicted class.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnscope.errors import CnnscopeError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+UNKNOWN_LABEL = -1
+
+
+def image_files(paths) -> list[Path]:
+    """Every image file named by `paths` (files, or folders searched recursively), in order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise CnnscopeError(f"The folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                                    "Point image to image files or a folder of them.", arguments=("image_paths",))
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CnnscopeError(f"Image {path} does not exist. Give an image file or a folder of images.",
+                                arguments=("image_paths",))
+    return found
+
+
+def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 (H, W, channels) at `size` (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise CnnscopeError(f"Cannot read the image {path}: {e}. Give PNG or JPEG files (or another format Pillow "
+                            "reads).", arguments=("image_paths",)) from None
+    return pixels.reshape(size[0], size[1], channels)
+
+
+def load_images(paths, input_shape, mean, std) -> tuple[torch.Tensor, np.ndarray, list[Path]]:
+    """(normalised float32 batch (N, C, H, W), pixels (N, H, W, 3) in [0, 1], the files) of the
+    images at `paths` for a model of `input_shape` (C, H, W) trained with `mean` and `std`."""
+    channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise CnnscopeError(f"The model takes {channels}-channel images; image files can be given to models of 1 "
+                            "(grayscale) or 3 (RGB) channels only.", arguments=("image_paths",))
+    files = image_files(paths)
+    pixels = np.stack([read_image(p, channels, (height, width)) for p in files]).astype(np.float32) / 255
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x.contiguous(), np.repeat(pixels, 3 // channels, axis=3), files
