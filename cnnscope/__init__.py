@@ -26,6 +26,7 @@ _API = {  # public name -> module that defines it
     "gate_maps": "cnnscope.core.gates",
     "soft_sharing": "cnnscope.core.sharing",
     "attribute": "cnnscope.core.attribution",
+    "sanity_check": "cnnscope.core.sanity",
     # rendering any result
     "to_table": "cnnscope.render",
     "to_markdown": "cnnscope.render",

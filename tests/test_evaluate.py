@@ -121,7 +121,7 @@ def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
     assert [r["run"] for r in rows] == ["one", "two"]
     for row in rows:
         metrics = json.loads((runs / row["run"] / "metrics.json").read_text())
-        for key in ("model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
+        for key in ("model", "dataset", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
                     "images_per_s"):
             assert row[key] == metrics[key], key
     assert [r["epochs"] for r in rows] == [1, 2]
@@ -129,9 +129,28 @@ def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == ["one", "two"] and float(table[1]["test_acc"]) == rows[1]["test_acc"]
     md = (out / "summary.md").read_text().splitlines()
-    assert len(md) == 4 and md[0].startswith("| run | model | params | best val acc (%) | test acc (%)")
+    assert len(md) == 4 and md[0].startswith("| run | model | dataset | params | best val acc (%) | test acc (%)")
+    assert md[2].startswith(f"| one | {rows[0]['model']} | fake | ") and "warning" not in result.output
     assert f"| {rows[1]['test_acc']:.2f} |" in md[3]
     for name in ("combined_acc.png", "combined_loss.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(cli, ["compare", str(runs / "one"), str(tmp_path)])
     assert bad.exit_code == 2 and "not a finished run folder" in bad.output
+
+
+def test_compare_warns_when_the_runs_mix_datasets(runner, runs, tmp_path):
+    import shutil
+
+    other = tmp_path / "three"
+    shutil.copytree(runs / "two", other)
+    metrics_path = other / "metrics.json"
+    metrics_path.write_text(json.dumps({**json.loads(metrics_path.read_text()), "dataset": "fashion-mnist"}))
+    args = ["compare", str(runs / "one"), str(runs / "two"), str(other), "--out", str(tmp_path / "combined")]
+    warning = ("the runs were trained on different datasets, so their numbers do not compare: one, two on fake; "
+               "three on fashion-mnist")
+    as_json = runner.invoke(cli, [*args, "--format", "json"])
+    assert as_json.exit_code == 0 and f"warning: {warning}" in as_json.stderr
+    assert [r["dataset"] for r in json.loads(as_json.stdout)] == ["fake", "fake", "fashion-mnist"]
+    assert f"> warning: {warning}" in (tmp_path / "combined" / "summary.md").read_text()
+    as_table = runner.invoke(cli, [*args, "--format", "table"])
+    assert "different datasets" in as_table.stdout

@@ -546,3 +546,47 @@ def test_project_readme_documents_every_block_kind():
     text = PROJECT_README.read_text(encoding="utf-8")
     missing = [kind for kind in KINDS if f"`{kind}`" not in text]
     assert not missing, f"README.md does not document block kinds {missing}"
+
+
+# ---- figures: the code that drew them ---------------------------------------------------------------
+
+def test_figure_code_hash_follows_what_the_drawing_uses(monkeypatch):
+    from cnnscope.render import figure_code, plots
+
+    def hashes():
+        return {f: figure_code.code_hash(plots, f) for f in ("gate_maps", "gate_shares", "curves")}
+
+    before = hashes()
+    monkeypatch.setattr(plots, "GATE_LEGEND_TITLE", "another legend")  # used by gate_maps alone
+    after = hashes()
+    assert after["gate_maps"] != before["gate_maps"]
+    assert after["gate_shares"] == before["gate_shares"] and after["curves"] == before["curves"]
+    monkeypatch.setattr(plots, "DILATION_COLOURS", ((0, 0, 0),) * 3)  # used by both gate figures
+    assert hashes()["gate_shares"] != before["gate_shares"]
+
+
+def test_check_fails_on_a_figure_whose_code_changed_and_warns_on_an_unstamped_one(tmp_path, runner, monkeypatch):
+    import numpy as np
+
+    from cnnscope.render import plots
+    from cnnscope.runs.readme.figures import read_stamp
+
+    run = tmp_path / "reports" / "egrr"
+    (run / "plots").mkdir(parents=True)
+    plots.gate_shares(["s0.t0", "s0.t1"], np.full((2, 3), 1 / 3), ["d=1", "d=2", "d=4"], groups=[0, 0],
+                      path=run / "plots" / "gate_shares.png")
+    assert read_stamp(run / "plots" / "gate_shares.png").startswith("cnnscope.render.plots:gate_shares ")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- GATE_SHARES run=reports/egrr -->\n<!-- /GATE_SHARES -->\n")
+    assert run_cli(runner, readme).exit_code == 0
+    assert run_cli(runner, readme, "--check").exit_code == 0  # drawn by the code there is now
+
+    monkeypatch.setattr(plots, "DILATION_COLOURS", plots.DILATION_COLOURS[::-1])  # the code changes
+    stale = run_cli(runner, readme, "--check")
+    assert stale.exit_code == 1 and "reports/egrr/plots/gate_shares.png was drawn by figure code that has " \
+        "changed since; redraw it with `cnnscope gates reports/egrr`" in " ".join(stale.output.split())
+    monkeypatch.undo()
+
+    (run / "plots" / "gate_shares.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # from before figures were stamped
+    unknown = run_cli(runner, readme, "--check")
+    assert unknown.exit_code == 0 and "does not record the code that drew it" in unknown.output

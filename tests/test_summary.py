@@ -30,7 +30,7 @@ def test_macs_agree_with_flop_counter(name):
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
-    assert result.macs == pytest.approx(counter.get_total_flops() / 2, rel=0.01)
+    assert result.macs == counter.get_total_flops() // 2
     assert result.params_unique == sum(p.numel() for p in model.parameters())
 
 
@@ -93,3 +93,61 @@ def test_models_cli_lists_every_registered_model(runner):
     rows = {r["name"]: r for r in json.loads(out.output)}
     assert set(rows) == set(models.list_models())
     assert rows["basic"]["params"] == 84_322 and rows["egrr"]["dataset"] == "cifar100"
+
+
+class Attention(nn.Module):
+    """A functional conv, scaled-dot-product attention over the 64 positions and an einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.mix = nn.Parameter(torch.randn(2, 4, 4))
+
+    def forward(self, x):
+        x = F.conv2d(x, self.kernel, padding=1)  # (1, 8, 8, 8)
+        heads = x.flatten(2).transpose(1, 2).reshape(1, 64, 2, 4).transpose(1, 2)  # (1, 2, 64, 4)
+        att = F.scaled_dot_product_attention(heads, heads, heads)
+        return torch.einsum("bhld,hde->bhle", att, self.mix).mean((1, 2))
+
+
+def test_attention_einsum_and_functional_conv_counted_like_flop_counter():
+    conv = 8 * 8 * 8 * (3 * 3 * 3)  # output elements x (in channels x kernel)
+    sdpa = 2 * (2 * 64 * 64 * 4)  # scores q.k and the weighted sum of v: heads x L x L x d each
+    einsum = 2 * 64 * 4 * 4  # h l d e
+    model = Attention()
+    result = summarize(model, (3, 8, 8))
+    assert result.macs == conv + sdpa + einsum == 81_408 and result.warnings == []
+    # flop_counter has no formula for the CPU attention kernel; on the math path it counts the bmms
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        model(torch.zeros(1, 3, 8, 8))
+    assert counter.get_total_flops() // 2 == result.macs
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x @ x.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+
+class Opaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x = Square.apply(self.stem(x))  # (1, 4, 8, 8): 4 x 8 x 8 x 8 MACs, seen inside the Function
+        return torch.cdist(x, x)  # arithmetic flop_counter has no formula for
+
+
+def test_uncounted_operation_named_in_a_warning(runner):
+    result = summarize(Opaque(), (3, 8, 8))
+    assert result.macs == 4 * 8 * 8 * 3 + 4 * 8 * 8 * 8
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("aten._cdist_forward ran uncounted in (model)")
+    out = runner.invoke(cli, ["summary", "tests.test_summary:Opaque", "--input", "3", "8", "8", "--format", "markdown"])
+    assert out.exit_code == 0, out.output
+    assert "> warning: aten._cdist_forward ran uncounted in (model)" in out.output

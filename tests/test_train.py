@@ -88,6 +88,42 @@ def test_train_log_and_metrics_agree(basic_run):
     assert f"test acc {metrics['test_acc']:.2f}%" in " ".join(output.split())
 
 
+def test_lr_recorded_per_step_shows_the_onecycle_warm_up(basic_run):
+    run, _ = basic_run
+    lrs = json.loads((run / "metrics.json").read_text())["lr_per_step"]
+    steps = math.ceil(461 / 64)  # 461 training images in batches of 64, the last one short
+    assert len(lrs) == 2 * steps
+    _, rows = read_log(run)
+    assert [lrs[steps - 1], lrs[-1]] == pytest.approx([r["lr"] for r in rows], rel=1e-5)  # the log's last-step lr
+    # OneCycle (max_lr 0.1, div 10, final div 100, pct_start 0.15 of 16 steps): cosine from 0.01 up to
+    # 0.1 over steps 0 .. 0.15 * 16 - 1 = 1.4, then cosine down to 1e-4 at step 15
+    up, down = 0.15 * 16 - 1, 15 - (0.15 * 16 - 1)
+    rise = [0.1 - 0.09 * (1 + math.cos(math.pi * k / up)) / 2 for k in (0, 1)]
+    fall = [1e-4 + (0.1 - 1e-4) * (1 + math.cos(math.pi * (k - up) / down)) / 2 for k in (2, 3, 15)]
+    assert [*lrs[:4], lrs[15]] == pytest.approx(rise + fall, rel=1e-5)
+    assert lrs[0] < lrs[1] < lrs[2] > lrs[3]  # the warm-up, visible only per step
+
+
+def test_curves_carry_the_run_name_best_epoch_and_test_acc(basic_run, tmp_path, monkeypatch):
+    from cnnscope.render import plots
+    from cnnscope.runs.train_files import write_curves
+
+    run, _ = basic_run
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.setdefault(Path(path).name, fig.axes[0]))
+    write_curves(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    acc, lr = drawn["acc_curves.png"], drawn["lr.png"]
+    assert acc.get_title() == "basic: accuracy" and lr.get_title() == "basic: learning rate"
+    labels = {line.get_label(): line for line in acc.get_lines()}
+    best = labels[f"best val epoch ({metrics['best_epoch']})"]
+    assert list(best.get_xdata()) == [metrics["best_epoch"]] * 2
+    star = labels[f"test acc {metrics['test_acc']:.2f}%"]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (metrics["best_epoch"], metrics["test_acc"])
+    xs, ys = lr.get_lines()[0].get_data()  # one point per step, at its fraction of the epochs
+    assert list(ys) == metrics["lr_per_step"] and list(xs) == pytest.approx([k / 8 for k in range(1, 17)])
+
+
 def test_confusion_matrix_and_report_match_the_test_set(basic_run):
     run, _ = basic_run
     with open(run / "confusion_matrix.csv", newline="") as f:
@@ -224,6 +260,7 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
            [{k: v for k, v in r.items() if k not in timing} for r in log_b]
     metrics_a, metrics_b = (json.loads((r / "metrics.json").read_text()) for r in (tiny_run, run))
     assert metrics_a["test_acc"] == metrics_b["test_acc"] and metrics_a["test_loss"] == metrics_b["test_loss"]
+    assert len(metrics_b["lr_per_step"]) == 2 * 15 and metrics_a["lr_per_step"] == metrics_b["lr_per_step"]
 
 
 def test_resume_refuses_another_model_and_changed_settings(runner, tiny_spec, tiny_run):

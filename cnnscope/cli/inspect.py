@@ -101,46 +101,105 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt):
     emit(fmt, inspect_sharing(load_target(target, ctor, out, trust_spec), threshold))
 
 
+# the short names of cnnscope.core.attribution_methods.METHODS (a test keeps them equal; importing the
+# registry here would import torch for --help)
+ATTRIBUTION_METHODS = ("ig", "saliency", "smoothgrad", "ixg", "deeplift", "gradshap", "guided", "gradcam",
+                       "guided-gradcam", "occlusion", "edges")
+
+
+def attribution_options(command):
+    """--method, --target, --layer, --list-layers, --ig-tolerance and the sanity check's options."""
+    for option in reversed((
+        click.option("--method", "methods", multiple=True, type=click.Choice(ATTRIBUTION_METHODS),
+                     help="Attribution method (see above); repeatable [default: ig, saliency, gradcam, occlusion]."),
+        click.option("--target", "target_class", type=click.Choice(("pred", "true")), default="pred",
+                     show_default=True, help="Attribute the predicted class or the true class."),
+        click.option("--layer", default=None, metavar="NAME",
+                     help="Layer of gradcam and guided-gradcam [default: the last spatial conv called once]; "
+                          "--list-layers shows the candidates."),
+        click.option("--list-layers", is_flag=True,
+                     help="List the conv layers with their output sizes (which --layer can take) and stop."),
+        click.option("--ig-tolerance", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+                     help="Integrated Gradients doubles its steps (32 to 512) until |delta| <= this x "
+                          "|F(x) - F(baseline)|."),
+        click.option("--sanity", is_flag=True,
+                     help="Also run the sanity check: randomise the weights layer by layer from the output "
+                          "down and measure how much each method's maps change; flag those that do not."),
+        click.option("--sanity-threshold", type=click.FloatRange(-1.0, 1.0), default=0.5, show_default=True,
+                     help="Flag a method whose mean rank correlation with every layer random is above this."),
+        click.option("--sanity-stages", type=click.IntRange(min=1), default=None,
+                     help="Randomise consecutive layers together so there are at most this many stages "
+                          "[default: one stage per layer]."),
+    )):
+        command = option(command)
+    return command
+
+
 @cli.command("attribute", epilog=SPEC_RUNS_CODE)
 @target_argument
 @ctor_option
 @trust_spec_option()
 @images_options
-@click.option("--method", "methods", multiple=True,
-              type=click.Choice(("ig", "saliency", "gradcam", "occlusion")),
-              help="Attribution method; repeatable [default: all four].")
-@click.option("--target", "target_class", type=click.Choice(("pred", "true")), default="pred",
-              show_default=True, help="Attribute the predicted class or the true class.")
+@attribution_options
 @out_option
 @format_option()
-def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, out,
-                  fmt):
-    """Captum attributions of N test images: Integrated Gradients, Saliency, GradCAM, Occlusion.
-
-    Writes plots/attributions.png: a row per image (the image with its true and predicted
-    class, then one map per method). GradCAM runs on the last spatial conv that is called once
-    per forward; on a weight-tied model (ectied, egrr) that is not the last conv, and a warning
-    says which layer was used, or why GradCAM was skipped.
+def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, layer,
+                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt):
+    """Captum attributions of N test images (or your --image files), and a sanity check of the methods.
 
     \b
-    JSON: {target, dataset, target_class, methods, skipped: {method: reason}, warnings,
-      gradcam_layer: {name, size, calls} | null, settings, images: [{index, label, class, pred,
-      pred_class, prob, target, ig_delta}], figures: {attributions}}
-    ig_delta is Integrated Gradients' convergence delta (null when ig did not run).
+    Methods (--method, short names):
+      ig              Integrated Gradients (signed; steps raised until converged)
+      saliency        |gradient|
+      smoothgrad      SmoothGrad: |gradient| averaged over noisy copies
+      ixg             Input x Gradient (signed)
+      deeplift        DeepLift (signed)
+      gradshap        GradientShap (signed)
+      guided          Guided Backprop (signed)
+      gradcam         GradCAM on --layer, upsampled
+      guided-gradcam  Guided GradCAM (signed)
+      occlusion       Occlusion: drop of the class score under an 8x8 patch (signed)
+      edges           Sobel edges of the input: no model at all, a control for --sanity
+
+    Writes plots/attributions.png (a row per image, a column per method: signed maps in a diverging
+    colour map centred at zero, red = evidence for the class; non-negative ones in magma; one scale
+    and colour bar per method) and the maps in plots/attributions.npz. On a weight-tied model the
+    last conv runs more than once: GradCAM falls back to the last conv called once and says so.
+
+    --sanity runs the model-parameter randomisation test (Adebayo et al. 2018): on a copy of the
+    model, the layers are re-initialised one by one from the output down and each method's maps
+    compared (Spearman rank correlation of |map|) with the trained model's; a method still above
+    --sanity-threshold with every layer random is FLAGGED. Figures plots/sanity.png, sanity_maps.png.
+
+    \b
+    JSON: {target, dataset, target_class, methods, signed: {method: bool}, skipped: {method: reason},
+      warnings, gradcam_layer: {name, size, calls, chosen} | null, settings, images: [{index, label,
+      class, pred, pred_class, prob, target, ig_delta, ig_steps, ig_relative_delta, ig_converged}],
+      figures: {attributions, maps}}
+    With --sanity: {target, dataset, measure, threshold, seed, stages: [{stage, randomised, layers_random}],
+      methods: [{name, title, rank_abs, rank_signed, final_rank_abs, flagged, control}], flagged,
+      attribution: (the JSON above), figures: {sanity, sanity_maps}}
 
     \b
     Examples:
-      cnnscope attribute reports/basic-fashion-mnist
-      cnnscope attribute reports/ectied --method ig --method gradcam --target true
+      cnnscope attribute reports/basic --method ig --method gradcam --target true
+      cnnscope attribute reports/basic --list-layers
+      cnnscope attribute reports/basic --layer c3b.pw --sanity --method saliency --method edges
     """
-    from cnnscope.core.attribution import METHODS
-    from cnnscope.runs.inspect import inspect_attributions, load_target, load_test_images
+    from cnnscope.core.attribution import list_layers as layer_list
+    from cnnscope.core.attribution_methods import DEFAULT_METHODS
+    from cnnscope.runs.inspect import inspect_attributions, inspect_sanity, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths)
+    if list_layers:
+        return emit(fmt, layer_list(tgt.model, images.x[:1], tgt.label))
+    options = dict(methods=methods or DEFAULT_METHODS, target_class=target_class, layer=layer,
+                   ig_tolerance=ig_tolerance)
     with progress_bar() as bar:
-        report = inspect_attributions(tgt, images, methods=methods or METHODS, target_class=target_class,
-                                      progress=bar)
-    for message in [*report.skipped.values(), *report.warnings]:
+        report = (inspect_sanity(tgt, images, threshold=sanity_threshold, max_stages=sanity_stages, progress=bar,
+                                 **options) if sanity else inspect_attributions(tgt, images, progress=bar, **options))
+    attributions = report.attribution if sanity else report
+    for message in [*attributions.skipped.values(), *attributions.warnings]:
         click.echo(f"warning: {message}", err=True)
     emit(fmt, report)

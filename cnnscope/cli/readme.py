@@ -33,6 +33,10 @@ def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_inp
     A marker's spec= is built only if it is a zoo model, or with --trust-spec (a file or module
     SPEC is imported and executed: a README from an untrusted pull request would run its code);
     --rf models are yours and always built.
+
+    Every figure cnnscope draws records the code that drew it: under --check a figure shown whose
+    drawing code has changed since is stale too (and one that records nothing is warned about).
+
     Exit codes: 0 done (or up to date), 1 stale under --check, 2 a bad README or missing run.
 
     \b
@@ -52,8 +56,12 @@ def update_readme_cmd(readme, check, show_diff, runs, reports, rf_models, rf_inp
     )
     if outcome.diff:
         click.echo(outcome.diff.encode("utf-8", "surrogateescape"), nl=False)
+    for message in (*outcome.stale_figures, *outcome.unstamped_figures):
+        click.echo(f"warning: {message}", err=True)
     if outcome.failed:
-        click.echo(f"{readme} is stale: run `cnnscope update-readme {readme}` and commit it.", err=True)
+        text = f"run `cnnscope update-readme {readme}` and commit it" if outcome.diff else ""
+        figures = "redraw the stale figures (above) and commit them" if outcome.stale_figures else ""
+        click.echo(f"{readme} is stale: {' and '.join(filter(None, (text, figures)))}.", err=True)
         sys.exit(1)
     # Under --check and --diff stdout is the diff alone.
     click.echo(f"{readme}: {outcome.blocks} block(s), {outcome.state}.", err=check or show_diff)

@@ -193,8 +193,12 @@ def compare_cmd(runs, out, fmt):
     """Summary table and combined accuracy/loss curves of several runs.
 
     \b
-    JSON (--format json): a list of {"run", "model", "params", "best_val_acc", "test_acc" (percent),
-      "best_epoch", "epochs", "train_time_s", "images_per_s"}, one per RUN.
+    Runs trained on different datasets are compared with a warning (under the table, in summary.md;
+    on stderr with --format json).
+
+    \b
+    JSON (--format json): a list of {"run", "model", "dataset", "params", "best_val_acc", "test_acc"
+      (percent), "best_epoch", "epochs", "train_time_s", "images_per_s"}, one per RUN.
 
     \b
     Examples:
@@ -203,4 +207,8 @@ def compare_cmd(runs, out, fmt):
     """
     from cnnscope.runs import compare
 
-    emit(fmt, compare.compare_runs(runs, out))
+    result = compare.compare_runs(runs, out)
+    emit(fmt, result)
+    if resolve_format(fmt) == "json":  # the table and the markdown carry the warnings themselves
+        for message in result.warnings:
+            click.echo(f"warning: {message}", err=True)

@@ -32,7 +32,8 @@ def summary_cmd(spec, ctor, input_shape, fmt):
     """Per-layer table of SPEC: output shape, params and MACs of every call.
 
     A module called several times (weight tying) gets one row per call; the totals count its
-    parameters once (unique) and its MACs once per call.
+    parameters once (unique) and its MACs once per call. MACs use torch.utils.flop_counter's
+    formulas; an operation with none that may hide products is named in a warning.
 
     \b
     Examples:
@@ -78,18 +79,21 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
     (squeeze-excitation). The final RF is that of the last spatial map before global pooling.
     Operations cnnscope does not know are named in warnings.
 
-    --verify measures the final RF independently: positive weights, identity activations and
-    norms, max-pool read as avg-pool, and the extent of d(centre unit)/d(input) on an input grown
-    until it does not clip. --erf RUN: the effective RF (Luo et al., 2016) of trained weights,
+    After upsampling the units of a map see windows of different sizes: the final RF is the largest,
+    the notes give the range and the centre unit's. --verify measures the final RF independently:
+    positive weights, identity activations and norms, unsaturated gates, max-pool read as avg-pool,
+    and the extent of d(unit)/d(input) on an input grown until it does not clip, for the centre
+    unit and, where the windows vary, a unit of each size. --erf RUN: the effective RF (Luo et al., 2016) of trained weights,
     mean |d centre / d input| over test images, and the radius holding 95% of that mass. With
     SPEC given, --erf builds SPEC with the run's weights, never the model the run's checkpoint
     names; without it, that model must be a zoo model or allowed with --trust-spec.
 
     \b
     JSON: {model, input, final_rf, final_jump, final_rf_hw, final_jump_hw, final_window_hw,
-      final_map, coverage, first_exceeding, layers: [{index, name, op, k, s, d, p, rf_in, jump_in,
-      rf_out, jump_out, global_in, global_out}], warnings, verify: {probe_rf, probe_rf_hw,
-      probe_input, match, clipped}, erf: {run, dataset, images, radius95, centre, figure}}
+      final_map, varies, final_window_range_hw, final_window_centre_hw, coverage, first_exceeding,
+      layers: [{index, name, op, k, s, d, p, rf_in, jump_in, rf_out, jump_out, global_in,
+      global_out}], warnings, verify: {probe_rf, probe_rf_hw, probe_input, match, clipped, units:
+      [{axis, unit, analysis, probe}]}, erf: {run, dataset, images, radius95, centre, figure}}
     Per-axis values are [H, W]; final_rf/final_jump a number, "HxW" or "global"; verify and erf
     only with those options. Exit codes: 0 done, 1 --verify mismatch, 2 bad input.
 

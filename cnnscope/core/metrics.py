@@ -158,12 +158,13 @@ def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_si
 
 @dataclass
 class CompareResult:
-    """Runs side by side: one row per run (its label and the `columns` of its metrics.json) and the
-    combined curves' figures (kind -> path)."""
-    columns: ClassVar[tuple] = ("run", "model", "params", "best_val_acc", "test_acc", "best_epoch", "epochs",
-                                "train_time_s", "images_per_s")
+    """Runs side by side: one row per run (its label and the `columns` of its metrics.json), the
+    combined curves' figures (kind -> path), and warnings (runs on different datasets)."""
+    columns: ClassVar[tuple] = ("run", "model", "dataset", "params", "best_val_acc", "test_acc", "best_epoch",
+                                "epochs", "train_time_s", "images_per_s")
     rows: list
     figures: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     def to_json(self) -> list:
         return self.rows

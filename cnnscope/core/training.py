@@ -253,6 +253,7 @@ class LoopState:
     best_loss: float = math.inf  # for early stopping
     bad_epochs: int = 0
     history: list = field(default_factory=list)  # train_log.csv rows
+    lr_steps: list = field(default_factory=list)  # the lr of every optimizer step so far (plots/lr.png)
     train_images: int = 0
     train_seconds: float = 0.0
 
@@ -281,11 +282,10 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     sums = torch.tensor(resumed[:3], dtype=torch.float64, device=step.device)  # loss sum, correct, images
     task = progress.add_task(description, total=len(loader), completed=skip, stats="")
     started = time.perf_counter() - resumed[3]
-    lr = resumed[4]
     for i, (x, y) in enumerate(loader):
         if i < skip:  # already trained on before the stop; drawn anyway so the loader stays in step
             continue
-        lr = step.optimizer.param_groups[0]["lr"]
+        state.lr_steps.append(step.optimizer.param_groups[0]["lr"])
         loss, logits = step(x, y)
         sums[0] += loss.detach() * len(y)
         sums[1] += (logits.argmax(1) == y).sum()
@@ -297,7 +297,7 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
                 raise NonFiniteLoss(f"{loss_sum / seen}")
             seconds = time.perf_counter() - started
             progress.update(task, completed=i + 1, stats=(
-                f"loss {loss_sum / seen:.4f}  acc {100 * correct / seen:.2f}%  lr {lr:.4g}  "
+                f"loss {loss_sum / seen:.4f}  acc {100 * correct / seen:.2f}%  lr {state.lr_steps[-1]:.4g}  "
                 f"{seen * ddp.world_size / seconds:,.0f} img/s"))
             if stop_now and i + 1 < len(loader):
                 state.batch = i + 1
@@ -305,7 +305,7 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     else:
         state.batch = 0
     progress.remove_task(task)
-    state.partial = ddp.all_reduce(sums).tolist() + [time.perf_counter() - started, lr]
+    state.partial = ddp.all_reduce(sums).tolist() + [time.perf_counter() - started, state.lr_steps[-1]]
 
 
 def validate(net, loader, device, amp, ddp: Dist, progress=None) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import pkgutil
 
 _RENDERERS = {}  # result type -> (table, markdown)
 _families_loaded = False
-_NOT_RENDERERS = {"plots", "progress", "tables"}  # helpers, not families (plots would import matplotlib)
+_NOT_RENDERERS = {"plots", "attribution_plots", "progress", "tables"}  # helpers, not families (plots would import matplotlib)
 
 
 def register(result_type, *, table, markdown):

@@ -2,7 +2,7 @@
 from cnnscope.core.metrics import CompareResult
 from cnnscope.render import register
 
-HEADERS = ("run", "model", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
+HEADERS = ("run", "model", "dataset", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
            "images/s")  # of CompareResult.columns
 
 
@@ -19,8 +19,10 @@ def _cell(value, column) -> str:
 
 
 def markdown(result: CompareResult, title=None) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * 2 + "---:|" * (len(HEADERS) - 2)]
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * 3 + "---:|" * (len(HEADERS) - 3)]
     lines += ["| " + " | ".join(_cell(r[c], c) for c in result.columns) + " |" for r in result.rows]
+    if result.warnings:
+        lines += ["", *(f"> warning: {w}  " for w in result.warnings)]
     return "\n".join(lines) + "\n"
 
 
@@ -29,9 +31,10 @@ def table(result: CompareResult, title=None):
 
     table = Table(title="Runs")
     for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i < 2 else "right")
+        table.add_column(h, justify="left" if i < 3 else "right")
     for r in result.rows:
         table.add_row(*(_cell(r[c], c) for c in result.columns))
+    table.caption = "\n".join(f"warning: {w}" for w in result.warnings) or None
     return table
 
 

@@ -1,6 +1,8 @@
 """Tables of the inspections: gate shares, soft-sharing banks, attributions (as Sections)."""
 from cnnscope import render
-from cnnscope.core.attribution import TITLES, AttributionReport
+from cnnscope.core.attribution import AttributionReport, LayerList
+from cnnscope.core.attribution_methods import IG_MAX_STEPS, IG_MIN_STEPS, METHODS
+from cnnscope.core.sanity import SanityReport
 from cnnscope.core.gates import GateReport
 from cnnscope.core.sharing import GROUPING, SharingReport
 from cnnscope.render.tables import Section, fmt_float, sections_markdown, sections_table
@@ -75,19 +77,70 @@ def sharing_sections(report: SharingReport) -> list[Section]:
 
 
 def attribution_sections(report: AttributionReport) -> list[Section]:
-    notes = [f"methods: {', '.join(TITLES[m] for m in report.methods) or 'none'}"]
+    notes = [f"methods: {', '.join(_method_label(m) for m in report.methods) or 'none'}"]
     if report.gradcam_layer:
         layer = report.gradcam_layer
-        notes.append(f"GradCAM layer: {layer['name']} ({'x'.join(map(str, layer['size']))})")
-    notes += [f"skipped {TITLES[m]}: {why}" for m, why in report.skipped.items()]
+        notes.append(f"GradCAM layer ({layer['chosen']}): {layer['name']} ({'x'.join(map(str, layer['size']))})")
+    notes += [f"skipped {METHODS[m].title}: {why}" for m, why in report.skipped.items()]
     notes += [f"warning: {w}" for w in report.warnings]
+    if "ig" in report.methods:
+        notes.append(f"IG: steps doubled from {IG_MIN_STEPS} until |delta| <= {report.ig_tolerance:g} x "
+                     f"|F(x) - F(baseline)| (the relative delta), at most {IG_MAX_STEPS}")
     notes += _figure_notes(report)
     return [Section(
         f"Attributions: {report.target}, {_images(report)}, target = {report.target_class} class",
-        ["Index", "True", "Predicted", "P(pred)", "Target", "IG delta"],
+        ["Index", "True", "Predicted", "P(pred)", "Target", "IG steps", "IG delta", "IG rel. delta"],
         [[str(im["index"]), im.get("class", "-"), im["pred_class"], fmt_float(im["prob"]), str(im["target"]),
-          fmt_float(im["ig_delta"], 4)] for im in report.to_json()["images"]],
+          "-" if im["ig_steps"] is None else str(im["ig_steps"]) + ("" if im["ig_converged"] else " (not reached)"),
+          _general(im["ig_delta"]), _general(im["ig_relative_delta"])]
+         for im in report.to_json()["images"]],
         notes=notes,
+    )]
+
+
+def _general(value) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _method_label(name) -> str:
+    method = METHODS[name]
+    return f"{method.title} ({'signed' if method.signed else 'non-negative'})"
+
+
+def sanity_sections(report: SanityReport) -> list[Section]:
+    data = report.to_json()
+    stages = len(report.stages)
+    marks = sorted({0, stages // 4, stages // 2, 3 * stages // 4, stages})
+    ranks = Section(
+        f"Sanity check: {data['target']}, model-parameter randomisation (Adebayo et al. 2018), "
+        f"{len(report.attribution.images)} images",
+        ["Method", *(f"{report.layers_random(k)} random" if k else "original" for k in marks),
+         "Signed, all random", f"At or below {report.threshold:g} from", "Verdict"],
+        [[m["title"], *(fmt_float(m["rank_abs"][k]) for k in marks), fmt_float(m["rank_signed"][-1]),
+          _first_below(m["first_below_threshold"]),
+          ("FLAGGED (expected: control)" if m["control"] else "FLAGGED") if m["flagged"] else "changes"]
+         for m in data["methods"]],
+        notes=[f"Spearman rank correlation of |map| with the original model's maps, mean over images, after "
+               f"randomising the top k of {report.layers_random(stages)} parameterised layers, from the output "
+               f"down ({stages} stages; the first: {', '.join(report.stages[0])}).",
+               f"FLAGGED: still above {report.threshold:g} with every layer random, so the maps do not depend "
+               "on the learned weights enough to explain them."] + _figure_notes(report),
+    )
+    return [*attribution_sections(report.attribution), ranks]
+
+
+def _first_below(stage) -> str:
+    return "never" if stage is None else f"{stage['layers_random']} random ({stage['layer']})"
+
+
+def layer_sections(layers: LayerList) -> list[Section]:
+    return [Section(
+        f"Layers for GradCAM and Guided GradCAM (--layer): {layers.target}",
+        ["Layer", "Type", "Output (C x H x W)", "Calls", "Usable"],
+        [[row["name"], row["type"], "x".join(map(str, row["size"])), str(row["calls"]),
+          ("yes (default)" if row["default"] else "yes") if row["usable"] else "no"] for row in layers.layers],
+        notes=["Usable: a spatial map (more than 1x1) from a layer that runs once per forward (Captum's "
+               "layer hooks need that)."],
     )]
 
 
@@ -103,3 +156,5 @@ def _register(result_type, sections):
 _register(GateReport, gate_sections)
 _register(SharingReport, sharing_sections)
 _register(AttributionReport, attribution_sections)
+_register(SanityReport, sanity_sections)
+_register(LayerList, layer_sections)

@@ -1,21 +1,26 @@
 """Every figure cnnscope draws. Functions take plain data (arrays, lists, dicts) and a path, and
 write a PNG; nothing here knows about models or training, so analysis code stays testable alone.
 """
+import sys
 from pathlib import Path
 
 import matplotlib
 
 from cnnscope.files import atomic_write_bytes
+from cnnscope.render import figure_code
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, path) -> Path:
-    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it."""
+    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it. The PNG is
+    stamped with the code that drew it (the caller; render/figure_code.py)."""
     path = Path(path)
+    metadata = {figure_code.KEY: figure_code.stamp(sys._getframe(1))}
     try:
-        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight",
+                                                       metadata=metadata))
     finally:
         plt.close(fig)
     return path
@@ -23,16 +28,24 @@ def save(fig, path) -> Path:
 
 # ---- inspection: entropy gates, soft sharing, attributions (cnnscope.runs.inspect) -------------------
 
-# One fixed colour per dilation (d=1 blue, d=2 green, d=4 red); a pixel shows the
-# probability-weighted mix, so a pure colour means a confident gate and grey-brown a hesitant one.
-DILATION_COLOURS = ((0.12, 0.40, 0.90), (0.10, 0.70, 0.20), (0.90, 0.15, 0.15))
+# One Okabe-Ito colour per dilation, in order (blue, orange, bluish green, vermillion, reddish purple,
+# sky blue, yellow): distinguishable with every common colour-vision deficiency (Okabe & Ito 2008).
+DILATION_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
+                         for h in ("0072B2", "E69F00", "009E73", "D55E00", "CC79A7", "56B4E9", "F0E442"))
+GATE_LEGEND_TITLE = "most probable gate dilation\n(paler = less confident; white = all equally likely)"
 
 
-def mix_colours(probs, colours=DILATION_COLOURS):
-    """(D, H, W) probabilities -> (H, W, 3) RGB: the probability-weighted mix of the colours."""
+def gate_colours(probs, colours=DILATION_COLOURS):
+    """(D, H, W) probabilities -> (H, W, 3) RGB: the colour of the most probable dilation, faded
+    towards white as the gate is less sure (confidence = (p_max - 1/D) / (1 - 1/D)). Mixing the
+    colours instead would turn hesitant pixels into a hue no dilation has."""
     import numpy as np
 
-    return np.einsum("dhw,dc->hwc", probs, np.asarray(colours[:len(probs)], dtype=np.float64))
+    probs = np.asarray(probs, dtype=np.float64)
+    d = len(probs)
+    rgb = np.asarray(colours[:d], dtype=np.float64)[probs.argmax(axis=0)]
+    confidence = ((probs.max(axis=0) - 1 / d) / (1 - 1 / d))[..., None] if d > 1 else 1.0
+    return 1 - confidence * (1 - rgb)
 
 
 def _bare(ax):
@@ -59,32 +72,31 @@ def _image_rows(images, maps, draw, *, row_titles, column_titles, cell):
     return fig
 
 
-def gate_maps(images, maps, *, column_titles, row_titles, legend, path, cell=0.9):
-    """A row per image: the image, then one RGB gate map per stage/step (nearest upsampling).
+def gate_maps(images, probs, *, dilations, column_titles, row_titles, path, cell=0.9):
+    """A row per image: the image, then one gate map per stage/step (gate_colours, nearest upsampling).
 
-    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (h, w, 3) in [0, 1]; legend: [(label, rgb), ...].
+    images: (N, H, W, 3) in [0, 1]; probs[i][j]: (D, h, w) gate probabilities; dilations: D labels.
     """
     from matplotlib.patches import Patch
 
-    fig = _image_rows(images, maps, lambda ax, _, rgb: ax.imshow(rgb.clip(0, 1), interpolation="nearest"),
+    fig = _image_rows(images, probs, lambda ax, _, p: ax.imshow(gate_colours(p), interpolation="nearest"),
                       row_titles=row_titles, column_titles=column_titles, cell=cell)
-    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in legend], loc="lower center",
-               bbox_to_anchor=(0.5, 1.0), ncol=len(legend), fontsize=8, frameon=False,
-               title="gate dilation (pixel colour = probability-weighted mix)", title_fontsize=8)
+    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in zip(dilations, DILATION_COLOURS)],
+               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(dilations), fontsize=8, frameon=False,
+               title=GATE_LEGEND_TITLE, title_fontsize=8)
     return save(fig, path)
 
 
-def gate_shares(labels, shares, legend, *, groups, path, title=""):
-    """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D)) per step.
-
-    groups: one id per bar (the stage); a dashed line separates consecutive groups.
+def gate_shares(labels, shares, dilations, *, groups, path, title=""):
+    """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D); `dilations`: D
+    labels) per step. groups: one id per bar (the stage); a dashed line separates consecutive groups.
     """
     import numpy as np
 
     shares = np.asarray(shares)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(labels) + 1.5), 3.2))
     bottom = np.zeros(len(labels))
-    for d, (label, rgb) in enumerate(legend):
+    for d, (label, rgb) in enumerate(zip(dilations, DILATION_COLOURS)):
         ax.bar(range(len(labels)), shares[:, d], bottom=bottom, color=rgb, label=label, width=0.85)
         bottom += shares[:, d]
     for i in range(1, len(groups)):
@@ -120,26 +132,15 @@ def similarity_heatmap(matrix, names, *, path, title=""):
     return save(fig, path)
 
 
-def attribution_grid(images, maps, *, row_titles, column_titles, path, cell=1.6):
-    """A row per image: the image, then each method's map in [0, 1] over the greyscale image.
-
-    images: (N, H, W, 3) in [0, 1]; maps[i][j]: (H, W) in [0, 1].
-    """
-    def draw(ax, image, heat):
-        ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="bilinear")
-
-    return save(_image_rows(images, maps, draw, row_titles=row_titles, column_titles=column_titles,
-                            cell=cell), path)
-
-
 # ---- training and evaluation ------------------------------------------------------------------
 
-def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False) -> Path:
+def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False,
+           best=None, test_acc=None) -> Path:
     """Line plot of {run: {kind: (xs, ys)}}: one colour per run, one line style per kind.
 
     One run's train/val accuracy is {"": {"train": (epochs, acc), "val": (epochs, acc)}}; several
-    runs give the combined plots of `cnnscope compare`.
+    runs give the combined plots of `cnnscope compare`. best: (x, label), a dotted line at the best
+    epoch; test_acc: a star at (that x, test_acc), the test accuracy of the best epoch's weights.
     """
     styles = ["-", "--", ":", "-."]
     kinds = list(dict.fromkeys(k for lines in runs.values() for k in lines))
@@ -148,12 +149,16 @@ def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", 
         for kind, (xs, ys) in lines.items():
             ax.plot(xs, ys, styles[kinds.index(kind) % len(styles)], color=color, marker="." if len(xs) < 30 else None,
                     label=f"{run} {kind}".strip())
+    if best is not None:
+        ax.axvline(best[0], color="0.35", linestyle=":", linewidth=1.2, label=best[1])
+        if test_acc is not None:
+            ax.plot([best[0]], [test_acc], "*", color="black", markersize=11, label=f"test acc {test_acc:.2f}%")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs: no 1.5
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(runs) * len(kinds) > 1:
+    if len(runs) * len(kinds) > 1 or best is not None:
         ax.legend(fontsize=8)
     return save(fig, path)
 
@@ -241,8 +246,9 @@ def augmentation_grid(originals, augmented, titles, path, *, title: str = "", nc
 # ---- receptive fields (cnnscope.core.rf) -------------------------------------------------------------
 
 def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical RF", title: str = "") -> Path:
-    """Effective-RF heatmap (H, W) with the theoretical RF box (top, left, bottom, right, in pixels,
-    drawn clipped to the image) and a circle of `radius` pixels around `centre` (y, x)."""
+    """Effective-RF heatmap (H, W) over the input pixels with the theoretical RF box (top, left, bottom,
+    right, in pixels, drawn clipped to the image), a circle of `radius` pixels around `centre` (y, x),
+    the input pixel at the centre of the probed output unit's RF, marked +; a legend names all three."""
     import numpy as np
     from matplotlib.patches import Circle, Rectangle
 
@@ -258,9 +264,15 @@ def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical 
     if radius is not None:
         ax.add_patch(Circle((centre[1], centre[0]), radius, fill=False, edgecolor="lime", linewidth=1.5,
                             label=f"95% of the mass: r = {radius:.1f} px"))
-    ax.plot(centre[1], centre[0], "+", color="white", markersize=8)
+    ax.plot(centre[1], centre[0], "+", color="white", markeredgecolor="white", markersize=9, linestyle="none",
+            label="centre of the probed output unit's RF")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    ax.set(xlabel="input x (px)", ylabel="input y (px)")
+    # a dark key background, so that the white centre marker shows in the legend too
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, facecolor="0.25",
+                       labelcolor="white", framealpha=1.0)
+    legend.set_title("heat: |d output unit / d input pixel|, mean over images", prop={"size": 8})
+    legend.get_title().set_color("white")
     ax.set_title(title, fontsize=9)
     return save(fig, path)

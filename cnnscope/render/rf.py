@@ -23,17 +23,29 @@ def _cells(layer: Layer) -> list:
 def _global_note(result: RFResult) -> str:
     first_global = next((l for l in result.layers if any(l.global_out)), None)
     return ("RF values marked * also see the whole input through a global path (a squeeze-excitation "
-            "gate, a softmax over H or W)"
+            "gate, attention, a pooled map fed back, a matmul or softmax over H or W)"
             + (f" from layer {first_global.index} on" if first_global else "")
             + f"; the local window of the final map is {show_pair(result.final_window_hw)}.")
+
+
+def _varies_note(result: RFResult) -> str:
+    (h_lo, h_hi), (w_lo, w_hi) = result.final_range_hw
+    return (f"The RF varies over the units of the final map (after upsampling or transposed convs): "
+            f"local windows from {show_pair((h_lo, w_lo))} to {show_pair((h_hi, w_hi))}, "
+            f"the centre unit's {show_pair(result.final_centre_hw)}; the final RF is the largest.")
 
 
 def _verify_note(result: RFResult) -> str:
     p = result.probe
     verdict = "matches" if result.verified else "DOES NOT MATCH"
+    differing = [c for c in p.units if not c.match]
+    detail = f"; {len(p.units)} units checked one by one" if result.varies else ""
+    if differing:
+        detail += "; differing units: " + ", ".join(
+            f"{'HW'[c.axis]} unit {c.unit}: analysis {list(c.analysis)}, probe {list(c.probe)}" for c in differing[:3])
     return (f"Verify (gradient probe, {p.dtype}, input grown to {p.input_size[0]} along H and "
             f"{p.input_size[1]} along W): RF {result.probe_rf} {verdict} the analysis ({result.final_rf})"
-            + (" [the support still touched the border]" if p.clipped else "") + ".")
+            + (" [the support still touched the border]" if p.clipped else "") + detail + ".")
 
 
 def _erf_note(result: RFResult) -> str:
@@ -51,6 +63,8 @@ def _notes(result: RFResult) -> list:
              f"{result.coverage:.0%} of the {h}x{w} input; "
              + (f"RF exceeds the input from layer {first.index} ({first.name})." if first
                 else "no layer's RF exceeds the input.")]
+    if result.varies:
+        lines.append(_varies_note(result))
     if any(a.glob for a in result.final):
         lines.append(_global_note(result))
     if result.probe is not None:

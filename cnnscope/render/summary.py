@@ -38,6 +38,7 @@ def model_summary_text(result: SummaryResult) -> str:
     body = [f"{result.model}, input {'x'.join(map(str, result.input_shape))}", rule, line(header), rule]
     body += [line(r) for r in rows[1:]]
     body += [rule] + [f"{k}: {v}" for k, v in _totals(result)]
+    body += [f"warning: {w}" for w in result.warnings]
     return "\n".join(body) + "\n"
 
 
@@ -51,6 +52,7 @@ def _table(result: SummaryResult, title=None):
     for row in _rows(result):
         table.add_row(*row)
     table.caption = " · ".join(f"{k}: {v}" for k, v in _totals(result))
+    table.caption += "".join(f"\nwarning: {w}" for w in result.warnings)
     return table
 
 
@@ -59,6 +61,8 @@ def _markdown(result: SummaryResult, title=None) -> str:
              "| # | Layer | Type | Output | Params | MACs |", "|---:|:---|:---|:---|---:|---:|"]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     lines += [""] + [f"**{k}:** {v}  " for k, v in _totals(result)]
+    if result.warnings:
+        lines += ["", *(f"> warning: {w}  " for w in result.warnings)]
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,23 @@ def summary_rows(folders: list[Path]) -> list[dict]:
     return rows
 
 
+def comparison(folders: list[Path]) -> CompareResult:
+    """The summary rows of the run folders, warned about when they mix datasets."""
+    rows = summary_rows(folders)
+    return CompareResult(rows, warnings=dataset_warnings(rows))
+
+
+def dataset_warnings(rows: list[dict]) -> list[str]:
+    """A warning when the runs were trained on different datasets: their accuracies do not compare."""
+    datasets = {}
+    for row in rows:
+        datasets.setdefault(row["dataset"] or "an unrecorded dataset", []).append(row["run"])
+    if len(datasets) < 2:
+        return []
+    return ["the runs were trained on different datasets, so their numbers do not compare: " +
+            "; ".join(f"{', '.join(runs)} on {name}" for name, runs in datasets.items())]
+
+
 def labels_for(folders: list[Path]) -> list[str]:
     """Folder names, or longer paths where two runs share a name."""
     names = [f.name for f in folders]
@@ -51,7 +68,7 @@ def compare_runs(runs, out="reports/combined") -> CompareResult:
     from cnnscope.render import plots
 
     folders = [run_folder(r) for r in runs]
-    result = CompareResult(summary_rows(folders))
+    result = comparison(folders)
     logs = {row["run"]: read_log(folder) for row, folder in zip(result.rows, folders)}
 
     out = Path(out)

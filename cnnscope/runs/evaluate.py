@@ -8,6 +8,7 @@
   plots/test_samples_grid.png       the first test images, true and predicted labels
   plots/misclassified_grid.png      the first misclassified test images
   metrics.json                      test_acc, test_loss, macro_avg, weighted_avg merged in
+  plots/acc_curves.png ...          a training run's curves, redrawn with this test accuracy marked
 """
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import run_dataset
 from cnnscope.runs.loaders import make_loader, pixels
 from cnnscope.runs.runfiles import read_metrics
+from cnnscope.runs.train_files import write_curves
 
 GRID_SIZE = 32  # images in each sample grid
 
@@ -47,6 +49,8 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, quiet=Fal
                                          model=ckpt["model_spec"])
     write_reports(result, Path(run_dir), model, ckpt)
     write_grids(Path(run_dir), ds, preds)
+    if (Path(run_dir) / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
+        write_curves(Path(run_dir))
     return result
 
 

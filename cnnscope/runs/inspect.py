@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnscope.core import attribution, gates, metrics, sharing
+from cnnscope.core import attribution, gates, metrics, sanity, sharing
+from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE, METHODS
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.user_images import UNKNOWN_LABEL, load_images
 
@@ -142,18 +143,17 @@ def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gate
     if progress:
         progress.update(task, description="gates: drawing")
     steps = report.steps
-    colours = plots.DILATION_COLOURS[:len(report.dilations)]
-    legend = [(f"d={d}", c) for d, c in zip(report.dilations, colours)]
+    dilations = [f"d={d}" for d in report.dilations]
     report.figures["gate_maps"] = str(plots.gate_maps(
         images.pixels,
-        [[plots.mix_colours(s.probs[i], colours) for s in steps] for i in range(len(images.x))],
+        [[s.probs[i] for s in steps] for i in range(len(images.x))],
+        dilations=dilations,
         column_titles=[s.label for s in steps],
         row_titles=[images.class_name(y) for y in images.labels],
-        legend=legend,
         path=target.plots_dir / "gate_maps.png",
     ))
     report.figures["gate_shares"] = str(plots.gate_shares(
-        [s.label for s in steps], np.stack([s.shares for s in steps]), legend,
+        [s.label for s in steps], np.stack([s.shares for s in steps]), dilations,
         groups=[s.stage for s in steps], path=target.plots_dir / "gate_shares.png",
         title=f"Mean dilation share per stage/step: {target.label}",
     ))
@@ -174,33 +174,86 @@ def inspect_sharing(target: Target, threshold=0.95) -> sharing.SharingReport:
     return report
 
 
-def inspect_attributions(target: Target, images: ProbeImages, *, methods=attribution.METHODS,
-                         target_class="pred", progress=None) -> attribution.AttributionReport:
-    """Attribution maps of `images` for the predicted class (target_class "pred") or the true one
-    ("true"), per method; figure attributions.png."""
-    from cnnscope.render import plots
-
+def _attribution_targets(target: Target, images: ProbeImages, target_class: str):
+    """The class to attribute per image: None (the predicted one) or the true labels, checked."""
+    if target_class != "true":
+        return None
     outputs = attribution.class_count(target.model, images.x[:1], target.label)
-    if target_class == "true" and images.files:
+    if images.files:
         raise CnnscopeError("target_class 'true' needs the images' labels, but image files come without them: "
                             "attribute the predicted class (target_class 'pred').", arguments=("target_class",))
-    if target_class == "true" and max(images.labels) >= outputs:
+    if max(images.labels) >= outputs:
         raise CnnscopeError(
             f"target_class 'true' needs a logit per class, but the model has {outputs} outputs and the "
             f"{images.dataset} labels go up to {max(images.labels)}. Attribute the predicted class "
             f"(target_class 'pred'), or build the model with num_classes={len(images.classes)}.",
             arguments=("target_class", "ctor"),
         )
-    report = attribution.attribute(target.model, images.x, images.labels if target_class == "true" else None,
-                                   methods, on_progress=_task(progress, "attribute")[1])
-    report = replace(report, target_class=target_class, target=target.label, dataset=images.dataset,
-                     images=images.descriptions(), classes=images.classes)
-    titles = [attribution.TITLES[m] + (f"\n{report.gradcam_layer['name']}" if m == "gradcam" else "")
-              for m in report.methods]
-    report.figures["attributions"] = str(plots.attribution_grid(
-        images.pixels, report.maps, column_titles=titles,
+    return images.labels
+
+
+def _draw_attributions(report: attribution.AttributionReport, images: ProbeImages, plots_dir: Path) -> dict:
+    """attributions.png (a row per image, a column and a colour bar per method) and attributions.npz
+    (each method's maps, (N, H, W), signed and unnormalised) -> {name: path}."""
+    from cnnscope.files import atomic_write_bytes
+    from cnnscope.render import attribution_plots, plots
+
+    layer = report.gradcam_layer
+    columns = [(METHODS[m].title + (f"\n{layer['name']}" if METHODS[m].layer else ""), METHODS[m].signed)
+               for m in report.methods]
+    figure = attribution_plots.attribution_figure(
+        images.pixels, report.maps, methods=columns,
         row_titles=[f"true: {images.class_name(y)}\npred: {report.class_name(p)}"
-                    for y, p in zip(images.labels, report.preds)],
-        path=target.plots_dir / "attributions.png",
-    ))
+                    for y, p in zip(images.labels, report.preds)])
+    arrays = plots_dir / "attributions.npz"
+    atomic_write_bytes(arrays, lambda f: np.savez_compressed(f, **{m: report.method_map(m) for m in report.methods}))
+    return {"attributions": str(plots.save(figure, plots_dir / "attributions.png")), "maps": str(arrays)}
+
+
+def _described(report, target: Target, images: ProbeImages, target_class: str):
+    return replace(report, target_class=target_class, target=target.label, dataset=images.dataset,
+                   images=images.descriptions(), classes=images.classes)
+
+
+def inspect_attributions(target: Target, images: ProbeImages, *, methods=DEFAULT_METHODS, target_class="pred",
+                         layer=None, ig_tolerance=IG_TOLERANCE, progress=None) -> attribution.AttributionReport:
+    """Attribution maps of `images` for the predicted class (target_class "pred") or the true one
+    ("true"), per method (`layer`: the GradCAM layer by name); figure attributions.png and the maps
+    in attributions.npz."""
+    targets = _attribution_targets(target, images, target_class)
+    report = attribution.attribute(target.model, images.x, targets, methods, layer=layer, ig_tolerance=ig_tolerance,
+                                   on_progress=_task(progress, "attribute")[1])
+    report = _described(report, target, images, target_class)
+    report.figures.update(_draw_attributions(report, images, target.plots_dir))
+    return report
+
+
+def inspect_sanity(target: Target, images: ProbeImages, *, methods=DEFAULT_METHODS, target_class="pred",
+                   layer=None, ig_tolerance=IG_TOLERANCE, threshold=sanity.FLAG_THRESHOLD, max_stages=None,
+                   progress=None) -> sanity.SanityReport:
+    """The model-parameter randomisation test (core.sanity) of `methods` on `images`; figures
+    attributions.png (the trained maps), sanity.png (rank correlation per stage and method) and
+    sanity_maps.png (the first image's maps at a few stages)."""
+    from cnnscope.render import attribution_plots, plots
+
+    targets = _attribution_targets(target, images, target_class)
+    report = sanity.sanity_check(target.model, images.x, targets, methods, layer=layer, ig_tolerance=ig_tolerance,
+                                 threshold=threshold, max_stages=max_stages,
+                                 on_progress=_task(progress, "sanity check: randomising layers")[1])
+    original = _described(report.attribution, target, images, target_class)
+    report = replace(report, attribution=original)
+    original.figures.update(_draw_attributions(original, images, target.plots_dir))
+    titles = [METHODS[m].title for m in report.methods]
+    labels = ["original"] + [group[-1] for group in report.stages]
+    report.figures["sanity"] = str(plots.save(attribution_plots.sanity_curves(
+        labels, dict(zip(titles, report.mean_rank())), threshold=threshold,
+        flagged=[METHODS[m].title for m in report.flagged()],
+        controls=[METHODS[m].title for m in report.methods if METHODS[m].model_free],
+        title=f"Sanity check (cascading randomisation): {target.label}, {len(images.x)} images"),
+        target.plots_dir / "sanity.png"))
+    stage_titles = {s: "original" if s == 0 else f"{report.layers_random(s)} layers random\n"
+                    f"(down to {report.stages[s - 1][-1]})" for s in report.snapshots}
+    report.figures["sanity_maps"] = str(plots.save(attribution_plots.sanity_maps(
+        images.pixels[0], {s: maps[0] for s, maps in report.snapshots.items()}, methods=titles,
+        stage_titles=stage_titles), target.plots_dir / "sanity_maps.png"))
     return report

@@ -74,6 +74,10 @@ def read_metrics(path, made_by="cnnscope train") -> dict:
     """A run's metrics.json, its numbers checked (each may be absent or null)."""
     metrics = read_json(path, made_by)
     _check_numbers(metrics, METRIC_NUMBERS, path, made_by)
+    lrs = metrics.get("lr_per_step")
+    if lrs is not None and not (isinstance(lrs, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in lrs)):
+        _fail(path, "has an lr_per_step that is not a list of numbers", made_by)
     for key in AVERAGES:
         average = metrics.get(key)
         if average is not None and not isinstance(average, dict):

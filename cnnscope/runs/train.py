@@ -42,7 +42,7 @@ from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import init_weights, restore_run
-from cnnscope.runs.train_files import (run_config, write_curves, write_json, write_log_and_metrics,
+from cnnscope.runs.train_files import (run_config, write_json, write_log_and_metrics,
                                        write_model_texts)
 
 
@@ -384,13 +384,12 @@ def interrupted(run: RunParts) -> TrainResult:
 
 
 def finish(run: RunParts) -> TrainResult:
-    """Curves, then the test evaluation of best.pth (rank 0), and the closing summary."""
+    """The test evaluation of best.pth and the curves (rank 0), and the closing summary."""
     from cnnscope.runs.evaluate import evaluate_run
 
     if not run.ddp.is_main:
         return TrainResult(run.run_dir, {})
-    write_curves(run.run_dir, run.state.history, run.selected_on)
-    # trusted: this process trained it from the SPEC the user gave (or trusted on --resume)
+    # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=run.device.type, trust_spec=True)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     run.console.print(

@@ -83,21 +83,42 @@ def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, datas
         "selected_on": selected_on, "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
         "epochs": state.epoch, "train_time_s": sum(r["epoch_time_s"] for r in state.history),
         "images_per_s": state.train_images / state.train_seconds,
+        "lr_per_step": [float(f"{lr:.6g}") for lr in state.lr_steps],
     })
     write_json(path, metrics)
 
 
-def write_curves(run_dir: Path, history: list, selected_on: str) -> None:
-    """plots/acc_curves.png, loss_curves.png, lr.png from the epoch rows."""
-    from cnnscope.render import plots
+def lr_series(history: list, lr_steps) -> tuple[list, list, str]:
+    """(xs, lrs, xlabel) of the lr plot: one point per optimizer step, at its fraction of the epochs
+    (step k of n per epoch at k / n); a run logged before per-step lrs has one point per epoch."""
+    epochs = len(history)
+    if lr_steps and epochs and len(lr_steps) % epochs == 0:
+        per_epoch = len(lr_steps) // epochs
+        return [(k + 1) / per_epoch for k in range(len(lr_steps))], list(lr_steps), "epoch (a point per step)"
+    return [r["epoch"] for r in history], [r["lr"] for r in history], "epoch (last step of each)"
 
-    epochs = [r["epoch"] for r in history]
+
+def write_curves(run_dir: Path) -> None:
+    """plots/acc_curves.png, loss_curves.png, lr.png from the run's train_log.csv and metrics.json:
+    titled with the run's name, the best epoch (by the selection split) and, once the run is
+    evaluated, the test accuracy of its weights marked."""
+    from cnnscope.render import plots
+    from cnnscope.runs import runfiles
+
+    history = runfiles.read_csv(run_dir / "train_log.csv", numeric=LOG_COLUMNS[:6])
+    metrics = runfiles.read_metrics(run_dir / "metrics.json")
+    name, selected_on = metrics.get("run") or run_dir.name, metrics.get("selected_on", "val")
+    epochs, best_epoch = [r["epoch"] for r in history], metrics.get("best_epoch")
+    best = (best_epoch, f"best {selected_on} epoch ({best_epoch})") if best_epoch else None
 
     def series(key):  # the val_ columns hold test numbers when the run selected on test
         return {"": {"train": (epochs, [r[f"train_{key}"] for r in history]),
                      selected_on: (epochs, [r[f"val_{key}"] for r in history])}}
 
-    plots.curves(series("acc"), run_dir / "plots" / "acc_curves.png", title="Accuracy", ylabel="accuracy (%)")
-    plots.curves(series("loss"), run_dir / "plots" / "loss_curves.png", title="Loss", ylabel="cross-entropy")
-    plots.curves({"": {"lr": (epochs, [r["lr"] for r in history])}}, run_dir / "plots" / "lr.png",
-                 title="Learning rate (last batch of each epoch)", ylabel="lr")
+    plots.curves(series("acc"), run_dir / "plots" / "acc_curves.png", title=f"{name}: accuracy",
+                 ylabel="accuracy (%)", best=best, test_acc=metrics.get("test_acc"))
+    plots.curves(series("loss"), run_dir / "plots" / "loss_curves.png", title=f"{name}: loss",
+                 ylabel="cross-entropy", best=best)
+    xs, lrs, xlabel = lr_series(history, metrics.get("lr_per_step"))
+    plots.curves({"": {"lr": (xs, lrs)}}, run_dir / "plots" / "lr.png", title=f"{name}: learning rate",
+                 ylabel="lr", xlabel=xlabel, best=best)

@@ -11,22 +11,31 @@ unit 0 sees and its jump (the input-pixel distance between neighbouring units): 
   merges (add, mul, cat, stack, where, gates ...): the union of the inputs' intervals (for aligned
       paths the max RF); inputs with different jumps or centres are flagged as misaligned. A pooled
       input (a squeeze-excitation gate) makes the output see the whole input: its `glob` flag.
-  pointwise and channel-only ops (activations, normalisation, dropout, channel slicing, reshapes
-      that keep H and W): unchanged. Normalisation statistics (BatchNorm in training, GroupNorm,
-      LayerNorm) are left out, as in every conventional RF analysis.
-  global pooling, means over H and W, flattening H and W: "global" (the whole input). The map
-      that went into the last of them is the network's final spatial map.
+  pointwise and channel-only ops (activations, normalisation, dropout, channel slicing, Linear over
+      channels): unchanged, in any layout. Normalisation statistics (BatchNorm in training,
+      GroupNorm, LayerNorm) are left out, as in every conventional RF analysis.
+  permutes, transposes, views and reshapes: H and W are followed wherever they go (channels-last
+      blocks, H*W flattened into tokens and back; layout.py, rearrange.py).
+  strided slices x[..., a::s, b::s]: a window of one unit, stride s, offset a; pixel_unshuffle(r): a
+      window k = s = r; pixel_shuffle(r): a transposed one; unfold (im2col) a sliding window whose
+      blocks become tokens, fold (col2im) a transposed window: a hand-written conv is a conv.
+  contractions over H or W (matmul, linear, einsum: x @ M across W, attention of queries against
+      keys): the units see the whole axis ("global", the local window kept beside it).
+  global pooling, means over H and W, flattening H and W with the channels: "global" (the whole
+      input). The map that went into the last of them is the network's final spatial map.
   transposed convs (output unit o gets input units (o + p - t*d)/s, the taps t that make it whole):
       the units of the output do not all see the same window; Axis.phases follows the window of
       each phase o mod P exactly through later windows, merges and pads, and the RF is the largest
       (k=2 s=2 adds nothing; k=4 s=2 p=1 adds one input jump).
-  interpolation, pixel (un)shuffle: handled as the bounding interval (their windows are not uniform
-      along the map either).
+  interpolation (nearest, bilinear, bicubic, area; by size or factor; align_corners either way):
+      output unit o gets the windows of the input units PyTorch's index rule gives it a non-zero
+      weight (resample.py): units differ (one tap or two, clamped at the border); the final RF is
+      the largest, RFResult.final_range_hw and final_centre_hw give the range and the centre unit's.
 An operation it does not know, on a tensor it tracks, is named in a warning, never silently
 passed through.
 
     result = receptive_field(model, (3, 224, 224))               # the table: RFResult
-    result.probe = verify_receptive_field(model, result)         # the same figure by gradient probing
+    result.probe = verify_receptive_field(model, result)         # the same figures by gradient probing
     result.erf = effective_receptive_field(model, images, result)  # trained weights (Luo et al., 2016)
 """
 from cnnscope.core.rf.axis import Axis

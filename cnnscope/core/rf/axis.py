@@ -31,8 +31,17 @@ class Axis(NamedTuple):
     def window(self):
         """Size of the local window (the largest over the units of the map)."""
         if self.phases:
-            return max(hi - lo + 1 for lo, hi in filter(None, self.phases))
+            return round(max(hi - lo + 1 for lo, hi in filter(None, self.phases)), 6)
         return self.hi - self.lo + 1
+
+    def unit_window(self, u):
+        """Input pixels (lo, hi) that unit u sees (None: none)."""
+        span = self.spans[u % len(self.spans)]  # whole pixels, but fractional jumps leave float noise
+        return None if span is None else (round(span[0] + u * self.jump, 6), round(span[1] + u * self.jump, 6))
+
+    def windows(self, n):
+        """The window sizes of units 0 .. n-1 (those that see a pixel)."""
+        return [hi - lo + 1 for lo, hi in filter(None, (self.unit_window(u) for u in range(n)))]
 
     @property
     def rf(self):
@@ -100,6 +109,18 @@ def transposed_window(axis: Axis, k, s, p, d) -> Axis:
                 got.append((sp[0] + q * j - o * out_jump, sp[1] + q * j - o * out_jump))
         spans.append((min(g[0] for g in got), max(g[1] for g in got)) if got else None)
     return periodic(spans, out_jump, axis.glob)
+
+
+def resampled(axis: Axis, taps, jump) -> Axis:
+    """Output unit o (jump `jump`) reads input units taps[o] (interpolation): each unit's own window,
+    the whole map as one period where the pattern does not repeat."""
+    spans_in, j, n = axis.spans, axis.jump, len(axis.spans)
+    spans = []
+    for o, units in enumerate(taps):
+        got = [(sp[0] + t * j - o * jump, sp[1] + t * j - o * jump) for t in units if (sp := spans_in[t % n]) is not None]
+        # rounded: a fractional jump (8 -> 12 units: 4/3) leaves float noise that would hide the period
+        spans.append((round(min(g[0] for g in got), 9), round(max(g[1] for g in got), 9)) if got else None)
+    return periodic(spans, jump, axis.glob)
 
 
 def merge_windows(windows, glob) -> Axis:

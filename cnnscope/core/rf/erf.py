@@ -20,7 +20,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, result: RF
     centre = None
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].detach().clone().requires_grad_()
-        grad, centre = centre_gradient(final_map(model, batch, result), batch)
+        grad, centre = centre_gradient(final_map(model, batch, result), batch, result.final_layout)
         total += grad.abs().sum(1).sum(0).double()
         if on_batch is not None:
             on_batch(len(batch))

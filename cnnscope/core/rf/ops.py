@@ -51,13 +51,11 @@ ELEMENTWISE = ACTIVATIONS | NORMS | DROPOUTS | {
     "detach", "cpu", "cuda", "requires_grad", "data", "real", "imag", "conj",
     "cat", "concat", "concatenate", "stack",
 }
-# Keep H and W where they are (else: a collapse or an unknown rearrangement).
-RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "expand", "expand_as",
-            "broadcast_to", "view_as", "reshape_as", "channel_shuffle", "native_channel_shuffle", "repeat",
-            "tile", "getitem", "select", "narrow", "index_select", "chunk", "split", "unbind",
-            "tensor_split", "split_with_sizes"}
-COLLAPSING_RESHAPES = {"view", "reshape", "flatten", "squeeze", "view_as", "reshape_as"}
-TRANSPOSES = {"transpose", "swapaxes", "swapdims"}  # (input, dim0, dim1)
+# Keep H and W where they are (else: an unknown rearrangement); views, reshapes, permutes and strided
+# slices are followed wherever they put H and W (rearrange.py).
+RESHAPES = {"expand", "expand_as", "broadcast_to", "channel_shuffle", "native_channel_shuffle", "repeat", "tile",
+            "getitem", "select", "narrow", "index_select", "chunk", "split", "unbind", "tensor_split",
+            "split_with_sizes"}
 # Along a `dim` argument: over channels they are pointwise; over H and W they see everything.
 DIM_OPS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "std_mean", "var_mean", "prod",
            "norm", "logsumexp", "nansum", "nanmean", "median", "nanmedian", "argmax", "argmin", "all",
@@ -69,6 +67,9 @@ FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "ran
          "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}  # results do not depend on the data
 POOLS = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d"}
 ADAPTIVE_POOLS = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"}
+# Read an N x C x H x W input (H and W the last two dimensions)
+GRID_OPS = {"conv2d", "conv_transpose2d", "interpolate", "upsample", "pad", "pixel_shuffle", "pixel_unshuffle",
+            *POOLS, *ADAPTIVE_POOLS}
 
 
 def arg(args, kwargs, index, name, default=None):
@@ -76,8 +77,12 @@ def arg(args, kwargs, index, name, default=None):
 
 
 def tensors(obj):
+    """The tensors of an argument or a result: itself, or those in a list, tuple or dict (a model's
+    {"out": map} output)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
     if isinstance(obj, (list, tuple)):
         return [t for t in obj if isinstance(t, torch.Tensor)]
     return []
@@ -98,9 +103,25 @@ def conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return input.new_zeros((*input.shape[:-3], weight.shape[0], *size))
 
 
+# Bounded functions (gates, attention weights): in the probe their input is scaled into [-1/2, 1/2] by a
+# constant, so that they neither saturate (a zero gradient) nor, as identities, square the map at each gate.
+SATURATING = {"sigmoid", "hardsigmoid", "tanh", "logsigmoid", "softsign", "softmax", "log_softmax", "softmin"}
+
+
+def _unsaturated(x):
+    return x / (2 * x.detach().abs().amax()).clamp_min(1.0)
+
+
 def probe_call(name, func, args, kwargs):
     """Run one op the way the verify model needs it (see tracer.Tracer)."""
     x = args[0] if args else None
+    if name in SATURATING and isinstance(x, torch.Tensor) and x.is_floating_point():
+        return func(_unsaturated(x), *args[1:], **kwargs)
+    if name == "scaled_dot_product_attention" and len(args) == 3 and not kwargs:  # its softmax, unsaturated
+        q, k, v = args
+        return torch.softmax(_unsaturated(q @ k.transpose(-2, -1)), -1) @ v
+    if name == "multi_head_attention_forward":  # its softmax is inside: queries and keys scaled down before
+        return func(_unsaturated(args[0]), _unsaturated(args[1]), *args[2:], **kwargs)
     if name in ACTIVATIONS or name in NORMS or name in DROPOUTS:
         return x.clone()  # identity; a caller of an in-place form that ignores the result sees x unchanged
     if name == "max_pool2d":

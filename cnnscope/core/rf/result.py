@@ -26,14 +26,31 @@ class Layer:
 
 
 @dataclass
+class UnitCheck:
+    """One unit of the final map probed along one axis: the input pixels (first, last) that the
+    analysis says it sees (clipped to the probe input; the whole axis for a global RF), and those
+    where its input gradient is nonzero."""
+
+    axis: int  # 0: H, 1: W
+    unit: int
+    analysis: tuple
+    probe: tuple
+
+    @property
+    def match(self):
+        return self.analysis == self.probe
+
+
+@dataclass
 class Probe:
     """The gradient probe of `verify_receptive_field`: nonzero input-gradient extent of the final
-    map's centre unit."""
+    map's centre unit, and of the units it checked one by one (where the RF varies over the map)."""
 
     rf: tuple  # (H, W), in pixels
     input_size: tuple  # probe length along H (on an input of the analysed W) and along W
     clipped: bool  # the support still touched the border after growing the input
     dtype: str
+    units: tuple = ()  # UnitCheck per probed unit (the centre unit's included)
 
 
 @dataclass
@@ -66,6 +83,23 @@ class RFResult:
     warnings: list
     probe: Optional[Probe] = None
     erf: Optional[EffectiveRF] = None
+    final_layout: Optional[tuple] = None  # layout.Layout of the final map: where its H and W are
+    size_dependent: bool = False  # the windows depend on the input's size (interpolation to a size ...)
+
+    @property
+    def final_range_hw(self):
+        """((min, max) along H, (min, max) along W): the local windows over the units of the final map
+        (they differ after upsampling and transposed convs)."""
+        return tuple((min(ws), max(ws)) for ws in (a.windows(n) for a, n in zip(self.final, self.final_size)))
+
+    @property
+    def final_centre_hw(self):
+        """The local window of the final map's centre unit, per axis."""
+        return tuple(hi - lo + 1 for lo, hi in (a.unit_window((n - 1) // 2) for a, n in zip(self.final, self.final_size)))
+
+    @property
+    def varies(self) -> bool:
+        return any(lo != hi for lo, hi in self.final_range_hw)
 
     @property
     def final_rf_hw(self):
@@ -111,6 +145,8 @@ class RFResult:
         """Does the gradient probe agree with the analysis? None when it did not run."""
         if self.probe is None:
             return None
+        if self.probe.units:
+            return all(check.match for check in self.probe.units)
         return all(
             (a.glob and p >= n) or a.rf == p
             for a, p, n in zip(self.final, self.probe.rf, self.probe.input_size)
@@ -120,11 +156,15 @@ class RFResult:
         """Keys: model; input [C, H, W]; final_rf and final_jump (a number when H and W agree,
         "HxW" otherwise, "global" for a map that sees the whole input); final_rf_hw, final_jump_hw
         ([H, W]); final_window_hw ([H, W] local window, leaving out global paths such as
-        squeeze-excitation gates); final_map ([H, W] size of the final spatial map); coverage
+        squeeze-excitation gates); final_map ([H, W] size of the final spatial map); varies (do the
+        units of the final map see windows of different sizes: after upsampling, transposed convs);
+        final_window_range_hw ([[min, max] along H, [min, max] along W] over its units);
+        final_window_centre_hw (the centre unit's); coverage
         (0..1); first_exceeding (layer name or null); layers: [{index, name, op, k, s, d, p, rf_in,
         jump_in, rf_out, jump_out, global_in, global_out}], each an [H, W] pair (rf_* are local
         windows; global_* say whether a global path adds the whole input); warnings (list of
-        strings). With a probe: verify {probe_rf, probe_rf_hw, probe_input, match, clipped}; with an
+        strings). With a probe: verify {probe_rf, probe_rf_hw, probe_input, match, clipped, units: [{axis,
+        unit, analysis [first, last], probe [first, last]}]}; with an
         effective RF: erf {run, dataset, images, radius95, centre, figure}."""
         first = self.first_exceeding
         out = {
@@ -136,6 +176,9 @@ class RFResult:
             "final_jump_hw": json_pair(self.final_jump_hw),
             "final_window_hw": json_pair(self.final_window_hw),
             "final_map": list(self.final_size),
+            "varies": self.varies,
+            "final_window_range_hw": [json_pair(r) for r in self.final_range_hw],
+            "final_window_centre_hw": json_pair(self.final_centre_hw),
             "coverage": round(self.coverage, 4),
             "first_exceeding": first.name if first else None,
             "layers": [_layer_json(l) for l in self.layers],
@@ -144,7 +187,9 @@ class RFResult:
         if self.probe is not None:
             out["verify"] = {"probe_rf": self.probe_rf, "probe_rf_hw": list(self.probe.rf),
                              "probe_input": list(self.probe.input_size), "match": self.verified,
-                             "clipped": self.probe.clipped}
+                             "clipped": self.probe.clipped,
+                             "units": [{"axis": "HW"[c.axis], "unit": c.unit, "analysis": json_pair(c.analysis),
+                                        "probe": list(c.probe)} for c in self.probe.units]}
         if self.erf is not None:
             out["erf"] = self.erf.to_json()
         return out

@@ -80,7 +80,7 @@ def receptive_field(model: nn.Module, input_shape=(3, 32, 32)) -> RFResult:
     # else the input of the last global pooling.
     maps = [t for t in tensors(out) if id(t) in tracer.meta and t.dim() >= 2]
     if maps and tracer.meta[id(maps[0])] is not GLOBAL:
-        final = (tracer.meta[id(maps[0])], tuple(maps[0].shape[-2:]), None)
+        final = (tracer.meta[id(maps[0])], tracer.grid(maps[0]), None, tracer.layout(maps[0]))
     elif tracer.final is not None:
         final = tracer.final
     else:
@@ -89,9 +89,10 @@ def receptive_field(model: nn.Module, input_shape=(3, 32, 32)) -> RFResult:
             f"cnnscope could not follow any spatial feature map of {type(model).__name__} to its output "
             f"(operations it did not know: {unknown})."
         )
-    meta, size, op = final
+    meta, size, op, layout = final
     return RFResult(model=type(model).__name__, input_shape=input_shape, layers=tracer.layers(),
-                    final=meta, final_size=size, final_op=op, warnings=tracer.warning_list())
+                    final=meta, final_size=size, final_op=op, warnings=tracer.warning_list(), final_layout=layout,
+                    size_dependent=tracer.size_dependent)
 
 
 def final_map(model, x, result: RFResult, probe=False):
@@ -107,9 +108,27 @@ def final_map(model, x, result: RFResult, probe=False):
     return maps[0]
 
 
-def centre_gradient(fmap, x):
+def map_grid(fmap, layout):
+    """(H, W) of the final map `fmap` (its layout.Layout: None for N x C x H x W)."""
+    if layout is None or layout.merged:
+        return tuple(fmap.shape[-2:]) if layout is None else tuple(layout.grid)
+    return fmap.shape[layout.h], fmap.shape[layout.w]
+
+
+def unit_gradient(fmap, x, layout, unit, retain_graph=False):
+    """d(sum over channels (and batch) of unit (row, col) of fmap) / dx."""
+    if layout is None or not layout.merged:
+        h, w = (-2, -1) if layout is None else (layout.h + fmap.dim(), layout.w + fmap.dim())
+        (last, i), (first, j) = sorted([(h, unit[0]), (w, unit[1])], reverse=True)
+        value = fmap.select(last, i).select(first, j)
+    else:
+        value = fmap.select(layout.h, unit[0] * layout.grid[1] + unit[1])
+    (grad,) = torch.autograd.grad(value.sum(), x, retain_graph=retain_graph)
+    return grad
+
+
+def centre_gradient(fmap, x, layout=None):
     """d(sum over channels of the centre unit of fmap) / dx, and that unit's (row, col)."""
-    h, w = fmap.shape[-2:]
+    h, w = map_grid(fmap, layout)
     centre = ((h - 1) // 2, (w - 1) // 2)
-    (grad,) = torch.autograd.grad(fmap[:, :, centre[0], centre[1]].sum(), x)
-    return grad, centre
+    return unit_gradient(fmap, x, layout, centre), centre

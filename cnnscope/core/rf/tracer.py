@@ -15,9 +15,12 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import cnnscope.core.rf.ops as ops
-from cnnscope.core.rf.axis import (GLOBAL, PIXEL, Axis, merge_windows, shifted, show_number, sliding_window,
+from cnnscope.core.rf.axis import (GLOBAL, PIXEL, merge_windows, resampled, shifted, show_number, sliding_window,
                                    transposed_window)
+from cnnscope.core.rf.resample import scale_of, source_taps
+from cnnscope.core.rf.layout import Layout, default_layout, is_default
 from cnnscope.core.rf.ops import arg, tensors
+from cnnscope.core.rf.rearrange import Rearranging, special_name
 from cnnscope.core.rf.result import Layer
 from cnnscope.core.runtime import pair
 
@@ -30,7 +33,7 @@ class FinalMap(Exception):
         self.tensor = tensor
 
 
-class Tracer(TorchFunctionMode):
+class Tracer(Rearranging, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
     probe=True runs the verify model: saturating activations, normalisation and dropout become
@@ -45,6 +48,7 @@ class Tracer(TorchFunctionMode):
         self.shapes_only = shapes_only
         self.names = {m: name for name, m in model.named_modules()}
         self.meta = {}  # id(tensor) -> (Axis H, Axis W), for the live tensors computed from the input
+        self.layouts = {}  # id(tensor) -> Layout: where its H and W are
         self.set([input_tensor], (PIXEL, PIXEL))
         self.probe = probe
         self.stop_at = stop_at
@@ -52,7 +56,8 @@ class Tracer(TorchFunctionMode):
         self.calls = Counter()  # module -> calls so far
         self.count = 0  # torch calls made inside the model's forward
         self.raw_layers = []  # (module, call, op, k, s, d, p, Axis pairs in, Axis pairs out)
-        self.final = None  # (metadata, size, call index)
+        self.final = None  # (metadata, size, call index, layout)
+        self.size_dependent = False  # do the windows depend on the input's size (interpolation to a size ...)?
         self.warnings = {}  # message -> times
 
     # -- module stack --------------------------------------------------------------------------
@@ -89,7 +94,7 @@ class Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         if not self.stack:  # outside the model's forward
             return func(*args, **kwargs)
-        name = ops.op_name(func)
+        name = special_name(func, ops.op_name(func))
         if self.probe:
             out = ops.probe_call(name, func, args, kwargs)
         elif self.shapes_only and name == "conv2d":
@@ -110,26 +115,42 @@ class Tracer(TorchFunctionMode):
         if all(m is GLOBAL for _, m in inputs):
             self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
             return out
-        self.handle(name, args, kwargs, inputs, outs, index)
+        self.handle(name, func, args, kwargs, inputs, outs, index)
         return out
 
-    def set(self, tensors, meta):
+    def set(self, tensors, meta, layout=None):
+        """Record `meta` for each tensor, its H and W at `layout` (default: the last two dimensions)."""
         for t in tensors:
             if id(t) not in self.meta:  # forget the entry when t dies, before its id can be reused
-                weakref.finalize(t, self.meta.pop, id(t), None)
+                weakref.finalize(t, self.forget, id(t))
             self.meta[id(t)] = meta
+            self.layouts[id(t)] = layout or default_layout(t)
 
-    def handle(self, name, args, kwargs, inputs, outs, index):
+    def forget(self, key):
+        self.meta.pop(key, None)
+        self.layouts.pop(key, None)
+
+    def layout(self, t) -> Layout:
+        return self.layouts.get(id(t)) or default_layout(t)
+
+    def grid(self, t):
+        """(H, W) of a tracked tensor, wherever its layout puts them."""
+        return tuple(self.layout(t).grid) if self.layout(t) else None
+
+    def handle(self, name, func, args, kwargs, inputs, outs, index):
         x, meta = inputs[0]
-        if name == "conv2d":
+        if self.layout(x) is None:  # a map indexed down to fewer than two dimensions
+            self.unknown(name, inputs, outs)
+        elif self.rearrange(name, func, args, kwargs, inputs, outs, index):
+            return
+        elif name in ops.GRID_OPS and not is_default(self.layout(x)):
+            self.unknown(name, inputs, outs)  # these read N x C x H x W only
+        elif name in ("conv2d", "conv_transpose2d"):
             weight = arg(args, kwargs, 1, "weight")
+            transposed = name == "conv_transpose2d"
             self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
-                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 5, "dilation", 1))
-        elif name == "conv_transpose2d":
-            weight = arg(args, kwargs, 1, "weight")
-            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
-                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7, "dilation", 1),
-                        transposed=True)
+                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7 if transposed else 5, "dilation", 1),
+                        transposed=transposed)
         elif name in ops.POOLS:
             self.pool(name, args, kwargs, x, meta, outs)
         elif name in ops.ADAPTIVE_POOLS:
@@ -138,13 +159,12 @@ class Tracer(TorchFunctionMode):
             self.interpolate(name, args, kwargs, x, meta, outs)
         elif name == "pad":
             self.pad(args, kwargs, meta, outs)
-        elif name in ("pixel_shuffle", "pixel_unshuffle"):
-            r = arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
-            if name == "pixel_shuffle":
-                new = tuple(a.hull()._replace(jump=a.jump / r) for a in meta)
-                self.record(name, x, meta, new, outs, k=(1, 1), s=(1 / r, 1 / r), d=(1, 1), p=(0, 0))
-            else:
-                self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        elif name == "pixel_shuffle":  # output unit o is input unit o // r: a transposed window k = s = r
+            r = arg(args, kwargs, 1, "upscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1, transposed=True)
+        elif name == "pixel_unshuffle":
+            r = arg(args, kwargs, 1, "downscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1)
         elif name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor):
             self.merge(name, inputs, outs)  # torch.max(a, b): elementwise
         elif name in ops.DIM_OPS:
@@ -152,9 +172,7 @@ class Tracer(TorchFunctionMode):
         elif name in ops.ELEMENTWISE:
             self.merge(name, inputs, outs)
         elif name in ops.RESHAPES:
-            self.reshape(name, x, meta, outs, index)
-        elif name in ops.TRANSPOSES or name == "permute":
-            self.transpose(name, args, x, meta, outs)
+            self.keep_grid(name, x, meta, outs)
         else:
             self.unknown(name, inputs, outs)
 
@@ -190,23 +208,23 @@ class Tracer(TorchFunctionMode):
             self.warn(f"{self.where()}: {op} from {size} to {out_size} has windows of unequal size; "
                       "RF uses the largest")
         s = tuple(n / m for n, m in zip(size, out_size))
+        self.size_dependent = True
         self.window(op, x, meta, outs, k, s, 0, 1)
 
     def interpolate(self, op, args, kwargs, x, meta, outs):
+        """Each output unit gets the windows of the input units it reads (resample.py)."""
         mode = arg(args, kwargs, 3, "mode", "nearest")
-        align = arg(args, kwargs, 4, "align_corners") or False
-        taps = {"bilinear": 2, "bicubic": 4}.get(mode, 1)
+        align = bool(arg(args, kwargs, 4, "align_corners"))
+        factors = arg(args, kwargs, 2, "scale_factor")
+        if arg(args, kwargs, 5, "recompute_scale_factor") or factors is None:
+            factors = (None, None)
+        self.size_dependent = True  # by size, or align_corners: the windows depend on the map's size
         new, s = [], []
-        for a, n, m in zip(meta, x.shape[-2:], outs[0].shape[-2:]):
-            ratio = (n - 1) / max(m - 1, 1) if align and taps > 1 else n / m
-            # input position (in input units) sampled by output unit 0
-            first = 0.0 if (align or taps == 1 and mode == "nearest") else max(0.0, 0.5 * ratio - 0.5)
-            if mode == "nearest-exact":
-                first = math.floor(0.5 * ratio)
-            half = (taps - 1) / 2
-            new.append(Axis(a.lo + (first - half) * a.jump, a.hi + (first + half) * a.jump, a.jump * ratio,
-                            a.glob))
-            s.append(ratio)
+        for a, n, m, factor in zip(meta, x.shape[-2:], outs[0].shape[-2:], pair(factors)):
+            scale = scale_of(mode, align, n, m, factor)
+            new.append(resampled(a, source_taps(mode, align, n, m, scale), a.jump * n / m))
+            s.append(n / m)
+        taps = {"bilinear": 2, "bicubic": 4}.get(mode, 1)
         self.record(op, x, meta, tuple(new), outs, k=(taps, taps), s=tuple(s), d=(1, 1), p=(0, 0))
 
     def pad(self, args, kwargs, meta, outs):
@@ -214,49 +232,50 @@ class Tracer(TorchFunctionMode):
         left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
         self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, (top, left))))
 
-    def record(self, op, x, meta, new, outs, *, k, s, d, p):
+    def record(self, op, x, meta, new, outs, *, k, s, d, p, layout=None):
         if meta is not GLOBAL:
             module, call = self.stack[-1]
             self.raw_layers.append((module, call, op, k, s, d, p, meta, new))
-        self.set(outs, new)
+        self.set(outs, new, layout)
 
     def collapse(self, x, meta, outs, index):
         """Global pooling (or a flatten / mean over H and W): `x` is a candidate final map."""
-        self.final = (meta, tuple(x.shape[-2:]), index)
+        self.final = (meta, self.grid(x), index, self.layout(x))
         self.set(outs, GLOBAL)
 
     # -- the rest ------------------------------------------------------------------------------
     def merge(self, op, inputs, outs):
         """Elementwise ops and concatenations: the union of the windows of the inputs that have the
-        output's H and W; a pooled input (a squeeze-excitation gate) makes the output global."""
+        output's H and W (at the same positions); a pooled input (a squeeze-excitation gate) makes
+        the output global."""
+        spatial = [(m, self.layout(t)) for t, m in inputs if m is not GLOBAL and self.layout(t)]
         for out in outs:
-            size = tuple(out.shape[-2:]) if out.dim() >= 2 else None
-            same = [m for t, m in inputs if m is not GLOBAL and t.dim() >= 2 and tuple(t.shape[-2:]) == size]
+            ref = next((lay for m, lay in spatial if lay.fits(out)), None)
+            same = [m for m, lay in spatial if lay == ref]
             if not same:
                 self.unknown(op, inputs, [out])
                 continue
-            others = [m for t, m in inputs if m is GLOBAL or not (t.dim() >= 2 and tuple(t.shape[-2:]) == size)]
-            if any(m is not GLOBAL for m in others):
+            others = [m for m, lay in spatial if lay != ref]
+            if others:
                 self.warn(f"{self.where()}: {op} broadcasts a spatial map over a larger one; "
                           "the output is taken to see the whole input")
-            axes = []
-            for i, axis_name in enumerate(("H", "W")):
-                windows = [m[i] for m in same]
-                jumps = {a.jump for a in windows}
-                centres = {a.centre for a in windows}
-                if len(jumps) > 1 or len(centres) > 1:
-                    what = (f"jumps {sorted(show_number(j) for j in jumps)}" if len(jumps) > 1
-                            else f"centre offsets {sorted(show_number(c) for c in centres)}")
-                    self.warn(f"{self.where()}: {op} merges misaligned paths along {axis_name} "
-                              f"({what}); RF is the union of their windows")
-                glob = any(a.glob for a in windows) or bool(others)
-                if len(jumps) > 1:
-                    windows = [a.hull() for a in windows]  # phases of different maps do not line up
-                axes.append(merge_windows(windows, glob))
-            self.set([out], tuple(axes))
+            glob = bool(others) or len(same) < len(inputs)  # a pooled input: a gate
+            self.set([out], tuple(self.merge_axis(op, i, [m[i] for m in same], glob) for i in (0, 1)), ref)
+
+    def merge_axis(self, op, i, windows, glob):
+        jumps = {a.jump for a in windows}
+        centres = {a.centre for a in windows if not a.phases}  # phases: each unit's own window, merged exactly
+        if len(jumps) > 1 or len(centres) > 1:
+            what = (f"jumps {sorted(show_number(j) for j in jumps)}" if len(jumps) > 1
+                    else f"centre offsets {sorted(show_number(c) for c in centres)}")
+            self.warn(f"{self.where()}: {op} merges misaligned paths along {'HW'[i]} "
+                      f"({what}); RF is the union of their windows")
+        if len(jumps) > 1:
+            windows = [a.hull() for a in windows]  # phases of different maps do not line up
+        return merge_windows(windows, glob or any(a.glob for a in windows))
 
     def dim_op(self, op, args, kwargs, x, meta, outs, index):
-        ndim = x.dim()
+        ndim, lay = x.dim(), self.layout(x)
         dim = arg(args, kwargs, ops.DIM_POSITION.get(op, 1), "dim", ops.DIM_DEFAULT.get(op))
         if dim is None:
             dim = kwargs.get("axis")
@@ -264,50 +283,38 @@ class Tracer(TorchFunctionMode):
             dims = set(range(ndim))
         else:
             dims = {d % ndim for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
-        spatial = dims & {ndim - 2, ndim - 1}
-        if len(spatial) == 2:
+        where = (lay.h % ndim, lay.w % ndim)
+        spatial = [axis for axis in (0, 1) if where[axis] in dims]
+        same_shape = all(tuple(t.shape) == tuple(x.shape) for t in outs)
+        if spatial and same_shape:  # softmax over H, over the tokens ...: the whole axis
+            self.set(outs, tuple(a._replace(glob=a.glob or i in spatial) for i, a in enumerate(meta)), lay)
+        elif len(spatial) == 2 or spatial and lay.merged:
             self.collapse(x, meta, outs, index)
-        elif not spatial and all(tuple(t.shape[-2:]) == tuple(x.shape[-2:]) for t in outs if t.dim() >= 2):
-            self.set(outs, meta)
-        elif len(spatial) == 1 and all(tuple(t.shape) == tuple(x.shape) for t in outs):  # softmax over H ...
-            axis = 0 if ndim - 2 in spatial else 1
-            new = list(meta)
-            new[axis] = meta[axis]._replace(glob=True)
-            self.set(outs, tuple(new))
+        elif not spatial:  # over channels: pointwise; H and W move right past removed dimensions
+            shift = [0 if outs[0].dim() == ndim else sum(d > p for d in dims) for p in where]
+            new = lay._replace(h=lay.h + shift[0], w=lay.w + shift[1])
+            if all(new.fits(t) for t in outs):
+                self.set(outs, meta, new)
+            else:
+                self.unknown(op, [(x, meta)], outs)
         else:
             self.unknown(op, [(x, meta)], outs)
 
-    def reshape(self, op, x, meta, outs, index):
-        size = tuple(x.shape[-2:])
-        if all(t.dim() >= 2 and tuple(t.shape[-2:]) == size for t in outs):
-            self.set(outs, meta)
-        elif op in ops.COLLAPSING_RESHAPES and x.dim() >= 2 and outs[0].dim() < x.dim() \
-                and outs[0].shape[-1] % math.prod(size) == 0:
-            self.collapse(x, meta, outs, index)  # H and W flattened into one trailing dimension
+    def keep_grid(self, op, x, meta, outs):
+        """Chunks, channel selections, repeats: H and W stay where they are, or the op is unknown."""
+        lay = self.layout(x)
+        if all(lay.fits(t) for t in outs):
+            self.set(outs, meta, lay)
         else:
             self.unknown(op, [(x, meta)], outs)
-
-    def transpose(self, op, args, x, meta, outs):
-        ndim = x.dim()
-        if op == "permute":
-            dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
-            moved = [d % ndim for d in dims][-2:] != [ndim - 2, ndim - 1]
-        else:
-            moved = bool({d % ndim for d in args[1:3]} & {ndim - 2, ndim - 1})
-        if moved:
-            self.unknown(op, [(x, meta)], outs)
-        else:
-            self.set(outs, meta)
 
     def unknown(self, op, inputs, outs):
-        spatial = [(t, m) for t, m in inputs if t.dim() >= 2]
-        same = [m for t, m in spatial for out in outs
-                if out.dim() >= 2 and tuple(out.shape[-2:]) == tuple(t.shape[-2:])]
-        if same and len(outs) == 1:
+        spatial = [(t, m) for t, m in inputs if m is not GLOBAL and self.layout(t)]
+        keeps = [(t, m) for t, m in spatial if len(outs) == 1 and self.layout(t).fits(outs[0])]
+        if keeps:
             self.warn(f"{self.where()}: unknown operation {op!r} keeps H and W; treated as pointwise "
                       "(its RF contribution is unknown)")
-            self.merge(op, [(t, m) for t, m in spatial if tuple(t.shape[-2:]) == tuple(outs[0].shape[-2:])],
-                       outs)
+            self.merge(op, keeps, outs)
         else:
             self.warn(f"{self.where()}: unknown operation {op!r} changes the spatial layout "
                       f"{tuple(inputs[0][0].shape)} -> {[tuple(t.shape) for t in outs]}; "

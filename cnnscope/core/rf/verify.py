@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core.rf.axis import Axis
-from cnnscope.core.rf.result import Probe, RFResult
-from cnnscope.core.rf.trace import centre_gradient, final_map
+from cnnscope.core.rf.result import Probe, RFResult, UnitCheck
+from cnnscope.core.rf.trace import final_map, map_grid, receptive_field, unit_gradient
 from cnnscope.errors import CnnscopeError
 
 
@@ -33,13 +33,22 @@ def _probe_side(axis: Axis, n: int) -> int:
     return max(n, j * math.ceil((axis.rf + 2 * j) / j))
 
 
+def _thin_side(axis: Axis, n: int) -> int:
+    """The side of the axis not probed: one final unit wide (a path through any of its columns
+    reaches every pixel of the probed axis), the analysed side for a global axis."""
+    return n if axis.glob else min(n, max(8, math.ceil(axis.jump)))
+
+
 def verify_receptive_field(model: nn.Module, result: RFResult, attempts=4) -> Probe:
     """The final map's RF measured by gradient probing, independently of the analysis `result`.
 
     A copy of the model gets positive weights (biases 0), identity activations, normalisation and
-    dropout, and average pooling for max pooling; then the support of d(centre unit) / d(input) on
-    a random positive input is the RF. The input grows until that support is clear of the border.
-    Runs in float64 (deep nets would underflow float32 at the RF's edge), float32 if that fails.
+    dropout, average pooling for max pooling, and bounded functions (gates, softmax) fed inputs
+    scaled into their unsaturated range; then the support of d(unit) / d(input) on a random positive
+    input is the unit's RF: the centre unit's, and where the windows vary over the map (after
+    upsampling) those of the units nearest the centre that have each window size, unit by unit. The
+    input grows until the centre unit's support is clear of the border. Runs in float64 (deep nets
+    would underflow float32 at the RF's edge), float32 if that fails.
     """
     failure = None
     for dtype in (torch.float64, torch.float32):
@@ -48,7 +57,7 @@ def verify_receptive_field(model: nn.Module, result: RFResult, attempts=4) -> Pr
             for name, p in net.named_parameters():
                 _positive_(name, p)
         try:
-            return _probe(net, result, dtype, attempts)
+            return _probe(net, model, result, dtype, attempts)
         except RuntimeError as e:  # e.g. a model that builds float32 constants in its forward
             failure = e
     raise CnnscopeError(
@@ -57,30 +66,63 @@ def verify_receptive_field(model: nn.Module, result: RFResult, attempts=4) -> Pr
     )
 
 
-def _probe_axis(net, result: RFResult, axis, generator, dtype, attempts):
-    """(extent, input side, clipped) of the centre unit's gradient support along `axis` (0: H, 1: W)."""
+def _units(axis: Axis, n: int) -> list:
+    """The centre unit, and for each window size over the map the unit nearest the centre that has it."""
+    centre = (n - 1) // 2
+    nearest = {}
+    for u in sorted(range(n), key=lambda u: (abs(u - centre), u)):
+        window = axis.unit_window(u)
+        nearest.setdefault(None if window is None else round(window[1] - window[0]), u)
+    return sorted({centre, *list(nearest.values())[:8]})
+
+
+def _check_units(net, analysis: RFResult, axis, x):
+    """UnitCheck of the sampled units along `axis`, in the centre row (or column) of the other."""
+    fmap = final_map(net, x, analysis, probe=True)
+    grid = map_grid(fmap, analysis.final_layout)
+    a, side = analysis.final[axis], x.shape[2 + axis]
+    checks = []
+    for u in _units(a, grid[axis]):
+        unit = [(g - 1) // 2 for g in grid]
+        unit[axis] = u
+        grad = unit_gradient(fmap, x, analysis.final_layout, unit, retain_graph=True)
+        hits = (grad[0].abs().sum(0) > 0).any(dim=1 - axis).nonzero().flatten().tolist()
+        window = (0, side - 1) if a.glob else a.unit_window(u)
+        expected = (0, -1) if window is None else (max(0, round(window[0])), min(side - 1, round(window[1])))
+        checks.append(UnitCheck(axis, u, expected, (hits[0], hits[-1]) if hits else (0, -1)))
+    return checks, (grid[axis] - 1) // 2
+
+
+def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
+    """(checks, centre extent, input side, clipped) along `axis` (0: H, 1: W)."""
     a = result.final[axis]
     side = _probe_side(a, result.input_shape[1 + axis])
+    thin = _thin_side(result.final[1 - axis], result.input_shape[2 - axis])
     for attempt in range(attempts):
-        size = list(result.input_shape[1:])
-        size[axis] = side
-        x = torch.rand(1, result.input_shape[0], *size, generator=generator, dtype=dtype) + 0.5
-        x.requires_grad_()
-        grad, _ = centre_gradient(final_map(net, x, result, probe=True), x)
-        hits = (grad[0].abs().sum(0) > 0).any(dim=1 - axis).nonzero().flatten().tolist()
-        lo, hi = (hits[0], hits[-1]) if hits else (0, -1)
+        size = [0, 0]
+        size[axis], size[1 - axis] = side, thin
+        shape = (result.input_shape[0], *size)
+        x = (torch.rand(1, *shape, generator=generator, dtype=dtype) + 0.5).requires_grad_()
+        try:
+            analysis = receptive_field(model, shape) if result.size_dependent and shape != result.input_shape else result
+            checks, centre = _check_units(net, analysis, axis, x)
+        except Exception:
+            if thin == result.input_shape[2 - axis]:
+                raise
+            thin = result.input_shape[2 - axis]  # too thin for this model: the analysed side
+            continue
+        lo, hi = next(c.probe for c in checks if c.unit == centre)
         touches = not a.glob and (lo == 0 or hi == side - 1)  # may be clipped: grow and retry
         if not touches or attempt == attempts - 1:
             break
         side = _probe_side(Axis(0, 2 * side, a.jump), side)
-    return hi - lo + 1, side, touches
+    return checks, hi - lo + 1, side, touches
 
 
-def _probe(net, result: RFResult, dtype, attempts) -> Probe:
-    """One axis at a time: the probed axis grows, the other keeps the analysed input's size (with
-    positive weights a path at the centre of the other axis reaches every pixel of the probed one,
-    so a thin input suffices: cost ~ RF x W rather than RF^2)."""
+def _probe(net, model, result: RFResult, dtype, attempts) -> Probe:
+    """One axis at a time: the probed axis grows, the other is thin (cost ~ RF x a few jumps rather than RF^2)."""
     generator = torch.Generator().manual_seed(0)
-    extent, sides, clipped = zip(*(_probe_axis(net, result, axis, generator, dtype, attempts)
-                                   for axis in range(len(result.final))))
-    return Probe(tuple(extent), tuple(sides), any(clipped), str(dtype).replace("torch.", ""))
+    checks, extent, sides, clipped = zip(*(_probe_axis(net, model, result, axis, generator, dtype, attempts)
+                                           for axis in range(2)))
+    return Probe(tuple(extent), tuple(sides), any(clipped), str(dtype).replace("torch.", ""),
+                 units=tuple(c for axis_checks in checks for c in axis_checks))

@@ -20,6 +20,10 @@ reports/<x> or reports/<x>_model); RF_<X> is computed from a model file when `--
 
 kinds.py holds the block kinds, markers.py the marker parsing and the text update, blocks.py the
 Renderer that fills each kind; update_readme below is the command's one entry point.
+
+Figures: every PNG cnnscope draws records the code that drew it (render/figure_code.py); a figure a
+block shows whose drawing code has changed since is stale, and fails --check like stale text. A
+figure that records nothing (drawn before cnnscope stamped its figures) is named in a warning.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +36,14 @@ from cnnscope.runs.spec import parse_key_values
 MODES = ("write", "check", "diff")
 
 
-def plan_update(path, **renderer_options) -> Update:
-    """Read the README at `path` and compute its updated text (nothing is written)."""
+def plan_update(path, **renderer_options) -> tuple[Update, Renderer]:
+    """Read the README at `path` and compute its updated text (nothing is written); the renderer
+    holds the figures found stale or unchecked."""
     path = Path(path)
     old = read_readme(path)
     renderer = Renderer(path.parent, **renderer_options)
     new = update_text(old, renderer, str(path))
-    return Update(path, old, new, len(parse_blocks(split_lines(old), str(path))))
+    return Update(path, old, new, len(parse_blocks(split_lines(old), str(path)))), renderer
 
 
 def parse_run_map(items) -> dict:
@@ -56,13 +61,16 @@ def parse_run_map(items) -> dict:
 @dataclass(frozen=True)
 class Outcome:
     """What `update_readme` did. state: "updated" or "already up to date" when writing, else "stale" or
-    "up to date"; diff: the unified diff to show ("" when there is none to show); failed: the README is
-    stale under check (exit 1)."""
+    "up to date"; diff: the unified diff to show ("" when there is none to show); failed: the README or
+    a figure it shows is stale under check (exit 1); stale_figures, unstamped_figures: one message per
+    figure (Renderer)."""
 
     blocks: int
     state: str
     diff: str
     failed: bool
+    stale_figures: tuple = ()
+    unstamped_figures: tuple = ()
 
 
 def update_readme(path, mode="write", *, runs=(), rf_models=(), rf_ctor=(), **renderer_options) -> Outcome:
@@ -73,11 +81,13 @@ def update_readme(path, mode="write", *, runs=(), rf_models=(), rf_ctor=(), **re
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    update = plan_update(path, runs=parse_run_map(runs), rf_entries=[RfEntry.parse(v) for v in rf_models],
+    update, renderer = plan_update(path, runs=parse_run_map(runs), rf_entries=[RfEntry.parse(v) for v in rf_models],
                          rf_ctor=parse_key_values(rf_ctor, argument="rf_ctor"), **renderer_options)
+    figures = dict(stale_figures=tuple(renderer.stale_figures), unstamped_figures=tuple(renderer.unstamped_figures))
     if mode == "write":
         if update.stale:
             update.write()
-        return Outcome(update.blocks, "updated" if update.stale else "already up to date", "", False)
-    return Outcome(update.blocks, "stale" if update.stale else "up to date",
-                   update.diff() if update.stale else "", mode == "check" and update.stale)
+        return Outcome(update.blocks, "updated" if update.stale else "already up to date", "", False, **figures)
+    stale = update.stale or bool(renderer.stale_figures)
+    return Outcome(update.blocks, "stale" if stale else "up to date", update.diff() if update.stale else "",
+                   mode == "check" and stale, **figures)

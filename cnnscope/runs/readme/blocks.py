@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs import runfiles
+from cnnscope.runs.readme.figures import STALE, UNKNOWN, figure_state
 from cnnscope.runs.readme.kinds import COMBINED_PLOTS, CURVES, KINDS, RUN_IMAGES, SEED_PREFIXES
 from cnnscope.runs.readme.markers import Block
 
@@ -85,6 +86,8 @@ class Renderer:
         self.rf_ctor = dict(rf_ctor or {})
         self.used_rf_entries = set()
         self.trust_spec = trust_spec
+        # the figures shown whose drawing code has changed since they were drawn, and those that do not say
+        self.stale_figures, self.unstamped_figures = [], []
 
     # -- dispatch
 
@@ -180,8 +183,15 @@ class Renderer:
     def _metrics(self, run: Path) -> dict:
         return self._read(runfiles.read_metrics, self._run_file(run, "metrics.json", "cnnscope train ..."))
 
-    def _image(self, path: Path, title: str, args) -> str:
-        src = Path(os.path.relpath(path, self.readme_dir)).as_posix()
+    def _rel(self, path: Path) -> str:
+        """`path` relative to the README's folder, as markers and image links name it."""
+        return Path(os.path.relpath(path, self.readme_dir)).as_posix()
+
+    def _image(self, path: Path, title: str, args, made_by=None) -> str:
+        """The block body showing the figure at `path`; a figure cnnscope makes (`made_by` says how) is
+        checked against the code that would draw it now."""
+        src = self._rel(path)
+        self._check_figure(path, src, made_by)
         title = html.escape(args.get("title", title), quote=False)
         width = args.get("width", "800")
         if not width.isdigit():
@@ -189,6 +199,15 @@ class Renderer:
         alt = title.replace('"', "&quot;")
         return (f'<p><strong>{title}</strong><br><img src="{html.escape(src)}" alt="{alt}" '
                 f'width="{width}"></p>\n')
+
+    def _check_figure(self, path: Path, src: str, made_by) -> None:
+        state = figure_state(path)
+        redraw = f"; redraw it with `{made_by}`" if made_by else ""
+        if state == STALE:
+            self.stale_figures.append(f"{self.where}: {src} was drawn by figure code that has changed since{redraw}.")
+        elif state == UNKNOWN and made_by:
+            self.unstamped_figures.append(f"{self.where}: {src} does not record the code that drew it (drawn "
+                                          f"before cnnscope stamped its figures), so it cannot be checked{redraw}.")
 
     def _model(self, args):
         from cnnscope.runs.spec import build_model, parse_key_values
@@ -288,7 +307,8 @@ class Renderer:
             self._fail(f"kind={kind!r} is not one of {', '.join(CURVES)}.")
         run = self._run_dir(args)
         name, title = CURVES[kind]
-        return self._image(self._run_file(run / "plots", name, "cnnscope train ..."), f"{title} — {run.name}", args)
+        return self._image(self._run_file(run / "plots", name, "cnnscope train ..."), f"{title} — {run.name}", args,
+                           made_by=f"cnnscope evaluate {self._rel(run)}")
 
     def sharing(self, args) -> str:
         run = self._run_dir(args)
@@ -299,17 +319,17 @@ class Renderer:
             if not paths:
                 self._fail(f"{run / 'plots'} has no sharing_<bank>.png; `cnnscope sharing {run}` writes them.")
         return "".join(
-            self._image(p, f"Soft-sharing similarity — {p.stem.removeprefix('sharing_')}", args) for p in paths
+            self._image(p, f"Soft-sharing similarity — {p.stem.removeprefix('sharing_')}", args,
+                        made_by=f"cnnscope sharing {self._rel(run)}") for p in paths
         )
 
     def combined_summary_table(self, args) -> str:
         if "runs" in args:
             from cnnscope import render
-            from cnnscope.core.metrics import CompareResult
             from cnnscope.runs import compare
 
             folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
-            return render.to_markdown(CompareResult(self._read(compare.summary_rows, folders)))
+            return render.to_markdown(self._read(compare.comparison, folders))
         return self._text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."),
                           "cnnscope compare RUN...")
 
@@ -326,7 +346,7 @@ class Renderer:
         if "run" in args or kind not in ("TEST_SAMPLES_GRID", "AUGMENTED_SAMPLES_GRID"):
             run = self._run_dir(args)
             path = self._run_file(run / "plots", name, made_by)
-            return self._image(path, f"{title} — {run.name}", args)
+            return self._image(path, f"{title} — {run.name}", args, made_by=made_by.format(run=self._rel(run)))
         # The seed's sample grids name no run: any run shows them. Take the first that has one, from
         # the run folders under reports/ (by name), then the --run folders.
         runs = [*sorted(p for p in self.reports.glob("*") if p.is_dir()), *self.runs.values()]
@@ -334,7 +354,7 @@ class Renderer:
         if not found:
             self._fail(f"no run under {self.reports} (nor any of runs) has plots/{name}; give run=PATH, or "
                        f"write it with `{made_by.format(run='RUN')}`.", arguments=("runs",))
-        return self._image(found[0], title, args)
+        return self._image(found[0], title, args, made_by=made_by.format(run=self._rel(found[0].parent.parent)))
 
     def _combined_dir(self, args) -> Path:
         combined = self._path(args["combined"]) if "combined" in args else self.reports / "combined"
@@ -345,4 +365,4 @@ class Renderer:
     def _combined_plot(self, kind: str, args) -> str:
         name, title = COMBINED_PLOTS[kind]
         path = self._run_file(self._combined_dir(args), name, "cnnscope compare RUN...")
-        return self._image(path, title, args)
+        return self._image(path, title, args, made_by="cnnscope compare RUN...")
