@@ -289,7 +289,7 @@ CASES = [
     ("attribute-image-missing", ["attribute", "{fmnist_ckpt}", "--image", "{out}/missing.png", *OUT],
      "missing.png does not exist. Give an image file or a folder of images. (On the command line: image_paths is --image PATH.)"),
     ("attribute-image-garbage", ["attribute", "{fmnist_ckpt}", "--image", "{garbage_pth}", *OUT],
-     "Cannot read the image"),
+     "cannot be read"),
     # export
     ("export-garbage", ["export", "{garbage_pth}"], "could not be read"),
     ("export-format", ["export", "{garbage_pth}", "--to", "pdf"], "Invalid value for '--to'"),

@@ -228,9 +228,12 @@ def test_own_model_on_a_tree_then_evaluate_attribute_export_from_elsewhere(tmp_p
     assert json.loads(result.stdout)["classes"] == ["ant", "bee", "cow"]
     image = project / "images" / "bee" / "3.png"
     result = runner.invoke(cli, ["attribute", run, "--trust-spec", "--image", str(image), "--method", "saliency",
-                                 "--format", "json"])
+                                 "--method", "gradcam", "--layer", "features.0.0", "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert [i["file"] for i in json.loads(result.stdout)["images"]] == [str(image)]
+    report = json.loads(result.stdout)
+    assert [i["file"] for i in report["images"]] == [str(image)]
+    assert report["gradcam_layer"]["name"] == "features.0.0"
+    assert report["gradcam_layer"]["size"] == [40, 48]  # the first conv's map, at the run's image size
     result = runner.invoke(cli, ["export", run, "--trust-spec", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 2  # the tree's test split: round(24 * 0.1)

@@ -223,7 +223,7 @@ def _decode(tree: Tree, image_size, stem: Path) -> dict:
         with progress_bar() as progress:
             task = progress.add_task(f"decoding {tree.root.name} ({height}x{width})", total=len(files))
             for path, _ in files:
-                f.write(_pixels(path, mode, image_size).tobytes())
+                f.write(read_pixels(path, mode, image_size).tobytes())
                 progress.advance(task)
 
     for old in stem.parent.glob(f"{stem.name.split('-')[0]}-*"):
@@ -236,14 +236,14 @@ def _decode(tree: Tree, image_size, stem: Path) -> dict:
     return header
 
 
-def _open(path: Path):
+def _open(path: Path, argument="dataset"):
     """PIL's lazy open (the header only); a file PIL cannot read is a CnnscopeError naming it."""
     from PIL import Image
 
     try:
         return Image.open(path)
     except Exception as e:  # not an image, or a format PIL does not know
-        raise _unreadable(path, e) from None
+        raise _unreadable(path, e, argument) from None
 
 
 def _mode(path: Path) -> str:
@@ -251,20 +251,21 @@ def _mode(path: Path) -> str:
         return image.mode
 
 
-def _pixels(path: Path, mode: str, image_size) -> np.ndarray:
-    """The image at `path` in `mode` ("L" or "RGB") resized to (H, W): uint8 (C, H, W)."""
+def read_pixels(path: Path, mode: str, image_size, argument="dataset") -> np.ndarray:
+    """The image at `path` in `mode` ("L" or "RGB") resized to (H, W): uint8 (C, H, W). `argument`:
+    what named the file, for the error a file PIL cannot read becomes."""
     from PIL import Image
 
     height, width = image_size
-    with _open(path) as image:
+    with _open(path, argument) as image:
         try:
             image.draft(mode, (width, height))  # JPEG: decode at a reduced scale when that is still large enough
             pixels = np.asarray(image.convert(mode).resize((width, height), resample=Image.BILINEAR), np.uint8)
         except Exception as e:  # a truncated or corrupt file fails in any of PIL's ways
-            raise _unreadable(path, e) from None
+            raise _unreadable(path, e, argument) from None
     return pixels.reshape(height, width, -1).transpose(2, 0, 1)
 
 
-def _unreadable(path: Path, e: Exception) -> CnnscopeError:
+def _unreadable(path: Path, e: Exception, argument: str) -> CnnscopeError:
     return CnnscopeError(f"The image {path} cannot be read: {type(e).__name__}: {str(e)[:200]}. Replace or remove "
-                         "the file (cnnscope reads PNG and JPEG images).", arguments=("dataset",))
+                         "the file (cnnscope reads PNG and JPEG images).", arguments=(argument,))
