@@ -121,6 +121,19 @@ def write_checkpoint(folder: Path, dataset: str) -> Path:
     return folder / "best.pth"
 
 
+def write_tree(root: Path, classes=("a", "b"), spoil=None) -> Path:
+    """An image-folder tree of 2 x 2 tiny PNGs per class; `spoil(root)` breaks it."""
+    from PIL import Image
+
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 50, 100)).save(root / name / f"{i}.png")
+    if spoil is not None:
+        spoil(root)
+    return root
+
+
 def readme(root: Path, name: str, block: str) -> Path:
     path = root / name
     path.write_text(f"# runs\n\n<!-- {block} -->\n<!-- /{block.split()[0]} -->\n")
@@ -162,6 +175,12 @@ def world(tmp_path_factory):
         "cifar_no_data": write_cifar10(data / "cifar_no_data", batch={"labels": [0, 1]}),
         "cifar_planted": write_cifar10(data / "cifar_planted", batch=Planted(root / "PWNED")),
         "pwned": root / "PWNED",
+        "tree_flat": write_tree(data / "tree_flat", classes=(), spoil=lambda t: t.mkdir() or (t / "1.png").touch()),
+        "tree_empty_class": write_tree(data / "tree_empty_class", spoil=lambda t: (t / "c").mkdir()),
+        "tree_bad_image": write_tree(data / "tree_bad_image", spoil=lambda t: (t / "b" / "x.jpg").write_bytes(b"no")),
+        "tree_no_train": write_tree(data / "tree_no_train" / "test").parent,
+        "tree_unknown_class": write_tree(data / "tree_unknown_class" / "train",
+                                         spoil=lambda t: write_tree(t.parent / "val", classes=("a", "zebra"))).parent,
         "readme_bad_json": readme(root, "bad_json.md", f"RUN_METRICS run={runs['run_bad_json']}"),
         "readme_latin1": readme(root, "latin1.md", f"MODEL_SUMMARY run={runs['run_latin1']}"),
         "readme_avg_list": readme(root, "avg_list.md", f"CLS_REPORT run={runs['run_avg_list']}"),
@@ -225,6 +244,17 @@ CASES = [
     ("train-cifar-garbage", ["train", "basic", "--dataset", "cifar10", "--data-dir", "{cifar_garbage}", "--procs", "1",
                              "--out", "{out}"], "data_batch_1 is not a CIFAR batch"),
     # evaluate
+    ("train-tree-missing", ["train", "basic", *TRAIN, "--dataset", "{out}/no/such/tree"], "does not exist"),
+    ("train-tree-flat", ["train", "basic", *TRAIN, "--dataset", "{tree_flat}"], "has no class folders"),
+    ("train-tree-empty-class", ["train", "basic", *TRAIN, "--dataset", "{tree_empty_class}"], "/c has no images"),
+    ("train-tree-bad-image", ["train", "basic", *TRAIN, "--dataset", "{tree_bad_image}"], "x.jpg cannot be read"),
+    ("train-tree-no-train", ["train", "basic", *TRAIN, "--dataset", "{tree_no_train}"], "but no train/ folder"),
+    ("train-tree-unknown-class", ["train", "basic", *TRAIN, "--dataset", "{tree_unknown_class}"],
+     "class folders that train/ lacks: zebra"),
+    ("train-image-size-text", ["train", "basic", *TRAIN, "--image-size", "big"], "is not N or HxW"),
+    ("train-cutout-too-big", ["train", "basic", *TRAIN, "--image-size", "8"], "cutout=16 does not fit 8x8 images"),
+    ("train-mnist-missing", ["train", "basic", *TRAIN, "--dataset", "mnist", "--data-dir", "{out}"],
+     "never downloads it"),
     ("evaluate-empty", ["evaluate", "{empty_pth}"], "the file is empty"),
     ("evaluate-garbage", ["evaluate", "{garbage_pth}"], "could not be read"),
     ("evaluate-corrupt-metrics", ["evaluate", "{fake_run}"], "metrics.json is not valid JSON"),
@@ -268,7 +298,7 @@ CASES = [
     ("attribute-image-missing", ["attribute", "{fmnist_ckpt}", "--image", "{out}/missing.png", *OUT],
      "missing.png does not exist. Give an image file or a folder of images. (On the command line: image_paths is --image PATH.)"),
     ("attribute-image-garbage", ["attribute", "{fmnist_ckpt}", "--image", "{garbage_pth}", *OUT],
-     "Cannot read the image"),
+     "cannot be read"),
     # export
     ("export-garbage", ["export", "{garbage_pth}"], "could not be read"),
     ("export-format", ["export", "{garbage_pth}", "--to", "pdf"], "Invalid value for '--to'"),

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from cnnscope.cli import cli
 from cnnscope.core.augment import AugmentSpec
-from cnnscope.runs import datasets, loaders
+from cnnscope.runs import datasets, file_datasets, loaders
 from cnnscope.runs.datasets import Dataset, Split, load_dataset
 from cnnscope.runs.loaders import make_loader
 from cnnscope.errors import CnnscopeError
@@ -135,7 +135,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
         assert not border.any()  # zero padding of 2
     assert ds.test.labels.tolist() == [9, 0, 3, 3] and ds.train.labels.dtype == torch.int64
 
-    if datasets.FASHION_MNIST_SYSTEM_DIR.is_dir():  # Debian's dataset-fashion-mnist: the real thing
+    if file_datasets.FASHION_MNIST_SYSTEM_DIR.is_dir():  # Debian's dataset-fashion-mnist: the real thing
         real = load_dataset("fashion-mnist", tmp_path / "elsewhere", val_split=0)
         assert real.train.images.shape == (60000, 3, 32, 32) and real.test.images.shape == (10000, 3, 32, 32)
         assert torch.bincount(real.test.labels).tolist() == [1000] * 10
@@ -143,22 +143,23 @@ def test_fashion_mnist_from_idx_files(tmp_path):
 
 def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch):
     offline(monkeypatch)
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(file_datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
     with pytest.raises(CnnscopeError, match="train-images-idx3-ubyte.gz"):
         load_dataset("fashion-mnist", tmp_path)
 
 
 def test_bad_names_and_splits_are_clear_errors(tmp_path):
-    with pytest.raises(CnnscopeError, match="cifar10, cifar100, fashion-mnist, fake"):
-        load_dataset("mnist", tmp_path)
+    with pytest.raises(CnnscopeError, match="cifar10, cifar100, mnist, kmnist, fashion-mnist, svhn, fake"):
+        load_dataset("imagenet", tmp_path)
     with pytest.raises(CnnscopeError, match="val_split"):
         load_dataset("fake", tmp_path, val_split=1.0)
     with pytest.raises(CnnscopeError, match="batch, albumentations"):
         make_loader(load_dataset("fake").train, load_dataset("fake"), batch_size=8, train=True, backend="dali")
     with pytest.raises(CnnscopeError, match=r"hflip takes a number in \[0, 1\]"):
         AugmentSpec(hflip=1.5)
-    with pytest.raises(CnnscopeError, match="cutout"):
-        AugmentSpec(cutout=40, cutout_p=1)
+    with pytest.raises(CnnscopeError, match="cutout=40 does not fit 32x32 images"):
+        make_loader(load_dataset("fake").train, load_dataset("fake"), batch_size=8, train=True,
+                    augment=AugmentSpec(cutout=40, cutout_p=1))
 
 
 # ---- validation split and statistics -----------------------------------------------------------

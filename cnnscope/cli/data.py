@@ -6,7 +6,9 @@ from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option, seed_o
 
 @cli.command("augment", epilog=SPEC_RUNS_CODE)
 @click.argument("target", metavar="MODEL|RUN")
-@click.option("--dataset", default=None, help="Dataset of the images [default: the run's, else the model recipe's].")
+@click.option("--dataset", default=None,
+              help="Dataset (a name or an image-folder tree) of the images [default: the run's, else the model "
+                   "recipe's].")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where the datasets are (or are downloaded to).")
 @click.option("--n", "n_images", type=click.IntRange(1, 256), default=32, show_default=True,

@@ -10,11 +10,25 @@ from cnnscope.cli.common import (
 from cnnscope.errors import CnnscopeError
 
 
-@cli.command("train", epilog=SPEC_RUNS_CODE)
+DATASETS_HELP = (
+    "Datasets: the named ones are read from --data-dir (CIFAR and Fashion-MNIST are downloaded when missing; "
+    "MNIST, KMNIST and SVHN files are placed by hand). --dataset FOLDER is an image-folder tree: "
+    "FOLDER/<class>/*.png|jpg, or FOLDER/train/<class>/... with val/ and/or test/ beside it. Without test/, a "
+    "fixed 10% of the training images (a permutation fixed by the files, not by --seed) is the test split; "
+    "without val/, the next --val-split share of the rest is the validation split. Grey trees train 1-channel "
+    "models, or are repeated over RGB for 3-channel ones. Images are decoded once, resized to --image-size, "
+    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again.")
+
+
+@cli.command("train", epilog=f"{DATASETS_HELP}\n\n{SPEC_RUNS_CODE}")
 @click.argument("model", metavar="[MODEL]", required=False)
 @ctor_option
-@click.option("--dataset", metavar="NAME", help="cifar10 | cifar100 | fashion-mnist | fake [default: the model's].")
+@click.option("--dataset", metavar="NAME|FOLDER",
+              help="cifar10 | cifar100 | mnist | kmnist | fashion-mnist | svhn | fake, or an image-folder tree (see "
+                   "below) [default: the model's].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where datasets live / download to [default: data].")
+@click.option("--image-size", callback=lambda ctx, param, value: parse_image_size(value), metavar="N|HxW",
+              help="Train on images resized to N x N (or H x W) [default: the recipe's, 32].")
 @click.option("--epochs", type=click.IntRange(min=1),
               help="Epochs [default: the recipe's]; with --resume, a larger count extends the run (see below).")
 @click.option("--batch-size", type=click.IntRange(min=1),
@@ -31,7 +45,7 @@ from cnnscope.errors import CnnscopeError
 @click.option("--augment", "augment", multiple=True, metavar="K=V",
               help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
 @click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
-                                               "the test set [default: 0.1].")
+                                               "the test set [default: 0.1]. An image folder's is fixed by its files.")
 @seed_option(default=None, used_for="of the split, data order, augmentation and initial weights [default: 0; a resumed "
                                    "run keeps its own]")
 @click.option("--train-subset", type=click.IntRange(min=1), metavar="N",
@@ -102,7 +116,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
       cnnscope train my_model.py:Net --ctor width=32 --lr 0.05 --name net-w32
       cnnscope train --resume reports/basic
       cnnscope train --resume reports/basic --epochs 40
-      cnnscope train my_model.py:Net --dataset path/to/images --init-from reports/basic
+      cnnscope train my_model.py:Net --dataset path/to/images --image-size 64 --init-from reports/basic
       cnnscope train basic --procs 1
       torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
     """
@@ -119,12 +133,22 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
         sys.exit(code)
 
 
+def parse_image_size(value):
+    """--image-size N or HxW -> (H, W), None when not given."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return (int(parts[0]), int(parts[-1]))
+    raise click.BadParameter(f"{value!r} is not N or HxW (whole numbers of at least 1), e.g. 64 or 48x64.")
+
+
 def _recipe_overrides(options: dict, recipe_items) -> dict:
     """The recipe fields given by name (taken out of `options`), then the --recipe K=V ones."""
     from cnnscope.runs.spec import parse_key_values
 
-    overrides = {k: options.pop(k) for k in ("dataset", "epochs", "batch_size", "lr", "optimizer", "scheduler",
-                                             "weight_decay", "label_smoothing", "grad_clip")}
+    overrides = {k: options.pop(k) for k in ("dataset", "image_size", "epochs", "batch_size", "lr", "optimizer",
+                                             "scheduler", "weight_decay", "label_smoothing", "grad_clip")}
     for key, value in parse_key_values(recipe_items, argument="recipe", example="warmup_epochs=2").items():
         if overrides.get(key) is None:
             overrides[key] = value

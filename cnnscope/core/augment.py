@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
-
-IMAGE_SIZE = 32  # the side of every image cnnscope trains on
+from cnnscope.errors import CnnscopeError
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
     hflip: float = 0.0  # probability of a horizontal flip
-    crop_pad: int = 0  # random 32x32 crop after zero padding by this many pixels
+    crop_pad: int = 0  # random crop of the image's size after zero padding by this many pixels
     affine_p: float = 0.0  # probability of the affine transform below
     translate: float = 0.0  # fraction of the size, uniform in [-t, t] per axis
     scale: tuple = (1.0, 1.0)  # uniform in [lo, hi], same for both axes
@@ -53,16 +52,25 @@ class AugmentSpec:
 _PROBABILITY = Number(float, 0, 1)
 AUGMENT_RULES = {
     "hflip": _PROBABILITY,
-    "crop_pad": Number(int, 0, IMAGE_SIZE),
+    "crop_pad": Number(int, 0),
     "affine_p": _PROBABILITY,
     "translate": Number(float, 0, 1),
     "scale": Numbers(Number(float, 0, lo_open=True), count=2, ascending=True, example="scale=(0.9,1.1)"),
     "rotate": Number(float, 0, 180),
-    "cutout": Number(int, 0, IMAGE_SIZE),
+    "cutout": Number(int, 0),  # at most the image's side: check_fits
     "cutout_p": _PROBABILITY,
     "cutout_fill": Choice(("mean", "zero")),
     "autoaugment": Flag(),
 }
+
+
+def check_fits(spec: AugmentSpec, image_size) -> None:
+    """The cutout hole lies inside the image, so it cannot be larger than the image's (H, W)."""
+    if spec.cutout and spec.cutout_p and spec.cutout > min(image_size):
+        raise CnnscopeError(
+            f"Augmentation field cutout={spec.cutout} does not fit {image_size[0]}x{image_size[1]} images: the hole "
+            f"lies inside the image. Give cutout={min(image_size)} or less (or cutout=0 to turn it off).",
+            arguments=("augment",))
 
 
 @dataclass
@@ -96,7 +104,7 @@ def autoaugment(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Whole-batch augmentation with per-sample randomness: uint8 (B, 3, H, W) in, float in [0, 1] out.
+    """Whole-batch augmentation with per-sample randomness: uint8 (B, C, H, W) in, float in [0, 1] out.
 
     Draws from the same distributions as the albumentations pipeline (see AlbumentationsDataset),
     including albumentations' translation in whole pixels (truncated toward zero).
@@ -104,7 +112,7 @@ class BatchAugment:
 
     def __init__(self, spec: AugmentSpec, mean):
         self.spec = spec
-        self.fill = torch.tensor(mean if spec.cutout_fill == "mean" else (0.0, 0.0, 0.0))
+        self.fill = torch.tensor(mean if spec.cutout_fill == "mean" else (0.0,) * len(mean))
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         s = self.spec

@@ -34,6 +34,11 @@ def _first_conv(model):
                 (None, None))
 
 
+def input_channels(model) -> int | None:
+    """The channels the model's first convolution takes (None without one)."""
+    return _first_conv(model)[1].in_channels if _first_conv(model)[1] is not None else None
+
+
 def forward_error(model, spec, input_shape, error: BaseException) -> CnnscopeError:
     """The message for a forward pass of `model` that raised `error` on a 1 x C x H x W input."""
     shape = "x".join(map(str, input_shape))

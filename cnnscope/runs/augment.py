@@ -27,7 +27,8 @@ def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, o
     seed = trained_seed if seed is None else seed
     reporter.detail(f"loading {dataset or recipe.dataset} from {data_dir}/; augmenting {n} images ({backend} "
                     f"backend, seed {seed})")
-    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=trained_seed)  # its split
+    ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=trained_seed,  # its split
+                      image_size=recipe.image_size)
     originals, augmented, labels = augmented_samples(ds, recipe.augment, n=n, backend=backend, seed=seed)
     figure = plots.augmentation_grid(
         originals, augmented, [ds.classes[i] for i in labels],

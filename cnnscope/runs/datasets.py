@@ -1,56 +1,64 @@
-"""The named datasets (cifar10, cifar100, fashion-mnist, fake), loaded from a data folder.
+"""The datasets cnnscope trains on, by name or as an image-folder tree: Splits of uint8 images.
 
-Every split is held as ONE uint8 tensor (N, 3, 32, 32) plus int64 labels; a validation split is held
-out of the training set by a fixed permutation (by seed). Mean and std come from the train split and
-are cached in <data_dir>/stats/.
+- named: cifar10, cifar100, mnist, kmnist, fashion-mnist, svhn, read from files in a data folder
+  (cnnscope.runs.file_datasets), and `fake`, generated in memory; held in memory, at their native
+  32x32 or resized once to `image_size`; the validation split is held out of the training set by a
+  fixed permutation (by seed);
+- a folder: an image-folder tree (cnnscope.runs.image_folder), decoded once into a cache file that
+  is memory-mapped: its splits are views of that file (Split.take reads batches from it), and its
+  test and validation images are held out by the tree's own rule.
 
-Files in data_dir are checked before use: CIFAR's pickled batches are read by a restricted
-unpickler (_CifarUnpickler) that builds only plain data and numpy arrays, so a planted file cannot
-run code; IDX headers, image sizes and labels are checked, and a corrupt stats cache is recomputed.
+Every split is uint8 images (N, C, H, W) plus int64 labels. Mean and std come from the train split,
+computed in chunks, and are cached in <data_dir>/stats/ (named datasets) or beside the tree's cache.
 """
-import codecs
-import gzip
+import dataclasses
 import json
 import math
-import pickle
-import struct
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
-from cnnscope.core.augment import IMAGE_SIZE
 from cnnscope.errors import CnnscopeError
 from cnnscope.files import atomic_write_bytes
+from cnnscope.runs import file_datasets, image_folder
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "fake")
-
-# Debian's dataset-fashion-mnist package puts the original gzipped IDX files here.
-FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+DATASETS = (*file_datasets.NAMES, "fake")
+DEFAULT_IMAGE_SIZE = (file_datasets.NATIVE_SIZE, file_datasets.NATIVE_SIZE)
+CHUNK = 512  # images per step of the statistics and resizing passes
 
 
 # ---- data types ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    images: torch.Tensor  # uint8 (N, 3, 32, 32)
+    images: torch.Tensor  # uint8 (N, C, H, W): in memory, or a view of a tree's memory-mapped cache
     labels: torch.Tensor  # int64 (N,)
+    rows: Optional[image_folder.Rows] = None  # where take() reads a cached tree's images from
 
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def input_shape(self) -> tuple:
+        """(C, H, W) of its images."""
+        return tuple(self.images.shape[1:])
+
+    def take(self, index) -> torch.Tensor:
+        """images[index] for a 1-D index tensor, as a new uint8 tensor. A cached tree's images are read
+        from the file (pread), so an epoch over a large tree leaves no more than a batch in memory."""
+        if self.rows is None:
+            return self.images[index]
+        batch = self.rows.read(index)
+        return batch.expand(-1, self.images.shape[1], -1, -1).contiguous()  # grey repeated: fit_channels
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    name: str
+    name: str  # a named dataset's name, or a tree's absolute path
     classes: list
     train: Split
     val: Optional[Split]  # None when val_split == 0: the trainer then selects on test
@@ -58,36 +66,101 @@ class Dataset:
     mean: tuple  # per channel, [0, 1] units, computed on the train split
     std: tuple
 
+    @property
+    def input_shape(self) -> tuple:
+        """(C, H, W) of its images."""
+        return self.train.input_shape
+
 
 # ---- datasets -----------------------------------------------------------------------------------
 
-def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, fake_size=(512, 128)) -> Dataset:
-    """Load `name` (cifar10 | cifar100 | fashion-mnist | fake) with a validation split held out of
-    the training set (a fixed permutation by `seed`; val_split=0 -> no validation split).
+def is_folder(name: str) -> bool:
+    """Whether --dataset `name` means an image-folder tree rather than a named dataset."""
+    return name not in DATASETS and ("/" in name or os.sep in name or Path(name).is_dir())
 
-    Mean/std come from the train split and are cached in <data_dir>/stats/ (not for `fake`, which
-    is generated in memory and never touches data_dir). `fake_size` = (train, test) image counts.
+
+def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=None,
+                 fake_size=(512, 128)) -> Dataset:
+    """Load `name` (one of DATASETS, or the path of an image-folder tree) at `image_size` (H, W;
+    default 32x32), with a validation split held out of the training set (val_split=0 -> none).
+
+    A named dataset's validation split is a fixed permutation by `seed`; a tree's follows its own
+    rule (cnnscope.runs.image_folder). Mean/std come from the train split and are cached (not for
+    `fake`, which is generated in memory). `fake_size` = (train, test) image counts.
     """
-    if name not in DATASETS:
-        raise CnnscopeError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     if not 0.0 <= val_split < 1.0:
         raise CnnscopeError(f"val_split is a fraction of the training set in [0, 1), got {val_split}.")
+    size = tuple(image_size or DEFAULT_IMAGE_SIZE)
+    if is_folder(str(name)):
+        return _load_folder(Path(name), Path(data_dir), val_split, size)
+    if name not in DATASETS:
+        raise CnnscopeError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give the path of "
+                            "an image-folder tree (one subfolder per class).", arguments=("dataset",))
     data_dir = Path(data_dir)
     if name == "fake":
-        classes, train, test = _make_fake(*fake_size)
-    elif name == "fashion-mnist":
-        classes, train, test = _load_fashion_mnist(data_dir)
+        classes, train, test = _make_fake(*fake_size, size)
     else:
-        classes, train, test = _load_cifar(name, data_dir)
-
-    for part, split in (("training", train), ("test", test)):
-        _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
+        classes, train, test = file_datasets.load_named(name, data_dir)
+        train, test = Split(*train), Split(*test)
+        for part, split in (("training", train), ("test", test)):
+            _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
+        train, test = _resize(train, size), _resize(test, size)
     train, val = _hold_out(train, val_split, seed)
     if name == "fake":
-        mean, std = channel_stats(train.images)
+        mean, std = channel_stats(train)
     else:
-        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}.json", train.images)
+        at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}"
+        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
+
+
+def describe(ds: Dataset) -> dict:
+    """What a run records of its data (config.json's "data")."""
+    channels, height, width = ds.input_shape
+    return {"dataset": ds.name, "image_size": [height, width], "channels": channels, "classes": list(ds.classes),
+            "mean": list(ds.mean), "std": list(ds.std)}
+
+
+def run_dataset(ckpt: dict, data_dir=None) -> Dataset:
+    """The dataset a checkpoint was trained on, at its size and channels, normalised exactly as in
+    training; `data_dir` replaces the run's data folder."""
+    options = (ckpt.get("config") or {}).get("options", {})
+    if "dataset" not in ckpt:
+        raise CnnscopeError(
+            "This checkpoint does not say which dataset it was trained on (no 'dataset' entry); "
+            "evaluate a checkpoint written by `cnnscope train`."
+        )
+    channels, *image_size = ckpt.get("input_shape") or (3, *DEFAULT_IMAGE_SIZE)
+    ds = load_dataset(ckpt["dataset"], data_dir or options.get("data_dir", "data"), image_size=image_size,
+                      val_split=options.get("val_split", 0.1), seed=options.get("seed", 0))
+    return dataclasses.replace(fit_channels(ds, channels), mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
+
+
+def _load_folder(root: Path, data_dir: Path, val_split, size) -> Dataset:
+    """An image-folder tree (cnnscope.runs.image_folder), its splits views of the cache file."""
+    classes, splits, stem = image_folder.load(root, size, val_split, data_dir)
+    train, val, test = (None if splits[k] is None else Split(*splits[k]) for k in ("train", "val", "test"))
+    mean, std = _cached_stats(stem.parent / f"{stem.name}.stats-{val_split:g}.json", train)
+    return Dataset(name=str(root.resolve()), classes=classes, train=train, val=val, test=test, mean=mean, std=std)
+
+
+def fit_channels(ds: Dataset, channels: int) -> Dataset:
+    """`ds` for a model that takes `channels`-channel images: grey (1-channel) images are repeated over
+    3 channels for a 3-channel model, as Fashion-MNIST's are (a view: nothing is copied)."""
+    have = ds.input_shape[0]
+    if channels == have:
+        return ds
+    if have != 1 or channels != 3:
+        raise CnnscopeError(
+            f"The model takes {channels}-channel images but {ds.name} has {have}-channel images. Train a model whose "
+            f"first convolution takes {have} channels (e.g. the ctor keyword in_channels={have}), or convert the "
+            "images.", arguments=("dataset", "ctor"))
+
+    def grown(split):
+        return None if split is None else Split(split.images.expand(-1, 3, -1, -1), split.labels, split.rows)
+
+    return dataclasses.replace(ds, train=grown(ds.train), val=grown(ds.val), test=grown(ds.test),
+                               mean=ds.mean * 3, std=ds.std * 3)
 
 
 def _check_labels(split: Split, classes, where: str):
@@ -110,28 +183,40 @@ def _hold_out(train: Split, val_split, seed):
             Split(train.images[val_idx], train.labels[val_idx]))
 
 
-def channel_stats(images: torch.Tensor):
-    """Per-channel mean and std of uint8 (N, 3, H, W) images in [0, 1] units, exact: from a
-    256-bin histogram per channel, so 50,000 images never become a float copy."""
+def _resize(split: Split, size) -> Split:
+    """A named dataset's images resized (bilinear, antialiased) from their native size to `size`."""
+    if split.input_shape[1:] == tuple(size):
+        return split
+    chunks = [F.interpolate(split.images[i:i + CHUNK].float(), size=size, mode="bilinear", antialias=True,
+                            align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+              for i in range(0, len(split), CHUNK)]
+    return Split(torch.cat(chunks), split.labels)
+
+
+def channel_stats(split: Split):
+    """Per-channel mean and std of a split's uint8 images in [0, 1] units, exact: from a 256-bin
+    histogram per channel, summed over chunks of CHUNK images, so a large split is never in
+    memory at once, nor as floats."""
+    channels = split.input_shape[0]
+    counts = torch.zeros(channels, 256, dtype=torch.float64)
+    for lo in range(0, len(split), CHUNK):
+        chunk = split.take(torch.arange(lo, min(lo + CHUNK, len(split))))
+        for c in range(channels):
+            counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64)
-    mean, std = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
-        m = (counts * values).sum() / counts.sum()
-        var = (counts * (values - m) ** 2).sum() / counts.sum()
-        mean.append(m.item() / 255)
-        std.append(var.sqrt().item() / 255)
-    return tuple(mean), tuple(std)
+    mean = (counts * values).sum(1) / counts.sum(1)
+    var = (counts * (values - mean.view(-1, 1)) ** 2).sum(1) / counts.sum(1)
+    return tuple((mean / 255).tolist()), tuple((var.sqrt() / 255).tolist())
 
 
-def _cached_stats(path: Path, images: torch.Tensor):
+def _cached_stats(path: Path, split: Split):
     """channel_stats of the train split, cached in `path`; a cache that is unreadable, corrupt or for
     another split is computed again and replaced (atomically: ranks may write it at once)."""
-    cached = _read_stats(path, len(images), images.shape[1])
+    cached = _read_stats(path, len(split), split.input_shape[0])
     if cached is not None:
         return cached
-    mean, std = channel_stats(images)
-    text = json.dumps({"n_train": len(images), "mean": mean, "std": std}, indent=2)
+    mean, std = channel_stats(split)
+    text = json.dumps({"n_train": len(split), "mean": mean, "std": std}, indent=2)
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
     return mean, std
 
@@ -153,7 +238,7 @@ _FAKE_COLOURS = {"red": (0.85, 0.2, 0.2), "green": (0.2, 0.75, 0.25), "blue": (0
 _FAKE_SEED = 1234
 
 
-def _make_fake(n_train, n_test):
+def _make_fake(n_train, n_test, image_size):
     """Deterministic synthetic images: class colour + horizontal or vertical stripes (random
     frequency and phase) + brightness jitter + noise. Survives flips, crops, small rotations."""
     g = torch.Generator().manual_seed(_FAKE_SEED)
@@ -163,172 +248,15 @@ def _make_fake(n_train, n_test):
     labels = torch.arange(n) % len(classes)
     labels = labels[torch.randperm(n, generator=g)]
 
-    coords = torch.arange(IMAGE_SIZE, dtype=torch.float32)
+    height, width = image_size
     freq = 0.5 + 0.3 * torch.rand(n, 1, 1, generator=g)
     phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
     vertical = (labels % 2 == 1).view(n, 1, 1)
-    along = torch.where(vertical, coords.view(1, 1, -1), coords.view(1, -1, 1))  # (n, 32, 32)
+    along = torch.where(vertical, torch.arange(width, dtype=torch.float32).view(1, 1, -1),
+                        torch.arange(height, dtype=torch.float32).view(1, -1, 1))  # (n, H, W)
     stripes = torch.sin(freq * along + phase)
     brightness = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)
     images = colours[labels].view(n, 3, 1, 1) * brightness * (0.6 + 0.4 * stripes.unsqueeze(1))
-    images = images + 0.06 * torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    images = images + 0.06 * torch.randn(n, 3, height, width, generator=g)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return classes, Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
-
-
-def _load_cifar(name, data_dir: Path):
-    """The python pickled batches of CIFAR-10/100 (torchvision's layout and download), read by
-    _CifarUnpickler: a planted file cannot run code."""
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    info = CIFAR10 if name == "cifar10" else CIFAR100
-    folder = data_dir / info.base_folder
-    if not folder.is_dir():
-        _fetch_archive(name, info.url, data_dir, info.filename, info.tgz_md5, info.base_folder)
-    label_key = "labels" if name == "cifar10" else "fine_labels"
-    redo = f"Delete {folder} and place {info.filename} in {data_dir}/ again."
-    try:
-        classes = [str(c) for c in _read_pickle(folder / info.meta["filename"], redo)[info.meta["key"]]]
-        splits = []
-        for file_list in (info.train_list, info.test_list):
-            batches = [_read_pickle(folder / file_name, redo) for file_name, _md5 in file_list]
-            images = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-            labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-            images = images.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-            if labels.shape != images.shape[:1]:
-                raise ValueError(f"{len(images)} images but {labels.size} labels")
-            splits.append(Split(torch.from_numpy(images), torch.from_numpy(labels)))
-    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
-        raise CnnscopeError(f"{folder} does not hold {name} batches in the python format "
-                            f"({type(e).__name__}: {e}). {redo}") from None
-    return classes, splits[0], splits[1]
-
-
-def _numpy_array_globals() -> dict:
-    """The globals a pickled numpy array refers to, under numpy 1's and numpy 2's module names."""
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:
-        from numpy.core import multiarray, numeric
-    found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
-    for core in ("numpy.core", "numpy._core"):
-        found.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
-                      (f"{core}.multiarray", "scalar"): multiarray.scalar,
-                      (f"{core}.numeric", "_frombuffer"): numeric._frombuffer})
-    return found
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles only what a CIFAR batch holds: dicts, lists, strings, numbers and numpy arrays. A
-    pickle that names any other global (the way a pickle runs code) is refused, so a planted
-    data folder cannot run code."""
-
-    ALLOWED = _numpy_array_globals()
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return self.ALLOWED[module, name]
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never does")
-
-
-def _read_pickle(path: Path, redo: str) -> dict:
-    if not path.is_file():
-        raise CnnscopeError(f"{path} is missing: the dataset folder {path.parent} is incomplete. {redo}")
-    try:
-        with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="latin1").load()
-    except Exception as e:  # a garbage file fails in any of pickle's ways
-        raise CnnscopeError(f"{path} is not a CIFAR batch: {type(e).__name__}: {str(e)[:200]}. cnnscope only "
-                            f"unpickles numpy arrays and plain data from a dataset folder. {redo}") from None
-    if not isinstance(batch, dict):
-        raise CnnscopeError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}, not a dict. {redo}")
-    return batch
-
-
-def _fetch_archive(name, url, data_dir: Path, filename, md5, folder_name):
-    """Extract <data_dir>/<filename> if it was placed by hand, else download and extract it."""
-    from torchvision.datasets.utils import download_and_extract_archive, extract_archive
-
-    archive = data_dir / filename
-    try:
-        if archive.is_file():
-            extract_archive(str(archive), str(data_dir))
-        else:
-            download_and_extract_archive(url, str(data_dir), filename=filename, md5=md5)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CnnscopeError(
-            f"Could not get {name}: {type(e).__name__}: {e}. Without internet access, place {filename} "
-            f"(from {url}) or its extracted folder {folder_name}/ in {data_dir}/ by hand and run again; "
-            f"or train offline on real data with the dataset fashion-mnist."
-        ) from None
-    if not (data_dir / folder_name).is_dir():
-        raise CnnscopeError(f"{archive} did not contain the folder {folder_name}/. Replace it with the "
-                            f"original archive from {url}.")
-
-
-def _load_fashion_mnist(data_dir: Path):
-    """The original IDX files: from data_dir, Debian's package, else torchvision's download.
-    28x28 grey images are zero-padded by 2 to 32x32 and repeated over 3 channels."""
-    from torchvision.datasets import FashionMNIST
-
-    candidates = [data_dir / "fashion-mnist", data_dir / "FashionMNIST" / "raw", FASHION_MNIST_SYSTEM_DIR]
-    folder = next((d for d in candidates if _idx_files(d)), None)
-    if folder is None:
-        try:
-            for train in (True, False):
-                FashionMNIST(str(data_dir), train=train, download=True)
-        except (OSError, RuntimeError) as e:
-            raise CnnscopeError(
-                f"Could not get fashion-mnist: no IDX files in {', '.join(map(str, candidates))} and the download "
-                f"failed ({type(e).__name__}: {str(e).splitlines()[0]}). Install Debian's dataset-fashion-mnist "
-                f"package, or place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                f"t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in {data_dir / 'fashion-mnist'}/."
-            ) from None
-        folder = data_dir / "FashionMNIST" / "raw"
-    files = _idx_files(folder)
-    splits = []
-    for part in ("train", "test"):
-        images = torch.from_numpy(read_idx(files[f"{part}_images"]).copy())
-        labels = torch.from_numpy(read_idx(files[f"{part}_labels"]).astype(np.int64))
-        if images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
-            raise CnnscopeError(f"{files[f'{part}_images']} and its labels file are not Fashion-MNIST: it needs "
-                                f"28x28 images and one label each, they hold images {tuple(images.shape)} and labels "
-                                f"{tuple(labels.shape)}. Replace them with the original files.")
-        pad = (IMAGE_SIZE - images.shape[-1]) // 2
-        padded = torch.zeros(len(images), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-        padded[:, :, pad:IMAGE_SIZE - pad, pad:IMAGE_SIZE - pad] = images.unsqueeze(1)
-        splits.append(Split(padded, labels))
-    return list(FashionMNIST.classes), splits[0], splits[1]
-
-
-def _idx_files(folder: Path):
-    """{key: path} of the four IDX files in `folder` (gzipped or not), or None if any is missing."""
-    found = {}
-    for key, stem in FASHION_MNIST_FILES.items():
-        path = next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
-        if path is None:
-            return None
-        found[key] = path
-    return found
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file (the MNIST format), gzipped or not, as a numpy array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise CnnscopeError(f"Cannot read {path}: {e}. Replace it with the original file.") from None
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise CnnscopeError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise CnnscopeError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}. "
-                            "Replace it with the original file.")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(dims):
-        raise CnnscopeError(f"{path} is truncated: header says {dims}, found {data.size} bytes of data.")
-    return data.reshape(dims)

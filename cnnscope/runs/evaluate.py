@@ -10,7 +10,6 @@
   metrics.json                      test_acc, test_loss, macro_avg, weighted_avg merged in
   plots/acc_curves.png ...          a training run's curves, redrawn with this test accuracy marked
 """
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,28 +19,14 @@ from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
 from cnnscope.core.runtime import resolve_device
 from cnnscope.render.progress import QUIET, SILENT, progress_bar
-from cnnscope.errors import CnnscopeError
 from cnnscope.runs.checkpoint import load_run_model
 from cnnscope.files import atomic_write_csv, atomic_write_text
-from cnnscope.runs.datasets import load_dataset
-from cnnscope.runs.loaders import make_loader
+from cnnscope.runs.datasets import run_dataset
+from cnnscope.runs.loaders import make_loader, pixels
 from cnnscope.runs.runfiles import read_metrics
 from cnnscope.runs.train_files import write_curves
 
 GRID_SIZE = 32  # images in each sample grid
-
-
-def load_run_data(ckpt: dict, data_dir=None):
-    """The dataset a checkpoint was trained on, normalised exactly as in training."""
-    options = (ckpt.get("config") or {}).get("options", {})
-    if "dataset" not in ckpt:
-        raise CnnscopeError(
-            "This checkpoint does not say which dataset it was trained on (no 'dataset' entry); "
-            "evaluate a checkpoint written by `cnnscope train`."
-        )
-    ds = load_dataset(ckpt["dataset"], data_dir or options.get("data_dir", "data"),
-                      val_split=options.get("val_split", 0.1), seed=options.get("seed", 0))
-    return dataclasses.replace(ds, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
 
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
@@ -54,7 +39,7 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     model.to(device)
     reporter.detail(f"loading the test split of {ckpt.get('dataset')}")
-    ds = load_run_data(ckpt, data_dir)
+    ds = run_dataset(ckpt, data_dir)
     loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=str(device))
     with progress_bar(reporter.console, stats=True, quiet=reporter.verbosity == QUIET) as progress:
         loss_sum, preds, targets = predict(model, loader, device, amp=device.type == "cuda", progress=progress,
@@ -107,7 +92,7 @@ def write_grids(run_dir: Path, ds, preds) -> None:
     labels = ds.test.labels
 
     def grid(indices, name, title):
-        images = ds.test.images[indices].permute(0, 2, 3, 1).float().div(255).numpy()
+        images = pixels(ds.test.take(indices).float().div(255))
         captions = [f"{ds.classes[labels[i]]}\n-> {ds.classes[preds[i]]}" for i in indices]
         colors = ["black" if preds[i] == labels[i] else "red" for i in indices]
         plots.image_grid(images, captions, run_dir / "plots" / name, title=title, title_colors=colors)

@@ -14,12 +14,12 @@ def export_run(run, to="export", out=None, *, data_dir=None, n_images=16, tolera
     """Export RUN's model (best.pth, or the checkpoint given) as `to` to `out` (default
     RUN/export/<run name><suffix>), checked against the checkpoint on its first test images."""
     from cnnscope.runs.checkpoint import load_run_model
-    from cnnscope.runs.evaluate import load_run_data
+    from cnnscope.runs.datasets import run_dataset
 
     model, ckpt, folder = load_run_model(run, trust_spec=trust_spec)
-    ds = load_run_data(ckpt, data_dir)
+    ds = run_dataset(ckpt, data_dir)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
-    x = (ds.test.images[:n_images].float() / 255 - mean) / std
+    x = (ds.test.take(torch.arange(min(n_images, len(ds.test)))).float() / 255 - mean) / std
     data, result = export_model(model, x, to, tolerance=tolerance, name=str(folder))
     path = Path(out) if out else Path(folder) / "export" / f"{Path(folder).name}{FORMATS[to]}"
     atomic_write_bytes(path, lambda f: f.write(data))

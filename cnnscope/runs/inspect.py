@@ -101,23 +101,24 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.runs.datasets import load_dataset
+    from cnnscope.runs.datasets import load_dataset, run_dataset
+    from cnnscope.runs.loaders import pixels
 
     ckpt = target.checkpoint or {}
     if image_paths:
         return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
     reporter.detail(f"loading {name} ({data_dir}) for the first {n} test images")
-    data = load_dataset(name, data_dir)
+    data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
     mean = ckpt.get("mean") or data.mean
     std = ckpt.get("std") or data.std
     n = min(n, len(data.test))
-    images = data.test.images[:n].float() / 255.0
+    images = data.test.take(torch.arange(n)).float() / 255.0
     x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     return ProbeImages(
         x=x.contiguous().to(target.device),
-        pixels=images.permute(0, 2, 3, 1).numpy(),
+        pixels=pixels(images),
         labels=data.test.labels[:n].tolist(),
         indices=list(range(n)),
         classes=list((ckpt.get("classes") if name == ckpt.get("dataset") else None) or data.classes),

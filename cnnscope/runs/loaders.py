@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from cnnscope.core.augment import AugmentSpec, BatchAugment, autoaugment
+from cnnscope.core.augment import AugmentSpec, BatchAugment, autoaugment, check_fits
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.datasets import Dataset, Split
 
@@ -23,7 +23,7 @@ BACKENDS = ("batch", "albumentations")
 
 
 class AlbumentationsDataset(torch.utils.data.Dataset):
-    """The seeds' per-sample pipeline over a uint8 split: returns (uint8 (3, H, W) tensor, label).
+    """The seeds' per-sample pipeline over a uint8 split: returns (uint8 (C, H, W) tensor, label).
 
     Seeded per DataLoader worker by `_seed_worker` so that an epoch is a pure function of its seeds.
     """
@@ -35,15 +35,15 @@ class AlbumentationsDataset(torch.utils.data.Dataset):
         import albumentations as A
         import cv2
 
-        self.images = split.images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC for albumentations
+        self.split = split  # read per sample (Split.take): a cached tree stays on disk
         self.labels = split.labels
         self.spec = spec
-        size = self.images.shape[1]
+        _, height, width = split.input_shape
         before, after = [], []  # AutoAugment (torchvision) runs between the two, as in BatchAugment
         if spec.crop_pad:
-            before += [A.PadIfNeeded(size + 2 * spec.crop_pad, size + 2 * spec.crop_pad,
+            before += [A.PadIfNeeded(height + 2 * spec.crop_pad, width + 2 * spec.crop_pad,
                                      border_mode=cv2.BORDER_CONSTANT, fill=0),
-                       A.RandomCrop(size, size)]
+                       A.RandomCrop(height, width)]
         if spec.hflip:
             before.append(A.HorizontalFlip(p=spec.hflip))
         if spec.affine_p:
@@ -68,11 +68,12 @@ class AlbumentationsDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        img = self.before(image=self.images[i])["image"]
+        hwc = np.ascontiguousarray(self.split.take(torch.tensor([i]))[0].permute(1, 2, 0).numpy())
+        img = self.before(image=hwc)["image"]
         if self.spec.autoaugment:
             chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
             img = autoaugment(chw.unsqueeze(0), int(self.rng.integers(2**62)))[0].permute(1, 2, 0).numpy()
-        img = self.after(image=img)["image"]
+        img = self.after(image=img)["image"].reshape(hwc.shape)  # albumentations may drop a grey channel axis
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), self.labels[i]
 
 
@@ -93,7 +94,7 @@ def _mix_seed(*parts) -> int:
 class Loader:
     """Batches of one split: `set_epoch(e)`, `len()`, iteration yields (x, y) on `device`.
 
-    x is float32 normalized (N, 3, H, W) in channels_last memory format, y int64.
+    x is float32 normalized (N, C, H, W) in channels_last memory format, y int64.
     Training loaders shuffle (one permutation per (seed, epoch), shared by all ranks) and augment
     (randomness per (seed, epoch, rank)). With world_size > 1, a training epoch is cut to a multiple
     of world_size and rank r takes every world_size-th sample from r (disjoint, equal sizes, as
@@ -110,8 +111,8 @@ class Loader:
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.epoch = 0
-        self.mean = torch.tensor(dataset.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(dataset.std, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(dataset.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1)
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -152,18 +153,23 @@ class Loader:
 
 
 class BatchLoader(Loader):
-    """The fast path: the split lives on `device` as one uint8 tensor; batches are augmented whole."""
+    """The fast path: batches are augmented whole. An in-memory split lives on `device` as one uint8
+    tensor; a cached tree's batches are read from its file (Split.take) and then moved there."""
 
     def __init__(self, split, dataset, **kw):
         super().__init__(split, dataset, **kw)
-        self.images = split.images.to(self.device)
+        self.on_disk = split.rows is not None
+        self.images = None if self.on_disk else split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         self.transform = BatchAugment(self.augment, dataset.mean) if self.augment else None
 
     def __iter__(self):
         g = torch.Generator(device=self.device).manual_seed(_mix_seed(self.seed, self.epoch, self.rank, 1))
         for idx in self._batches_of(self.indices().to(self.device)):
-            x = self.images[idx]
+            if self.on_disk:
+                x = self.split.take(idx.cpu()).to(self.device, non_blocking=True)
+            else:
+                x = self.images[idx]
             if self.transform is not None:
                 x = self.transform(x, g)
             yield self._finish(x, self.labels[idx])
@@ -198,6 +204,8 @@ def make_loader(split, dataset, *, batch_size, train, augment=None, backend="bat
         raise CnnscopeError(f"Unknown augmentation backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if split is None:
         raise CnnscopeError("This dataset has no such split (a validation split needs val_split > 0).")
+    if train and augment is not None:
+        check_fits(augment, split.input_shape[1:])
     kw = dict(batch_size=batch_size, train=train, augment=augment, device=device, seed=seed, rank=rank,
               world_size=world_size, drop_last=drop_last)
     if backend == "batch":
@@ -210,11 +218,11 @@ def subset(split: Split, n: int, seed: int = 0) -> Split:
     if n >= len(split):
         return split
     index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return Split(split.images[index], split.labels[index])
+    return Split(split.take(index), split.labels[index])  # in memory: n images
 
 
 def denormalize(x, mean, std):
-    """Normalized (N, 3, H, W) floats -> images in [0, 1] for plotting."""
+    """Normalized (N, C, H, W) floats -> images in [0, 1] for plotting."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x * std + mean).clamp(0, 1)
@@ -229,6 +237,10 @@ def augmented_samples(dataset: Dataset, spec: AugmentSpec, *, n, backend="batch"
                          seed=seed, workers=0)
     idx = loader.indices()[:n]
     x, y = next(iter(loader))
-    originals = dataset.train.images[idx].permute(0, 2, 3, 1).float().div(255)
-    augmented = denormalize(x, dataset.mean, dataset.std).permute(0, 2, 3, 1)
-    return originals.numpy(), augmented.cpu().numpy(), y.tolist()
+    originals = dataset.train.take(idx).float().div(255)
+    return pixels(originals), pixels(denormalize(x, dataset.mean, dataset.std)), y.tolist()
+
+
+def pixels(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, 3) numpy for the figures; grey repeated over RGB."""
+    return images.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).cpu().numpy()

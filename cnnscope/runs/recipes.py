@@ -9,14 +9,28 @@ spending the whole run in it.
 """
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cnnscope.core.augment import AugmentSpec
-from cnnscope.runs.datasets import DATASETS
+from cnnscope.runs.datasets import DATASETS, is_folder
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")
+
+
+
+@dataclass(frozen=True)
+class DatasetRule:
+    """A named dataset, or the path of an image-folder tree (stored absolute: see resolve)."""
+
+    def convert(self, value):
+        return value if isinstance(value, str) and (value in DATASETS or is_folder(value)) else None
+
+    def describe(self) -> str:
+        return f"one of {', '.join(DATASETS)}, or the path of an image-folder tree"
+
 
 _POSITIVE = Number(float, 0, lo_open=True)
 _NON_NEGATIVE = Number(float, 0)
@@ -24,7 +38,8 @@ _FRACTION = Number(float, 0, 1, lo_open=True, hi_open=True)
 # The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: augment.AUGMENT_RULES);
 # as strict as the train command's options where it has one (--lr > 0, --label-smoothing in [0, 1), ...).
 RECIPE_RULES = {
-    "dataset": Choice(DATASETS),
+    "dataset": DatasetRule(),
+    "image_size": Numbers(Number(int, 1), count=2, example="image_size=(64,64)"),
     "epochs": Number(int, 1),
     "batch_size": Number(int, 1),
     "optimizer": Choice(OPTIMIZERS),
@@ -52,7 +67,8 @@ RECIPE_RULES = {
 
 @dataclass(frozen=True)
 class Recipe:
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"  # a name, or an image-folder tree's absolute path
+    image_size: tuple = (32, 32)  # (H, W) of the images the model trains on: the dataset is resized to it
     epochs: int = 25
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd | adamw
@@ -144,6 +160,8 @@ def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = No
     _check_names("recipe", overrides, Recipe, exclude={"augment"})
     _check_names("augmentation", augment_overrides or {}, AugmentSpec)
     given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(given.get("dataset"), str) and is_folder(given["dataset"]):  # a run finds its tree from anywhere
+        given["dataset"] = str(Path(given["dataset"]).expanduser().resolve())
     augment = dataclasses.replace(recipe.augment, **(augment_overrides or {}))
     resolved = dataclasses.replace(recipe, augment=augment, **given)
     if resolved.epochs < recipe.epochs:

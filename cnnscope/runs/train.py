@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
-from cnnscope.core.probe import classifier_outputs
+from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
                                     build_optimizer, build_scheduler, end_epoch, init_distributed, model_settings,
@@ -39,11 +39,11 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
-from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta
+from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta, say
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import init_weights, restore_run
-from cnnscope.runs.train_files import (INPUT_SHAPE, run_config, write_json, write_log_and_metrics,
+from cnnscope.runs.train_files import (run_config, write_json, write_log_and_metrics,
                                        write_model_texts)
 
 
@@ -88,9 +88,11 @@ def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, 
 
 # ---- the model --------------------------------------------------------------------------------
 
-def build_run_model(opts: TrainOptions, num_classes: int, spec: str | None = None) -> tuple[nn.Module, dict]:
-    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it),
-    built from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
+def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
+                    spec: str | None = None) -> tuple[nn.Module, dict]:
+    """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
+    for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
+    from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
 
     Returns (model, the constructor keywords actually used).
     """
@@ -102,14 +104,17 @@ def build_run_model(opts: TrainOptions, num_classes: int, spec: str | None = Non
     ctor = dict(opts.ctor)
     target, _ = resolve_target(spec)
     try:
-        takes_num_classes = "num_classes" in inspect.signature(target).parameters
+        takes = inspect.signature(target).parameters
     except (TypeError, ValueError):
-        takes_num_classes = False
-    if takes_num_classes:
+        takes = {}
+    if "num_classes" in takes:
         ctor.setdefault("num_classes", num_classes)
+    if "in_channels" in takes:
+        ctor.setdefault("in_channels", input_shape[0])
     model = build_model(spec, ctor)
+    shape = (input_channels(model) or input_shape[0], *input_shape[1:])
     with torch.random.fork_rng(devices=[]):
-        outputs = classifier_outputs(model, INPUT_SHAPE, opts.spec)
+        outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:
         raise CnnscopeError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
@@ -179,38 +184,30 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
             dist.destroy_process_group()
 
 
-def setup_data(opts: TrainOptions, ddp: Dist, device, reporter=SILENT):
-    """(dataset, train loader, selection loader); rank 0 loads first so that a download happens once."""
+def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Dataset:
+    """The dataset; rank 0 loads first so that a download (or a tree's decoding) happens once."""
     if not ddp.is_main:
         ddp.barrier()
-    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download, and the mean/std "
-                  "of the training split)")
-    ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed)
+    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
+    ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
+                               image_size=opts.recipe.image_size)
     if opts.train_subset:
         ds = dataclasses.replace(ds, train=loaders.subset(ds.train, opts.train_subset, opts.seed))
     if ddp.is_main:
         ddp.barrier()
     check_shares(len(ds.train), ddp.world_size)
-    rank_batch = split_batch(opts.recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
-    reporter.detail(f"loaders: {opts.aug_backend} augmentation backend, {rank_batch} images per process and batch, "
-                    f"{opts.recipe.augment.describe()}")
-    train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=opts.recipe.augment,
-                                    backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                    rank=ddp.rank, world_size=ddp.world_size)
-    select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                     batch_size=max(256, opts.recipe.batch_size), device=str(device),
-                                     rank=ddp.rank, world_size=ddp.world_size)
-    return ds, train_loader, select_loader
+    return ds
 
 
-def setup_model(opts: TrainOptions, num_classes: int, ddp: Dist, device, run_dir: Path, resuming: bool,
-                reporter=SILENT) -> tuple[nn.Module, TrainOptions, str]:
+def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run_dir: Path,
+                resuming: bool, reporter=SILENT) -> tuple[nn.Module, TrainOptions, str]:
     """The model with the same initial weights on every rank (--init-from's, for a new run that asks),
     on `device`; the options with the constructor keywords used; a note on the initial weights."""
-    reporter.step(f"building {opts.spec} ({num_classes} classes, seed {opts.seed}) on {device}")
+    reporter.step(f"building {opts.spec} ({len(ds.classes)} classes, seed {opts.seed}) on {device}")
     seed_all(opts.seed)
-    net, ctor = build_run_model(opts, num_classes, model_source.spec_to_build(run_dir, opts.spec, opts.source))
-    note = init_weights(net, opts.init_from, num_classes) if opts.init_from and not resuming else ""
+    net, ctor = build_run_model(opts, len(ds.classes), ds.input_shape,
+                                model_source.spec_to_build(run_dir, opts.spec, opts.source))
+    note = init_weights(net, opts.init_from, len(ds.classes)) if opts.init_from and not resuming else ""
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
@@ -225,10 +222,19 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     """Data, model, optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
-    ds, train_loader, select_loader = setup_data(opts, ddp, device, reporter)
-    net, opts, note = setup_model(opts, len(ds.classes), ddp, device, run_dir, resume_ckpt is not None, reporter)
+    ds = setup_data(opts, ddp, reporter)
+    net, opts, note = setup_model(opts, ds, ddp, device, run_dir, resume_ckpt is not None, reporter)
     if note:
         console.print(note)
+    ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
+    reporter.detail(f"loaders: {opts.aug_backend} backend, {rank_batch} images per process and batch")
+    train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
+                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
+                                       rank=ddp.rank, world_size=ddp.world_size)
+    select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
+                                        batch_size=max(256, recipe.batch_size), device=str(device),
+                                        rank=ddp.rank, world_size=ddp.world_size)
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
@@ -263,22 +269,17 @@ def start_run(run: RunParts, resume_ckpt) -> None:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
         if ddp.is_main:  # a run of the user's own model keeps a copy of its source
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
-    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on)
+    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on,
+                            datasets.describe(run.ds))
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
             run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
-            write_model_texts(run.run_dir, run.net)
+            write_model_texts(run.run_dir, run.net, run.ds.input_shape)
     state = run.state
     say(run, opening_line(run))
     if state.epoch or state.batch:
         say(run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
-
-
-def say(run: RunParts, text: str) -> None:
-    """A line of the run's log (stdout): the opening line, the epochs; not when quiet."""
-    if run.reporter.verbosity > QUIET:
-        run.console.print(text)
 
 
 def checkpoint_run(run: RunParts, names: list[str]) -> None:
@@ -293,7 +294,7 @@ def checkpoint_run(run: RunParts, names: list[str]) -> None:
         "scaler": step.scaler.state_dict(), "epoch": run.state.epoch, "best_metric": run.state.best_acc,
         "loop": dataclasses.asdict(run.state), "rng": rng, "config": run.config, "model_settings": run.settings,
         "dataset": ds.name, "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
-        "input_shape": list(INPUT_SHAPE),
+        "input_shape": list(ds.input_shape),
     }
     for name in names:
         save_checkpoint(ckpt, run.run_dir / "checkpoints" / name)

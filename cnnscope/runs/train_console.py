@@ -1,5 +1,12 @@
 """What a training run prints: the opening line, one line per epoch (with the ETA of the whole run),
 and, on a terminal, one bar for the whole run beside each epoch's bar."""
+from cnnscope.render.progress import QUIET
+
+
+def say(run, text: str) -> None:
+    """A line of the log (stdout) of `run` (a runs.train.RunParts): the opening line, the epochs; not when quiet."""
+    if run.reporter.verbosity > QUIET:
+        run.console.print(text)
 
 
 def n_params(net) -> int:

@@ -14,7 +14,6 @@ import torch.nn as nn
 from cnnscope.core.training import Dist, LoopState
 from cnnscope.files import atomic_write_csv, atomic_write_text
 
-INPUT_SHAPE = (3, 32, 32)
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
 
@@ -35,8 +34,9 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on) -> dict:
-    """config.json: the resolved options, where the run ran, and the versions that ran it."""
+def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: dict) -> dict:
+    """config.json: the resolved options, the data (datasets.describe), where the run ran, and the
+    versions that ran it."""
     import platform
 
     import torchvision
@@ -46,7 +46,7 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on) -> dict
     return {
         "model": opts.spec, "ctor": opts.ctor, "dataset": opts.recipe.dataset, "seed": opts.seed,
         "epochs": opts.recipe.epochs, "selected_on": selected_on,
-        "options": opts.to_json(),
+        "options": opts.to_json(), "data": data,
         "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": channels_last,
         "versions": {"cnnscope": cnnscope.__version__, "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__), "numpy": np.__version__,
@@ -56,7 +56,7 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on) -> dict
     }
 
 
-def write_model_texts(run_dir: Path, net: nn.Module) -> None:
+def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
     """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put."""
     import copy
 
@@ -67,8 +67,8 @@ def write_model_texts(run_dir: Path, net: nn.Module) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
-        atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summarize(probe, INPUT_SHAPE)))
-        atomic_write_text(run_dir / "rf.md", render.to_markdown(receptive_field(probe, INPUT_SHAPE)))
+        atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summarize(probe, input_shape)))
+        atomic_write_text(run_dir / "rf.md", render.to_markdown(receptive_field(probe, input_shape)))
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:

@@ -54,7 +54,7 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
     if init_from:
         init_from = str(resolve_run(init_from)[1].resolve())
     recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
-    if recipe.dataset not in datasets.DATASETS:
+    if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
         raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                                    init_from=init_from, **runtime).items() if v is not None}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.runs.image_folder import read_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 UNKNOWN_LABEL = -1
@@ -35,22 +36,6 @@ def image_files(paths) -> list[Path]:
     return found
 
 
-def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """One image file as uint8 (H, W, channels) at `size` (H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise CnnscopeError(f"Cannot read the image {path}: {e}. Give PNG or JPEG files (or another format Pillow "
-                            "reads).", arguments=("image_paths",)) from None
-    return pixels.reshape(size[0], size[1], channels)
-
-
 def load_images(paths, input_shape, mean, std) -> tuple[torch.Tensor, np.ndarray, list[Path]]:
     """(normalised float32 batch (N, C, H, W), pixels (N, H, W, 3) in [0, 1], the files) of the
     images at `paths` for a model of `input_shape` (C, H, W) trained with `mean` and `std`."""
@@ -59,7 +44,9 @@ def load_images(paths, input_shape, mean, std) -> tuple[torch.Tensor, np.ndarray
         raise CnnscopeError(f"The model takes {channels}-channel images; image files can be given to models of 1 "
                             "(grayscale) or 3 (RGB) channels only.", arguments=("image_paths",))
     files = image_files(paths)
-    pixels = np.stack([read_image(p, channels, (height, width)) for p in files]).astype(np.float32) / 255
+    mode = "L" if channels == 1 else "RGB"
+    pixels = np.stack([read_pixels(p, mode, (height, width), "image_paths").transpose(1, 2, 0) for p in files])
+    pixels = pixels.astype(np.float32) / 255
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     return x.contiguous(), np.repeat(pixels, 3 // channels, axis=3), files
