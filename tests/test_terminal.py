@@ -96,8 +96,8 @@ def test_train_prints_its_preparation_unless_quiet(runner, tmp_path):
     assert verbose.exit_code == 0, verbose.output
     assert verbose.stderr.splitlines() == [
         "loading fake from data/ (the first time: download or decode, mean/std)",
-        "loaders: batch backend, 32 images per process and batch",
         "building basic (10 classes, seed 0) on cpu",
+        "loaders: batch backend, 32 images per process and batch",
         "writing model_summary.txt and rf.md (the receptive-field analysis)",
         "saved checkpoints/last.pth, best.pth",
         "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[2] else "last.pth"),
