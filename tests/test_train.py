@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -341,6 +342,7 @@ def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_s
     run = tmp_path / "Tiny"
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["options"]["recipe"]["batch_size"] == 32
+    assert config["command"] == shlex.join(["cnnscope", *cmd[cmd.index("train"):]])  # not a rank's job file
     assert "batches of 32 (2 x 16)" in " ".join(proc.stdout.split())  # the batch is the global one
     assert proc.stdout.count("Done in") == 1  # only rank 0 prints
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr

@@ -49,9 +49,18 @@ LOST_PEER_EXIT = 3  # a rank whose collective failed because another rank died: 
 STOPPED_EXIT = 130  # Ctrl-C: an orderly stop, rank 0 saves and prints the resume command
 GRACE_S = 10.0  # how long a rank > 0 that met a user error waits for rank 0 to meet and say it
 PARENT_PID_VAR = "CNNSCOPE_LAUNCHER_PID"
+COMMAND_VAR = "CNNSCOPE_COMMAND"  # the command line the user typed (a rank's own argv is the job file)
 ERROR_FILE = "error.json"  # beside the job file: rank 0's CnnscopeError, for the launcher to raise
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL_S = 1.0
+
+
+def command_line() -> str:
+    """The cnnscope command this process runs for the user, as a shell line: its own arguments, or
+    in a rank that run_processes started, the launching command's."""
+    import shlex
+
+    return os.environ.get(COMMAND_VAR) or shlex.join(["cnnscope", *sys.argv[1:]])
 
 
 def launched() -> bool:
@@ -106,7 +115,7 @@ def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     settings = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // procs)), "CNNSCOPE_PROCS": str(procs),
-                PARENT_PID_VAR: str(os.getpid())}
+                PARENT_PID_VAR: str(os.getpid()), COMMAND_VAR: command_line()}
     with tempfile.TemporaryDirectory(prefix="cnnscope-procs-") as tmp, _environment(settings), _quiet_agent():
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))

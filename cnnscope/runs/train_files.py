@@ -2,9 +2,7 @@
 (model_summary.txt, rf.md) and the curves. Rank 0 writes them; every write is atomic.
 """
 import json
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch.nn as nn
 
 from cnnscope.core.training import Dist, LoopState
 from cnnscope.files import atomic_write_csv, atomic_write_text
+from cnnscope.runs import launch
 
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
@@ -52,7 +51,7 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: d
                      "torchvision": str(torchvision.__version__), "numpy": np.__version__,
                      "python": platform.python_version()},
         "git_commit": git_commit(),
-        "command": shlex.join(["cnnscope", *sys.argv[1:]]),
+        "command": launch.command_line(),
     }
 
 
