@@ -590,3 +590,17 @@ def test_check_fails_on_a_figure_whose_code_changed_and_warns_on_an_unstamped_on
     (run / "plots" / "gate_shares.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # from before figures were stamped
     unknown = run_cli(runner, readme, "--check")
     assert unknown.exit_code == 0 and "does not record the code that drew it" in unknown.output
+
+
+def test_a_figures_code_hash_is_the_same_in_every_process():
+    """A module constant that holds functions (a method registry) has a repr with their addresses,
+    which differ from process to process: the hash must not depend on it (or every figure of such
+    code would read as stale)."""
+    import subprocess
+    import sys
+
+    script = ("import importlib; from cnnscope.render.figure_code import code_hash; "
+              "print(code_hash(importlib.import_module('cnnscope.runs.inspect'), 'inspect_attributions'))")
+    hashes = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+              for _ in range(2)}
+    assert len(hashes) == 1 and len(hashes.pop().strip()) == 12

@@ -48,8 +48,9 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
-    plots/gate_maps.png (a row per image: the image, then one map per stage/step, each pixel the
-    probability-weighted mix of a colour per dilation) and plots/gate_shares.png (mean share of
+    plots/gate_maps.png (a row per image: the image, then one map per stage/step, each pixel in
+    the colour-blind-safe Okabe-Ito colour of its most probable dilation, paler as the gate is less
+    sure) and plots/gate_shares.png (mean share of
     each dilation per step, stacked). Prints the shares per step and, per stage, the Pearson r
     over pixels between local variance and P(largest dilation).
 

@@ -14,7 +14,7 @@ import inspect
 import types
 
 KEY = "cnnscope-figure"
-_CONSTANTS = (str, int, float, bool, tuple, list, dict, frozenset, type(None))
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _names(code: types.CodeType):
@@ -40,9 +40,21 @@ def code_hash(module: types.ModuleType, function: str) -> str | None:
         if inspect.isfunction(obj) and obj.__module__ == module.__name__:
             parts.append(_source(obj))
             todo += sorted(set(_names(obj.__code__)) - seen)
-        elif isinstance(obj, _CONSTANTS):
+        elif _plain(obj):
             parts.append(f"{name} = {obj!r}")
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:12]
+
+
+def _plain(obj) -> bool:
+    """A constant made of plain values only, whose repr is the same in every process (a registry of
+    functions is not: its repr holds their addresses)."""
+    if isinstance(obj, _SCALARS):
+        return True
+    if isinstance(obj, (tuple, list, frozenset)):
+        return all(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return all(_plain(k) and _plain(v) for k, v in obj.items())
+    return False
 
 
 def _source(function) -> str:
