@@ -40,7 +40,7 @@ def predict(model, loader, device, *, amp=False, progress=None, description=""):
     preds, targets = [], []
     task = progress.add_task(description, total=len(loader), stats="") if progress is not None else None
     for x, y in loader:
-        with autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):  # no graph: it would hold every batch's activations
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         preds.append(logits.argmax(1))
