@@ -7,6 +7,7 @@ import torch
 
 from cnnscope.core.export import FORMATS, ExportResult, export_model
 from cnnscope.files import atomic_write_bytes
+from cnnscope.runs.loaders import normalize
 
 
 def export_run(run, to="export", out=None, *, data_dir=None, n_images=16, tolerance=1e-4,
@@ -18,8 +19,7 @@ def export_run(run, to="export", out=None, *, data_dir=None, n_images=16, tolera
 
     model, ckpt, folder = load_run_model(run, trust_spec=trust_spec)
     ds = run_dataset(ckpt, data_dir)
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ds.mean, ds.std))
-    x = (ds.test.take(torch.arange(min(n_images, len(ds.test)))).float() / 255 - mean) / std
+    x = normalize(ds.test.take(torch.arange(min(n_images, len(ds.test)))).float() / 255, ds.mean, ds.std)
     data, result = export_model(model, x, to, tolerance=tolerance, name=str(folder))
     path = Path(out) if out else Path(folder) / "export" / f"{Path(folder).name}{FORMATS[to]}"
     atomic_write_bytes(path, lambda f: f.write(data))

@@ -102,7 +102,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     `dataset` (default `fake`) and that dataset's mean/std.
     """
     from cnnscope.runs.datasets import load_dataset, run_dataset
-    from cnnscope.runs.loaders import pixels
+    from cnnscope.runs.loaders import normalize, pixels
 
     ckpt = target.checkpoint or {}
     if image_paths:
@@ -115,7 +115,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     std = ckpt.get("std") or data.std
     n = min(n, len(data.test))
     images = data.test.take(torch.arange(n)).float() / 255.0
-    x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    x = normalize(images, mean, std)
     return ProbeImages(
         x=x.contiguous().to(target.device),
         pixels=pixels(images),

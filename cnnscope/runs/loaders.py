@@ -221,6 +221,13 @@ def subset(split: Split, n: int, seed: int = 0) -> Split:
     return Split(split.take(index), split.labels[index])  # in memory: n images
 
 
+def normalize(images, mean, std):
+    """Images in [0, 1] (N, C, H, W) -> the normalised floats a model trained with mean/std takes."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
 def denormalize(x, mean, std):
     """Normalized (N, C, H, W) floats -> images in [0, 1] for plotting."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -13,6 +13,7 @@ import torch
 
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.image_folder import read_pixels
+from cnnscope.runs.loaders import normalize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 UNKNOWN_LABEL = -1
@@ -48,5 +49,5 @@ def load_images(paths, input_shape, mean, std) -> tuple[torch.Tensor, np.ndarray
     pixels = np.stack([read_pixels(p, mode, (height, width), "image_paths").transpose(1, 2, 0) for p in files])
     pixels = pixels.astype(np.float32) / 255
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-    x = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    x = normalize(images, mean, std)
     return x.contiguous(), np.repeat(pixels, 3 // channels, axis=3), files
