@@ -11,6 +11,7 @@ changed), and after the run folder itself was moved or copied.
 Building from the copy is still building a SPEC read from a file: the trust rule
 (spec.check_file_spec) applies to it exactly as to the SPEC it was copied from.
 """
+import functools
 import hashlib
 import sys
 import sysconfig
@@ -28,11 +29,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@functools.cache
+def _installed_roots() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({Path(paths[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")})
+
+
 def _installed(path: Path) -> bool:
     """A module of an installed distribution or of the standard library: importable anywhere."""
-    paths = sysconfig.get_paths()
-    roots = {Path(paths[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    return any(path.is_relative_to(root) for root in roots)
+    return any(path.is_relative_to(root) for root in _installed_roots())
 
 
 def _own_packages() -> list[Path]:
