@@ -8,6 +8,7 @@ import torch.nn as nn
 
 import models
 from cnnscope.cli import cli
+from cnnscope.core import fastconv
 from cnnscope.core.fastconv import FastDilatedDepthwise, _dilated_depthwise
 from cnnscope.core.fold import conv_bn_pairs, fold_batchnorm, to_channels_last
 
@@ -166,6 +167,22 @@ def test_bench_json_has_every_documented_key(runner):
     assert out["peak_memory_source"] == "cpu_max_rss" and out["compile"] is False
 
 
+def test_the_peak_adds_every_process_matmul(monkeypatch):
+    """Each process times its own matmul; the peak is the sum of their rates (here two processes
+    whose matmuls took 2 s and 4 s: 1/2 + 1/4 of the matmul's FLOPs per second)."""
+    from cnnscope.core import bench as core_bench
+
+    class TwoProcesses(core_bench.Dist):
+        def gather(self, obj):
+            return [obj, 2 * obj]
+
+    monkeypatch.setattr(core_bench, "median_seconds", lambda steps, *a, **k: {"train": 1.0, "matmul": 2.0})
+    monkeypatch.setattr(core_bench, "matmul_step", lambda device: (lambda: None, 64, 1000))
+    timing = core_bench.time_training(lambda: None, torch.device("cpu"), 1, TwoProcesses(world_size=2))
+    assert timing["peak_flops_per_s"] == 1000 / 2 + 1000 / 4
+    assert (timing["train"], timing["matmul_size"], timing["matmul_flops"]) == (1.0, 64, 1000)
+
+
 @pytest.mark.slow
 def test_bench_trains_in_data_parallel_processes(runner):
     from cnnscope.core.runtime import cpu_cores
@@ -186,12 +203,12 @@ def test_bench_amp_on_cpu_is_a_clear_error(runner):
 
 
 def test_a_failing_compile_is_a_clear_error(runner, monkeypatch):
-    import cnnscope.core.training
+    import cnnscope.core.distributed
 
     def no_compiler(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(cnnscope.core.training, "compile_model", lambda model: torch.compile(model, backend=no_compiler))
+    monkeypatch.setattr(cnnscope.core.distributed, "compile_model", lambda model: torch.compile(model, backend=no_compiler))
     result = runner.invoke(cli, ["bench", "basic", "--compile", "--steps", "1", "--batch-size", "2"])
     assert result.exit_code == 2, result.output
     assert "torch.compile failed on this machine (RuntimeError: no C++ compiler here)" in result.output
@@ -226,6 +243,21 @@ def test_fast_dilated_depthwise_equals_the_conv(n, c, hw, k, dilation):
     for a, b in zip(torch.autograd.grad(fast, (x, conv.weight, conv.bias), g),
                     torch.autograd.grad(reference, (x, conv.weight, conv.bias), g)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 5])
+def test_depthwise_weight_grad_over_chunks_of_images(monkeypatch, images_per_chunk):
+    """The weight gradient summed chunk by chunk (2 per chunk of 5 leaves a chunk of 1) equals the conv's."""
+    torch.manual_seed(0)
+    n, c, h, w = 5, 3, 6, 7
+    monkeypatch.setattr(fastconv, "CHUNK_BYTES", images_per_chunk * c * h * w * 8)
+    x = torch.randn(n, c, h, w, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, c, h, w, dtype=torch.float64)
+    out = torch.nn.functional.conv2d(x, weight, None, 1, (2, 3), (2, 3), c)
+    expected, = torch.autograd.grad(out, weight, g)
+    got = fastconv.depthwise_weight_grad(x, g.contiguous(memory_format=torch.channels_last), (2, 3), (3, 3), (2, 3))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("why, weight_shape, kw", [

@@ -32,8 +32,13 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
     (the batch augmentation backend and, for comparison, the seeds' albumentations one with 2
     workers, on a uint8 tensor with the recipe's augmentation), the forward FLOPs per image
     (2 x MACs), the achieved training FLOP/s (3 x forward FLOPs x images/s) and its fraction of
-    the peak, measured now with a float32 matmul on all cores, and the peak memory. Each step time
-    is the median of --steps timed steps. Training runs as `cnnscope train` runs it: on the CPU in
+    the peak, and the peak memory. Each step time is the median of --steps timed steps.
+
+    The peak is measured now, in the same rounds as the training steps: every training process
+    multiplies two 2048 x 2048 float32 matrices on its own threads, all at once, so the peak is
+    what the same processes and threads get from this machine under the same load. The fraction
+    says how much of the machine's dense arithmetic the training uses; it counts a convolution's
+    nominal multiply-adds, so a convolution computed with fewer (Winograd) can exceed 1. Training runs as `cnnscope train` runs it: on the CPU in
     --procs data-parallel processes (DistributedDataParallel, gloo; the all-reduce is timed too).
 
     \b
@@ -44,7 +49,7 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
       train_gflop_per_s, peak_gflop_per_s, peak_fraction, matmul_size, folded_batchnorms,
       peak_memory_mb, peak_memory_source ("cuda_max_allocated" | "cpu_max_rss": the process's
       peak RSS), warmup_s (training warm-up seconds, compilation included)}
-    Rates are images/s, FLOPs per image forward (2 x MACs), peak_fraction in [0, 1].
+    Rates are images/s, FLOPs per image forward (2 x MACs), peak_fraction a ratio (0.5 = 50%).
 
     \b
     Examples:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from cnnscope.core.training import Dist
+from cnnscope.core.distributed import Dist
 
 WARMUP_STEPS = 3
 ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader, as the data path is benchmarked
@@ -40,7 +40,7 @@ class BenchResult:
     data_images_per_s: float  # batch backend
     data_albumentations_images_per_s: float
     train_gflop_per_s: float  # 3 x flops_per_image x train_images_per_s / 1e9
-    peak_gflop_per_s: float  # float32 matmul, measured now
+    peak_gflop_per_s: float  # float32 matmuls in every training process at once, measured now
     peak_fraction: float  # train_gflop_per_s / peak_gflop_per_s
     matmul_size: int
     folded_batchnorms: int
@@ -100,32 +100,21 @@ def peak_memory_mb(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "cpu_max_rss"
 
 
-def time_training(train_step, device, rounds, ddp: Dist, threads: int, all_threads: int) -> dict:
-    """Warm up, then time the training step (on `threads`) and the matmul (on `all_threads`, rank 0
-    alone while the others wait) in alternating rounds. Rank 0 gets {train, matmul (median seconds),
-    warmup_s, memory_mb, memory_source (before the matmul's operands exist), matmul_size,
-    matmul_flops}; the other ranks, who only keep step, get {}."""
+def time_training(train_step, device, rounds, ddp: Dist) -> dict:
+    """Warm up, then time the training step and a float32 matmul in alternating rounds, each
+    process on its own threads: every process runs its matmul while the others run theirs, as they
+    train together. The peak is then what these same processes and threads get from the hardware
+    under the same load (a matmul on all cores while the other processes wait, as before, swung by
+    30% from run to run). Rank 0 gets {train, matmul (median seconds), peak_flops_per_s (all
+    processes' matmuls together), warmup_s, memory_mb, memory_source (before the matmul's operands
+    exist), matmul_size, matmul_flops}; the other ranks get {}."""
     warmup_s = warm_up(train_step, device)
     memory_mb, memory_source = peak_memory_mb(device)
-    if not ddp.is_main:
-        for _ in range(rounds):
-            ddp.barrier()  # rank 0 times the matmul while the others wait here
-            train_step()
-        return {}
-    torch.set_num_threads(all_threads)
     matmul, size, matmul_flops = matmul_step(device)
     warm_up(matmul, device, calls=1)
-
-    def on(threads_now, fn):
-        def call():
-            torch.set_num_threads(threads_now)
-            fn()
-        return call
-
-    try:
-        seconds = median_seconds({"train": on(threads, train_step), "matmul": on(all_threads, matmul)}, rounds,
-                                 device, before_round=ddp.barrier)
-    finally:
-        torch.set_num_threads(all_threads)
-    return dict(seconds, warmup_s=warmup_s, memory_mb=memory_mb, memory_source=memory_source, matmul_size=size,
-                matmul_flops=matmul_flops)
+    seconds = median_seconds({"train": train_step, "matmul": matmul}, rounds, device, before_round=ddp.barrier)
+    matmul_seconds = ddp.gather(seconds["matmul"])
+    if not ddp.is_main:
+        return {}
+    return dict(seconds, peak_flops_per_s=sum(matmul_flops / t for t in matmul_seconds), warmup_s=warmup_s,
+                memory_mb=memory_mb, memory_source=memory_source, matmul_size=size, matmul_flops=matmul_flops)

@@ -17,8 +17,10 @@ def tune_cpu_runtime():
       workers and other processes need (on 2 busy cores, 2-5x slower steps): waiting threads sleep
       instead, unless the user chose an OMP_WAIT_POLICY.
     - glibc hands freed activation buffers back to the OS and page-faults them in again on the next
-      step (thousands of faults per step): keep up to 32 MiB blocks on the heap and never trim it,
-      as jemalloc or tcmalloc would.
+      step (thousands of faults per step): keep freed blocks on the heap and never trim it, as
+      jemalloc or tcmalloc would. glibc mmaps no block at all: with its largest mmap threshold
+      (32 MiB), ectied's 256 x 32 x 32 maps of 64 images (64 MiB) were mmapped afresh each time,
+      350,000 faults per step (12,000 without mmap; 14% faster).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if sys.platform.startswith("linux"):
@@ -26,9 +28,9 @@ def tune_cpu_runtime():
             libc = ctypes.CDLL("libc.so.6")
         except OSError:  # not glibc
             return
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
-        libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest
-        libc.mallopt(m_trim_threshold, 2**31 - 1)
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameters
+        libc.mallopt(m_mmap_max, 0)  # every block comes from the heap, none is mmapped
+        libc.mallopt(m_trim_threshold, 2**31 - 1)  # and the heap never shrinks
 
 
 def pair(v):

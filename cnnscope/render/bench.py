@@ -19,7 +19,8 @@ def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
         ("data path, albumentations", f"{result.data_albumentations_images_per_s:,.1f} images/s "
                                       f"({ALBUMENTATIONS_WORKERS} workers)"),
         ("achieved training FLOP/s", f"{result.train_gflop_per_s:,.2f} GFLOP/s"),
-        ("peak (float32 matmul)", f"{result.peak_gflop_per_s:,.2f} GFLOP/s ({result.matmul_size}^2)"),
+        ("peak (float32 matmul)", f"{result.peak_gflop_per_s:,.2f} GFLOP/s ({result.matmul_size}^2 in every "
+                                  "training process at once)"),
         ("fraction of peak", f"{100 * result.peak_fraction:.1f}%"),
         ("peak memory", f"{result.peak_memory_mb:,.1f} MB ({result.peak_memory_source})"),
         ("warm-up", f"{result.warmup_s:.1f} s"),

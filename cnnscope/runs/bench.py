@@ -34,8 +34,9 @@ from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResu
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
-from cnnscope.core.runtime import autocast, compile_errors, compile_model, cpu_cores, resolve_device, split_batch
-from cnnscope.core.training import Dist, TrainStep, build_optimizer, init_distributed, training_model
+from cnnscope.core.runtime import autocast, compile_errors, compile_model, resolve_device, split_batch
+from cnnscope.core.distributed import Dist, init_distributed, training_model
+from cnnscope.core.training import TrainStep, build_optimizer
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
 from cnnscope.runs import datasets, launch, loaders, recipes
@@ -82,7 +83,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
 
     train_rate = batch_size / timing["train"]
     achieved = 3 * flops * train_rate / 1e9
-    peak = timing["matmul_flops"] / timing["matmul"] / 1e9
+    peak = timing["peak_flops_per_s"] / 1e9
     return BenchResult(
         model=spec, device=str(device), threads=threads, procs=procs,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), batch_size=batch_size, steps=steps,
@@ -155,9 +156,8 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
 def train_here(setup: dict, rounds) -> tuple[nn.Module, dict]:
     """The training timing in this process: (model, time_training's dict)."""
     model, train_step = training_setup(**setup)
-    threads = torch.get_num_threads()
     with compile_errors(setup["compile"]):
-        return model, time_training(train_step, torch.device(setup["device"]), rounds, Dist(), threads, threads)
+        return model, time_training(train_step, torch.device(setup["device"]), rounds, Dist())
 
 
 def train_in_processes(procs: int, setup: dict, rounds) -> dict:
@@ -179,7 +179,7 @@ def bench_rank(setup: dict, rounds: int, out: str) -> int:
     ddp, device = init_distributed(setup["device"])
     try:
         _, train_step = training_setup(**setup, ddp=ddp)
-        timing = time_training(train_step, device, rounds, ddp, torch.get_num_threads(), cpu_cores())
+        timing = time_training(train_step, device, rounds, ddp)
         ddp.barrier()
         if ddp.is_main:
             Path(out).write_text(json.dumps(timing))

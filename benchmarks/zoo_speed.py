@@ -1,0 +1,78 @@
+"""Training throughput of every zoo model, this checkout against an earlier revision, in one run.
+
+For each model, `cnnscope bench MODEL --format json` runs from the earlier revision (checked out
+into a temporary git worktree, imported from there) and then from this checkout, one after the
+other, so that both see the machine in the same state; the table gives both, their ratio and the
+fraction of the matmul peak. Without --before, only this checkout is measured.
+
+    python benchmarks/zoo_speed.py --before 2e3a232          # before/after table (~10 min on 2 cores)
+    python benchmarks/zoo_speed.py --models tiny egrr --steps 3
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"basic": [], "tiny": [], "dilated": [], "ectied": [], "egrr": [],
+          "swrn": ["--ctor", "depth=16", "--ctor", "width=4"]}  # swrn at a size whose step fits the bench
+
+
+def bench(checkout: Path, model: str, steps: int) -> dict:
+    """`cnnscope bench MODEL` run with the code of `checkout`."""
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    command = [sys.executable, "-m", "cnnscope", "bench", model, *MODELS[model], "--steps", str(steps),
+               "--format", "json", "--quiet"]
+    done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"bench {model} failed in {checkout}:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def row(model: str, before: dict | None, after: dict) -> str:
+    rate, peak = after["train_images_per_s"], 100 * after["peak_fraction"]
+    if before is None:
+        return f"| {model} | {rate:,.0f} | {peak:.1f}% | {after['peak_gflop_per_s']:.0f} |"
+    old_rate, old_peak = before["train_images_per_s"], 100 * before["peak_fraction"]
+    return (f"| {model} | {old_rate:,.0f} | {rate:,.0f} | **{rate / old_rate:.2f}x** | {old_peak:.1f}% | {peak:.1f}% "
+            f"| {after['peak_gflop_per_s']:.0f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", help="git revision to compare against (a temporary worktree)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--json", type=Path, help="also write every bench result here")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cnnscope-before-") as tmp:
+        old = Path(tmp) / "before"
+        if args.before:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before],
+                           check=True, capture_output=True)
+        try:
+            for model in args.models:
+                before = bench(old, model, args.steps) if args.before else None
+                results[model] = {"before": before, "after": bench(ROOT, model, args.steps)}
+                print(row(model, before, results[model]["after"]), flush=True)
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=True)
+    header = ("| model | before (images/s) | after (images/s) | after / before | before, % of peak | after, % of peak "
+              "| peak (GFLOP/s) |\n|---|---:|---:|---:|---:|---:|---:|" if args.before else
+              "| model | training images/s | % of peak | peak (GFLOP/s) |\n|---|---:|---:|---:|")
+    print(f"\n{header}")
+    for model, r in results.items():
+        print(row(model, r["before"], r["after"]))
+    print(f"\nload average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
