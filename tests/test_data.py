@@ -134,11 +134,32 @@ def test_fashion_mnist_from_idx_files(tmp_path):
         border[:, :, 2:30, 2:30] = 0
         assert not border.any()  # zero padding of 2
     assert ds.test.labels.tolist() == [9, 0, 3, 3] and ds.train.labels.dtype == torch.int64
+    own = load_dataset("fashion-mnist", tmp_path, val_split=0, image_size=(28, 28))  # the original images
+    assert (own.train.images.numpy() == train[:, None]).all() and (own.test.images.numpy() == test[:, None]).all()
+    assert own.mean[0] == pytest.approx(train.mean() / 255) and ds.mean[0] == pytest.approx(train.mean() / 255 * 784 / 1024)
+    assert (tmp_path / "stats" / "fashion-mnist_0_0_28x28-unpadded.json").is_file()
 
     if file_datasets.FASHION_MNIST_SYSTEM_DIR.is_dir():  # Debian's dataset-fashion-mnist: the real thing
         real = load_dataset("fashion-mnist", tmp_path / "elsewhere", val_split=0)
         assert real.train.images.shape == (60000, 3, 32, 32) and real.test.images.shape == (10000, 3, 32, 32)
         assert torch.bincount(real.test.labels).tolist() == [1000] * 10
+
+
+def test_which_datasets_several_processes_may_load_at_once(tmp_path, monkeypatch):
+    """Where loading only reads files, every training process loads at once; a download or a tree's
+    decoding happens in the first process alone."""
+    from cnnscope.runs.datasets import loads_from_files
+
+    monkeypatch.setattr(file_datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
+    assert loads_from_files("fake", tmp_path) and loads_from_files("mnist", tmp_path)  # mnist: never downloaded
+    assert not loads_from_files("fashion-mnist", tmp_path) and not loads_from_files("cifar10", tmp_path)
+    for key, stem in file_datasets.IDX_FILES.items():
+        write_idx(tmp_path / "fashion-mnist" / f"{stem}.gz", np.zeros((1, 28, 28) if "images" in key else (1,)))
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    assert loads_from_files("fashion-mnist", tmp_path) and loads_from_files("cifar10", tmp_path)
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    (tmp_path / "tree" / "b").mkdir()
+    assert not loads_from_files(str(tmp_path / "tree"), tmp_path)
 
 
 def test_fashion_mnist_missing_everywhere_is_a_clear_error(tmp_path, monkeypatch):

@@ -179,3 +179,29 @@ def test_predict_builds_no_autograd_graph():
     loss_sum, preds, targets = predict(Probe(), loader, torch.device("cpu"))
     assert len(grad_enabled) >= 3 and not any(grad_enabled)  # inference_copy may run one probe forward too
     assert len(preds) == len(targets) == 12 and loss_sum > 0
+
+
+def test_predict_with_mirror_images_averages_the_logits():
+    """Test-time hflip: the logits are the mean of the image's and its mirror image's, so a model
+    that reads only the left column sees both edges."""
+    import torch
+    import torch.nn as nn
+
+    from cnnscope.core.metrics import predict
+
+    class LeftColumn(nn.Module):
+        def forward(self, x):
+            left = x[:, 0, :, 0].sum(1)
+            return torch.stack([left, -left], 1)
+
+    x = torch.zeros(2, 1, 3, 4)
+    x[0, 0, :, 3] = 1.0  # image 0: only its right edge is bright
+    x[1, 0, :, 0] = -2.0  # image 1: only its left edge, dark
+    labels = torch.tensor([0, 1])
+    plain = predict(LeftColumn(), [(x, labels)], torch.device("cpu"))
+    mirrored = predict(LeftColumn(), [(x, labels)], torch.device("cpu"), hflip=True)
+    expected_logits = torch.tensor([[1.5, -1.5], [-3.0, 3.0]])  # (0 + 3) / 2 and (-6 + 0) / 2
+    expected_loss = torch.nn.functional.cross_entropy(expected_logits, labels, reduction="sum").item()
+    assert mirrored[0] == pytest.approx(expected_loss) and mirrored[1].tolist() == [0, 1]
+    assert plain[1].tolist() == [0, 1] and plain[0] == pytest.approx(
+        torch.nn.functional.cross_entropy(torch.tensor([[0.0, 0.0], [-6.0, 6.0]]), labels, reduction="sum").item())

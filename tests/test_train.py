@@ -1,5 +1,6 @@
 """`cnnscope train`: the run folder, exact resume, torchrun, clear errors, and the recipes."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -357,6 +358,22 @@ def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_s
 
 
 @pytest.mark.slow
+def test_two_processes_validate_the_model_they_save(tmp_path, tiny_spec):
+    """Selected on the test set, the epoch's accuracy and loss are best.pth's test ones: both ranks
+    validate with rank 0's batch-norm statistics, the ones checkpointed (each rank's own last-batch
+    update gave another loss)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, *LAUNCHERS["procs"], tiny_spec, "--dataset", "fake", "--epochs", "1", "--batch-size", "32",
+           "--val-split", "0", "--device", "cpu", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, rows = read_log(tmp_path / "Tiny")
+    metrics = json.loads((tmp_path / "Tiny" / "metrics.json").read_text())
+    assert rows[0]["val_acc"] == pytest.approx(metrics["test_acc"], abs=1e-9)
+    assert rows[0]["val_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_path, tiny_spec):
     """SIGTERM to the parent alone reaches both ranks: they stop after the same batch, rank 0 saves
     last.pth and prints the resume command (`cnnscope train --resume`, which keeps 2 processes), and
@@ -487,6 +504,19 @@ def test_recipes_follow_the_models_table():
     assert (ectied.scheduler, ectied.nesterov, ectied.augment) == ("cosine", False, AugmentSpec(hflip=0.5, crop_pad=4))
     assert (swrn.scheduler, swrn.step_milestones, swrn.step_gamma) == ("step", (0.3, 0.6, 0.8), 0.2)
     assert recipes.get_recipe("some/file.py:Net") == recipes.get_recipe("basic")
+
+
+def test_the_speed_recipe_is_opt_in_and_basic_only(runner):
+    speed = recipes.get_recipe("basic", speed=True)
+    assert (speed.epochs, speed.image_size, speed.lr, speed.label_smoothing, speed.tta_hflip, speed.augment) == \
+           (2, (28, 28), 0.2, 0.1, True, AugmentSpec(hflip=0.5))
+    assert dataclasses.replace(speed, epochs=25, image_size=(32, 32), lr=0.1, label_smoothing=0.0, tta_hflip=False,
+                               augment=recipes.get_recipe("basic").augment) == recipes.get_recipe("basic")
+    assert not recipes.get_recipe("basic").tta_hflip  # the seeds' recipes stay the defaults
+    with pytest.raises(CnnscopeError, match="tiny has no speed recipe; the models with one are: basic"):
+        recipes.get_recipe("tiny", speed=True)
+    result = runner.invoke(cli, ["train", "--resume", "reports/basic", "--speed"])
+    assert result.exit_code == 2 and "keeps its own recipe" in result.output
 
 
 def test_short_runs_shrink_epoch_schedules_unless_given():

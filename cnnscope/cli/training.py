@@ -40,6 +40,10 @@ DATASETS_HELP = (
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
 @click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
+@click.option("--speed", is_flag=True,
+              help="Train with the model's speed recipe (basic: 2 epochs at 28x28, peak LR 0.2, mirror images, "
+                   "label smoothing 0.1, mirror images again at evaluation) instead of its seed's: the shortest time to a target "
+                   "accuracy (benchmarks/README.md). Other options still apply on top.")
 @click.option("--recipe", "recipe", multiple=True, metavar="K=V",
               help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
 @click.option("--augment", "augment", multiple=True, metavar="K=V",
@@ -111,7 +115,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
 
     \b
     Examples:
-      cnnscope train basic --dataset fashion-mnist --epochs 5
+      cnnscope train basic --speed --dataset fashion-mnist --val-split 0
       cnnscope train egrr --epochs 30 --augment autoaugment=False
       cnnscope train my_model.py:Net --ctor width=32 --lr 0.05 --name net-w32
       cnnscope train --resume reports/basic

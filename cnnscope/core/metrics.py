@@ -28,11 +28,12 @@ def class_name(classes, index: int) -> str:
     return classes[index] if 0 <= index < len(classes) else str(index)
 
 
-def predict(model, loader, device, *, amp=False, progress=None, description=""):
+def predict(model, loader, device, *, amp=False, hflip=False, progress=None, description=""):
     """Run `model` over `loader` -> (summed cross-entropy, predictions, targets), both on the CPU.
 
     The batches go through fuse.inference_copy(model) on `device`: an eval-mode copy with batch norm
-    folded into the convs, in channels_last; `model` itself is left as it is.
+    folded into the convs, in channels_last; `model` itself is left as it is. `hflip`: the logits
+    are the mean of the image's and its mirror image's (test-time augmentation).
     With a rich `progress`, a task labelled `description` follows the batches.
     """
     model = inference_copy(model).to(device)
@@ -42,6 +43,8 @@ def predict(model, loader, device, *, amp=False, progress=None, description=""):
     for x, y in loader:
         with torch.no_grad(), autocast(device, amp):  # no graph: it would hold every batch's activations
             logits = model(x)
+            if hflip:
+                logits = (logits + model(x.flip(3))) / 2
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         preds.append(logits.argmax(1))
         targets.append(y)
@@ -135,13 +138,14 @@ class EvalResult:
         return dataclasses.asdict(self)
 
 
-def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_size=256) -> EvalResult:
+def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_size=256, hflip=False) -> EvalResult:
     """Loss, accuracy and per-class metrics of `model` on labelled images.
 
     `images` is a float tensor (N, C, H, W), prepared as the model expects it, with `labels` an int
     tensor (N,); or, without `labels`, any iterable of (images, labels) batches (a loader).
     `classes` names the classes (default: "0", "1", ... up to the largest class seen).
-    `model` is left as it is: an eval-mode copy with batch norm folded runs on `device`.
+    `model` is left as it is: an eval-mode copy with batch norm folded runs on `device`. `hflip`:
+    each image's logits are averaged with its mirror image's (test-time augmentation).
     """
     device = torch.device(device)
     if labels is not None:
@@ -149,7 +153,7 @@ def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_si
     else:
         batches = images
     on_device = ((x.to(device), y.to(device)) for x, y in batches)
-    loss_sum, preds, targets = predict(model, on_device, device)
+    loss_sum, preds, targets = predict(model, on_device, device, hflip=hflip)
     if classes is None:
         classes = [str(i) for i in range(int(max(preds.max(), targets.max())) + 1)]
     name = type(model).__name__

@@ -6,28 +6,24 @@ epoch (its log row, the epoch-level schedule, the best epoch) -> `fit`, which ru
 process. `cnnscope.runs.train` runs the same functions with run folders, checkpoints and several
 processes around them.
 
-Distributed: `Dist` is what the loop asks of the process group (all-reduce, gather, barrier);
-with one process it does nothing. `data_parallel` wraps the model in DistributedDataParallel.
+Several processes: cnnscope.core.distributed (`Dist`, what the loop asks of the process group).
 """
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
+from cnnscope.core.distributed import Dist
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.metrics import predict
-from cnnscope.core.runtime import autocast, compile_model, resolve_device
-from cnnscope.errors import CnnscopeError
+from cnnscope.core.runtime import autocast, resolve_device
 
 REPORT_EVERY = 10  # batches between progress refreshes and stop checks; each one waits for the device
 
@@ -102,79 +98,6 @@ def apply_model_settings(model: nn.Module, settings: dict) -> None:
 def reduced_depth(model: nn.Module, recipe, epoch: int) -> bool:
     """Whether `epoch` runs the model at a reduced depth (egrr's depth warm-up; see model_settings)."""
     return model_settings(model, recipe, epoch).get("depth") is not None
-
-
-# ---- processes --------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")  # where collective tensors live (nccl needs CUDA)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, tensor, op=dist.ReduceOp.SUM):
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=op)
-        return tensor
-
-    def any_rank(self, *flags) -> list[bool]:
-        """For each flag, whether it is set on any rank (every rank must call)."""
-        t = torch.tensor([float(f) for f in flags], device=self.device)
-        return [bool(v) for v in self.all_reduce(t, op=dist.ReduceOp.MAX).tolist()]
-
-    def gather(self, obj) -> list:
-        if self.world_size == 1:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """One process per device under a launcher (WORLD_SIZE/RANK/LOCAL_RANK set), else a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name)
-    if world_size == 1:
-        return Dist(device=device), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise CnnscopeError(f"Distributed training runs on cuda or cpu, not {device.type}; use device cpu or cuda.")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, device), device
-
-
-def data_parallel(net: nn.Module, skips_steps: bool = False) -> nn.Module:
-    """DistributedDataParallel(net). channels_last kernels with a size-1 dim (1x1 convs, depthwise
-    weights) get grads whose strides differ from the params' on those dims only: the same memory
-    order, and DDP copies grads into its buckets either way, so its warning about them is dropped.
-
-    `skips_steps`: some epochs run the model at a reduced depth (egrr's depth warm-up), leaving the
-    weights of the skipped steps out of the graph. DDP then looks for unused parameters after each
-    forward (a walk over the autograd graph, small next to the step) and leaves their grads None on
-    every rank, as a single process does. static_graph is not valid (the graph grows with the
-    depth), and running the skipped steps with a zero weight would cost their compute and let
-    weight decay move weights that a single process leaves alone."""
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=skips_steps)
-
-
-def training_model(net: nn.Module, ddp: Dist, compiled: bool, skips_steps: bool = False) -> nn.Module:
-    """What the steps run: `net`, in DDP with several processes (looking for unused weights while
-    `skips_steps`; after egrr's depth warm-up it would find none, and walk the graph every step for
-    nothing), compiled with `compiled` (in the first batches; `net` keeps the plain weights)."""
-    model = data_parallel(net, skips_steps) if ddp.world_size > 1 else net
-    return compile_model(model) if compiled else model
 
 
 # ---- interruption -----------------------------------------------------------------------------
@@ -308,9 +231,11 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     state.partial = ddp.all_reduce(sums).tolist() + [time.perf_counter() - started, state.lr_steps[-1]]
 
 
-def validate(net, loader, device, amp, ddp: Dist, progress=None) -> tuple[float, float]:
-    """Loss and accuracy (percent) on the selection split; each rank takes its share, then they add up."""
-    loss_sum, preds, targets = predict(net, loader, device, amp=amp, progress=progress, description="validating")
+def validate(net, loader, device, amp, ddp: Dist, progress=None, hflip=False) -> tuple[float, float]:
+    """Loss and accuracy (percent) on the selection split; each rank takes its share, then they add
+    up. `hflip`: with the mirror images too (a recipe's tta_hflip)."""
+    loss_sum, preds, targets = predict(net, loader, device, amp=amp, hflip=hflip, progress=progress,
+                                       description="validating")
     totals = ddp.all_reduce(torch.tensor([loss_sum, float((preds == targets).sum()), float(len(targets))],
                                          dtype=torch.float64, device=device)).tolist()
     return totals[0] / totals[2], 100.0 * totals[1] / totals[2]
@@ -393,7 +318,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
         apply_model_settings(model, model_settings(model, recipe, state.epoch))
         train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}")
         started = time.perf_counter()
-        val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress) if val_batches is not None
-                             else (math.nan, math.nan))
+        val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
+                             if val_batches is not None else (math.nan, math.nan))
         end_epoch(state, scheduler, per_batch, val_loss, val_acc, time.perf_counter() - started)
     return FitResult(model, state.history, state.best_acc, state.best_epoch)

@@ -104,14 +104,22 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
         train, test = Split(*train), Split(*test)
         for part, split in (("training", train), ("test", test)):
             _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
-        train, test = _resize(train, size), _resize(test, size)
+        train, test = _resize(train, size, name), _resize(test, size, name)
     train, val = _hold_out(train, val_split, seed)
     if name == "fake":
         mean, std = channel_stats(train)
     else:
-        at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}"
+        at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}" + ("-unpadded" if _unpads(name, size) else "")
         mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
+
+
+def loads_from_files(name, data_dir) -> bool:
+    """Whether loading `name` only reads files that are there (no download, no decoding of a tree
+    into its cache), so that several processes may load it at once."""
+    if is_folder(str(name)):
+        return False
+    return name == "fake" or (name in DATASETS and file_datasets.on_disk(name, Path(data_dir)))
 
 
 def describe(ds: Dataset) -> dict:
@@ -183,14 +191,24 @@ def _hold_out(train: Split, val_split, seed):
             Split(train.images[val_idx], train.labels[val_idx]))
 
 
-def _resize(split: Split, size) -> Split:
-    """A named dataset's images resized (bilinear, antialiased) from their native size to `size`."""
+def _resize(split: Split, size, name) -> Split:
+    """A named dataset's images resized (bilinear, antialiased) from their native size to `size`;
+    the 28x28 IDX images (zero-padded to 32x32 by file_datasets) asked for at 28x28 are the
+    original images, the padding cut off."""
     if split.input_shape[1:] == tuple(size):
         return split
+    if _unpads(name, size):
+        pad = (file_datasets.NATIVE_SIZE - file_datasets.IDX_SIZE) // 2
+        return Split(split.images[:, :, pad:-pad, pad:-pad].contiguous(), split.labels)
     chunks = [F.interpolate(split.images[i:i + CHUNK].float(), size=size, mode="bilinear", antialias=True,
                             align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
               for i in range(0, len(split), CHUNK)]
     return Split(torch.cat(chunks), split.labels)
+
+
+def _unpads(name, size) -> bool:
+    """Whether `size` asks for the IDX dataset `name` at its own size: its images without the padding."""
+    return name in file_datasets.IDX_DATASETS and tuple(size) == (file_datasets.IDX_SIZE,) * 2
 
 
 def channel_stats(split: Split):

@@ -30,20 +30,22 @@ GRID_SIZE = 32  # images in each sample grid
 
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
-                 trust_spec=False) -> EvalResult:
+                 trust_spec=False, dataset=None) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
-    (render.progress) draws the bar and says what is loaded."""
+    (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
+    training loaded it, instead of loading it again."""
     device = resolve_device(device)
     reporter.detail(f"loading the run {run} onto {device}")
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     model.to(device)
-    reporter.detail(f"loading the test split of {ckpt.get('dataset')}")
-    ds = run_dataset(ckpt, data_dir)
+    if dataset is None:
+        reporter.detail(f"loading the test split of {ckpt.get('dataset')}")
+    ds = dataset or run_dataset(ckpt, data_dir)
     loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=str(device))
     with progress_bar(reporter.console, stats=True, quiet=reporter.verbosity == QUIET) as progress:
         loss_sum, preds, targets = predict(model, loader, device, amp=device.type == "cuda", progress=progress,
-                                           description="testing")
+                                           hflip=run_tta_hflip(ckpt), description="testing")
     if len(targets) != len(ds.test) or not torch.equal(targets, ds.test.labels):
         raise RuntimeError("the test loader must yield the whole test split in order")
     result = EvalResult.from_predictions(loss_sum, preds, targets, ds.classes, run=Path(run_dir).name,
@@ -53,6 +55,11 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
     if (Path(run_dir) / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
         write_curves(Path(run_dir))
     return result
+
+
+def run_tta_hflip(ckpt: dict) -> bool:
+    """Whether the run's recipe evaluates with the mirror images too (its tta_hflip; older runs: no)."""
+    return bool(((ckpt.get("config") or {}).get("options", {}).get("recipe") or {}).get("tta_hflip", False))
 
 
 def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:

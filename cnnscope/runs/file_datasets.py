@@ -23,6 +23,7 @@ import torch
 from cnnscope.errors import CnnscopeError
 
 NATIVE_SIZE = 32  # the side of every named dataset's images as loaded (before --image-size resizes them)
+IDX_SIZE = 28  # the side of the IDX datasets' own images, zero-padded to NATIVE_SIZE
 
 # Debian's dataset-fashion-mnist package puts the original gzipped IDX files here.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -61,6 +62,19 @@ def load_named(name, data_dir: Path):
     if name == "svhn":
         return _load_svhn(data_dir)
     return _load_cifar(name, data_dir)
+
+
+def on_disk(name, data_dir: Path) -> bool:
+    """Whether loading the named dataset `name` reads files only (nothing is downloaded or extracted),
+    so that several processes may load it at once."""
+    if name in ("cifar10", "cifar100"):
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        return (data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder).is_dir()
+    if name == "fashion-mnist":
+        folders = [data_dir / folder for folder in IDX_DATASETS[name].folders] + [FASHION_MNIST_SYSTEM_DIR]
+        return any(_idx_files(folder) for folder in folders)
+    return True  # the others are never downloaded
 
 
 def _split(images: np.ndarray, labels: np.ndarray):
@@ -179,11 +193,11 @@ def _load_idx(name, data_dir: Path):
     for part in ("train", "test"):
         images = read_idx(files[f"{part}_images"])
         labels = read_idx(files[f"{part}_labels"])
-        if images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+        if images.shape[1:] != (IDX_SIZE, IDX_SIZE) or labels.ndim != 1 or len(images) != len(labels):
             raise CnnscopeError(f"{files[f'{part}_images']} and its labels file are not {name}: it needs "
                                 f"28x28 images and one label each, they hold images {tuple(images.shape)} and labels "
                                 f"{tuple(labels.shape)}. Replace them with the original files.")
-        pad = (NATIVE_SIZE - 28) // 2
+        pad = (NATIVE_SIZE - IDX_SIZE) // 2
         padded = np.zeros((len(images), 3, NATIVE_SIZE, NATIVE_SIZE), np.uint8)
         padded[:, :, pad:NATIVE_SIZE - pad, pad:NATIVE_SIZE - pad] = images[:, None]
         splits.append(_split(padded, labels))

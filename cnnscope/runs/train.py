@@ -5,16 +5,14 @@ parts (data, model, optimizer and schedule) -> the epoch loop (cnnscope.core.tra
 validation, log, checkpoint) -> test evaluation of best.pth. The files of the run folder are
 written by cnnscope.runs.train_files.
 
-Reproducibility: the data order and augmentation of an epoch are a function of (seed, epoch, rank)
-inside the loader; everything else random (dropout, Gumbel noise) draws from the global RNGs, which
-every checkpoint saves. A run stopped after any batch and resumed with --resume therefore ends with
-exactly the weights of an uninterrupted run (on the CPU; cuDNN autotuning makes GPU runs close but
-not bit-identical).
+Reproducibility: an epoch's data order and augmentation are a function of (seed, epoch, rank);
+everything else random (dropout, Gumbel noise) draws from the global RNGs, which every checkpoint
+saves: a run stopped after any batch and resumed ends with exactly the weights of an uninterrupted
+one (on the CPU; cuDNN autotuning makes GPU runs close but not bit-identical).
 
-Distributed: `torchrun --nproc_per_node=N -m cnnscope train ...` runs one process per device (gloo on
-the CPU, nccl on CUDA). Each rank trains on its shard of every epoch; rank 0 validates, writes every
-file and prints. Batch-norm statistics: SyncBatchNorm on CUDA; on the CPU (where PyTorch has no
-SyncBatchNorm) DDP broadcasts rank 0's running statistics before every forward pass.
+Distributed: one process per device (--procs, or torchrun; gloo on the CPU, nccl on CUDA). Each rank
+trains on its shard of every epoch and validates its share with rank 0's batch-norm statistics (on
+CUDA SyncBatchNorm; on the CPU DDP broadcasts rank 0's before every forward); rank 0 writes and prints.
 """
 import dataclasses
 import json
@@ -32,9 +30,10 @@ from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
-from cnnscope.core.training import (Dist, LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
-                                    build_optimizer, build_scheduler, end_epoch, init_distributed, model_settings,
-                                    reduced_depth, train_epoch, training_model, validate)
+from cnnscope.core.distributed import Dist, init_distributed, training_model
+from cnnscope.core.training import (LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
+                                    build_optimizer, build_scheduler, end_epoch, model_settings, reduced_depth,
+                                    train_epoch, validate)
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
@@ -51,10 +50,9 @@ from cnnscope.runs.train_files import (run_config, write_json, write_log_and_met
 
 def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", reporter=None,
                  **settings) -> int:
-    """Train `model` (a SPEC), or continue the run `resume`, in this process or in `procs`
-    data-parallel ones (cnnscope.runs.launch); `settings` are new_options'/resume_options'
-    keywords; `reporter` (render.progress, default NORMAL) says what is prepared, at its verbosity.
-    Returns the exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
+    """Train `model` (a SPEC), or continue the run `resume`, here or in `procs` data-parallel processes
+    (runs.launch); `settings`: new_options'/resume_options' keywords; `reporter` (render.progress, default
+    NORMAL) says what is prepared. -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
     if resume:
         opts, ckpt, run_dir = resume_options(resume, model, trust_spec=trust_spec, **settings)
     elif model is None:
@@ -185,15 +183,17 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
 
 
 def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Dataset:
-    """The dataset; rank 0 loads first so that a download (or a tree's decoding) happens once."""
-    if not ddp.is_main:
+    """The dataset, loaded by every rank at once where that only reads files; else rank 0 loads
+    first, so that a download (or a tree's decoding) happens once."""
+    one_first = not datasets.loads_from_files(opts.recipe.dataset, opts.data_dir)
+    if one_first and not ddp.is_main:
         ddp.barrier()
     reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
                                image_size=opts.recipe.image_size)
     if opts.train_subset:
         ds = dataclasses.replace(ds, train=loaders.subset(ds.train, opts.train_subset, opts.seed))
-    if ddp.is_main:
+    if one_first and ddp.is_main:
         ddp.barrier()
     check_shares(len(ds.train), ddp.world_size)
     return ds
@@ -351,7 +351,9 @@ def close_epoch(run: RunParts, progress) -> bool:
     """Validate, log, checkpoint and report the epoch just trained; False for an early stop."""
     opts, state = run.opts, run.state
     started = time.perf_counter()
-    val_loss, val_acc = validate(run.net, run.select_loader, run.device, run.amp, run.ddp, progress)
+    run.ddp.share_buffers(run.net)  # the validated model is the one checkpointed
+    val_loss, val_acc = validate(run.net, run.select_loader, run.device, run.amp, run.ddp, progress,
+                                 run.opts.recipe.tta_hflip)
     row, improved = end_epoch(state, run.scheduler, run.per_batch, val_loss, val_acc, time.perf_counter() - started)
     names = ["last.pth"] + (["best.pth"] if improved else [])
     if opts.save_every and state.epoch % opts.save_every == 0:
@@ -389,7 +391,7 @@ def finish(run: RunParts) -> TrainResult:
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.device), trust_spec=True,
-                          reporter=run.reporter)
+                          reporter=run.reporter, dataset=run.ds)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     run.console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnscope.core.training import Dist, LoopState
+from cnnscope.core.distributed import Dist
+from cnnscope.core.training import LoopState
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs import launch
 

@@ -45,15 +45,17 @@ class TrainOptions:
 
 
 def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=None, val_split=None, seed=None,
-                aug_backend=None, train_subset=None, init_from=None, name=None, **runtime) -> TrainOptions:
-    """Options of a new run: the model's recipe with the command line on top (None = not given)."""
+                aug_backend=None, train_subset=None, init_from=None, name=None, speed=False,
+                **runtime) -> TrainOptions:
+    """Options of a new run: the model's recipe (its speed recipe with `speed`) with the command
+    line on top (None = not given)."""
     from cnnscope.runs.checkpoint import resolve_run
     from cnnscope.runs.spec import resolve_target
 
     _, display_name = resolve_target(spec)  # fails early and clearly on a bad SPEC
     if init_from:
         init_from = str(resolve_run(init_from)[1].resolve())
-    recipe = recipes.resolve(recipes.get_recipe(spec), recipe_overrides or {}, augment_overrides)
+    recipe = recipes.resolve(recipes.get_recipe(spec, speed), recipe_overrides or {}, augment_overrides)
     if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
         raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
@@ -84,13 +86,16 @@ def resume_path(resume) -> Path:
 
 def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augment_overrides=None,
                    val_split=None, seed=None, aug_backend=None, train_subset=None, init_from=None, out=None,
-                   name=None, trust_spec=False, **runtime):
+                   name=None, trust_spec=False, speed=False, **runtime):
     """Options of a resumed run: the checkpoint's, with only the how-and-where options changeable,
     and the recipe's epochs, which may grow (extend_epochs). Its model is built only if it is a zoo
     model, the user names it (`spec`) or trusts it (`trust_spec`).
 
     Returns (options, checkpoint, run folder).
     """
+    if speed:
+        raise CnnscopeError("A resumed run keeps its own recipe: leave out speed with resume.",
+                            arguments=("speed", "resume"))
     path = resume_path(resume)
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
