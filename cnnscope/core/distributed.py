@@ -50,7 +50,10 @@ class Dist:
         forward, so after an epoch every rank holds its own last batch's update, not the one saved."""
         if self.world_size > 1:
             for buffer in module.buffers():
-                dist.broadcast(buffer, 0)
+                shared = buffer.contiguous()  # gloo sends contiguous tensors only
+                dist.broadcast(shared, 0)
+                if shared is not buffer:
+                    buffer.copy_(shared)
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
