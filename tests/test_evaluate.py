@@ -121,16 +121,19 @@ def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
     assert [r["run"] for r in rows] == ["one", "two"]
     for row in rows:
         metrics = json.loads((runs / row["run"] / "metrics.json").read_text())
-        for key in ("model", "dataset", "params", "best_val_acc", "test_acc", "best_epoch", "epochs", "train_time_s",
-                    "images_per_s"):
+        for key in ("model", "dataset", "params", "macs", "rf", "best_val_acc", "test_acc", "best_epoch", "epochs",
+                    "train_time_s", "images_per_s"):
             assert row[key] == metrics[key], key
     assert [r["epochs"] for r in rows] == [1, 2]
+    # the 3x3 stride-2 conv on 32x32 (16x16 outputs x 8 x 27) and the 8 -> 10 linear; RF 3 before the pooling
+    assert [(r["macs"], r["rf"]) for r in rows] == [(16 * 16 * 8 * 27 + 80, 3)] * 2
     with open(out / "summary.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == ["one", "two"] and float(table[1]["test_acc"]) == rows[1]["test_acc"]
     md = (out / "summary.md").read_text().splitlines()
-    assert len(md) == 4 and md[0].startswith("| run | model | dataset | params | best val acc (%) | test acc (%)")
-    assert md[2].startswith(f"| one | {rows[0]['model']} | fake | ") and "warning" not in result.output
+    assert len(md) == 4 and md[0].startswith("| run | model | dataset | params | MACs | RF | best val acc (%) | test acc")
+    assert md[2].startswith(f"| one | {rows[0]['model']} | fake | ") and "| 0.06 M | 3 |" in md[2]
+    assert "warning" not in result.output
     assert f"| {rows[1]['test_acc']:.2f} |" in md[3]
     for name in ("combined_acc.png", "combined_loss.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -514,7 +514,8 @@ def test_seed_readme_markers_filled_from_short_runs(tmp_path, runner):
     for run in (base, dilated):
         metrics = json.loads((run / "metrics.json").read_text())
         row = next(line for line in summary.splitlines() if line.startswith(f"| {run.name} |"))
-        assert f"| {metrics['params']:,} | {metrics['best_val_acc']:.2f} | {metrics['test_acc']:.2f} |" in row
+        assert (f"| {metrics['params']:,} | {metrics['macs'] / 1e6:,.2f} M | {metrics['rf']} | "
+                f"{metrics['best_val_acc']:.2f} | {metrics['test_acc']:.2f} |") in row
         x = "BASE" if run == base else "DILATED"
         want = [f"| {avg} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
                 for avg, values in averages(run).items()]

@@ -164,8 +164,8 @@ def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_si
 class CompareResult:
     """Runs side by side: one row per run (its label and the `columns` of its metrics.json), the
     combined curves' figures (kind -> path), and warnings (runs on different datasets)."""
-    columns: ClassVar[tuple] = ("run", "model", "dataset", "params", "best_val_acc", "test_acc", "best_epoch",
-                                "epochs", "train_time_s", "images_per_s")
+    columns: ClassVar[tuple] = ("run", "model", "dataset", "params", "macs", "rf", "best_val_acc", "test_acc",
+                                "best_epoch", "epochs", "train_time_s", "images_per_s")
     rows: list
     figures: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)

@@ -2,8 +2,8 @@
 from cnnscope.core.metrics import CompareResult
 from cnnscope.render import register
 
-HEADERS = ("run", "model", "dataset", "params", "best val acc (%)", "test acc (%)", "best epoch", "epochs", "train time (s)",
-           "images/s")  # of CompareResult.columns
+HEADERS = ("run", "model", "dataset", "params", "MACs", "RF", "best val acc (%)", "test acc (%)", "best epoch", "epochs",
+           "train time (s)", "images/s")  # of CompareResult.columns
 
 
 def _cell(value, column) -> str:
@@ -11,6 +11,8 @@ def _cell(value, column) -> str:
         return "-"
     if column == "params":
         return f"{value:,}"
+    if column == "macs":
+        return f"{value / 1e6:,.2f} M"
     if column in ("best_val_acc", "test_acc"):
         return f"{value:.2f}"
     if column in ("train_time_s", "images_per_s"):

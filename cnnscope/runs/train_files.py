@@ -57,7 +57,8 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: d
 
 
 def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
-    """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put."""
+    """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put;
+    its MACs and final receptive field into metrics.json (`compare`'s table shows them)."""
     import copy
 
     from cnnscope import render
@@ -67,8 +68,12 @@ def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).cpu()
-        atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summarize(probe, input_shape)))
-        atomic_write_text(run_dir / "rf.md", render.to_markdown(receptive_field(probe, input_shape)))
+        summary, rf = summarize(probe, input_shape), receptive_field(probe, input_shape)
+    atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summary))
+    atomic_write_text(run_dir / "rf.md", render.to_markdown(rf))
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**metrics, "macs": summary.macs, "rf": rf.final_rf})
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
