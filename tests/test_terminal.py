@@ -102,8 +102,7 @@ def test_train_prints_its_preparation_unless_quiet(runner, tmp_path):
         "saved checkpoints/last.pth, best.pth",
         "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[2] else "last.pth"),
         "testing best.pth on the 128 test images",
-        f"loading the run {tmp_path / 'v' / 'basic'} onto cpu",
-        "loading the test split of fake",
+        f"loading the run {tmp_path / 'v' / 'basic'} onto cpu",  # the test split is the one training loaded
     ]
     lines = verbose.stdout.splitlines()
     assert len(lines) == 4 and re.search(r"  run ETA \d+s", lines[1]) and "ETA" not in lines[2], lines
