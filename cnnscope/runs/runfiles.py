@@ -58,7 +58,7 @@ def read_csv(path, numeric=(), made_by="cnnscope train") -> list[dict]:
     return rows
 
 
-METRIC_NUMBERS = ("params", "best_val_acc", "test_acc", "test_loss", "best_epoch", "epochs", "train_time_s",
+METRIC_NUMBERS = ("params", "macs", "best_val_acc", "test_acc", "test_loss", "best_epoch", "epochs", "train_time_s",
                   "images_per_s")
 AVERAGES = ("macro_avg", "weighted_avg")  # each {precision, recall, f1}
 
