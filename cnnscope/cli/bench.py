@@ -38,8 +38,9 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
     multiplies two 2048 x 2048 float32 matrices on its own threads, all at once, so the peak is
     what the same processes and threads get from this machine under the same load. The fraction
     says how much of the machine's dense arithmetic the training uses; it counts a convolution's
-    nominal multiply-adds, so a convolution computed with fewer (Winograd) can exceed 1. Training runs as `cnnscope train` runs it: on the CPU in
-    --procs data-parallel processes (DistributedDataParallel, gloo; the all-reduce is timed too).
+    nominal multiply-adds, so a convolution computed with fewer (Winograd) can exceed 1.
+    Training runs as `cnnscope train` runs it: on the CPU in --procs data-parallel processes
+    (DistributedDataParallel, gloo; the all-reduce is timed too).
 
     \b
     JSON: {model, device, threads (per training process), procs, omp_wait_policy, batch_size,

@@ -42,8 +42,8 @@ DATASETS_HELP = (
 @click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
 @click.option("--speed", is_flag=True,
               help="Train with the model's speed recipe (basic: 2 epochs at 28x28, peak LR 0.2, mirror images, "
-                   "label smoothing 0.1, mirror images again at evaluation) instead of its seed's: the shortest time to a target "
-                   "accuracy (benchmarks/README.md). Other options still apply on top.")
+                   "label smoothing 0.1, mirror images again at evaluation) instead of its seed's: the shortest "
+                   "time to a target accuracy (benchmarks/README.md). Other options still apply on top.")
 @click.option("--recipe", "recipe", multiple=True, metavar="K=V",
               help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
 @click.option("--augment", "augment", multiple=True, metavar="K=V",

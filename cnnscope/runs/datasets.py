@@ -109,7 +109,8 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
     if name == "fake":
         mean, std = channel_stats(train)
     else:
-        at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}" + ("-unpadded" if _unpads(name, size) else "")
+        at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}"
+        at += "-unpadded" if _unpads(name, size) else ""
         mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
 

@@ -71,9 +71,14 @@ def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
         summary, rf = summarize(probe, input_shape), receptive_field(probe, input_shape)
     atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summary))
     atomic_write_text(run_dir / "rf.md", render.to_markdown(rf))
+    merge_metrics(run_dir, {"macs": summary.macs, "rf": rf.final_rf})
+
+
+def merge_metrics(run_dir: Path, values: dict) -> None:
+    """`values` into the run's metrics.json (this run's own file), the other entries kept."""
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**metrics, "macs": summary.macs, "rf": rf.final_rf})
+    write_json(path, {**metrics, **values})
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
@@ -81,16 +86,13 @@ def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, datas
     # the whole log again each epoch (a few hundred rows at most), so a kill never leaves half a row
     atomic_write_csv(run_dir / "train_log.csv", [LOG_COLUMNS] + [
         [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in state.history])
-    path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics.update({
+    merge_metrics(run_dir, {
         "run": run_dir.name, "model": opts.spec, "params": n_params, "dataset": dataset,
         "selected_on": selected_on, "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
         "epochs": state.epoch, "train_time_s": sum(r["epoch_time_s"] for r in state.history),
         "images_per_s": state.train_images / state.train_seconds,
         "lr_per_step": [float(f"{lr:.6g}") for lr in state.lr_steps],
     })
-    write_json(path, metrics)
 
 
 def lr_series(history: list, lr_steps) -> tuple[list, list, str]:
