@@ -150,8 +150,12 @@ def _environment(settings: dict):
 
 @contextmanager
 def _quiet_agent():
-    """The agent logs every step and failure; the user gets one line from `_outcome` instead."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.launcher")]
+    """The agent logs every step and failure; the user gets one line from `_outcome` instead. Each
+    of its modules sets its own logger's level (torch's elastic `get_logger`), so every one is
+    silenced, not only the package's: Ctrl-C had printed "Received 2 death signal"."""
+    prefixes = ("torch.distributed.elastic", "torch.distributed.launcher")
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith(prefixes)]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL + 1)
