@@ -48,6 +48,9 @@ def test_every_zoo_model_trains_and_resumes_in_processes(runner, tmp_path, monke
     run = tmp_path / model
     full = load_checkpoint(run / "checkpoints" / "last.pth")
     assert full["epoch"] == 2 and full["config"]["world_size"] == (2 if procs else 1)
+    if model == "egrr":  # epoch 1's last batch (epoch 0.5) ran past the 0.2-epoch depth warm-up
+        first = load_checkpoint(run / "checkpoints" / "epoch_001.pth")["model_settings"]
+        assert first == {"depth": None, "tau": pytest.approx(0.1 ** 0.5)}
     result = runner.invoke(cli, ["train", "--resume", str(run / "checkpoints" / "epoch_001.pth")])
     assert result.exit_code == 0, result.output
     resumed = load_checkpoint(run / "checkpoints" / "last.pth")

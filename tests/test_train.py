@@ -559,22 +559,49 @@ def test_schedules():
     assert not per_batch and step == pytest.approx([0.1] * 3 + [0.02] * 3 + [0.004] * 2 + [0.0008] * 2)
 
 
+class Recursive(nn.Module):
+    """egrr's training interface (six recursion steps, set_depth, set_tau); records the settings
+    every training forward ran with."""
+    steps = 6
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.depth, self.tau, self.seen = nn.Linear(4, 2), None, None, []
+
+    def set_depth(self, depth):
+        self.depth = depth
+
+    def set_tau(self, tau):
+        self.tau = tau
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append((self.depth, self.tau))
+        return self.fc(x.flatten(1))
+
+
 def test_egrr_depth_warmup_and_tau_annealing():
-    class Recursive(nn.Module):
-        steps = 6
-
-        def set_depth(self, depth):
-            pass
-
-        def set_tau(self, tau):
-            pass
-
     recipe = recipes.get_recipe("egrr")
     settings = [training.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
     assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
     assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
     assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
     assert training.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+
+
+def test_a_warmup_shorter_than_an_epoch_ramps_within_it():
+    """`--epochs 1` shrinks egrr's 20-epoch depth warm-up to a tenth of an epoch. Set once per epoch,
+    the settings had trained and saved the whole epoch at depth 1 and tau 1."""
+    recipe = recipes.resolve(recipes.get_recipe("egrr"), {"epochs": 1})
+    at = [training.model_settings(Recursive(), recipe, e) for e in (0, 0.03, 0.05, 0.09, 0.11, 0.5)]
+    assert [s["depth"] for s in at] == [1, 2, 3, 5, None, None]
+    assert at[0]["tau"] == 1.0 and at[-1]["tau"] == pytest.approx(0.1 ** 0.5)
+    model = Recursive()
+    images, labels = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=1)
+    training.fit(model, loader, recipe=recipe)
+    assert [depth for depth, _ in model.seen] == [1, 2, 3, 4] + [None] * 36  # batch i at epoch i / 40
+    assert model.seen[-1][1] == pytest.approx(0.1 ** (39 / 40))
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():

@@ -70,11 +70,15 @@ def build_scheduler(optimizer, recipe, steps_per_epoch: int):
     return None, False
 
 
-def model_settings(model: nn.Module, recipe, epoch: int) -> dict:
-    """egrr's per-epoch settings: recursion depth (warm-up 1 -> full) and gate temperature tau.
+def model_settings(model: nn.Module, recipe, epoch: float) -> dict:
+    """egrr's settings at a point of training: recursion depth (warm-up 1 -> full) and gate
+    temperature tau. `epoch` counts fractions too (epoch + batch / batches): the trainer updates
+    the settings every batch, so a warm-up shorter than one epoch (a shortened --epochs) still
+    ramps; at whole epochs the values are the seed's per-epoch ones.
 
     Depth ramps linearly over depth_warmup_epochs (None = every step); tau decays exponentially
-    from tau_start to tau_end over the run. Models without set_depth / set_tau get {}.
+    from tau_start at epoch 0 to tau_end at the start of the last epoch (the whole last epoch of a
+    one-epoch run). Models without set_depth / set_tau get {}.
     """
     settings = {}
     if recipe.depth_warmup_epochs > 0 and hasattr(model, "set_depth"):
@@ -82,7 +86,7 @@ def model_settings(model: nn.Module, recipe, epoch: int) -> dict:
         w = recipe.depth_warmup_epochs
         settings["depth"] = None if epoch >= w else 1 + int((full - 1) * epoch / w)
     if recipe.tau_start > 0 and hasattr(model, "set_tau"):
-        progress = epoch / max(1, recipe.epochs - 1)
+        progress = min(1.0, epoch / max(1, recipe.epochs - 1))
         settings["tau"] = recipe.tau_start * (recipe.tau_end / recipe.tau_start) ** progress
     return settings
 
@@ -95,8 +99,8 @@ def apply_model_settings(model: nn.Module, settings: dict) -> None:
         model.set_tau(settings["tau"])
 
 
-def reduced_depth(model: nn.Module, recipe, epoch: int) -> bool:
-    """Whether `epoch` runs the model at a reduced depth (egrr's depth warm-up; see model_settings)."""
+def reduced_depth(model: nn.Module, recipe, epoch: float) -> bool:
+    """Whether the model runs at a reduced depth at `epoch` (egrr's depth warm-up; see model_settings)."""
     return model_settings(model, recipe, epoch).get("depth") is not None
 
 
@@ -191,8 +195,9 @@ class _NoProgress:
 
 
 def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, ddp: Dist, progress=None,
-                description="") -> None:
+                description="", before_batch=None) -> None:
     """Train one epoch, or the rest of one after a mid-epoch resume (state.batch batches are done).
+    `before_batch(epoch)`, when given, is called with the fractional epoch before each batch.
 
     On return state.partial = [loss sum, correct, images, train seconds, lr of the last batch], summed
     over ranks. A stop request ends the epoch early, leaving state.batch > 0; ranks combine their
@@ -208,6 +213,8 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     for i, (x, y) in enumerate(loader):
         if i < skip:  # already trained on before the stop; drawn anyway so the loader stays in step
             continue
+        if before_batch is not None:
+            before_batch(state.epoch + i / len(loader))
         state.lr_steps.append(step.optimizer.param_groups[0]["lr"])
         loss, logits = step(x, y)
         sums[0] += loss.detach() * len(y)
@@ -315,8 +322,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
     train_batches = _OnDevice(train_loader, device)
     val_batches = _OnDevice(val_loader, device) if val_loader is not None else None
     while state.epoch < recipe.epochs:
-        apply_model_settings(model, model_settings(model, recipe, state.epoch))
-        train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}")
+        train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}",
+                    lambda epoch: apply_model_settings(model, model_settings(model, recipe, epoch)))
         started = time.perf_counter()
         val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
                              if val_batches is not None else (math.nan, math.nan))

@@ -151,7 +151,7 @@ class RunParts:
     per_batch: bool
     skipping: bool = False  # DDP looks for the weights that egrr's depth warm-up leaves unused
     state: LoopState = dataclasses.field(default_factory=LoopState)
-    settings: dict = dataclasses.field(default_factory=dict)  # egrr's depth and tau of the current epoch
+    settings: dict = dataclasses.field(default_factory=dict)  # egrr's depth and tau at the last batch
     config: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -322,14 +322,19 @@ def run_epochs(run: RunParts) -> TrainResult:
 
 
 def begin_epoch(run: RunParts) -> None:
-    """egrr's settings of the epoch; after its depth warm-up, a DDP that stops looking for unused weights."""
+    """After egrr's depth warm-up, a DDP that stops looking for unused weights."""
     epoch, recipe = run.state.epoch, run.opts.recipe
-    run.settings = model_settings(run.net, recipe, epoch)
-    apply_model_settings(run.net, run.settings)
     if run.skipping and not reduced_depth(run.net, recipe, epoch):
         run.skipping = False
         run.step.model = training_model(run.net, run.ddp, run.opts.compile, skips_steps=False)
     run.train_loader.set_epoch(epoch)
+
+
+def follow_schedule(run: RunParts, epoch: float) -> None:
+    """egrr's depth and gate temperature at this point of training, every batch; run.settings keeps
+    them for the checkpoints, which the inspections read them from."""
+    run.settings = model_settings(run.net, run.opts.recipe, epoch)
+    apply_model_settings(run.net, run.settings)
 
 
 def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
@@ -337,7 +342,7 @@ def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
     try:
         with compile_errors(opts.compile):
             train_epoch(run.step, run.train_loader, run.state, stop, run.ddp, progress,
-                        f"epoch {epoch + 1}/{opts.recipe.epochs}")
+                        f"epoch {epoch + 1}/{opts.recipe.epochs}", lambda at: follow_schedule(run, at))
     except NonFiniteLoss as e:
         kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
         raise CnnscopeError(
