@@ -99,6 +99,13 @@ def apply_model_settings(model: nn.Module, settings: dict) -> None:
         model.set_tau(settings["tau"])
 
 
+def follow_schedule(model: nn.Module, recipe, epoch: float) -> dict:
+    """model_settings at `epoch`, applied to `model`; returned for the checkpoints to keep."""
+    settings = model_settings(model, recipe, epoch)
+    apply_model_settings(model, settings)
+    return settings
+
+
 def reduced_depth(model: nn.Module, recipe, epoch: float) -> bool:
     """Whether the model runs at a reduced depth at `epoch` (egrr's depth warm-up; see model_settings)."""
     return model_settings(model, recipe, epoch).get("depth") is not None
@@ -323,7 +330,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
     val_batches = _OnDevice(val_loader, device) if val_loader is not None else None
     while state.epoch < recipe.epochs:
         train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}",
-                    lambda epoch: apply_model_settings(model, model_settings(model, recipe, epoch)))
+                    lambda epoch: follow_schedule(model, recipe, epoch))
         started = time.perf_counter()
         val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
                              if val_batches is not None else (math.nan, math.nan))

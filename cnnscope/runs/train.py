@@ -31,9 +31,8 @@ from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed, training_model
-from cnnscope.core.training import (LoopState, NonFiniteLoss, StopRequest, TrainStep, apply_model_settings,
-                                    build_optimizer, build_scheduler, end_epoch, model_settings, reduced_depth,
-                                    train_epoch, validate)
+from cnnscope.core.training import (LoopState, NonFiniteLoss, StopRequest, TrainStep, build_optimizer,
+                                    build_scheduler, end_epoch, follow_schedule, reduced_depth, train_epoch, validate)
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
@@ -330,19 +329,15 @@ def begin_epoch(run: RunParts) -> None:
     run.train_loader.set_epoch(epoch)
 
 
-def follow_schedule(run: RunParts, epoch: float) -> None:
-    """egrr's depth and gate temperature at this point of training, every batch; run.settings keeps
-    them for the checkpoints, which the inspections read them from."""
-    run.settings = model_settings(run.net, run.opts.recipe, epoch)
-    apply_model_settings(run.net, run.settings)
-
-
 def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
     epoch, opts = run.state.epoch, run.opts
+
+    def before_batch(at: float):  # egrr's depth and tau, kept for the checkpoints (the inspections read them)
+        run.settings = follow_schedule(run.net, opts.recipe, at)
     try:
         with compile_errors(opts.compile):
             train_epoch(run.step, run.train_loader, run.state, stop, run.ddp, progress,
-                        f"epoch {epoch + 1}/{opts.recipe.epochs}", lambda at: follow_schedule(run, at))
+                        f"epoch {epoch + 1}/{opts.recipe.epochs}", before_batch)
     except NonFiniteLoss as e:
         kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
         raise CnnscopeError(
