@@ -556,7 +556,34 @@ def test_schedules():
     assert per_batch and cosine[:10] == pytest.approx([0.01 * (i + 1) for i in range(10)])
     assert cosine[10] == pytest.approx(0.1) and cosine[-1] < 1e-4
     step, per_batch = lrs(recipes.resolve(recipes.get_recipe("swrn"), {"epochs": 10}))
-    assert not per_batch and step == pytest.approx([0.1] * 3 + [0.02] * 3 + [0.004] * 2 + [0.0008] * 2)
+    assert per_batch and step == pytest.approx([0.1] * 30 + [0.02] * 30 + [0.004] * 20 + [0.0008] * 20)
+    # milestones at batches: one epoch decays at 30/60/80% of it (per epoch it had stayed at 0.1), and
+    # three no longer merge the milestones of epochs 1.8 and 2.4 into one decay
+    one, _ = lrs(recipes.resolve(recipes.get_recipe("swrn"), {"epochs": 1}))
+    assert one == pytest.approx([0.1] * 3 + [0.02] * 3 + [0.004] * 2 + [0.0008] * 2)
+    three, _ = lrs(recipes.resolve(recipes.get_recipe("swrn"), {"epochs": 3}))
+    assert three == pytest.approx([0.1] * 9 + [0.02] * 9 + [0.004] * 6 + [0.0008] * 6)
+
+
+def test_a_checkpoint_whose_step_milestones_counted_epochs_is_replayed():
+    """A swrn run saved by an older cnnscope (MultiStepLR stepped per epoch) resumes on the plan of
+    this one, at the batch it reached, instead of reading its epoch milestones as batches."""
+    from types import SimpleNamespace
+
+    from cnnscope.runs.train_state import restore_schedule
+
+    recipe = recipes.resolve(recipes.get_recipe("swrn"), {"epochs": 10})
+    old = torch.optim.lr_scheduler.MultiStepLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), [3, 6, 8])
+    for _ in range(4):
+        old.optimizer.step()
+        old.step()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+    scheduler, per_batch = training.build_scheduler(optimizer, recipe, 10)
+    run = SimpleNamespace(scheduler=scheduler, per_batch=per_batch, opts=SimpleNamespace(recipe=recipe),
+                          state=training.LoopState(epoch=4), train_loader=range(10))
+    restore_schedule(run, old.state_dict(), planned_epochs=10)
+    assert dict(scheduler.milestones) == {30: 1, 60: 1, 80: 1} and scheduler.last_epoch == 40
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
 
 
 class Recursive(nn.Module):

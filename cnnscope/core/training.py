@@ -61,9 +61,10 @@ def build_scheduler(optimizer, recipe, steps_per_epoch: int):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
         return sched.LambdaLR(optimizer, factor), True
-    if recipe.scheduler == "step":
-        milestones = sorted({max(1, round(f * recipe.epochs)) for f in recipe.step_milestones})
-        return sched.MultiStepLR(optimizer, milestones, gamma=recipe.step_gamma), False
+    if recipe.scheduler == "step":  # at fractions of the run's batches: the seed's epochs when whole,
+        # and a run shorter than the milestones' spacing (--epochs 1) still decays, once per milestone
+        milestones = [max(1, round(f * total)) for f in recipe.step_milestones]
+        return sched.MultiStepLR(optimizer, milestones, gamma=recipe.step_gamma), True
     if recipe.scheduler == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
                                        patience=recipe.plateau_patience), False

@@ -88,7 +88,7 @@ class Recipe:
     plateau_factor: float = 0.1
     plateau_patience: int = 2
     early_stop_patience: int = 0
-    # step, stepped per epoch: lr *= step_gamma at these fractions of the epochs
+    # step: lr *= step_gamma at these fractions of the run (its batches; the seed's epochs when whole)
     step_milestones: tuple = (0.3, 0.6, 0.8)
     step_gamma: float = 0.2
     label_smoothing: float = 0.0

@@ -30,11 +30,14 @@ def restore_schedule(run, saved_state, planned_epochs: int) -> None:
     """The scheduler where the checkpoint left it. A run extended beyond the `planned_epochs` gets its
     schedule re-planned for the new length, as if it had been started with it, at the step it
     reached: a OneCycle or cosine LR returns to where the longer schedule is at that step, step
-    milestones move with the length; a plateau schedule has no length and keeps its state."""
+    milestones move with the length; a plateau schedule has no length and keeps its state. Step
+    milestones saved by an older cnnscope counted epochs, not batches: those are replayed too."""
     scheduler = run.scheduler
     if scheduler is None:
         return
-    if run.opts.recipe.epochs == planned_epochs or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    same_plan = (run.opts.recipe.epochs == planned_epochs
+                 and dict(saved_state.get("milestones") or {}) == dict(getattr(scheduler, "milestones", {})))
+    if same_plan or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.load_state_dict(saved_state)
         return
     done = run.state.epoch * len(run.train_loader) + run.state.batch if run.per_batch else run.state.epoch
