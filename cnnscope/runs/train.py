@@ -308,7 +308,6 @@ def run_epochs(run: RunParts) -> TrainResult:
         batches = len(run.train_loader)
         run_bar = RunBar(progress, batches, recipe.epochs, run.state.epoch * batches + run.state.batch)
         while run.state.epoch < recipe.epochs:
-            begin_epoch(run)
             train_one_epoch(run, stop, run_bar.for_epoch(run.state.epoch))
             if run.state.batch:  # stopped mid-epoch: the checkpoint says where, so resuming replays exactly
                 checkpoint_run(run, ["last.pth"])
@@ -320,20 +319,17 @@ def run_epochs(run: RunParts) -> TrainResult:
     return finish(run)
 
 
-def begin_epoch(run: RunParts) -> None:
-    """After egrr's depth warm-up, a DDP that stops looking for unused weights."""
-    epoch, recipe = run.state.epoch, run.opts.recipe
-    if run.skipping and not reduced_depth(run.net, recipe, epoch):
-        run.skipping = False
-        run.step.model = training_model(run.net, run.ddp, run.opts.compile, skips_steps=False)
-    run.train_loader.set_epoch(epoch)
-
-
 def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
     epoch, opts = run.state.epoch, run.opts
+    run.train_loader.set_epoch(epoch)
 
-    def before_batch(at: float):  # egrr's depth and tau, kept for the checkpoints (the inspections read them)
+    def before_batch(at: float):
+        """egrr's depth and tau, kept for the checkpoints (the inspections read them); once its depth
+        warm-up is over, mid-epoch too, a DDP that stops looking for unused weights (it finds none)."""
         run.settings = follow_schedule(run.net, opts.recipe, at)
+        if run.skipping and run.settings.get("depth") is None:
+            run.skipping = False
+            run.step.model = training_model(run.net, run.ddp, opts.compile, skips_steps=False)
     try:
         with compile_errors(opts.compile):
             train_epoch(run.step, run.train_loader, run.state, stop, run.ddp, progress,
