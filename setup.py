@@ -7,7 +7,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["cnnscope", "cnnscope.*", "models", "models.*"]),
+    # The zoo lives in the top-level folder models/ but installs and imports as cnnscope.zoo: a
+    # top-level `models` package would collide with the `models/` of the user's own repository.
+    packages=find_packages(include=["cnnscope", "cnnscope.*"]) + ["cnnscope.zoo"],
+    package_dir={"cnnscope.zoo": "models"},
     install_requires=[
         "torch",
         "torchvision",

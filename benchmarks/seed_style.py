@@ -3,7 +3,7 @@
 The textbook way: a torch Dataset that runs albumentations on one HWC uint8 image at a time and
 normalises it to a float32 CHW tensor inside DataLoader worker processes (2, the seed's default),
 NCHW tensors, a `.item()` per batch for the running loss and accuracy, and a full test-set
-evaluation after every epoch. The model (models.build), the recipe (cnnscope.runs.recipes: SGD nesterov,
+evaluation after every epoch. The model (zoo.build), the recipe (cnnscope.runs.recipes: SGD nesterov,
 OneCycle stepped per batch, the augmentation with its translation range fixed) and the data
 (cnnscope.runs.datasets.load_dataset, no validation split: the seed trained on the whole training set and
 evaluated on the test set) are the ones cnnscope uses, so only the loop differs.
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn as nn
 
-import models
+from cnnscope import zoo
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, recipes
 from cnnscope.runs.loaders import AlbumentationsDataset
@@ -89,7 +89,7 @@ def main(argv=None):
     train_loader = make_loader(ds.train, ds, recipe.augment, recipe.batch_size, args.workers, True, device)
     test_loader = make_loader(ds.test, ds, AugmentSpec(), recipe.batch_size, args.workers, False, device)
 
-    model = models.build(args.model, num_classes=len(ds.classes)).to(device)
+    model = zoo.build(args.model, num_classes=len(ds.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -1,8 +1,10 @@
 """The cnnscope model zoo: compact CNN builders registered by name.
 
-Depends on torch only (never on cnnscope), so a user can `from models import build` alone.
+The folder models/ installs and imports as `cnnscope.zoo` (setup.py maps it), never as a top-level
+`models`: users' repositories have their own `models/`. Depends on torch only (never on the rest of
+cnnscope), so `from cnnscope.zoo import build` loads the zoo alone.
 
-    >>> from models import build, list_models
+    >>> from cnnscope.zoo import build, list_models
     >>> net = build("basic", num_classes=10)
 """
 # Importing the family modules registers their builders.

@@ -112,11 +112,11 @@ def write_run(folder: Path, metrics="{}", log=None, summary_bytes=b"model\n") ->
 
 def write_checkpoint(folder: Path, dataset: str) -> Path:
     """A checkpoint of the zoo's tiny model as `cnnscope train` writes it (untrained weights)."""
-    import models
+    from cnnscope import zoo
 
     folder.mkdir(parents=True)
     classes = [f"c{i}" for i in range(10)]
-    torch.save({"model_spec": "tiny", "ctor": {}, "model": models.build("tiny").state_dict(), "dataset": dataset,
+    torch.save({"model_spec": "tiny", "ctor": {}, "model": zoo.build("tiny").state_dict(), "dataset": dataset,
                 "mean": [0.5] * 3, "std": [0.25] * 3, "classes": classes}, folder / "best.pth")
     return folder / "best.pth"
 

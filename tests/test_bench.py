@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import models
+from cnnscope import zoo
 from cnnscope.cli import cli
 from cnnscope.core import fastconv
 from cnnscope.core.fastconv import FastDilatedDepthwise, _dilated_depthwise
@@ -44,7 +44,7 @@ def randomize_batchnorms(model):
 @pytest.mark.parametrize("name,kw,expected", FOLDS, ids=[f[0] for f in FOLDS])
 def test_fold_batchnorm_is_exact(name, kw, expected):
     torch.manual_seed(0)
-    model = randomize_batchnorms(models.build(name, **kw)).eval()
+    model = randomize_batchnorms(zoo.build(name, **kw)).eval()
     folded = fold_batchnorm(model)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -57,15 +57,15 @@ def test_fold_batchnorm_is_exact(name, kw, expected):
 
 
 def test_fold_finds_the_right_pairs():
-    egrr = models.build("egrr")
+    egrr = zoo.build("egrr")
     pairs = conv_bn_pairs(egrr)
     assert ("stem.0", "stem.1") in pairs
     assert all(".norm." not in bn for _, bn in pairs)  # no ISNorm
     first_bn2s = [(f"stage{i}.blocks.0.conv1", f"stage{i}.blocks.0.bn2") for i in (1, 2, 3)]
     # width 1: stage 1's first block has no shortcut conv, so the residual reads the stem output too
-    swrn = models.build("swrn", depth=16, width=1, num_templates=2)
+    swrn = zoo.build("swrn", depth=16, width=1, num_templates=2)
     assert conv_bn_pairs(swrn) == first_bn2s
-    swrn = models.build("swrn", depth=16, width=2, num_templates=2)
+    swrn = zoo.build("swrn", depth=16, width=2, num_templates=2)
     assert conv_bn_pairs(swrn) == [("conv", "stage1.blocks.0.bn1"), *first_bn2s]
 
 
@@ -135,7 +135,7 @@ def test_fold_only_where_the_bn_reads_a_conv_output_alone(module, expected):
 
 
 def test_channels_last_skips_5d_templates():
-    model = models.build("swrn", depth=16, width=1, num_templates=2)
+    model = zoo.build("swrn", depth=16, width=1, num_templates=2)
     to_channels_last(model)
     conv = model.stage1.blocks[0].conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.stride()[1] == 1
@@ -283,7 +283,7 @@ def test_fast_dilated_depthwise_training_step_matches(name):
     """A whole forward and backward of a zoo model with dilated depthwise convs (egrr's are
     functional, one shared kernel per call) gives the same loss and gradients under the mode."""
     torch.manual_seed(0)
-    model = models.build(name).double().train()
+    model = zoo.build(name).double().train()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
 
     def loss_and_grads():

@@ -21,9 +21,9 @@ from cnnscope.runs.inspect import (
     ProbeImages, Target, inspect_attributions, inspect_gates, inspect_sharing, load_target, load_test_images,
 )
 from cnnscope.core import attribution, gates, sharing
-from models.ectied import ECTiedNet
-from models.egrr import EGRRNet
-from models.soft_sharing import SWRN, SConv2d, TemplateBank
+from cnnscope.zoo.ectied import ECTiedNet
+from cnnscope.zoo.egrr import EGRRNet
+from cnnscope.zoo.soft_sharing import SWRN, SConv2d, TemplateBank
 
 TINY_EGRR = {"num_classes": 10, "stem_channels": 8, "stages": ((8, 2, 1), (16, 2, 2))}
 TINY_EGRR_CTOR = ["--ctor", "num_classes=10", "--ctor", "stem_channels=8",

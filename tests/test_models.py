@@ -5,11 +5,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import build, get_entry, list_models
-from models.blocks import BlurPool2d, DivisiveNorm
-from models.ectied import ECTiedNet
-from models.egrr import STAGES, EGRRNet, EntropyGate, SymConv1x1
-from models.soft_sharing import SConv2d, TemplateBank, coefficient_param_groups
+from cnnscope.zoo import build, get_entry, list_models
+from cnnscope.zoo.blocks import BlurPool2d, DivisiveNorm
+from cnnscope.zoo.ectied import ECTiedNet
+from cnnscope.zoo.egrr import STAGES, EGRRNet, EntropyGate, SymConv1x1
+from cnnscope.zoo.soft_sharing import SConv2d, TemplateBank, coefficient_param_groups
 
 # Keyword configs that keep a forward pass cheap; every other model runs at its defaults.
 SMALL = {"swrn": dict(depth=16, width=1, num_templates=2)}
@@ -271,3 +271,17 @@ def test_swrn_stage_shares_one_bank_with_orthogonal_coefficients(num_templates):
 def test_swrn_rejects_a_depth_that_is_not_6n_plus_4():
     with pytest.raises(ValueError, match="6n\\+4"):
         build("swrn", depth=20)
+
+
+def test_the_zoo_installs_as_cnnscope_zoo_and_no_top_level_name_can_collide(tmp_path):
+    """A user's repository has its own `models/`: cnnscope installs no top-level module but `cnnscope`,
+    and outside this repository `import models` finds nothing of cnnscope's."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    assert importlib.metadata.distribution("cnnscope").read_text("top_level.txt").split() == ["cnnscope"]
+    probe = ("import importlib.util, cnnscope.zoo; print(importlib.util.find_spec('models') is None, "
+             "sorted(cnnscope.zoo.list_models()) == sorted(%r))" % list_models())
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stderr

@@ -5,7 +5,9 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +111,35 @@ def test_a_run_copy_is_still_code_the_user_must_trust(own_run, runner, tmp_path)
     result = invoke(runner, ["evaluate", str(own_run[2])], tmp_path)
     assert result.exit_code == 2
     assert "not a zoo model" in result.stderr and "mypkg/net.py:Net" in result.stderr
+
+
+def test_a_package_named_models_resumes_from_its_own_folder_and_a_different_one_is_named(runner, tmp_path,
+                                                                                       monkeypatch):
+    """The most common layout: a `models/` package whose __init__ imports its siblings. Resumed from
+    the folder that holds it (where `models` is on the import path as the same code), nothing is said;
+    from a folder that holds another package named `models`, the run's copy is built with a warning."""
+    repository = Path(__file__).resolve().parents[1]  # its models/ is the zoo's folder: not on a user's path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != repository])
+    project = tmp_path / "repo"
+    (project / "models").mkdir(parents=True)
+    (project / "models" / "__init__.py").write_text("from .blocks import *\nfrom .net import *\n")
+    (project / "models" / "blocks.py").write_text(BLOCKS)
+    (project / "models" / "net.py").write_text(NET)
+    run = tmp_path / "runs" / "net"
+    trained = invoke(runner, ["train", "models/net.py:Net", *QUICK, "--epochs", "1", "--out", str(run.parent),
+                              "--name", "net"], project)
+    assert trained.exit_code == 0, trained.output
+    resumed = invoke(runner, ["train", "--resume", str(run), "--epochs", "2", "--trust-spec"], project)
+    assert resumed.exit_code == 0, resumed.output
+    assert "warning" not in resumed.stderr and len(json.loads((run / "metrics.json").read_text())["lr_per_step"]) == 4
+    other = tmp_path / "other"
+    (other / "models").mkdir(parents=True)
+    (other / "models" / "__init__.py").write_text("SOMETHING_ELSE = 1\n")
+    evaluated = invoke(runner, ["evaluate", str(run), "--trust-spec", "--format", "json"], other)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.stderr.count("warning:") == 1
+    assert f"Another package named 'models' ({other / 'models'}) is on the import path and differs" in \
+        " ".join(evaluated.stderr.split())
 
 
 def one_cycle_lrs(recipe, total):

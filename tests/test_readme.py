@@ -126,9 +126,9 @@ def test_readme_in_a_subfolder_gets_paths_relative_to_its_folder(site):
 
 
 def test_zoo_table(site, monkeypatch):
-    import models
+    from cnnscope import zoo
 
-    monkeypatch.setattr(models, "list_models", lambda: ["basic", "tiny"])  # keep the test to two models
+    monkeypatch.setattr(zoo, "list_models", lambda: ["basic", "tiny"])  # keep the test to two models
     text = update(site, "<!-- ZOO_TABLE -->\n<!-- /ZOO_TABLE -->\n")
     rows = body_of(text, "ZOO_TABLE").splitlines()
     assert rows[0] == "| Model | Class | Params | MACs (3x32x32) | RF | Dataset |"
@@ -142,11 +142,11 @@ def test_zoo_table(site, monkeypatch):
 def test_model_summary_and_rf_of_a_spec(site):
     from cnnscope.core.summary import summarize
     from cnnscope.render.summary import model_summary_text
-    from models.compact import Net
+    from cnnscope.zoo.compact import Net
 
     nets = site / "nets"
     nets.mkdir(exist_ok=True)
-    (nets / "model.py").write_text("from models.compact import NetDilated\n")
+    (nets / "model.py").write_text("from cnnscope.zoo.compact import NetDilated\n")
     text = update(site, "<!-- MODEL_SUMMARY spec=basic -->\n<!-- /MODEL_SUMMARY -->\n"
                         '<!-- RF spec=nets/model.py:NetDilated ctor="num_classes=100" title="RF: D" -->\n<!-- /RF -->\n'
                         '<!-- RF spec=basic input="3 64 64" -->\n<!-- /RF -->\n', trust_spec=True)
@@ -382,7 +382,7 @@ def test_a_read_only_readme_is_refused(site, runner):
 SMALL_MODEL = '''
 import torch.nn as nn
 
-from models.compact import Net, NetDilated  # the seed's two classes, for --rf
+from cnnscope.zoo.compact import Net, NetDilated  # the seed's two classes, for --rf
 
 
 class Small(nn.Module):

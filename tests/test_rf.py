@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-import models
+from cnnscope import zoo
 from cnnscope import render
 from cnnscope.cli import cli
 from cnnscope.core.rf import effective_receptive_field, receptive_field, rf_box, tracer, verify_receptive_field
@@ -62,7 +62,7 @@ def layer(result, name):
 # ---- the zoo ----------------------------------------------------------------------------------------
 
 def test_basic_reproduces_the_seed_table_exactly():
-    text = render.to_markdown(receptive_field(models.build("basic")), "RF: Net (32x32 input)")
+    text = render.to_markdown(receptive_field(zoo.build("basic")), "RF: Net (32x32 input)")
     assert text.startswith("### RF: Net (32x32 input)\n\n| # | Layer | k | s | d | RF_in | jump_in | RF_out | "
                            "jump_out |\n|---:|:------|:-:|:-:|:-:|-----:|--------:|-------:|---------:|\n")
     assert SEED_NET_ROWS + "\n**Final RF:** 55 &nbsp;&nbsp; **Final jump:** 8\n" in text
@@ -74,14 +74,14 @@ def test_basic_reproduces_the_seed_table_exactly():
     ("tiny", 45, 2, "c4.2.dw"),
 ])
 def test_zoo_final_rf(name, final_rf, final_jump, first_exceeding):
-    result = receptive_field(models.build(name))
+    result = receptive_field(zoo.build(name))
     assert (result.final_rf, result.final_jump) == (final_rf, final_jump)
     assert result.first_exceeding.name == first_exceeding
     assert result.coverage == 1.0 and result.warnings == []
 
 
 def test_ectied_one_block_six_calls_at_their_own_dilations_equals_probe():
-    result = probed(models.build("ectied"))
+    result = probed(zoo.build("ectied"))
     depthwise = [l for l in result.layers if l.name.startswith("block#") and l.name.endswith(":conv2d")]
     assert [l.name for l in depthwise] == [f"block#{i}:conv2d" for i in range(1, 7)]
     assert [l.d for l in depthwise] == [(d, d) for d in (1, 1, 2, 1, 2, 3)]
@@ -92,7 +92,7 @@ def test_ectied_one_block_six_calls_at_their_own_dilations_equals_probe():
 
 def test_egrr_gated_dilations_and_recursion_equal_probe():
     stages = ((16, 2, 1), (32, 2, 2), (32, 1, 1))  # the real EGRRStage code, at a probe-sized scale
-    result = probed(models.build("egrr", stages=stages))
+    result = probed(zoo.build("egrr", stages=stages))
     dw = [l.d for l in result.layers if l.name.startswith("stages.0.dw#1")]
     assert dw == [(1, 1), (2, 2), (4, 4)]  # one kernel, three dilations, per step
     assert result.verified and result.probe.rf == result.final_rf_hw
@@ -100,7 +100,7 @@ def test_egrr_gated_dilations_and_recursion_equal_probe():
 
 
 def test_swrn_soft_shared_convs_equal_probe():
-    result = probed(models.build("swrn", depth=16, width=1))
+    result = probed(zoo.build("swrn", depth=16, width=1))
     assert "stage2.blocks.1.conv1" in [l.name for l in result.layers]  # an SConv2d, named as a layer
     assert result.verified and result.probe.rf == result.final_rf_hw
 
@@ -395,7 +395,7 @@ def test_transposed_convs_in_a_unet():
 
 
 def test_analysis_leaves_the_model_as_it_was():
-    model = models.build("swrn", depth=16, width=1)  # one TemplateBank reached from several modules
+    model = zoo.build("swrn", depth=16, width=1)  # one TemplateBank reached from several modules
     model.train()
     before = {name: (t, t.clone()) for name, t in model.state_dict(keep_vars=True).items()}
     receptive_field(model)
@@ -540,7 +540,7 @@ def test_cli_erf_heatmap_and_radius(runner, tmp_path):
     torch.manual_seed(0)
     run = tmp_path / "basic-run"
     fake = load_dataset("fake")  # a freshly built model, saved as `cnnscope train` saves one
-    save_checkpoint({"model_spec": "basic", "ctor": {}, "model": models.build("basic").state_dict(),
+    save_checkpoint({"model_spec": "basic", "ctor": {}, "model": zoo.build("basic").state_dict(),
                      "dataset": "fake", "classes": fake.classes, "mean": fake.mean, "std": fake.std},
                     run / "checkpoints" / "last.pth")
     result = runner.invoke(cli, ["rf", "basic", "--erf", str(run), "--erf-images", "4", "--format", "json"])

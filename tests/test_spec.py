@@ -26,7 +26,7 @@ def test_parse_key_values_rejects_malformed_naming_the_argument_not_a_flag(bad):
 
 def test_registry_name_and_module_attr_give_the_same_model():
     a = build_model("basic", {"num_classes": 7})
-    b = build_model("models.compact:Net", {"num_classes": 7})
+    b = build_model("cnnscope.zoo.compact:Net", {"num_classes": 7})
     assert type(a) is type(b) and a.state_dict().keys() == b.state_dict().keys()
 
 

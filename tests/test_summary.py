@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
+from cnnscope import zoo
 from cnnscope.cli import cli
 from cnnscope.core.summary import summarize
 
@@ -16,16 +16,16 @@ SMALL = {"swrn": {"depth": 16, "width": 2, "num_templates": 3}}
 
 
 def test_basic_and_dilated_macs_match_the_seed():
-    basic = summarize(models.build("basic"))
-    dilated = summarize(models.build("dilated"))
+    basic = summarize(zoo.build("basic"))
+    dilated = summarize(zoo.build("dilated"))
     assert basic.params_unique == 84_322 and dilated.params_unique == 197_858
     assert basic.macs == pytest.approx(13.73e6, rel=1e-3)
     assert dilated.macs == pytest.approx(200.03e6, rel=1e-3)
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", zoo.list_models())
 def test_macs_agree_with_flop_counter(name):
-    model = models.build(name, **SMALL.get(name, {})).eval()
+    model = zoo.build(name, **SMALL.get(name, {})).eval()
     result = summarize(model)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -66,7 +66,7 @@ def test_weight_tied_module_counted_once_for_params_and_per_call_for_macs():
 
 
 def test_ectied_block_rows_one_per_iteration():
-    result = summarize(models.build("ectied", iterations=6))
+    result = summarize(zoo.build("ectied", iterations=6))
     expand_calls = [r for r in result.layers if r.name.endswith("expand") or r.name.endswith("expand.0")]
     assert len(expand_calls) == 6
     assert result.params_unique == 38_475 and result.params_per_call > result.params_unique
@@ -76,7 +76,7 @@ def test_summary_cli_json(runner):
     out = runner.invoke(cli, ["summary", "basic", "--format", "json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert data["params_unique"] == 84_322 and data["macs"] == summarize(models.build("basic")).macs
+    assert data["params_unique"] == 84_322 and data["macs"] == summarize(zoo.build("basic")).macs
     assert data["layers"][0]["name"] == "c1a.conv" and any(layer["name"] == "c4a.dw" for layer in data["layers"])
 
 
@@ -91,7 +91,7 @@ def test_models_cli_lists_every_registered_model(runner):
     out = runner.invoke(cli, ["models", "--format", "json"])
     assert out.exit_code == 0, out.output
     rows = {r["name"]: r for r in json.loads(out.output)}
-    assert set(rows) == set(models.list_models())
+    assert set(rows) == set(zoo.list_models())
     assert rows["basic"]["params"] == 84_322 and rows["egrr"]["dataset"] == "cifar100"
 
 

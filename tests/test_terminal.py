@@ -8,7 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
-import models
+from cnnscope import zoo
 from cnnscope.cli import cli
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
@@ -198,7 +198,7 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     """Every reports/<folder> in a help text is a placeholder, a folder `cnnscope train MODEL` makes
     for a zoo MODEL (or with the --name an example gives), or compare's reports/combined."""
     texts = "\n".join(help_texts(runner))
-    made = {run_dir_of(new_options(name)).as_posix() for name in models.list_models()}
+    made = {run_dir_of(new_options(name)).as_posix() for name in zoo.list_models()}
     made |= {f"reports/{name}" for name in re.findall(r"--name (\S+)", texts)} | {"reports/combined"}
     placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*"}
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))

@@ -632,7 +632,7 @@ def test_a_warmup_shorter_than_an_epoch_ramps_within_it():
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():
-    from models.soft_sharing import SWRN
+    from cnnscope.zoo.soft_sharing import SWRN
 
     model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
     optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))

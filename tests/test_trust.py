@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-import models
+from cnnscope import zoo
 from cnnscope.runs import train_options
 from cnnscope.runs.checkpoint import load_run_model, save_checkpoint
 from cnnscope.cli import cli
@@ -103,7 +103,7 @@ def test_user_model_file_of_a_checkpoint_is_not_even_imported(runner, tmp_path, 
 
 def test_zoo_checkpoint_needs_no_flag(runner, tmp_path):
     torch.manual_seed(0)
-    ckpt = save_run(tmp_path / "run", "basic", {}, models.build("basic").state_dict())
+    ckpt = save_run(tmp_path / "run", "basic", {}, zoo.build("basic").state_dict())
     result = invoke(runner, "evaluate", ckpt, "--format", "json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model"] == "basic"

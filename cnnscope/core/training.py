@@ -33,7 +33,7 @@ REPORT_EVERY = 10  # batches between progress refreshes and stop checks; each on
 def build_optimizer(model: nn.Module, recipe) -> torch.optim.Optimizer:
     """SGD or AdamW as `recipe` (a cnnscope Recipe) says; soft-sharing coefficients (any SConv2d)
     get no weight decay."""
-    from models.soft_sharing import SConv2d, coefficient_param_groups
+    from cnnscope.zoo.soft_sharing import SConv2d, coefficient_param_groups
 
     if any(isinstance(m, SConv2d) for m in model.modules()):
         groups = coefficient_param_groups(model, recipe.weight_decay)

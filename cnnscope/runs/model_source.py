@@ -11,10 +11,10 @@ changed), and after the run folder itself was moved or copied.
 Building from the copy is still building a SPEC read from a file: the trust rule
 (spec.check_file_spec) applies to it exactly as to the SPEC it was copied from.
 """
-import functools
 import hashlib
+import importlib.machinery
+import os
 import sys
-import sysconfig
 import warnings
 from pathlib import Path
 
@@ -29,24 +29,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@functools.cache
-def _installed_roots() -> tuple[Path, ...]:
-    paths = sysconfig.get_paths()
-    return tuple({Path(paths[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")})
-
-
-def _installed(path: Path) -> bool:
-    """A module of an installed distribution or of the standard library: importable anywhere."""
-    return any(path.is_relative_to(root) for root in _installed_roots())
-
-
 def _own_packages() -> list[Path]:
     """cnnscope's and the zoo's package folders: never part of a user's model source."""
-    import models
-
     import cnnscope
+    from cnnscope import zoo
 
-    return [Path(m.__file__).resolve().parent for m in (cnnscope, models)]
+    return [Path(m.__file__).resolve().parent for m in (cnnscope, zoo)]
 
 
 def _main_file(spec: str) -> Path:
@@ -65,7 +53,7 @@ def source_files(spec: str) -> tuple[Path, Path, list[Path]] | None:
     if specs.is_registry_name(spec):
         return None
     main = _main_file(spec)
-    if _installed(main):
+    if specs.installed(main):
         return None
     root = specs.package_root(main)
     base = root.parent if root is not None else main.parent
@@ -76,7 +64,7 @@ def source_files(spec: str) -> tuple[Path, Path, list[Path]] | None:
         if not where or not where.endswith(".py"):
             continue
         path = Path(where).resolve()
-        if path.is_relative_to(base) and path.is_file() and not _installed(path) and not any(path.is_relative_to(p) for p in own):
+        if path.is_relative_to(base) and path.is_file() and not specs.installed(path) and not any(path.is_relative_to(p) for p in own):
             files.add(path)
     folder = main.parent  # a package file needs every __init__.py from its root down
     while root is not None and folder.is_relative_to(root):
@@ -120,10 +108,37 @@ def spec_to_build(run_dir: Path, spec: str, source: dict | None) -> str:
         warnings.warn(f"The run folder {run_dir} has no copy of its model source ({copy}); building "
                       f"{source['origin_spec']} instead.", CnnscopeWarning, stacklevel=2)
         return source["origin_spec"]
-    changed = [name for name, digest in source["files"].items()
-               if (Path(source["base"]) / name).is_file() and _sha256(Path(source["base"]) / name) != digest]
+    changed = _differing(Path(source["base"]), source["files"])
     if changed:
         warnings.warn(f"The model source changed since the run was trained ({', '.join(changed)} in "
                       f"{source['base']}); the run's own copy in {run_dir / SOURCE_DIR} is used.",
                       CnnscopeWarning, stacklevel=2)
+    _warn_if_shadowing(run_dir, copy, source)
     return f"{copy}:{attr}"
+
+
+def _differing(base: Path, files: dict) -> list[str]:
+    """The recorded files that exist below `base` with other contents than the run's record."""
+    return [name for name, digest in files.items() if (base / name).is_file() and _sha256(base / name) != digest]
+
+
+def _warn_if_shadowing(run_dir: Path, copy: Path, source: dict) -> None:
+    """The run's copy of a package is imported under the package's own name, before any package of
+    that name on the import path (the current folder's, say). That one is the same code when its
+    files equal the run's record (the user's own unchanged package): nothing to say. Else it is
+    another package, which the copy hides while the model is built: one warning."""
+    relative = copy.relative_to(run_dir / SOURCE_DIR)
+    if len(relative.parts) < 2:  # a plain file is imported under a private name: it hides nothing
+        return
+    top = relative.parts[0]
+    found = importlib.machinery.PathFinder.find_spec(top, [*sys.path, os.getcwd()])
+    if found is None or not found.submodule_search_locations:
+        return
+    other_base = Path(list(found.submodule_search_locations)[0]).resolve().parent
+    if other_base == Path(source["base"]).resolve():
+        return  # the original place: _differing above has said whether it changed
+    package_files = {name: digest for name, digest in source["files"].items() if name.split("/")[0] == top}
+    if _differing(other_base, package_files) or not all((other_base / name).is_file() for name in package_files):
+        warnings.warn(f"Another package named {top!r} ({other_base / top}) is on the import path and differs "
+                      f"from the run's; the run's own copy in {run_dir / SOURCE_DIR} is built.",
+                      CnnscopeWarning, stacklevel=3)

@@ -154,15 +154,15 @@ SPEED_RECIPES = {
 def get_recipe(spec: str, speed: bool = False) -> Recipe:
     """The recipe of a registry model (with `speed`, its speed recipe), its dataset the registry's;
     any other SPEC gets basic's."""
-    import models
+    from cnnscope import zoo
 
     table = SPEED_RECIPES if speed else RECIPES
     if speed and spec not in SPEED_RECIPES:
         raise CnnscopeError(f"{spec} has no speed recipe; the models with one are: {', '.join(SPEED_RECIPES)}. "
                             "Train it with its own recipe (leave out speed), changing epochs or lr as you like.",
                             arguments=("speed",))
-    if spec in models.list_models():
-        return dataclasses.replace(table.get(spec, _COMPACT), dataset=models.get_entry(spec).dataset)
+    if spec in zoo.list_models():
+        return dataclasses.replace(table.get(spec, _COMPACT), dataset=zoo.get_entry(spec).dataset)
     return _COMPACT
 
 

@@ -8,11 +8,13 @@ The attribute is a class or function; it is called with the `--ctor k=v` keyword
 """
 import ast
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
+import sysconfig
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
@@ -84,6 +86,19 @@ def _spec_origin(module_spec) -> Path | None:
     return Path(locations[0]).resolve() if locations else None
 
 
+@functools.cache
+def _installed_roots() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({Path(paths[k]).resolve() for k in ("purelib", "platlib", "stdlib", "platstdlib")})
+
+
+def installed(path: Path) -> bool:
+    """A module of an installed distribution or of the standard library: importable anywhere. A
+    package of the user's own (in their project folder) that shares its name with the package a
+    SPEC names may be shadowed while the SPEC's is imported; an installed one never is."""
+    return any(path.is_relative_to(root) for root in _installed_roots())
+
+
 def _forget(top: str) -> None:
     for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
         del sys.modules[name]
@@ -99,10 +114,10 @@ def _make_room(top: str, wanted: Path | None, what: str) -> None:
     loaded = sys.modules.get(top)
     if loaded is None and top not in _USER_PACKAGES:  # not imported yet: would this import shadow another?
         other = _spec_origin(importlib.machinery.PathFinder.find_spec(top, sys.path))
-        if other is not None and other != wanted:
+        if other is not None and other != wanted and installed(other):
             raise CnnscopeError(
-                f"Cannot import {what} as the package {top!r}: another module of that name is on the import "
-                f"path ({other}), and cnnscope or your code may need it. Rename the package folder {top!r}."
+                f"Cannot import {what} as the package {top!r}: an installed module of that name is on the "
+                f"import path ({other}), and cnnscope or your code may need it. Rename the package folder {top!r}."
             )
     if loaded is None or _origin(loaded) == wanted:
         return
@@ -249,14 +264,14 @@ def _module_classes(module) -> list[str]:
 
 
 def _registry_entry(name: str):
-    import models
+    from cnnscope import zoo
 
-    if name in models.list_models():
-        return models.get_entry(name)
-    close = difflib.get_close_matches(name, models.list_models(), n=3, cutoff=0.4)
+    if name in zoo.list_models():
+        return zoo.get_entry(name)
+    close = difflib.get_close_matches(name, zoo.list_models(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise CnnscopeError(
-        f"Unknown model {name!r}.{hint} Registered models: {', '.join(models.list_models())}. "
+        f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
         "A SPEC can also be path/to/file.py:ClassName or package.module:attr."
     )
 

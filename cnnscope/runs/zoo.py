@@ -1,5 +1,5 @@
 """The model zoo's table: every registered model built by name and summarised at 3x32x32."""
-import models
+from cnnscope import zoo
 from cnnscope.core.summary import ZooTable, summarize
 
 
@@ -7,8 +7,8 @@ def zoo_table(names=None) -> ZooTable:
     """One row per registered model (or per name in `names`): name, class, params, MACs at
     3x32x32, dataset, seed, description."""
     rows = []
-    for name in names or models.list_models():
-        entry = models.get_entry(name)
+    for name in names or zoo.list_models():
+        entry = zoo.get_entry(name)
         model = entry.builder()
         result = summarize(model, (3, 32, 32))
         rows.append({

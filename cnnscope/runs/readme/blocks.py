@@ -234,18 +234,18 @@ class Renderer:
     # -- block kinds (one method per kind, named after it)
 
     def zoo_table(self, args) -> str:
-        import models
+        from cnnscope import zoo
         from cnnscope.core.rf import receptive_field
         from cnnscope.runs.zoo import zoo_table
 
         names = args.get("models", "").replace(",", " ").split()
-        unknown = [n for n in names if n not in models.list_models()]
+        unknown = [n for n in names if n not in zoo.list_models()]
         if unknown:
-            self._fail(f"unknown model {', '.join(unknown)}; registered: {', '.join(models.list_models())}.")
+            self._fail(f"unknown model {', '.join(unknown)}; registered: {', '.join(zoo.list_models())}.")
         rows = zoo_table(names or None).rows
         table = []
         for row in rows:
-            final_rf = receptive_field(models.build(row["name"]), (3, 32, 32)).final_rf
+            final_rf = receptive_field(zoo.build(row["name"]), (3, 32, 32)).final_rf
             table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
                           final_rf, row["dataset"]))
         return _md_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table)
