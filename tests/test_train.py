@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope.core import training
+from cnnscope.core import hooks, training
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
@@ -586,63 +586,57 @@ def test_a_checkpoint_whose_step_milestones_counted_epochs_is_replayed():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
 
 
-class Recursive(nn.Module):
-    """egrr's training interface (six recursion steps, set_depth, set_tau); records the settings
-    every training forward ran with."""
-    steps = 6
-
-    def __init__(self):
-        super().__init__()
-        self.fc, self.depth, self.tau, self.seen = nn.Linear(4, 2), None, None, []
-
-    def set_depth(self, depth):
-        self.depth = depth
-
-    def set_tau(self, tau):
-        self.tau = tau
-
-    def forward(self, x):
-        if self.training:
-            self.seen.append((self.depth, self.tau))
-        return self.fc(x.flatten(1))
-
-
 def test_egrr_depth_warmup_and_tau_annealing():
-    recipe = recipes.get_recipe("egrr")
-    settings = [training.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
+    """egrr declares its schedule (hooks.on_progress); a model without the hook has none."""
+    from cnnscope.zoo.egrr import EGRRNet
+
+    recipe, model = recipes.get_recipe("egrr"), EGRRNet()  # six recursion steps in its deepest stage
+    settings = [hooks.on_progress(model, e, recipe) for e in range(recipe.epochs)]
     assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
     assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
     assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
-    assert training.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+    assert hooks.on_progress(nn.Linear(1, 1), 3, recipe) == {} and not hooks.skips_weights(nn.Linear(1, 1))
 
 
 def test_a_warmup_shorter_than_an_epoch_ramps_within_it():
     """`--epochs 1` shrinks egrr's 20-epoch depth warm-up to a tenth of an epoch. Set once per epoch,
     the settings had trained and saved the whole epoch at depth 1 and tau 1."""
+    from cnnscope.zoo.egrr import EGRRNet
+
     recipe = recipes.resolve(recipes.get_recipe("egrr"), {"epochs": 1})
-    at = [training.model_settings(Recursive(), recipe, e) for e in (0, 0.03, 0.05, 0.09, 0.11, 0.5)]
+    model = EGRRNet(num_classes=2, stem_channels=4, stages=((4, 6, 1),))
+    at = [hooks.on_progress(model, e, recipe) for e in (0, 0.03, 0.05, 0.09, 0.11, 0.5)]
     assert [s["depth"] for s in at] == [1, 2, 3, 5, None, None]
     assert at[0]["tau"] == 1.0 and at[-1]["tau"] == pytest.approx(0.1 ** 0.5)
-    model = Recursive()
-    images, labels = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    seen = []  # (depth, tau, whether DDP must look for unused weights) of every training forward
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.depth, m.stages[0].gate.tau, m.skips_weights()))
+                                    if m.training else None)
+    images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 2, (40,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=1)
     training.fit(model, loader, recipe=recipe)
-    assert [depth for depth, _ in model.seen] == [1, 2, 3, 4] + [None] * 36  # batch i at epoch i / 40
-    assert model.seen[-1][1] == pytest.approx(0.1 ** (39 / 40))
+    assert [depth for depth, _, _ in seen] == [1, 2, 3, 4] + [None] * 36  # batch i at epoch i / 40
+    assert [skips for _, _, skips in seen] == [True] * 4 + [False] * 36
+    assert seen[-1][1] == pytest.approx(0.1 ** (39 / 40))
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():
-    from cnnscope.zoo.soft_sharing import SWRN
+    """SConv2d declares its coefficients (no_weight_decay), in swrn and in any model of the user's."""
+    from cnnscope.zoo.soft_sharing import SWRN, SConv2d, TemplateBank
 
-    model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
-    optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
-    coefficients = {id(m.coefficients) for m in model.modules() if hasattr(m, "coefficients")}
-    assert coefficients
-    for group in optimizer.param_groups:
-        ids = {id(p) for p in group["params"]}
-        assert group["weight_decay"] == (0.0 if ids <= coefficients else 5e-4)
-        assert not (ids & coefficients) or ids <= coefficients
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    class Own(nn.Module):  # the soft_sharing module's plug-in example
+        def __init__(self):
+            super().__init__()
+            self.bank = TemplateBank(num_templates=3, in_planes=4, out_planes=4, kernel_size=3)
+            self.conv1, self.conv2 = SConv2d(self.bank), SConv2d(self.bank)
+
+    for model in (SWRN(depth=16, width=1, num_templates=2), Own()):  # swrn: 2 blocks a stage, the second shares
+        optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
+        coefficients = [m.coefficients for m in model.modules() if isinstance(m, SConv2d)]
+        decayed, free = optimizer.param_groups
+        assert free["weight_decay"] == 0.0 and [id(p) for p in free["params"]] == [id(p) for p in coefficients]
+        assert decayed["weight_decay"] == 5e-4 and not {id(p) for p in decayed["params"]} & set(map(id, coefficients))
+        assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+    assert len(training.build_optimizer(nn.Linear(2, 2), recipes.get_recipe("swrn")).param_groups) == 1
 
 
 def test_fit_trains_a_module_on_plain_loaders():

@@ -1,6 +1,6 @@
 """Training a classifier: the step, the epoch, validation, and `fit` for a model and loaders of your own.
 
-Read top to bottom: the optimizer and its schedule -> egrr's per-epoch settings -> one step
+Read top to bottom: the optimizer and its schedule -> one step
 (forward, backward, clip, optimizer step) -> one epoch of steps -> validation -> the end of an
 epoch (its log row, the epoch-level schedule, the best epoch) -> `fit`, which runs them all in this
 process. `cnnscope.runs.train` runs the same functions with run folders, checkpoints and several
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from cnnscope.core import hooks
 from cnnscope.core.distributed import Dist
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
@@ -28,17 +29,12 @@ from cnnscope.core.runtime import autocast, resolve_device
 REPORT_EVERY = 10  # batches between progress refreshes and stop checks; each one waits for the device
 
 
-# ---- optimizer, schedule, model settings ------------------------------------------------------
+# ---- optimizer and schedule ---------------------------------------------------------------
 
 def build_optimizer(model: nn.Module, recipe) -> torch.optim.Optimizer:
-    """SGD or AdamW as `recipe` (a cnnscope Recipe) says; soft-sharing coefficients (any SConv2d)
-    get no weight decay."""
-    from cnnscope.zoo.soft_sharing import SConv2d, coefficient_param_groups
-
-    if any(isinstance(m, SConv2d) for m in model.modules()):
-        groups = coefficient_param_groups(model, recipe.weight_decay)
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": recipe.weight_decay}]
+    """SGD or AdamW as `recipe` (a cnnscope Recipe) says, over the model's parameter groups
+    (hooks.param_groups: what its modules exempt from weight decay gets none)."""
+    groups = hooks.param_groups(model, recipe.weight_decay)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
@@ -69,47 +65,6 @@ def build_scheduler(optimizer, recipe, steps_per_epoch: int):
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
                                        patience=recipe.plateau_patience), False
     return None, False
-
-
-def model_settings(model: nn.Module, recipe, epoch: float) -> dict:
-    """egrr's settings at a point of training: recursion depth (warm-up 1 -> full) and gate
-    temperature tau. `epoch` counts fractions too (epoch + batch / batches): the trainer updates
-    the settings every batch, so a warm-up shorter than one epoch (a shortened --epochs) still
-    ramps; at whole epochs the values are the seed's per-epoch ones.
-
-    Depth ramps linearly over depth_warmup_epochs (None = every step); tau decays exponentially
-    from tau_start at epoch 0 to tau_end at the start of the last epoch (the whole last epoch of a
-    one-epoch run). Models without set_depth / set_tau get {}.
-    """
-    settings = {}
-    if recipe.depth_warmup_epochs > 0 and hasattr(model, "set_depth"):
-        full = max((m.steps for m in model.modules() if isinstance(getattr(m, "steps", None), int)), default=1)
-        w = recipe.depth_warmup_epochs
-        settings["depth"] = None if epoch >= w else 1 + int((full - 1) * epoch / w)
-    if recipe.tau_start > 0 and hasattr(model, "set_tau"):
-        progress = min(1.0, epoch / max(1, recipe.epochs - 1))
-        settings["tau"] = recipe.tau_start * (recipe.tau_end / recipe.tau_start) ** progress
-    return settings
-
-
-def apply_model_settings(model: nn.Module, settings: dict) -> None:
-    """Settings a trainer drives outside the weights (egrr's recursion depth and gate temperature)."""
-    if "depth" in settings:
-        model.set_depth(settings["depth"])
-    if "tau" in settings:
-        model.set_tau(settings["tau"])
-
-
-def follow_schedule(model: nn.Module, recipe, epoch: float) -> dict:
-    """model_settings at `epoch`, applied to `model`; returned for the checkpoints to keep."""
-    settings = model_settings(model, recipe, epoch)
-    apply_model_settings(model, settings)
-    return settings
-
-
-def reduced_depth(model: nn.Module, recipe, epoch: float) -> bool:
-    """Whether the model runs at a reduced depth at `epoch` (egrr's depth warm-up; see model_settings)."""
-    return model_settings(model, recipe, epoch).get("depth") is not None
 
 
 # ---- interruption -----------------------------------------------------------------------------
@@ -312,9 +267,10 @@ class _OnDevice:
 def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu", amp=False, channels_last=True,
         progress=None, **settings) -> FitResult:
     """Train `model` in this process on the (images, labels) batches of `train_loader` with the
-    optimizer, schedule, loss and egrr settings of `recipe` (e.g. cnnscope.runs.recipes.get_recipe
+    optimizer, schedule and loss of `recipe` (e.g. cnnscope.runs.recipes.get_recipe
     ("basic")), any of its fields overridden by `settings` (epochs=5, lr=0.05, ...); after each
     epoch, loss and accuracy on `val_loader` (nan without one). `progress`: a rich Progress, or None.
+    A model's own schedule follows the recipe through its hooks (cnnscope.core.hooks).
     """
     recipe = dataclasses.replace(recipe, **settings)
     device = resolve_device(device)
@@ -331,7 +287,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
     val_batches = _OnDevice(val_loader, device) if val_loader is not None else None
     while state.epoch < recipe.epochs:
         train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}",
-                    lambda epoch: follow_schedule(model, recipe, epoch))
+                    lambda epoch: hooks.on_progress(model, epoch, recipe))
         started = time.perf_counter()
         val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
                              if val_batches is not None else (math.nan, math.nan))

@@ -89,7 +89,7 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
     checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
-    from cnnscope.core.training import apply_model_settings
+    from cnnscope.core.hooks import load_settings
     from cnnscope.runs.model_source import spec_to_build
     from cnnscope.runs.spec import build_model, check_file_spec
 
@@ -105,6 +105,6 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
         load_weights(model, ckpt, path, ckpt["model_spec"])
         # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
         # run trained down to tau=0.1 would be read at tau=1.
-        apply_model_settings(model, ckpt.get("model_settings") or {})
+        load_settings(model, ckpt.get("model_settings") or {})
     model.eval()
     return model, ckpt, folder

@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from cnnscope.core import hooks
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed, training_model
 from cnnscope.core.training import (LoopState, NonFiniteLoss, StopRequest, TrainStep, build_optimizer,
-                                    build_scheduler, end_epoch, follow_schedule, reduced_depth, train_epoch, validate)
+                                    build_scheduler, end_epoch, train_epoch, validate)
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
@@ -144,11 +145,11 @@ class RunParts:
     ds: datasets.Dataset
     train_loader: object
     select_loader: object
-    net: nn.Module  # the weights; `step.model` may wrap them (DDP, compiled)
+    net: nn.Module  # the weights; `step.model` may wrap them (DDP, compiled) from the first batch on
     step: TrainStep
     scheduler: object
     per_batch: bool
-    skipping: bool = False  # DDP looks for the weights that egrr's depth warm-up leaves unused
+    skipping: bool | None = None  # DDP looks for the weights the model leaves unused (None: not wrapped yet)
     state: LoopState = dataclasses.field(default_factory=LoopState)
     settings: dict = dataclasses.field(default_factory=dict)  # egrr's depth and tau at the last batch
     config: dict = dataclasses.field(default_factory=dict)
@@ -236,16 +237,14 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
                                         rank=ddp.rank, world_size=ddp.world_size)
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
-    first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
-    skipping = ddp.world_size > 1 and reduced_depth(net, recipe, first_epoch)
-    step = TrainStep(training_model(net, ddp, opts.compile, skipping), optimizer,
+    step = TrainStep(net, optimizer,
                      nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
                      torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
                      training_ops(device, opts.compile), scheduler if per_batch else None)
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
     return RunParts(opts, run_dir, ddp, device, console, reporter, amp, ds, train_loader, select_loader, net, step,
-                    scheduler, per_batch, skipping)
+                    scheduler, per_batch)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -324,12 +323,15 @@ def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
     run.train_loader.set_epoch(epoch)
 
     def before_batch(at: float):
-        """egrr's depth and tau, kept for the checkpoints (the inspections read them); once its depth
-        warm-up is over, mid-epoch too, a DDP that stops looking for unused weights (it finds none)."""
-        run.settings = follow_schedule(run.net, opts.recipe, at)
-        if run.skipping and run.settings.get("depth") is None:
-            run.skipping = False
-            run.step.model = training_model(run.net, run.ddp, opts.compile, skips_steps=False)
+        """The model's settings (hooks.on_progress; egrr's depth and tau), kept for the checkpoints
+        (the inspections read them); the step's model wrapped at the first batch, and again with a
+        DDP that stops looking for unused weights once the model uses them all (the end of egrr's
+        depth warm-up, mid-epoch too)."""
+        run.settings = hooks.on_progress(run.net, at, opts.recipe)
+        skipping = run.ddp.world_size > 1 and hooks.skips_weights(run.net)
+        if skipping != run.skipping:
+            run.skipping = skipping
+            run.step.model = training_model(run.net, run.ddp, opts.compile, skips_weights=skipping)
     try:
         with compile_errors(opts.compile):
             train_epoch(run.step, run.train_loader, run.state, stop, run.ddp, progress,
