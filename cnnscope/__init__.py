@@ -21,6 +21,7 @@ _API = {  # public name -> module that defines it
     "summarize": "cnnscope.core.summary",
     # training and evaluation
     "fit": "cnnscope.core.training",
+    "Callback": "cnnscope.core.callbacks",
     "evaluate": "cnnscope.core.metrics",
     # inspections
     "gate_maps": "cnnscope.core.gates",

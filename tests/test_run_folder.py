@@ -153,7 +153,7 @@ def killed(*args, **kwargs):
 def test_a_run_killed_before_its_first_checkpoint_starts_again(runner, tiny_spec, tmp_path, monkeypatch):
     args = [str(a) for a in train_args(tiny_spec, tmp_path)]
     with monkeypatch.context() as m, pytest.raises(Killed):
-        m.setattr(train, "train_epoch", killed)
+        m.setattr(train, "run_loop", killed)
         m.setattr(sys, "argv", ["cnnscope", *args])  # config.json keeps the command line
         runner.invoke(cli, args)
     run = tmp_path / "Tiny"

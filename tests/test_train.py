@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core import hooks, training
+from cnnscope.core.callbacks import Callback
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
@@ -579,9 +580,9 @@ def test_a_checkpoint_whose_step_milestones_counted_epochs_is_replayed():
         old.step()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
     scheduler, per_batch = training.build_scheduler(optimizer, recipe, 10)
-    run = SimpleNamespace(scheduler=scheduler, per_batch=per_batch, opts=SimpleNamespace(recipe=recipe),
-                          state=training.LoopState(epoch=4), train_loader=range(10))
-    restore_schedule(run, old.state_dict(), planned_epochs=10)
+    loop = SimpleNamespace(scheduler=scheduler, per_batch=per_batch, recipe=recipe, state=training.LoopState(epoch=4),
+                           train_loader=range(10))
+    restore_schedule(loop, old.state_dict(), planned_epochs=10)
     assert dict(scheduler.milestones) == {30: 1, 60: 1, 80: 1} and scheduler.last_epoch == 40
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
 
@@ -653,6 +654,72 @@ def test_fit_trains_a_module_on_plain_loaders():
     assert [row["epoch"] for row in result.history] == [1, 2] and result.model is model
     assert all(math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100 for row in result.history)
     assert 1 <= result.best_epoch <= 2 and not torch.equal(before, model[0].weight)
+
+
+class Recorder(Callback):
+    """Every point of the loop it is called at, with where the loop stands."""
+
+    def __init__(self, stop_at=None, stop=None):
+        self.events, self.stop_at, self.stop = [], stop_at, stop
+
+    def on_train_start(self, loop):
+        self.events.append(("start", loop.state.epoch, loop.state.batch))
+
+    def on_step(self, loop, step, loss, lr):
+        self.events.append(("step", step, lr))
+        if step == self.stop_at:
+            self.stop.requested = True  # what Ctrl-C does
+
+    def on_checkpoint(self, loop, improved):
+        self.events.append(("checkpoint", loop.state.epoch, loop.state.batch))
+
+    def on_epoch_end(self, loop, row, improved):
+        self.events.append(("epoch", row["epoch"]))
+
+    def on_train_end(self, loop):
+        self.events.append(("end", loop.stopped))
+
+
+def test_callbacks_see_each_step_once_across_a_stop_and_a_resume():
+    """The loop's points in order; stopped mid-epoch and resumed from its state, the loop goes on at
+    the next step: no step is repeated or missed (what an event log needs across --resume)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.randn(60, 3, 4, 4), torch.randint(0, 2, (60,))), batch_size=4)
+    recipe, cpu = dataclasses.replace(recipes.get_recipe("basic"), epochs=2), torch.device("cpu")
+    model, stop = nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), training.StopRequest()
+    first = Recorder(stop_at=18, stop=stop)  # epoch 2, batch 3: it stops at the next report point
+    stopped = training.run_loop(training.make_loop(model, loader, None, recipe, cpu, callbacks=[first]), stop)
+    assert stopped.stopped == "request" and (stopped.state.epoch, stopped.state.batch) == (1, 10)
+    second = Recorder()
+    resumed = training.make_loop(model, loader, None, recipe, cpu, callbacks=[second])
+    resumed.state = stopped.state
+    training.run_loop(resumed)
+    steps = [e for e in first.events + second.events if e[0] == "step"]
+    assert [step for _, step, _ in steps] == list(range(1, 31))
+    assert [lr for _, _, lr in steps] == resumed.state.lr_steps
+    assert [e for e in first.events if e[0] != "step"] == [
+        ("start", 0, 0), ("checkpoint", 1, 0), ("epoch", 1), ("checkpoint", 1, 10), ("end", "request")]
+    assert [e for e in second.events if e[0] != "step"] == [("start", 1, 10), ("checkpoint", 2, 0), ("epoch", 2),
+                                                             ("end", "")]
+
+
+def test_fit_stops_early_when_the_validation_loss_stays():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Frozen(nn.Module):  # its logits never change: the validation loss of epoch 1 stays
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bias = nn.Linear(3 * 32 * 32, 2).requires_grad_(False), nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) + 0 * self.bias
+
+    loader = DataLoader(TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(0, 2, (32,))), batch_size=8)
+    recorder = Recorder()
+    result = training.fit(Frozen(), loader, loader, recipe=recipes.get_recipe("basic"), epochs=5,
+                          early_stop_patience=1, callbacks=[recorder])
+    assert [row["epoch"] for row in result.history] == [1, 2] and recorder.events[-1] == ("end", "early")
 
 
 def test_piped_output_is_one_whole_line_per_event(tmp_path):

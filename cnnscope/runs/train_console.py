@@ -1,6 +1,32 @@
-"""What a training run prints: the opening line, one line per epoch (with the ETA of the whole run),
-and, on a terminal, one bar for the whole run beside each epoch's bar."""
+"""What a training run prints, as callbacks of the loop: the opening line, one line per epoch (with
+the ETA of the whole run), an early stop (Console); on a terminal, one bar for the whole run beside
+each epoch's bar (RunBar)."""
+from cnnscope.core.callbacks import Callback
+from cnnscope.core.training import Loop
 from cnnscope.render.progress import QUIET
+
+
+class Console(Callback):
+    """The run's lines on stdout: the opening line (and where a resumed run goes on), a line per
+    epoch, an early stop; none when quiet, nor on ranks other than 0 (their console is quiet)."""
+
+    def __init__(self, run):
+        self.run = run  # a runs.train.RunParts
+
+    def on_train_start(self, loop: Loop) -> None:
+        state = loop.state
+        say(self.run, opening_line(self.run))
+        if state.epoch or state.batch:
+            say(self.run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
+
+    def on_epoch_end(self, loop: Loop, row: dict, improved: bool) -> None:
+        epochs = loop.recipe.epochs
+        say(self.run, epoch_line(row, epochs, self.run.selected_on, improved, run_eta(loop.state.history, epochs)))
+
+    def on_train_end(self, loop: Loop) -> None:
+        if loop.stopped == "early":
+            say(self.run, f"Early stop: the {self.run.selected_on} loss has not improved for "
+                          f"{loop.state.bad_epochs} epochs.")
 
 
 def say(run, text: str) -> None:
@@ -15,12 +41,13 @@ def n_params(net) -> int:
 
 def opening_line(run) -> str:
     """The model, data, device and batches of `run` (a runs.train.RunParts)."""
-    opts, ds, ddp = run.opts, run.ds, run.ddp
-    batch = opts.recipe.batch_size
-    where = f"{run.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "") + (", AMP" if run.amp else "")
-    return (f"[bold]{opts.name}[/]: {opts.spec} ({n_params(run.net):,} params) on {ds.name} ({len(ds.train):,} train / "
+    opts, ds, loop = run.opts, run.ds, run.loop
+    batch, ddp = opts.recipe.batch_size, loop.ddp
+    where = (f"{loop.step.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "")
+             + (", AMP" if loop.step.amp else ""))
+    return (f"[bold]{opts.name}[/]: {opts.spec} ({n_params(loop.net):,} params) on {ds.name} ({len(ds.train):,} train / "
             f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
-            f"{opts.recipe.epochs} epochs x {len(run.train_loader)} batches of {batch}"
+            f"{opts.recipe.epochs} epochs x {len(loop.train_loader)} batches of {batch}"
             + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else "") + f" -> {run.run_dir}")
 
 
@@ -50,32 +77,17 @@ def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool, eta: fl
             + (f"  run ETA {duration(eta)}" if eta is not None else "") + ("  [green]* best[/]" if improved else ""))
 
 
-class RunBar:
+class RunBar(Callback):
     """A bar over all the training batches of the run (its ETA is the run's) on the rich Progress
-    that draws each epoch's bar; `for_epoch` gives the Progress that train_epoch moves, which moves
-    this bar too."""
+    that shows each epoch's bar."""
 
-    def __init__(self, progress, batches_per_epoch: int, epochs: int, done_batches: int):
-        self.progress, self.batches_per_epoch = progress, batches_per_epoch
-        self.task = progress.add_task("run", total=batches_per_epoch * epochs, completed=done_batches, stats="")
+    def __init__(self, progress):
+        self.progress, self.task = progress, None
 
-    def for_epoch(self, epoch: int) -> "_EpochProgress":
-        return _EpochProgress(self.progress, self.task, epoch * self.batches_per_epoch)
+    def on_train_start(self, loop: Loop) -> None:
+        batches, state = len(loop.train_loader), loop.state
+        self.task = self.progress.add_task("run", total=batches * loop.recipe.epochs,
+                                           completed=state.epoch * batches + state.batch, stats="")
 
-
-class _EpochProgress:
-    """The part of rich's Progress that train_epoch uses; each update also moves the run's bar."""
-
-    def __init__(self, progress, run_task, first_batch: int):
-        self.progress, self.run_task, self.first_batch = progress, run_task, first_batch
-
-    def add_task(self, *args, **fields):
-        return self.progress.add_task(*args, **fields)
-
-    def remove_task(self, task):
-        self.progress.remove_task(task)
-
-    def update(self, task, completed=None, **fields):
-        self.progress.update(task, completed=completed, **fields)
-        if completed is not None:
-            self.progress.update(self.run_task, completed=self.first_batch + completed)
+    def on_step(self, loop: Loop, step: int, loss, lr: float) -> None:
+        self.progress.update(self.task, completed=step)

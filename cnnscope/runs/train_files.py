@@ -1,5 +1,6 @@
-"""The files of a training run's folder: config.json, train_log.csv, metrics.json, the model texts
-(model_summary.txt, rf.md) and the curves. Rank 0 writes them; every write is atomic.
+"""The files of a training run's folder: config.json, train_log.csv and metrics.json (after every
+epoch: the RunFiles callback), the model texts (model_summary.txt, rf.md) and the curves. Rank 0
+writes them; every write is atomic.
 """
 import json
 import subprocess
@@ -9,8 +10,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnscope.core.callbacks import Callback
 from cnnscope.core.distributed import Dist
-from cnnscope.core.training import LoopState
+from cnnscope.core.training import Loop, LoopState
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs import launch
 
@@ -79,6 +81,19 @@ def merge_metrics(run_dir: Path, values: dict) -> None:
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     write_json(path, {**metrics, **values})
+
+
+class RunFiles(Callback):
+    """train_log.csv and metrics.json after every epoch, by rank 0."""
+
+    def __init__(self, run):
+        self.run = run  # a runs.train.RunParts
+
+    def on_epoch_end(self, loop: Loop, row: dict, improved: bool) -> None:
+        run = self.run
+        if loop.ddp.is_main:
+            write_log_and_metrics(run.run_dir, run.opts, loop.state, sum(p.numel() for p in loop.net.parameters()),
+                                  run.ds.name, run.selected_on)
 
 
 def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
