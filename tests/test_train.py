@@ -89,6 +89,14 @@ def test_train_log_and_metrics_agree(basic_run):
     # OneCycle (max_lr 0.1, div 10, final div 100) ends at 1e-4 on the last batch
     assert rows[-1]["lr"] == pytest.approx(0.1 / 10 / 100, rel=0.02)
     assert f"test acc {metrics['test_acc']:.2f}%" in " ".join(output.split())
+    # one file, its values handed in by the model texts, each epoch, then the test evaluation
+    assert list(metrics) == ["macs", "rf", "run", "model", "params", "dataset", "selected_on", "best_val_acc",
+                             "best_epoch", "epochs", "train_time_s", "images_per_s", "lr_per_step", "test_acc",
+                             "test_loss", "macro_avg", "weighted_avg"]
+    assert metrics["macs"] == 13728256 and metrics["rf"] == 55
+    done = output.splitlines()[-1]
+    assert done.startswith(f"Done in {metrics['train_time_s']:.0f}s: best val acc {metrics['best_val_acc']:.2f}% "
+                           f"(epoch {metrics['best_epoch']}), test acc {metrics['test_acc']:.2f}%"), done
 
 
 def test_lr_recorded_per_step_shows_the_onecycle_warm_up(basic_run):
@@ -263,6 +271,7 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
            [{k: v for k, v in r.items() if k not in timing} for r in log_b]
     metrics_a, metrics_b = (json.loads((r / "metrics.json").read_text()) for r in (tiny_run, run))
     assert metrics_a["test_acc"] == metrics_b["test_acc"] and metrics_a["test_loss"] == metrics_b["test_loss"]
+    assert (metrics_b["macs"], metrics_b["rf"]) == (metrics_a["macs"], metrics_a["rf"])  # written once, kept
     assert len(metrics_b["lr_per_step"]) == 2 * 15 and metrics_a["lr_per_step"] == metrics_b["lr_per_step"]
 
 

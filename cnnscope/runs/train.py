@@ -15,7 +15,6 @@ trains on its shard of every epoch and validates its share with rank 0's batch-n
 CUDA SyncBatchNorm; on the CPU DDP broadcasts rank 0's before every forward); rank 0 writes and prints.
 """
 import dataclasses
-import json
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
+from cnnscope.runs.runfiles import RunMetrics
 from cnnscope.runs.train_console import Console, RunBar
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
@@ -137,6 +137,7 @@ class RunParts:
     ds: datasets.Dataset
     loop: Loop  # the model, its step and schedule, the loaders, the process group, and where training stands
     config: dict = dataclasses.field(default_factory=dict)
+    metrics: RunMetrics | None = None  # metrics.json, from start_run on
 
     @property
     def selected_on(self) -> str:
@@ -247,11 +248,12 @@ def start_run(run: RunParts, resume_ckpt) -> None:
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
     run.config = run_config(run.opts, ddp, step.device, step.amp, run.opts.channels_last is not False,
                             run.selected_on, datasets.describe(run.ds))
+    run.metrics = RunMetrics.read(run.run_dir) if resume_ckpt is not None else RunMetrics(run.run_dir)
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
             run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
-            write_model_texts(run.run_dir, run.loop.net, run.ds.input_shape)
+            run.metrics.update(write_model_texts(run.run_dir, run.loop.net, run.ds.input_shape))
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -298,8 +300,8 @@ def finish(run: RunParts) -> TrainResult:
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
-                          reporter=run.reporter, dataset=run.ds)
-    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+                          reporter=run.reporter, dataset=run.ds, metrics=run.metrics)
+    metrics = run.metrics.values
     run.console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
         f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
