@@ -1,9 +1,9 @@
 """`cnnscope train MODEL`: train a model with its recipe and write the run folder reports/<run>/.
 
 Read top to bottom: options -> launching (one process, or --procs data-parallel ones) -> the run's
-parts (data, model, and cnnscope.core.training's loop over them) -> the loop, with the run's
-callbacks: its checkpoints (runs.train_state), files (runs.train_files) and console lines and bar
-(runs.train_console) -> test evaluation of best.pth.
+parts (data, model, and cnnscope.core.training's loop over them: a runs.training_run.TrainingRun)
+-> the loop, with the run's callbacks: its checkpoints (runs.train_state), files (runs.train_files)
+and console lines and bar (runs.train_console) -> test evaluation of best.pth.
 
 Reproducibility: an epoch's data order and augmentation are a function of (seed, epoch, rank);
 everything else random (dropout, Gumbel noise) draws from the global RNGs, which every checkpoint
@@ -28,7 +28,7 @@ from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed
-from cnnscope.core.training import Loop, NonFiniteLoss, StopRequest, make_loop, run_loop
+from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
@@ -38,6 +38,7 @@ from cnnscope.runs.train_console import Console, RunBar
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import Checkpoints, init_weights, restore_run
+from cnnscope.runs.training_run import TrainingRun
 from cnnscope.runs.train_files import RunFiles, run_config, write_json, write_model_texts
 
 
@@ -127,23 +128,6 @@ class TrainResult:
     resume_command: str = ""
 
 
-@dataclass
-class RunParts:
-    """What one run trains with, made by the setup functions below and read by its callbacks."""
-    opts: TrainOptions
-    run_dir: Path
-    console: object
-    reporter: Reporter  # preparation lines (stderr) and the verbosity
-    ds: datasets.Dataset
-    loop: Loop  # the model, its step and schedule, the loaders, the process group, and where training stands
-    config: dict = dataclasses.field(default_factory=dict)
-    metrics: RunMetrics | None = None  # metrics.json, from start_run on
-
-    @property
-    def selected_on(self) -> str:
-        return "val" if self.ds.val is not None else "test"
-
-
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
           console=None, verbosity=NORMAL) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
@@ -203,7 +187,7 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run
     return net, dataclasses.replace(opts, ctor=ctor), note
 
 
-def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> RunParts:
+def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> TrainingRun:
     """Data, model, optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
@@ -223,7 +207,7 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile)
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
-    return RunParts(opts, run_dir, console, reporter, ds, loop)
+    return TrainingRun(opts, run_dir, console, reporter, ds, loop)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -236,7 +220,7 @@ def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, r
     ddp.barrier()
 
 
-def start_run(run: RunParts, resume_ckpt) -> None:
+def start_run(run: TrainingRun, resume_ckpt) -> None:
     """The resumed state (weights, optimizer, schedule, loop, RNG) or fresh RNGs; config.json and
     the model texts."""
     ddp, step = run.loop.ddp, run.loop.step
@@ -258,7 +242,7 @@ def start_run(run: RunParts, resume_ckpt) -> None:
 
 # ---- the loop --------------------------------------------------------------------------------
 
-def run_epochs(run: RunParts) -> TrainResult:
+def run_epochs(run: TrainingRun) -> TrainResult:
     """The loop, with the run's checkpoints, files, console lines and bar as its callbacks, until the
     recipe's last epoch, an early stop or a stop request; then the closing evaluation."""
     stop, loop = StopRequest(), run.loop
@@ -281,7 +265,7 @@ def run_epochs(run: RunParts) -> TrainResult:
 
 # ---- the end: stopped, or done ----------------------------------------------------------------
 
-def interrupted(run: RunParts) -> TrainResult:
+def interrupted(run: TrainingRun) -> TrainResult:
     state, ddp, batches = run.loop.state, run.loop.ddp, len(run.loop.train_loader)
     where = f"epoch {state.epoch + 1}, batch {state.batch}/{batches}" if state.batch else f"the end of epoch {state.epoch}"
     under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
@@ -291,7 +275,7 @@ def interrupted(run: RunParts) -> TrainResult:
     return TrainResult(run.run_dir, {}, interrupted=True, resume_command=command)
 
 
-def finish(run: RunParts) -> TrainResult:
+def finish(run: TrainingRun) -> TrainResult:
     """The test evaluation of best.pth and the curves (rank 0), and the closing summary."""
     from cnnscope.runs.evaluate import evaluate_run
 

@@ -4,14 +4,15 @@ each epoch's bar (RunBar)."""
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.training import Loop
 from cnnscope.render.progress import QUIET
+from cnnscope.runs.training_run import TrainingRun
 
 
 class Console(Callback):
     """The run's lines on stdout: the opening line (and where a resumed run goes on), a line per
     epoch, an early stop; none when quiet, nor on ranks other than 0 (their console is quiet)."""
 
-    def __init__(self, run):
-        self.run = run  # a runs.train.RunParts
+    def __init__(self, run: TrainingRun):
+        self.run = run
 
     def on_train_start(self, loop: Loop) -> None:
         state = loop.state
@@ -29,8 +30,8 @@ class Console(Callback):
                           f"{loop.state.bad_epochs} epochs.")
 
 
-def say(run, text: str) -> None:
-    """A line of the log (stdout) of `run` (a runs.train.RunParts): the opening line, the epochs; not when quiet."""
+def say(run: TrainingRun, text: str) -> None:
+    """A line of the run's log (stdout): the opening line, the epochs; not when quiet."""
     if run.reporter.verbosity > QUIET:
         run.console.print(text)
 
@@ -39,8 +40,8 @@ def n_params(net) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def opening_line(run) -> str:
-    """The model, data, device and batches of `run` (a runs.train.RunParts)."""
+def opening_line(run: TrainingRun) -> str:
+    """The model, data, device and batches of the run."""
     opts, ds, loop = run.opts, run.ds, run.loop
     batch, ddp = opts.recipe.batch_size, loop.ddp
     where = (f"{loop.step.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "")

@@ -15,6 +15,7 @@ from cnnscope.core.distributed import Dist
 from cnnscope.core.training import Loop
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs import launch
+from cnnscope.runs.training_run import TrainingRun
 
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
@@ -79,8 +80,8 @@ def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> dict:
 class RunFiles(Callback):
     """train_log.csv and the training's values of metrics.json after every epoch, by rank 0."""
 
-    def __init__(self, run):
-        self.run = run  # a runs.train.RunParts
+    def __init__(self, run: TrainingRun):
+        self.run = run
 
     def on_epoch_end(self, loop: Loop, row: dict, improved: bool) -> None:
         if loop.ddp.is_main:
@@ -95,7 +96,7 @@ def write_log(run_dir: Path, history: list) -> None:
         [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in history])
 
 
-def epoch_metrics(run, loop: Loop) -> dict:
+def epoch_metrics(run: TrainingRun, loop: Loop) -> dict:
     """What metrics.json says of the training so far."""
     state = loop.state
     return {

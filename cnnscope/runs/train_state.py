@@ -14,14 +14,15 @@ from cnnscope.core.runtime import capture_rng, restore_rng
 from cnnscope.core.training import Loop, LoopState
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnscope.runs.training_run import TrainingRun
 
 
 class Checkpoints(Callback):
     """checkpoints/last.pth at every checkpoint of the loop; best.pth at the best epoch's;
     epoch_<N>.pth every save_every epochs. Every rank hands its RNG state to rank 0, which writes."""
 
-    def __init__(self, run):
-        self.run = run  # a runs.train.RunParts
+    def __init__(self, run: TrainingRun):
+        self.run = run
 
     def on_checkpoint(self, loop: Loop, improved: bool) -> None:
         every, epoch = self.run.opts.save_every, loop.state.epoch
@@ -32,7 +33,7 @@ class Checkpoints(Callback):
         self.run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
 
 
-def save_run(run, names: list[str]) -> None:
+def save_run(run: TrainingRun, names: list[str]) -> None:
     """Checkpoint the run's state as checkpoints/<name> for each name (every rank must call)."""
     loop = run.loop
     rng = loop.ddp.gather(capture_rng())
