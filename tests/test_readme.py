@@ -78,9 +78,17 @@ def test_run_blocks_show_the_run_numbers(site):
                 "| images/s | 2,346 |", "| dataset | fake |"):
         assert row in metrics.splitlines()
     assert body_of(text, "CLS_REPORT_BASIC") == (
-        "| avg | precision | recall | f1 |\n|---|---|---|---|\n"
+        "| avg | precision | recall | f1 |\n|:---|---:|---:|---:|\n"
         "| macro avg | 0.586 | 0.585 | 0.580 |\n| weighted avg | 0.601 | 0.585 | 0.588 |\n"
     )
+
+
+def test_every_block_kind_is_filled_by_a_method_named_in_the_table():
+    from cnnscope.runs.readme.blocks import Renderer
+    from cnnscope.runs.readme.kinds import COMBINED_PLOTS, KINDS, RUN_IMAGES
+
+    assert sorted([*Renderer.FILLS, *RUN_IMAGES, *COMBINED_PLOTS]) == sorted(KINDS)
+    assert all(callable(fill) for fill in Renderer.FILLS.values())
 
 
 def test_model_summary_of_a_run_survives_fences_markers_and_backslashes(site):
