@@ -7,7 +7,7 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts, tuples), 
 """
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 from cnnscope.files import atomic_write_bytes
 
 
@@ -18,12 +18,12 @@ def save_checkpoint(obj: dict, path) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint a user handed in; every failure is a clear CnnscopeError."""
+    """Load a checkpoint a user handed in; every failure is a clear RunError."""
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise CnnscopeError(
+        raise RunError(
             f"Checkpoint {path} does not exist. Pass a run folder (reports/<run>) or a .pth file "
             "written by `cnnscope train`."
         )
@@ -34,13 +34,13 @@ def load_checkpoint(path) -> dict:
         detail = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
         if path.stat().st_size == 0:
             detail = "the file is empty"
-        raise CnnscopeError(
+        raise RunError(
             f"Checkpoint {path} could not be read ({detail}). "
             "It is corrupt, truncated, or not a cnnscope checkpoint; use another checkpoint of the run "
             "(checkpoints/last.pth or best.pth) or train again."
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a torch file but not a cnnscope checkpoint (it has no 'model' and 'model_spec' "
             "entries). Pass a checkpoint written by `cnnscope train`."
         )
@@ -58,14 +58,14 @@ def resolve_run(run) -> tuple[Path, Path]:
             ckpt = run / "checkpoints" / name
             if ckpt.is_file():
                 return run, ckpt
-        raise CnnscopeError(
+        raise RunError(
             f"Run folder {run} has no checkpoints/best.pth or checkpoints/last.pth. "
             "Pass a folder written by `cnnscope train`, or a checkpoint file."
         )
     if run.is_file():
         folder = run.parent.parent if run.parent.name == "checkpoints" else run.parent
         return folder, run
-    raise CnnscopeError(
+    raise RunError(
         f"RUN {run} is neither a run folder nor a checkpoint file. Pass reports/<run> or a .pth file."
     )
 
@@ -75,7 +75,7 @@ def load_weights(model, ckpt: dict, source, target: str) -> None:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CnnscopeError(
+        raise RunError(
             f"The weights of {source} do not fit {target!r}: {str(e).splitlines()[0][:300]}. They were "
             f"trained for {ckpt['model_spec']!r} with constructor keywords {ckpt.get('ctor') or {}}; "
             "use that model and configuration."

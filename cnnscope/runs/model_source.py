@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import spec as specs
 
@@ -100,7 +100,7 @@ def spec_to_build(run_dir: Path, spec: str, source: dict | None) -> str:
     copy_file, _, attr = source["spec"].rpartition(":")
     copy = (run_dir / copy_file).resolve()
     if not copy.is_relative_to(run_dir / SOURCE_DIR):
-        raise CnnscopeError(
+        raise RunError(
             f"The run {run_dir} records its model source as {source['spec']!r}, which lies outside its "
             f"{SOURCE_DIR}/ folder: the run's files were not written by `cnnscope train`."
         )

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnnscope.files import disk_error, make_dirs
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 
 LOCK_NAME = ".cnnscope.lock"
 RUN_FILES = ("config.json", "train_log.csv", "metrics.json", "model_summary.txt", "rf.md",
@@ -51,7 +51,7 @@ def run_files(folder: Path) -> list[Path]:
 @contextmanager
 def locked(folder: Path):
     """Hold `folder`'s run lock (the folder and lock file are made as needed) for the block, with
-    this process's pid in the lock file; a CnnscopeError naming the holder if another process has it."""
+    this process's pid in the lock file; a RunError naming the holder if another process has it."""
     make_dirs(folder)
     path = Path(folder) / LOCK_NAME
     try:
@@ -63,7 +63,7 @@ def locked(folder: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CnnscopeError(
+            raise RunError(
                 f"{folder} is in use: process {holder} is training into it (it holds {path}). Wait for it to "
                 "finish or stop it, or train into another folder (another name or out).", arguments=("name", "out"),
             ) from None
@@ -91,7 +91,7 @@ def claim(folder: Path, held, *, resuming: bool, overwrite: bool) -> str:
         return ""
     started = (folder / "checkpoints" / "last.pth").is_file()
     if started and not overwrite:
-        raise CnnscopeError(
+        raise RunError(
             f"{folder} already holds a run. Continue it with resume={str(folder)!r}, choose another name, or set "
             "overwrite to replace it.", arguments=("resume", "name", "overwrite"),
         )
@@ -112,7 +112,7 @@ def refuse_foreign_files(folder: Path) -> None:
     clashes = run_files(folder)
     if clashes:
         names = ", ".join(str(p.relative_to(folder)) for p in clashes[:5])
-        raise CnnscopeError(
+        raise RunError(
             f"{folder} is not a cnnscope run (no {LOCK_NAME}, no config.json written by cnnscope), yet it holds "
             f"{names}, which a run would replace; cnnscope does not replace files it did not write, even with "
             "overwrite. Train into another folder (another name or out), or move those files away.",
@@ -120,14 +120,14 @@ def refuse_foreign_files(folder: Path) -> None:
         )
 
 
-def nothing_to_resume(folder: Path) -> CnnscopeError:
+def nothing_to_resume(folder: Path) -> RunError:
     """The error for --resume of a run stopped before its first checkpoint."""
     try:
         command = json.loads((Path(folder) / "config.json").read_text())["command"]
     except (OSError, ValueError, KeyError, TypeError):
         command = None
     started = f" (it was started with `{command}`)" if command else ""
-    return CnnscopeError(
+    return RunError(
         f"{folder} holds a run stopped before its first checkpoint, so there is nothing to resume. Start it "
         f"again: train it as it was started, without resume{started}; it trains into this folder anew.",
         arguments=("resume",),

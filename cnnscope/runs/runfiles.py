@@ -2,7 +2,7 @@
 commands that read runs without loading a model (compare, update-readme), and the one writer of its
 metrics.json (RunMetrics: training and evaluation hand it their values).
 
-A file that is missing, not UTF-8, not JSON, or has text in a number column is a CnnscopeError
+A file that is missing, not UTF-8, not JSON, or has text in a number column is a RunError
 naming the file, what is wrong with it, and the command that writes it again.
 """
 import csv
@@ -10,12 +10,12 @@ import io
 import json
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 from cnnscope.files import atomic_write_text
 
 
 def _fail(path, problem: str, made_by: str):
-    raise CnnscopeError(f"{path} {problem}. Restore it, or write it again with `{made_by}`.")
+    raise RunError(f"{path} {problem}. Restore it, or write it again with `{made_by}`.")
 
 
 def read_text(path, made_by="cnnscope train") -> str:

@@ -29,7 +29,7 @@ from cnnscope.core.probe import classifier_outputs, input_channels
 from cnnscope.core.runtime import compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed
 from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, SpecError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
@@ -110,7 +110,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
     with torch.random.fork_rng(devices=[]):
         outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:
-        raise CnnscopeError(
+        raise SpecError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
             f"classes: the model must return (batch, {num_classes}) logits. Give the ctor keyword "
             f"num_classes={num_classes} if its constructor takes another name for it.", arguments=("ctor",),

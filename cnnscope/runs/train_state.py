@@ -12,7 +12,7 @@ import torch.nn as nn
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.runtime import capture_rng, restore_rng
 from cnnscope.core.training import Loop, LoopState
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnnscope.runs.training_run import TrainingRun
 
@@ -104,7 +104,7 @@ def init_weights(model: nn.Module, checkpoint, num_classes: int) -> str:
         problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                     for what, keys in (("missing in the checkpoint", missing), ("not in the model", unexpected),
                                        ("of other shapes", differ)) if keys]
-        raise CnnscopeError(
+        raise RunError(
             f"The weights of {checkpoint} (model {ckpt['model_spec']!r}) do not fit this model: tensors "
             f"{'; '.join(problems)}. init_from takes the weights of the same architecture; only the "
             "classifier head may differ, in its number of classes.", arguments=("init_from",),
