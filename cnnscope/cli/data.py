@@ -36,7 +36,7 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt
       cnnscope augment basic --dataset fashion-mnist
       cnnscope augment reports/egrr --n 16 --aug-backend albumentations --seed 1
     """
-    from cnnscope.runs.augment import augment_grid
+    from cnnscope.runs.augment import augment_into_folder
 
-    emit(fmt, augment_grid(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend, out=out,
-                           seed=seed, reporter=reporter))
+    emit(fmt, augment_into_folder(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend,
+                                  out=out, seed=seed, reporter=reporter))
