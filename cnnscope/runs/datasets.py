@@ -236,6 +236,8 @@ def _cached_stats(path: Path, split: Split, owner: Path):
     """channel_stats of the train split, cached in `path` below the folder `owner` (written by
     files.writing_into it: never through a link); a cache that is unreadable, corrupt or for another
     split is computed again and replaced (atomically: ranks may write it at once)."""
+    if path.is_symlink():  # the cache is cnnscope's: a link there is not read, nor written through
+        raise files.linked(path, owner)
     cached = _read_stats(path, len(split), split.input_shape[0])
     if cached is not None:
         return cached
