@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
 
-# .<name>.<pid of the writer>.<mkstemp's 8 characters>.tmp; versions before the pid: .<name>.<8>.tmp
+# .<name>.<pid of the writer>.<8 random characters>.tmp; versions before the pid: .<name>.<8>.tmp
 TEMP_NAME = re.compile(r"^\..+?\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
 OLD_TEMP_AGE_S = 3600  # a temp without a pid is stale after this long (a write takes seconds)
 # torch.save's stream writer turns a failed write into a RuntimeError ("unexpected pos 294784 vs
@@ -163,14 +163,13 @@ def _open_folder(path: Path, *, create: bool) -> int:
 
 
 def _kind(folder: int, name: str) -> str | None:
-    """"link", "file", "folder", "other" (a FIFO, a device, a socket) or None (absent) for `name`
-    in the folder `folder`, not following a link."""
+    """What `name` in the folder `folder` is, not following a link: "link", or a name of KINDS, or
+    None (absent)."""
     try:
         mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
     except OSError:
         return None
-    return ("link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else
-            "folder" if stat.S_ISDIR(mode) else "other")
+    return "link" if stat.S_ISLNK(mode) else _named(mode)
 
 
 def _regular(folder: int, path: Path) -> bool:
@@ -197,6 +196,10 @@ def kind_of(path) -> str:
         mode = os.stat(path).st_mode
     except OSError:
         return "broken symbolic link" if os.path.islink(path) else "missing"
+    return _named(mode)
+
+
+def _named(mode: int) -> str:
     return next((name for test, name in KINDS if test(mode)), "special file")
 
 
@@ -250,8 +253,8 @@ def _mode_for(folder: int, path: Path) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
-def remove_stale_temps(folder) -> None:
-    """Delete the temporary files of atomic writes in `folder` (a path, or a descriptor of it) whose
+def remove_stale_temps(folder: int) -> None:
+    """Delete the temporary files of atomic writes in the folder of the descriptor `folder` whose
     writer died mid-write (its pid no longer runs; a temp from before pids were in the names, once it
     is an hour old). Only regular files of this module's pattern are touched."""
     try:
@@ -265,10 +268,8 @@ def remove_stale_temps(folder) -> None:
         try:
             stale = (not _running(int(found["pid"])) if found["pid"]
                      else time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE_S)
-            if stale and isinstance(folder, int):
+            if stale:
                 os.unlink(entry.name, dir_fd=folder)
-            elif stale:
-                os.unlink(entry.path)
         except OSError:
             pass  # removed by another writer meanwhile, or a read-only folder: the write itself will say
 

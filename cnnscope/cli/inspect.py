@@ -10,7 +10,8 @@ from cnnscope.cli.common import (
 target_argument = click.argument("target", metavar="RUN|SPEC")
 out_option = click.option(
     "--out", type=click.Path(file_okay=False), default=None,
-    help="Folder for the figures [default: RUN/plots; reports/<name>-untrained/plots for a SPEC].",
+    help="Folder for the figures [default: RUN/plots (a checkpoint outside any run: "
+         "reports/<checkpoint>-checkpoint/plots); reports/<name>-untrained/plots for a SPEC].",
 )
 
 

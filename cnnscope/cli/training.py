@@ -166,7 +166,7 @@ def _recipe_overrides(options: dict, recipe_items) -> dict:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder to write into [default: the run folder; for a checkpoint outside any run, "
-                   "reports/<checkpoint name>-checkpoint].")
+                   "reports/<checkpoint>-checkpoint].")
 @trust_spec_option()
 @format_option()
 @verbosity_options

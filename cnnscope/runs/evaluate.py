@@ -2,7 +2,7 @@
 
 `evaluate_run(RUN)` rebuilds the model and its data from the checkpoint alone, computes the metrics
 (cnnscope.core.metrics) and writes into the run folder (a checkpoint outside any run: into `out`, by
-default reports/<checkpoint name>-checkpoint/; run_folder.output_folder):
+default reports/<checkpoint>-checkpoint/; run_folder.output_folder):
   classification_report.csv / .md   per-class precision, recall, F1, support; macro and weighted avgs
   confusion_matrix.csv              rows true class, columns predicted class, with class names
   plots/cm.png                      row-normalised, annotated

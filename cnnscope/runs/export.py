@@ -1,6 +1,6 @@
 """`cnnscope export RUN`: the run's trained model as a file (core.export), checked against its
 checkpoint on the run's first test images, written to RUN/export/ unless told otherwise (a
-checkpoint outside any run: to reports/<checkpoint name>-checkpoint/export/)."""
+checkpoint outside any run: to reports/<checkpoint>-checkpoint/export/)."""
 import dataclasses
 from pathlib import Path
 

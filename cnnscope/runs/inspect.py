@@ -36,14 +36,14 @@ class Target:
     model: nn.Module  # eval mode
     label: str  # the run folder, or "<name> (untrained)"
     plots_dir: Path  # where figures go
-    out_dir: Path  # the run or output folder that holds plots_dir
     checkpoint: Optional[dict] = None  # None for an untrained SPEC
     device: torch.device = torch.device("cpu")  # where the model is
+    out_dir: Optional[Path] = None  # the run or output folder that holds plots_dir (None: plots_dir)
 
     def writing(self):
         """The context of an inspection's drawing: writes below out_dir never follow a link
         (cnnscope.files.writing_into)."""
-        return writing_into(self.out_dir)
+        return writing_into(self.out_dir or self.plots_dir)
 
 
 @dataclass
@@ -93,15 +93,15 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False, *, device="cpu
             run_folder.refuse_links(out_dir)
         reporter.detail(f"loading the run {target} onto {device}")
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
-        return Target(model.to(device), str(run_dir), out_dir if out else out_dir / "plots", out_dir, ckpt, device)
+        return Target(model.to(device), str(run_dir), out_dir if out else out_dir / "plots", ckpt, device, out_dir)
     reporter.detail(f"building {target} with untrained weights (seed {seed}) on {device}")
     seed_all(seed)
     model = spec.build_model(target, spec.parse_key_values(ctor))
     model.eval()
     _, name = spec.resolve_target(target)
     out_dir = Path(out) if out else Path("reports") / f"{name}-untrained"
-    return Target(model.to(device), f"{name} (untrained)", out_dir if out else out_dir / "plots", out_dir,
-                  device=device)
+    return Target(model.to(device), f"{name} (untrained)", out_dir if out else out_dir / "plots", device=device,
+                  out_dir=out_dir)
 
 
 def load_test_images(target: Target, n: int, dataset=None, data_dir="data", image_paths=(),

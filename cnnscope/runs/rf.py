@@ -73,7 +73,7 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
     run_folder.refuse_links(out_dir)  # before any work
     reporter.detail(f"loading the run {run}")
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, spec=spec, ctor=ctor)
-    images = load_test_images(Target(model, str(run_dir), out_dir / "plots", out_dir, ckpt, device), images[0],
+    images = load_test_images(Target(model, str(run_dir), out_dir / "plots", ckpt, device, out_dir), images[0],
                               data_dir=data_dir, image_paths=images[1], reporter=reporter)
     shape = tuple(images.x.shape[1:])
     if tuple(input_shape) != shape:

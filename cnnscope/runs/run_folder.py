@@ -118,7 +118,7 @@ def checked_name(name: str) -> str:
 
 def output_folder(folder: Path, ckpt_path: Path, out=None) -> Path:
     """Where a command on the run or checkpoint at `folder` writes: `out` when given, else the
-    folder when it is a cnnscope run, else reports/<checkpoint name>-checkpoint: a checkpoint's own
+    folder when it is a cnnscope run, else reports/<checkpoint>-checkpoint: a checkpoint's own
     folder that is not a run (a download folder, say) is never written into."""
     if out is not None:
         return Path(out)
