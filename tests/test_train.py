@@ -527,7 +527,7 @@ def test_short_runs_shrink_epoch_schedules_unless_given():
     assert (given.warmup_epochs, given.augment.cutout, given.augment.autoaugment) == (3.0, 16, True)
     with pytest.raises(Exception, match="Unknown recipe field"):
         recipes.resolve(egrr, {"warmup": 3})
-    with pytest.raises(Exception, match="epochs takes a whole number >= 1"):
+    with pytest.raises(Exception, match=r"epochs takes a whole number in \[1, 10000\]"):
         recipes.resolve(egrr, {"epochs": "many"})
     assert recipes.recipe_from_json(given.to_json()) == given
 
