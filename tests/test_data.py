@@ -441,6 +441,7 @@ def test_augment_command_shows_a_runs_own_pipeline(runner, tmp_path):
     run = tmp_path / "egrr-run"
     save_checkpoint({"model_spec": "egrr", "ctor": {}, "model": {}, "config": {"options": options.to_json()}},
                     run / "checkpoints" / "last.pth")
+    (run / ".cnnscope.lock").touch()  # a run folder: the commands write into it
     result = runner.invoke(cli, ["augment", str(run), "--n", "4", "--format", "json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

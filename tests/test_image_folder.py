@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cnnscope.cli import cli
-from cnnscope.errors import DataError
+from cnnscope.errors import CnnscopeError, DataError
 from cnnscope.runs import image_folder
 from cnnscope.runs.datasets import Split, fit_channels, load_dataset
 from cnnscope.runs.loaders import make_loader
@@ -238,3 +238,13 @@ def test_own_model_on_a_tree_then_evaluate_attribute_export_from_elsewhere(tmp_p
     result = runner.invoke(cli, ["export", run, "--trust-spec", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 2  # the tree's test split: round(24 * 0.1)
+
+
+def test_a_cache_deleted_mid_run_is_a_clear_error(tmp_path):
+    tree = write_tree(tmp_path / "tree")
+    ds = load_dataset(str(tree), tmp_path / "data")
+    assert ds.train.take(torch.tensor([0, 1])).shape[0] == 2
+    for u8 in (tree / image_folder.CACHE_FOLDER).glob("*.u8"):
+        u8.unlink()  # another process (or a user) removes the cache while a run reads it
+    with pytest.raises(CnnscopeError, match="was deleted while this command read it. Run the command again"):
+        ds.train.take(torch.tensor([0, 1]))

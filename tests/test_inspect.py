@@ -346,6 +346,7 @@ def egrr_run(tmp_path_factory):
                      "classes": [f"k{i}" for i in range(10)], "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
                      "model_settings": {"depth": None, "tau": 0.1}},
                     run / "checkpoints" / "best.pth")
+    (run / ".cnnscope.lock").touch()  # a run folder: the commands write into it
     return run
 
 

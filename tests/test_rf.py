@@ -543,6 +543,7 @@ def test_cli_erf_heatmap_and_radius(runner, tmp_path):
     save_checkpoint({"model_spec": "basic", "ctor": {}, "model": zoo.build("basic").state_dict(),
                      "dataset": "fake", "classes": fake.classes, "mean": fake.mean, "std": fake.std},
                     run / "checkpoints" / "last.pth")
+    (run / ".cnnscope.lock").touch()  # a run folder: the commands write into it
     result = runner.invoke(cli, ["rf", "basic", "--erf", str(run), "--erf-images", "4", "--format", "json"])
     assert result.exit_code == 0, result.output
     erf = json.loads(result.stdout)["erf"]

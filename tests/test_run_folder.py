@@ -223,9 +223,10 @@ def test_every_file_of_a_run_folder_is_renamed_into_place(runner, tiny_spec, tmp
     renamed = set()
     replace = os.replace
 
-    def recording(src, dst, *args, **kwargs):
-        renamed.add(Path(dst))
-        return replace(src, dst, *args, **kwargs)
+    def recording(src, dst, *, dst_dir_fd=None, **kwargs):  # names relative to a folder's descriptor
+        folder = Path(os.readlink(f"/proc/self/fd/{dst_dir_fd}")) if dst_dir_fd is not None else Path()
+        renamed.add(folder / dst)
+        return replace(src, dst, dst_dir_fd=dst_dir_fd, **kwargs)
 
     monkeypatch.setattr(os, "replace", recording)
     result = invoke(runner, *train_args(tiny_spec, tmp_path))
@@ -253,19 +254,51 @@ def test_writes_keep_the_mode_and_give_new_files_the_umask(tmp_path):
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
 
 
-def test_a_symlink_is_written_through_and_a_read_only_file_is_refused(tmp_path):
+def test_a_symlink_is_never_written_through_and_a_read_only_file_is_refused(tmp_path):
     target = tmp_path / "docs" / "real.md"
     target.parent.mkdir()
     target.write_text("old")
     link = tmp_path / "link.md"
     link.symlink_to(Path("docs") / "real.md")
-    atomic_write_text(link, "new")
-    assert link.is_symlink() and target.read_text() == "new"
+    with pytest.raises(CnnscopeError, match="link.md is a symbolic link \\(to docs/real.md\\), so cnnscope leaves it"):
+        atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "link.md"]
 
     target.chmod(0o444)
     with pytest.raises(CnnscopeError, match="real.md is read-only, so it is left as it is"):
-        atomic_write_text(link, "newer")
-    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["real.md"]
+        atomic_write_text(target, "newer")
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["real.md"]
+
+
+def test_a_linked_folder_below_the_output_folder_is_refused_and_nothing_written(tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    run.mkdir()
+    victim.mkdir()
+    (run / "plots").symlink_to(victim)
+    with files.writing_into(run), pytest.raises(CnnscopeError, match=f"{run / 'plots'} is a symbolic link"):
+        atomic_write_text(run / "plots" / "cm.png", "x")
+    with files.writing_into(run), pytest.raises(CnnscopeError, match="is a symbolic link"):
+        files.remove(run / "plots" / "cm.png")
+    assert list(victim.iterdir()) == []
+    atomic_write_text(run / "plots" / "cm.png", "x")  # outside writing_into the folder is the user's: followed
+    assert (victim / "cm.png").read_text() == "x"
+
+
+def test_a_read_only_file_system_is_named(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    statvfs = os.fstatvfs
+
+    def read_only(fd):
+        real = statvfs(fd)
+        return os.statvfs_result((*real[:8], real.f_flag | os.ST_RDONLY, real.f_namemax))
+
+    monkeypatch.setattr(os, "fstatvfs", read_only)
+    with pytest.raises(CnnscopeError) as refused:
+        atomic_write_text(target, "new")
+    assert f"Could not write {target}: Read-only file system" in str(refused.value)
+    assert "mounted read-only" in str(refused.value) and "chmod" not in str(refused.value)
 
 
 # ---- disk faults --------------------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     texts = "\n".join(help_texts(runner))
     made = {run_dir_of(new_options(name)).as_posix() for name in zoo.list_models()}
     made |= {f"reports/{name}" for name in re.findall(r"--name (\S+)", texts)} | {"reports/combined"}
-    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*"}
+    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*",
+                    "reports/<checkpoint>-checkpoint"}
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))
     assert "reports/basic" in named and "reports/combined" in named
     assert named - made - placeholders == set()

@@ -4,6 +4,7 @@ Nothing here imports torch at module level, so `cnnscope --help` answers at once
 imports what it needs when it runs.
 """
 import functools
+import math
 import sys
 import warnings
 
@@ -15,6 +16,17 @@ from cnnscope.errors import CnnscopeError, CnnscopeWarning
 
 
 FORMATS = ("table", "markdown", "json")
+SEED_RANGE = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed and numpy's generators take
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange without nan and inf/-inf, which pass its comparisons but are no setting."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class UserError(click.ClickException):
@@ -107,7 +119,7 @@ def device_option(default="auto", used_for=""):
 
 
 def seed_option(default=0, used_for="of the random numbers the command draws"):
-    return click.option("--seed", type=int, default=default, show_default=default is not None,
+    return click.option("--seed", type=SEED_RANGE, default=default, show_default=default is not None,
                         help=f"Seed {used_for}; the same seed gives the same output.")
 
 

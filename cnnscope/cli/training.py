@@ -4,7 +4,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
+    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
     seed_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
@@ -33,13 +33,13 @@ DATASETS_HELP = (
               help="Epochs [default: the recipe's]; with --resume, a larger count extends the run (see below).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Batch size, split between the processes [default: the recipe's].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
+@click.option("--lr", type=FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
 @click.option("--optimizer", type=click.Choice(("sgd", "adamw")), help="Optimizer [default: the recipe's].")
 @click.option("--scheduler", type=click.Choice(("onecycle", "cosine", "plateau", "step", "none")),
               help="Learning-rate schedule [default: the recipe's].")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
+@click.option("--weight-decay", type=FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
+@click.option("--label-smoothing", type=FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
+@click.option("--grad-clip", type=FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
 @click.option("--speed", is_flag=True,
               help="Train with the model's speed recipe (basic: 2 epochs at 28x28, peak LR 0.2, mirror images, "
                    "label smoothing 0.1, mirror images again at evaluation) instead of its seed's: the shortest "
@@ -48,7 +48,7 @@ DATASETS_HELP = (
               help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
 @click.option("--augment", "augment", multiple=True, metavar="K=V",
               help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
-@click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
+@click.option("--val-split", type=FloatRange(0, 1, max_open=True), help="Fraction of the training set held out for selection; 0 selects on "
                                                "the test set [default: 0.1]. An image folder's is fixed by its files.")
 @seed_option(default=None, used_for="of the split, data order, augmentation and initial weights [default: 0; a resumed "
                                    "run keeps its own]")
@@ -164,16 +164,20 @@ def _recipe_overrides(options: dict, recipe_items) -> dict:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
 @device_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder to write into [default: the run folder; for a checkpoint outside any run, "
+                   "reports/<checkpoint>-checkpoint].")
 @trust_spec_option()
 @format_option()
 @verbosity_options
-def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
+def evaluate_cmd(run, data_dir, device, batch_size, out, trust_spec, fmt, reporter):
     """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
 
     Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
     support; macro and weighted averages), confusion_matrix.csv (rows true, columns predicted),
     plots/cm.png, plots/test_samples_grid.png, plots/misclassified_grid.png, and merges test_acc,
-    test_loss, macro_avg, weighted_avg into metrics.json.
+    test_loss, macro_avg, weighted_avg into metrics.json. A checkpoint whose folder is no cnnscope
+    run gets a new folder instead (--out): its own folder is left as it is.
 
     \b
     JSON (--format json): {"run", "model", "test_loss", "test_acc" (percent), "num_test",
@@ -189,7 +193,7 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
     from cnnscope.runs import evaluate
 
     emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    reporter=reporter, trust_spec=trust_spec))
+                                    reporter=reporter, trust_spec=trust_spec, out=out))
 
 
 @cli.command("compare")

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from cnnscope import files
 from cnnscope.errors import DataError, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import file_datasets, image_folder
@@ -29,6 +30,7 @@ from cnnscope.runs import file_datasets, image_folder
 DATASETS = (*file_datasets.NAMES, "fake")
 DEFAULT_IMAGE_SIZE = (file_datasets.NATIVE_SIZE, file_datasets.NATIVE_SIZE)
 CHUNK = 512  # images per step of the statistics and resizing passes
+FAKE_BYTES_PER_VALUE = 13  # `fake` is made as float32 (its stripes, colours and noise at once), then uint8
 
 
 # ---- data types ---------------------------------------------------------------------------------
@@ -98,10 +100,12 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
                             "an image-folder tree (one subfolder per class).", arguments=("dataset",))
     data_dir = Path(data_dir)
     if name == "fake":
+        image_folder.check_fits(name, sum(fake_size), 3, size, FAKE_BYTES_PER_VALUE)
         classes, train, test = _make_fake(*fake_size, size)
     else:
         classes, train, test = file_datasets.load_named(name, data_dir)
         train, test = Split(*train), Split(*test)
+        image_folder.check_fits(name, len(train) + len(test), train.input_shape[0], size, 1)
         for part, split in (("training", train), ("test", test)):
             _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
         train, test = _resize(train, size, name), _resize(test, size, name)
@@ -111,7 +115,7 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
     else:
         at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}"
         at += "-unpadded" if _unpads(name, size) else ""
-        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train)
+        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train, data_dir)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
 
 
@@ -147,9 +151,9 @@ def run_dataset(ckpt: dict, data_dir=None) -> Dataset:
 
 def _load_folder(root: Path, data_dir: Path, val_split, size) -> Dataset:
     """An image-folder tree (cnnscope.runs.image_folder), its splits views of the cache file."""
-    classes, splits, stem = image_folder.load(root, size, val_split, data_dir)
+    classes, splits, stem, owner = image_folder.load(root, size, val_split, data_dir)
     train, val, test = (None if splits[k] is None else Split(*splits[k]) for k in ("train", "val", "test"))
-    mean, std = _cached_stats(stem.parent / f"{stem.name}.stats-{val_split:g}.json", train)
+    mean, std = _cached_stats(stem.parent / f"{stem.name}.stats-{val_split:g}.json", train, owner)
     return Dataset(name=str(root.resolve()), classes=classes, train=train, val=val, test=test, mean=mean, std=std)
 
 
@@ -228,15 +232,19 @@ def channel_stats(split: Split):
     return tuple((mean / 255).tolist()), tuple((var.sqrt() / 255).tolist())
 
 
-def _cached_stats(path: Path, split: Split):
-    """channel_stats of the train split, cached in `path`; a cache that is unreadable, corrupt or for
-    another split is computed again and replaced (atomically: ranks may write it at once)."""
+def _cached_stats(path: Path, split: Split, owner: Path):
+    """channel_stats of the train split, cached in `path` below the folder `owner` (written by
+    files.writing_into it: never through a link); a cache that is unreadable, corrupt or for another
+    split is computed again and replaced (atomically: ranks may write it at once)."""
+    if path.is_symlink():  # the cache is cnnscope's: a link there is not read, nor written through
+        raise files.linked(path, owner)
     cached = _read_stats(path, len(split), split.input_shape[0])
     if cached is not None:
         return cached
     mean, std = channel_stats(split)
     text = json.dumps({"n_train": len(split), "mean": mean, "std": std}, indent=2)
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    with files.writing_into(owner):
+        atomic_write_bytes(path, lambda f: f.write(text.encode()))
     return mean, std
 
 

@@ -1,7 +1,8 @@
 """Test-set evaluation of a trained run: loss, accuracy, per-class report, confusion matrix, grids.
 
 `evaluate_run(RUN)` rebuilds the model and its data from the checkpoint alone, computes the metrics
-(cnnscope.core.metrics) and writes into the run folder:
+(cnnscope.core.metrics) and writes into the run folder (a checkpoint outside any run: into `out`, by
+default reports/<checkpoint>-checkpoint/; run_folder.output_folder):
   classification_report.csv / .md   per-class precision, recall, F1, support; macro and weighted avgs
   confusion_matrix.csv              rows true class, columns predicted class, with class names
   plots/cm.png                      row-normalised, annotated
@@ -18,7 +19,8 @@ from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
 from cnnscope.core.runtime import resolve_device
 from cnnscope.render.progress import QUIET, SILENT, progress_bar
-from cnnscope.runs.checkpoint import load_run_model
+from cnnscope.runs import run_folder
+from cnnscope.runs.checkpoint import load_run_model, resolve_run
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import run_dataset
 from cnnscope.runs.loaders import make_loader, pixels
@@ -29,13 +31,16 @@ GRID_SIZE = 32  # images in each sample grid
 
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
-                 trust_spec=False, dataset=None, metrics: RunMetrics | None = None) -> EvalResult:
+                 trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
     (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
-    training loaded it, instead of loading it again; `metrics`: the run's metrics.json as its
-    training holds it, instead of reading it."""
+    training loaded it, instead of loading it again. `out`: the folder to write into
+    (run_folder.output_folder). `metrics`: its metrics.json as the run's training holds it, instead
+    of reading it."""
     device = resolve_device(device)
+    out_dir = run_folder.output_folder(*resolve_run(run), out)
+    run_folder.refuse_links(out_dir)  # before any work
     reporter.detail(f"loading the run {run} onto {device}")
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
     model.to(device)
@@ -50,11 +55,14 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
         raise RuntimeError("the test loader must yield the whole test split in order")
     result = EvalResult.from_predictions(loss_sum, preds, targets, ds.classes, run=Path(run_dir).name,
                                          model=ckpt["model_spec"])
-    metrics = metrics or RunMetrics.read(run_dir)
-    write_reports(result, Path(run_dir), model, ckpt, metrics)
-    write_grids(Path(run_dir), ds, preds)
-    if (Path(run_dir) / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
-        write_curves(Path(run_dir))
+    if out_dir != Path(run_dir):
+        reporter.step(f"writing the evaluation into {out_dir}")
+    metrics = metrics or RunMetrics.read(out_dir)
+    with run_folder.writing_into(out_dir):
+        write_reports(result, out_dir, model, ckpt, metrics)
+        write_grids(out_dir, ds, preds)
+        if (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
+            write_curves(out_dir)
     return result
 
 

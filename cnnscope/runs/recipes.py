@@ -34,19 +34,21 @@ class DatasetRule:
 
 _POSITIVE = Number(float, 0, lo_open=True)
 _NON_NEGATIVE = Number(float, 0)
+MAX_EPOCHS = 10_000  # a bound, so that a typo (99999999999999999999) is refused, not started
+MAX_RATE = 1e6  # lr and weight decay above this overflow float32 weights in the first step
 _FRACTION = Number(float, 0, 1, lo_open=True, hi_open=True)
 # The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: augment.AUGMENT_RULES);
 # as strict as the train command's options where it has one (--lr > 0, --label-smoothing in [0, 1), ...).
 RECIPE_RULES = {
     "dataset": DatasetRule(),
     "image_size": Numbers(Number(int, 1), count=2, example="image_size=(64,64)"),
-    "epochs": Number(int, 1),
+    "epochs": Number(int, 1, MAX_EPOCHS),
     "batch_size": Number(int, 1),
     "optimizer": Choice(OPTIMIZERS),
-    "lr": _POSITIVE,
+    "lr": Number(float, 0, MAX_RATE, lo_open=True),
     "momentum": Number(float, 0, 1, hi_open=True),
     "nesterov": Flag(),
-    "weight_decay": _NON_NEGATIVE,
+    "weight_decay": Number(float, 0, MAX_RATE),
     "scheduler": Choice(SCHEDULERS),
     "pct_start": _FRACTION,
     "div_factor": _POSITIVE,

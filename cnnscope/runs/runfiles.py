@@ -37,6 +37,10 @@ def read_json(path, made_by="cnnscope train") -> dict:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         _fail(path, f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", made_by)
+    except ValueError as e:  # an integer of more digits than Python converts
+        _fail(path, f"holds a number cnnscope does not read ({str(e).split(';')[0]})", made_by)
+    except RecursionError:
+        _fail(path, "nests lists or objects deeper than cnnscope reads (a run's files are flat)", made_by)
     if not isinstance(obj, dict):
         _fail(path, f"holds a JSON {type(obj).__name__}, not an object", made_by)
     return obj
@@ -69,7 +73,23 @@ def _check_numbers(obj: dict, keys, path, made_by, prefix=""):
     for key in keys:
         value = obj.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            _fail(path, f"has {value!r} as {prefix}{key}, which should be a number", made_by)
+            _fail(path, f"has {_shown(value)} as {prefix}{key}, which should be a number", made_by)
+        if value is not None and not _fits_float(value):
+            _fail(path, f"has {_shown(value)} as {prefix}{key}, which is too large for a number cnnscope shows", made_by)
+
+
+def _fits_float(number) -> bool:
+    try:
+        float(number)
+    except OverflowError:  # an int of hundreds of digits
+        return False
+    return True
+
+
+def _shown(value) -> str:
+    """`value` as an error message quotes it: at most 60 characters of its repr."""
+    text = repr(value) if not isinstance(value, (list, dict)) or len(value) < 20 else f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_metrics(path, made_by="cnnscope train") -> dict:
@@ -78,12 +98,12 @@ def read_metrics(path, made_by="cnnscope train") -> dict:
     _check_numbers(metrics, METRIC_NUMBERS, path, made_by)
     lrs = metrics.get("lr_per_step")
     if lrs is not None and not (isinstance(lrs, list) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in lrs)):
+            isinstance(v, (int, float)) and not isinstance(v, bool) and _fits_float(v) for v in lrs)):
         _fail(path, "has an lr_per_step that is not a list of numbers", made_by)
     for key in AVERAGES:
         average = metrics.get(key)
         if average is not None and not isinstance(average, dict):
-            _fail(path, f"has {average!r} as {key}, which should be an object of precision, recall and f1", made_by)
+            _fail(path, f"has {_shown(average)} as {key}, which should be an object of precision, recall and f1", made_by)
         _check_numbers(average or {}, ("precision", "recall", "f1"), path, made_by, prefix=f"{key}.")
     return metrics
 

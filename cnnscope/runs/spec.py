@@ -15,9 +15,10 @@ import importlib.util
 import inspect
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, SpecError, TrustError
+from cnnscope.errors import CnnscopeError, CnnscopeWarning, SpecError, TrustError
 
 
 def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> dict:
@@ -45,6 +46,9 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
                     f"True/False/None, lists, tuples or dicts, e.g. {example}.", arguments=(argument,),
                 ) from None
             value = raw  # a bare word such as mode=fast reads as the string 'fast'
+        if key in out:
+            raise SpecError(f"Bad {argument} items: {key} is given twice ({key}={out[key]!r} and {item!r}). "
+                                "Give each key once.", arguments=(argument,))
         out[key] = value
     return out
 
@@ -371,9 +375,19 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
                 if required else ""
             raise SpecError(f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}",
                                 arguments=("ctor",)) from None
+    count = ctor.get("num_classes", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SpecError(f"num_classes={count!r} builds no classifier: num_classes is a whole number of at least "
+                            "1 (the classes the model tells apart).", arguments=("ctor",))
     try:
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext(), \
+                warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
             model = target(**ctor)
+        for warning in said:  # one `warning:` line each, without the source line of the library that warned
+            warnings.warn(warning.message if issubclass(warning.category, CnnscopeWarning) else
+                          f"Constructing {name}: {warning.category.__name__}: {warning.message}",
+                          CnnscopeWarning, stacklevel=2)
     except CnnscopeError:
         raise
     except (Exception, SystemExit) as e:  # a constructor that calls sys.exit() is a broken model too

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnscope.core.fold import to_channels_last
-from cnnscope.core.probe import classifier_outputs, input_channels
+from cnnscope.core.probe import check_input, classifier_outputs, input_channels
 from cnnscope.core.runtime import compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed
 from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
@@ -107,6 +107,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
         ctor.setdefault("in_channels", input_shape[0])
     model = build_model(spec, ctor)
     shape = (input_channels(model) or input_shape[0], *input_shape[1:])
+    check_input(model, shape, opts.spec, batch=opts.recipe.batch_size, training=True)  # the estimate --input has
     with torch.random.fork_rng(devices=[]):
         outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError, DataError, RunError
-from cnnscope.runs import datasets, recipes, run_folder
+from cnnscope.runs import datasets, model_source, recipes, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.recipes import Recipe
 from cnnscope.runs.spec import check_file_spec, is_registry_name
@@ -60,7 +60,8 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
         raise DataError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                                    init_from=init_from, **runtime).items() if v is not None}
-    return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
+    name = display_name if name is None else run_folder.checked_name(name)
+    return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name, **given)
 
 
 def check_shares(train_images: int, world_size: int) -> None:
@@ -110,7 +111,9 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
             f"and no model (the run knows its model), or train {spec!r} as a new run, without resume.",
             arguments=("resume",),
         )
-    check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    check_file_spec(model_source.copy_spec(run_dir, saved.spec, saved.source), saved.ctor,
+                    f"The training configuration in {path}", trust_spec or spec is not None)
     asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                  init_from=init_from)
     asked_recipe = recipes.resolve(saved.recipe, recipe_overrides or {}, augment_overrides)
@@ -128,7 +131,6 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
         )
     runtime = {k: v for k, v in runtime.items() if v is not None}
     opts = dataclasses.replace(saved, recipe=recipe, **runtime)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return opts, ckpt, run_dir
 
 

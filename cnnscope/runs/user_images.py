@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cnnscope.errors import DataError
+from cnnscope.files import kind_of
 from cnnscope.runs.image_folder import read_pixels
 from cnnscope.runs.loaders import normalize
 
@@ -24,7 +25,7 @@ def image_files(paths) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # regular
             if not inside:
                 raise DataError(f"The folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}). "
                                     "Point image to image files or a folder of them.", arguments=("image_paths",))
@@ -32,7 +33,9 @@ def image_files(paths) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise DataError(f"Image {path} does not exist. Give an image file or a folder of images.",
+            kind = kind_of(path)
+            what = "does not exist" if kind == "missing" else f"is a {kind}, not an image file"
+            raise DataError(f"Image {path} {what}. Give an image file or a folder of images.",
                                 arguments=("image_paths",))
     return found
 

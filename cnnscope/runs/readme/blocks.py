@@ -12,6 +12,8 @@ from cnnscope.runs.readme.figures import STALE, UNKNOWN, figure_state
 from cnnscope.runs.readme.kinds import COMBINED_PLOTS, CURVES, KINDS, RUN_IMAGES, SEED_PREFIXES
 from cnnscope.runs.readme.markers import Block
 
+MAX_PATH = 4096  # PATH_MAX: a longer marker value names no file
+
 
 @dataclass(frozen=True)
 class RfEntry:
@@ -69,6 +71,11 @@ class Renderer:
     run folders (default <readme_dir>/reports). runs: {X: run folder} for the seed names (`--run`).
     rf_entries / rf_input / rf_ctor: the seed's `--rf`, `--rf-input`, `--rf-ctor`. trust_spec: build
     a marker's spec= even when it is no zoo model (spec.check_file_spec; `--rf` models are the user's).
+
+    A README may come from anyone (a pull request), so what it reads stays inside its own tree: a
+    path in a marker is relative and resolves, symbolic links followed, below the README's folder,
+    and so does every file a block reads (below the folders named by `reports` and `runs` too:
+    those the user named). Anything else is refused before it is read.
     """
 
     def __init__(self, readme_dir, *, reports=None, runs=None, rf_entries=(), rf_input=(3, 32, 32),
@@ -81,6 +88,9 @@ class Renderer:
         self.rf_ctor = dict(rf_ctor or {})
         self.used_rf_entries = set()
         self.trust_spec = trust_spec
+        # the folders whose files blocks may read: the README's tree and the folders the user named
+        self.trees = [Path(os.path.realpath(p)) for p in (self.readme_dir, *([reports] if reports is not None else ()),
+                                                          *self.runs.values())]
         # the figures shown whose drawing code has changed since they were drawn, and those that do not say
         self.stale_figures, self.unstamped_figures = [], []
 
@@ -147,7 +157,24 @@ class Renderer:
         raise CnnscopeError(f"{self.where}: block {self.block_name}: {message}", arguments=arguments)
 
     def _path(self, value: str) -> Path:
-        return self.readme_dir / value
+        """A path named in a marker: relative to the README's folder, and inside its tree."""
+        if len(value) > MAX_PATH or "\0" in value:
+            self._fail(f"the path {value[:60]!r}... ({len(value):,} characters) is no path a README block can name. "
+                       "Name a run or image inside the README's folder.")
+        if Path(value).is_absolute():
+            self._fail(f"{value} is an absolute path; paths in markers are relative to the README's folder and stay "
+                       f"inside it ({self.readme_dir}).")
+        return self._inside(self.readme_dir / value, value)
+
+    def _inside(self, path: Path, shown=None) -> Path:
+        """`path` when it resolves (links followed) inside the README's tree or a folder the user named;
+        else the block fails, and nothing there is read."""
+        real = Path(os.path.realpath(path))
+        if not any(real.is_relative_to(tree) for tree in self.trees):
+            self._fail(f"{shown or path} leads outside the README's folder {self.readme_dir} (to {real}). A README "
+                       "block reads only files inside the README's own tree (or the runs and reports folders named "
+                       "on the command line), so that a README from elsewhere cannot read other files.")
+        return path
 
     def _run_dir(self, args) -> Path:
         if "run" not in args:
@@ -159,13 +186,13 @@ class Renderer:
         return run
 
     def _run_file(self, run: Path, name: str, made_by: str) -> Path:
-        path = run / name
+        path = self._inside(run / name)
         if not path.is_file():
             self._fail(f"{path} does not exist; `{made_by.format(run=run)}` writes it.")
         return path
 
     def _read(self, read, *args):
-        """runfiles' `read(*args)`; its error located at the block."""
+        """`read(*args)` (a runfiles reader, or the parse of a marker's ctor=); its error located at the block."""
         try:
             return read(*args)
         except CnnscopeError as e:
@@ -185,7 +212,7 @@ class Renderer:
     def _image(self, path: Path, title: str, args, made_by=None) -> str:
         """The block body showing the figure at `path`; a figure cnnscope makes (`made_by` says how) is
         checked against the code that would draw it now."""
-        src = self._rel(path)
+        src = self._rel(self._inside(path))
         self._check_figure(path, src, made_by)
         title = html.escape(args.get("title", title), quote=False)
         width = args.get("width", "800")
@@ -214,7 +241,7 @@ class Renderer:
             where, sep, attr = spec.rpartition(":")
             if sep and (where.endswith(".py") or "/" in where):
                 spec = f"{self._path(where)}:{attr}"  # a model file named in a marker: relative to the README
-            ctor = parse_key_values(args.get("ctor", "").split())
+            ctor = self._read(parse_key_values, args.get("ctor", "").split())
         try:
             return build_model(spec, ctor, read_from=read_from, trust_spec=self.trust_spec)
         except CnnscopeError as e:
@@ -323,7 +350,9 @@ class Renderer:
             from cnnscope import render
             from cnnscope.runs import compare
 
-            folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
+            folders = [self._read(compare.run_folder, self._run_dir({"run": r})) for r in args["runs"].split()]
+            for folder in folders:
+                self._inside(folder / "metrics.json")
             return render.to_markdown(self._read(compare.comparison, folders))
         return self._text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."),
                           "cnnscope compare RUN...")
