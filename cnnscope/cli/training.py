@@ -61,7 +61,10 @@ DATASETS_HELP = (
 @click.option("--name", help="Run folder name [default: the model name].")
 @device_option(default=None, used_for="to train on [default: auto; a resumed run keeps its own]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only) [default: on with CUDA].")
-@click.option("--channels-last/--no-channels-last", default=None, help="channels_last weights (the batches always are) [default: on].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last weights and batches (faster); off: both contiguous. A model that gives other "
+                   "logits on channels_last batches (e.g. a forward's x.view(x.size(0), -1)) gets contiguous ones, "
+                   "and the run says so [default: on].")
 @click.option("--compile/--no-compile", default=None,
               help="torch.compile the model: slower first batches, faster steps after (see `cnnscope bench --compile`).")
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
