@@ -11,9 +11,11 @@ the repository folder, where `python -m` puts that folder first on the import pa
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -151,7 +153,9 @@ def repository_run(request, tmp_path_factory):
         (repository / name).parent.mkdir(parents=True, exist_ok=True)
         (repository / name).write_text(textwrap.dedent(text))
     run = root / "runs" / layout
+    started = time.time()
     trained = cnnscope(["train", *spec, *QUICK, "--epochs", 1, "--out", run.parent, "--name", layout], repository)
+    trained.wall = time.time() - started
     assert trained.returncode == 0, trained.stdout + trained.stderr
     resumed = cnnscope(["train", "--resume", run, "--epochs", 2, "--trust-spec"], repository)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -163,6 +167,9 @@ def test_trains_in_two_processes_and_resumes_from_the_repository_root(repository
     layout, repository, run, trained, resumed = repository_run
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and "cpu x2, 1 epochs x 2 batches of 128 (2 x 64)" in trained.stdout
+    # the launching command's wall time, start-up included (the ranks' training takes about a second)
+    done = int(re.search(r"Done in (\d+)s \(training \d+s\)", trained.stdout).group(1))
+    assert 0.5 * trained.wall <= done <= trained.wall + 0.5
     assert [row["epoch"] for row in log_rows(run)] == ["1", "2"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["lr_per_step"]) == 4 and metrics["params"] > 0

@@ -130,12 +130,12 @@ def loading_line(name, data_dir, image_size=None) -> str:
     if is_folder(str(name)):
         at = f" at {image_size[0]}x{image_size[1]}" if image_size else ""
         return (f"loading the image-folder tree {Path(name).expanduser().resolve()}/{at} (the first time at this "
-                "size: decoding it into its cache; mean/std)")
+                "size: decoding it into its cache, and its mean/std)")
     if name == "fake":
         return "generating fake: synthetic images, in memory"
     if name not in file_datasets.NAMES:
         return f"loading {name}"
-    return f"loading {name} from {file_datasets.source(name, Path(data_dir))} (the first time: mean/std)"
+    return f"loading {name} from {file_datasets.source(name, Path(data_dir))} (and its mean/std, the first time)"
 
 
 def describe(ds: Dataset) -> dict:

@@ -82,14 +82,14 @@ def source(name, data_dir: Path) -> str:
     if name in IDX_DATASETS:
         folder = _idx_folder(name, data_dir)
         if folder is None and name == "fashion-mnist":
-            return f"{data_dir / 'FashionMNIST' / 'raw'}/ (downloading it first)"
+            return f"{data_dir / 'FashionMNIST' / 'raw'}/ after downloading it"
         return f"{folder or data_dir}/"
     if name == "svhn":
         return f"{_svhn_folder(data_dir) or data_dir}/"
     from torchvision.datasets import CIFAR10, CIFAR100
 
     folder = data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder
-    return f"{folder}/" if folder.is_dir() else f"{folder}/ (downloading or extracting it first)"
+    return f"{folder}/" if folder.is_dir() else f"{folder}/ after downloading or extracting it"
 
 
 def _split(images: np.ndarray, labels: np.ndarray):

@@ -187,11 +187,11 @@ def fit_to_tree(recipe: Recipe, train_images: int) -> tuple[Recipe, str]:
         batch = max(SMALL_TREE_BATCH, batch // 2)
     if batch == recipe.batch_size:
         return recipe, ""
-    steps = math.ceil(train_images / batch)
+    steps, before = math.ceil(train_images / batch), math.ceil(train_images / recipe.batch_size)
+    why = f"so that an epoch has {steps} optimizer steps, not {before}" if steps > before else "the whole split"
     return dataclasses.replace(recipe, batch_size=batch), (
         f"A small tree ({train_images:,} training images): batch {batch} instead of the recipe's {recipe.batch_size}, "
-        f"so that an epoch has {steps} optimizer steps, not {math.ceil(train_images / recipe.batch_size)} (a batch size "
-        "given by hand is kept).")
+        f"{why} (a batch size given by hand is kept).")
 
 
 def too_few_steps(recipe: Recipe, train_images: int) -> str:
