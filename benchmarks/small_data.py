@@ -70,7 +70,8 @@ def main(argv=None):
         print(f"writing the digits to {tree}: {write_digits(tree)}", flush=True)
     rows = [train(MODELS[name], tree, args.out, name) for name in args.models]
     load = os.getloadavg()
-    print(f"\n| model | params | test acc | best val acc | epochs | train time | wall time |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | params | test acc | best val acc | epochs | train time | wall time |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['params']:,} | {r['test_acc']:.2f}% | {r['best_val_acc']:.2f}% | {r['epochs']} "
               f"| {r['train_time_s']:.0f} s | {r['wall_s']:.0f} s |")

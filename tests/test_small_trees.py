@@ -166,3 +166,13 @@ def test_validation_far_below_training_says_why():
     many = far_below(fake_run(99.0, 60.0, 5000, 60_000, classes=10, selected_on="test"))
     assert many.startswith("the test accuracy ended at 60.0%") and "by heart" not in many
     assert "batch norm" not in many and "may differ from the training images" in many
+
+
+def test_augmentation_sizes_in_pixels_follow_the_image_size():
+    basic, ectied = recipes.get_recipe("basic"), recipes.get_recipe("ectied")
+    assert basic.augment.cutout == 16 and ectied.augment.crop_pad == 4  # for 32x32 images
+    assert recipes.resolve(basic, {"image_size": (16, 16)}).augment.cutout == 8  # not all of a 16x16 image
+    assert recipes.resolve(basic, {"image_size": (64, 48)}).augment.cutout == 24  # by the shorter side
+    assert recipes.resolve(basic, {"image_size": (64, 64)}, {"cutout": 5}).augment.cutout == 5  # given: kept
+    assert recipes.resolve(ectied, {"image_size": (8, 8)}).augment.crop_pad == 1
+    assert recipes.resolve(basic, {"image_size": (32, 32)}).augment == basic.augment

@@ -97,7 +97,9 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
                       crop, hflip, AutoAugment, cutout 8
       swrn            nesterov lr 0.1, x0.2 at 30/60/80%, 200 epochs, no wd on coefficients
     Every value can be overridden: the common ones by name, the rest with --recipe K=V and
-    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion.
+    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion; another --image-size
+    scales cutout and crop padding (in pixels) with it. An image-folder tree whose epoch would have
+    fewer than 30 optimizer steps gets a smaller batch (down to 32) unless --batch-size is given.
 
     Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
     command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).

@@ -5,7 +5,9 @@ registry name gets basic's); `resolve(recipe, overrides)` applies the command li
 
 Schedules measured in epochs (warm-up, depth warm-up) are written for the recipe's own epoch count;
 when a run is shorter they shrink in proportion, so `--epochs 5` still gets a warm-up instead of
-spending the whole run in it.
+spending the whole run in it. Likewise the augmentation's sizes in pixels (cutout, crop padding) are
+written for the recipe's 32x32 images and follow another image size. An image-folder tree's recipe is
+fitted to its size (`fit_to_tree`: a small tree's batch).
 """
 import dataclasses
 import math
@@ -206,26 +208,41 @@ def too_few_steps(recipe: Recipe, train_images: int) -> str:
 
 
 _EPOCH_SCHEDULES = ("warmup_epochs", "depth_warmup_epochs")
+_PIXEL_SIZES = ("cutout", "crop_pad")  # augmentation fields in pixels of the recipe's image size
 
 
 def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = None) -> Recipe:
     """Apply command-line values (None = not given) to `recipe`; every value is checked by its rule
     (RECIPE_RULES, augment.AUGMENT_RULES).
 
-    A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too.
+    A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too;
+    another image size scales the augmentation's sizes in pixels (_PIXEL_SIZES) with it unless they
+    are given too (a 16-pixel cutout hides half the side of a 32x32 image, all of a 16x16 one).
     """
     _check_names("recipe", overrides, Recipe, exclude={"augment"})
     _check_names("augmentation", augment_overrides or {}, AugmentSpec)
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(given.get("dataset"), str) and is_folder(given["dataset"]):  # a run finds its tree from anywhere
         given["dataset"] = str(Path(given["dataset"]).expanduser().resolve())
-    augment = dataclasses.replace(recipe.augment, **(augment_overrides or {}))
+    augment = dataclasses.replace(recipe.augment, **_scaled_pixels(recipe, given.get("image_size"),
+                                                                   augment_overrides or {}))
     resolved = dataclasses.replace(recipe, augment=augment, **given)
     if resolved.epochs < recipe.epochs:
         scaled = {name: getattr(recipe, name) * resolved.epochs / recipe.epochs
                   for name in _EPOCH_SCHEDULES if name not in given}
         resolved = dataclasses.replace(resolved, **scaled)
     return resolved
+
+
+def _scaled_pixels(recipe: Recipe, image_size, augment_overrides: dict) -> dict:
+    """The augmentation fields to set: `augment_overrides`, and the recipe's sizes in pixels scaled
+    from its image size to `image_size` (by the shorter side; a size that was on stays at least 1)."""
+    if image_size is None or tuple(image_size) == tuple(recipe.image_size):
+        return dict(augment_overrides)
+    ratio = min(image_size) / min(recipe.image_size)
+    scaled = {name: max(1, round(getattr(recipe.augment, name) * ratio)) for name in _PIXEL_SIZES
+              if getattr(recipe.augment, name) and name not in augment_overrides}
+    return {**scaled, **augment_overrides}
 
 
 def _check_names(what, values: dict, cls, exclude=()):
