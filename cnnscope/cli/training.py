@@ -17,7 +17,9 @@ DATASETS_HELP = (
     "fixed 10% of the training images (a permutation fixed by the files, not by --seed) is the test split; "
     "without val/, the next --val-split share of the rest is the validation split. Grey trees train 1-channel "
     "models, or are repeated over RGB for 3-channel ones. Images are decoded once, resized to --image-size, "
-    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again.")
+    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again. A small tree "
+    "(fewer than 30 optimizer steps an epoch at the recipe's batch) gets a smaller batch, down to 32, unless "
+    "--batch-size is given.")
 
 
 @cli.command("train", epilog=f"{DATASETS_HELP}\n\n{SPEC_RUNS_CODE}")
@@ -97,9 +99,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
                       crop, hflip, AutoAugment, cutout 8
       swrn            nesterov lr 0.1, x0.2 at 30/60/80%, 200 epochs, no wd on coefficients
     Every value can be overridden: the common ones by name, the rest with --recipe K=V and
-    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion; another --image-size
-    scales cutout and crop padding (in pixels) with it. An image-folder tree whose epoch would have
-    fewer than 30 optimizer steps gets a smaller batch (down to 32) unless --batch-size is given.
+    --augment K=V. A shorter --epochs shrinks the warm-ups; another --image-size, cutout and crop pad.
 
     Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
     command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).
