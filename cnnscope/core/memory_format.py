@@ -14,8 +14,10 @@ import torch.nn as nn
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.probe import run_forward
 
-# Logits of the two memory formats differ by float rounding only (other kernels, other summation orders)
-RTOL, ATOL = 1e-3, 1e-4
+# Logits of the two memory formats differ by float rounding only (other kernels, other summation orders;
+# on a GPU, TF32 convolutions round to about 1e-3): a difference above this share of the largest logit is
+# the model's, as a layout bug's are of the order of the logits themselves
+TOLERANCE = 1e-2
 
 
 def to_contiguous(model: nn.Module) -> nn.Module:
@@ -43,8 +45,8 @@ def channels_last_refusal(model: nn.Module, x: torch.Tensor, spec=None) -> str:
     """Why `model` must run on contiguous batches, or "" when channels_last gives the same logits.
 
     Runs `x` (a small probe batch on the model's device) in eval mode contiguous through contiguous
-    weights, then channels_last through channels_last weights, and compares the outputs (RTOL,
-    ATOL scaled by the largest logit). The model's weights, training flag and RNG are left as they
+    weights, then channels_last through channels_last weights, and compares the outputs (within
+    TOLERANCE of the largest logit). The model's weights, training flag and RNG are left as they
     were. An error of the contiguous forward is the model's, whatever the format: a CnnscopeError
     naming it and `spec` (probe.run_forward).
     """
@@ -73,8 +75,7 @@ def _compare(reference, other) -> str:
         return (f"its output on channels_last batches has shape {tuple(other.shape)}, on contiguous ones "
                 f"{tuple(reference.shape)}")
     reference, other = reference.float(), other.float()
-    tolerance = ATOL * max(1.0, reference.abs().max().item())
-    if torch.allclose(other, reference, rtol=RTOL, atol=tolerance, equal_nan=True):
+    worst = (other - reference).abs().nan_to_num(0.0).max().item() if other.numel() else 0.0
+    if worst <= TOLERANCE * reference.abs().nan_to_num(0.0).max().item() + 1e-6:
         return ""
-    worst = (other - reference).abs().max().item()
     return f"its logits on channels_last batches differ from those on contiguous ones (by up to {worst:.3g})"

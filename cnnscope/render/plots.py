@@ -179,9 +179,9 @@ def confusion_matrix(counts, classes, path, *, title: str = "Confusion matrix (r
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= 30:  # beyond that the numbers are unreadable; the colours still tell
         for i in range(n):
-            for j in range(n):  # a class without test images has no rates: a dash, not zeros
-                ax.text(j, i, f"{rates[i, j]:.2f}" if counts[i].sum() else "-", ha="center", va="center",
-                        fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+            for j in range(n):
+                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
     return save(fig, path)
 
 

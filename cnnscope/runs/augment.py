@@ -6,7 +6,7 @@ from cnnscope.core.augment import AugmentResult
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
 from cnnscope.runs import checkpoint, recipes, spec
-from cnnscope.runs.datasets import load_dataset, loading_line
+from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.loaders import augmented_samples
 
 
@@ -25,7 +25,7 @@ def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, o
     model, recipe, trained_backend, trained_seed, val_split, out_dir = _trained_with(target, out)
     backend = backend or trained_backend
     seed = trained_seed if seed is None else seed
-    reporter.detail(f"{loading_line(dataset or recipe.dataset, data_dir)}; augmenting {n} images ({backend} "
+    reporter.detail(f"loading {dataset or recipe.dataset} from {data_dir}/; augmenting {n} images ({backend} "
                     f"backend, seed {seed})")
     ds = load_dataset(dataset or recipe.dataset, data_dir, val_split=val_split, seed=trained_seed,  # its split
                       image_size=recipe.image_size)

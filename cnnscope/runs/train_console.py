@@ -10,8 +10,8 @@ def say(run, text: str) -> None:
 
 
 def warn(run, text: str) -> None:
-    """A `warning:` line of `run` on stderr (rank 0's), also when quiet; nothing for no text."""
-    if text and run.ddp.is_main:
+    """A `warning:` line of `run` on stderr (rank 0's), unless quiet; nothing for no text."""
+    if text and run.ddp.is_main and run.reporter.verbosity > QUIET:
         run.reporter.console.print(f"warning: {text}", markup=False, highlight=False)
 
 
