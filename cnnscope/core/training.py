@@ -22,6 +22,7 @@ import torch.nn as nn
 from cnnscope.core.distributed import Dist
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
+from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.core.metrics import predict
 from cnnscope.core.runtime import autocast, resolve_device
 
@@ -246,11 +247,12 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     state.partial = ddp.all_reduce(sums).tolist() + [time.perf_counter() - started, state.lr_steps[-1]]
 
 
-def validate(net, loader, device, amp, ddp: Dist, progress=None, hflip=False) -> tuple[float, float]:
+def validate(net, loader, device, amp, ddp: Dist, progress=None, hflip=False,
+             channels_last=True) -> tuple[float, float]:
     """Loss and accuracy (percent) on the selection split; each rank takes its share, then they add
-    up. `hflip`: with the mirror images too (a recipe's tta_hflip)."""
+    up. `hflip`: with the mirror images too (a recipe's tta_hflip); `channels_last`: as predict's."""
     loss_sum, preds, targets = predict(net, loader, device, amp=amp, hflip=hflip, progress=progress,
-                                       description="validating")
+                                       description="validating", channels_last=channels_last)
     totals = ddp.all_reduce(torch.tensor([loss_sum, float((preds == targets).sum()), float(len(targets))],
                                          dtype=torch.float64, device=device)).tolist()
     return totals[0] / totals[2], 100.0 * totals[1] / totals[2]
@@ -315,10 +317,16 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
     optimizer, schedule, loss and egrr settings of `recipe` (e.g. cnnscope.runs.recipes.get_recipe
     ("basic")), any of its fields overridden by `settings` (epochs=5, lr=0.05, ...); after each
     epoch, loss and accuracy on `val_loader` (nan without one). `progress`: a rich Progress, or None.
+    `channels_last`: the weights in channels_last where the model gives the same logits so on the
+    first training images (core.memory_format), else contiguous.
     """
     recipe = dataclasses.replace(recipe, **settings)
     device = resolve_device(device)
     model.to(device)
+    if channels_last:
+        with torch.random.fork_rng(devices=[]):  # the probe batch draws no sample of the run's order
+            probe = next(iter(train_loader))[0][:4].to(device)
+        channels_last = not channels_last_refusal(model, probe)  # a speed choice, never a correctness one
     if channels_last:
         to_channels_last(model)
     optimizer = build_optimizer(model, recipe)
@@ -333,7 +341,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
         train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}",
                     lambda epoch: follow_schedule(model, recipe, epoch))
         started = time.perf_counter()
-        val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
+        val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip,
+                                      channels_last)
                              if val_batches is not None else (math.nan, math.nan))
         end_epoch(state, scheduler, per_batch, val_loss, val_acc, time.perf_counter() - started)
     return FitResult(model, state.history, state.best_acc, state.best_epoch)

@@ -53,8 +53,9 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
     return out
 
 
-# Top-level packages that cnnscope imported from a user's folder (a package root's parent, or the
-# current folder), by name -> the folder they came from. A later SPEC that names a package of the same
+# Top-level packages that cnnscope imported from a user's folder (a package root's parent, the current
+# folder, or a folder on the import path that is not an installation's), by name -> the folder they came
+# from. A later SPEC that names a package of the same
 # name in another folder must not get the cached one: those entries are dropped from sys.modules first.
 _USER_PACKAGES: dict[str, Path] = {}
 
@@ -253,8 +254,11 @@ def _import_module(where: str, spec: str):
     finally:
         if added:
             sys.path.remove(str(cwd))
-    if fresh and from_cwd is not None and top in sys.modules:
-        _USER_PACKAGES[top] = cwd
+    found = _spec_origin(from_path or from_cwd)
+    if fresh and top in sys.modules and found is not None and (from_cwd is not None or not installed(found)):
+        # the user's own package, from the path or the current folder: a run's copy of it may replace it
+        # later (the test after training)
+        _USER_PACKAGES[top] = found.parents[1] if found.name == "__init__.py" else found.parent
     return module
 
 

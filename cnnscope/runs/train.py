@@ -37,7 +37,8 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
-from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta, say
+from cnnscope.runs.train_console import (RunBar, closing_line, epoch_line, far_below, n_params, opening_line,
+                                         run_eta, say, say_fit, warn)
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import init_weights, restore_run
@@ -150,6 +151,7 @@ class RunParts:
     scheduler: object
     per_batch: bool
     skipping: bool = False  # DDP looks for the weights that egrr's depth warm-up leaves unused
+    contiguous_because: str = ""  # why the weights and batches are not channels_last ("": they are)
     state: LoopState = dataclasses.field(default_factory=LoopState)
     settings: dict = dataclasses.field(default_factory=dict)  # egrr's depth and tau at the last batch
     config: dict = dataclasses.field(default_factory=dict)
@@ -188,7 +190,7 @@ def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Datas
     one_first = not datasets.loads_from_files(opts.recipe.dataset, opts.data_dir)
     if one_first and not ddp.is_main:
         ddp.barrier()
-    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
+    reporter.step(datasets.loading_line(opts.recipe.dataset, opts.data_dir, opts.recipe.image_size))
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
                                image_size=opts.recipe.image_size)
     if opts.train_subset:
@@ -211,8 +213,6 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    if opts.channels_last is not False:
-        to_channels_last(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return net, dataclasses.replace(opts, ctor=ctor), note
@@ -227,14 +227,18 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     if note:
         console.print(note)
     ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    probe = loaders.first_images(ds.train, ds, device=device)  # the memory format: a speed choice only
+    contiguous_because = "asked for (channels_last off)" if opts.channels_last is False else \
+        loaders.contiguous_reason(net, probe, opts.spec, lambda line: console.print(line, markup=False))
+    if not contiguous_because:
+        to_channels_last(net)
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     reporter.detail(f"loaders: {opts.aug_backend} backend, {rank_batch} images per process and batch")
+    batches = dict(device=str(device), rank=ddp.rank, world_size=ddp.world_size, channels_last=not contiguous_because)
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
-                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                       rank=ddp.rank, world_size=ddp.world_size)
+                                       backend=opts.aug_backend, seed=opts.seed, **batches)
     select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                        batch_size=max(256, recipe.batch_size), device=str(device),
-                                        rank=ddp.rank, world_size=ddp.world_size)
+                                        batch_size=max(256, recipe.batch_size), **batches)
     optimizer = build_optimizer(net, recipe)
     scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
     first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
@@ -246,7 +250,7 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
     return RunParts(opts, run_dir, ddp, device, console, reporter, amp, ds, train_loader, select_loader, net, step,
-                    scheduler, per_batch, skipping)
+                    scheduler, per_batch, skipping, contiguous_because=contiguous_because)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -269,7 +273,7 @@ def start_run(run: RunParts, resume_ckpt) -> None:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
         if ddp.is_main:  # a run of the user's own model keeps a copy of its source
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
-    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on,
+    run.config = run_config(run.opts, ddp, run.device, run.amp, run.contiguous_because, run.selected_on,
                             datasets.describe(run.ds))
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
@@ -278,6 +282,8 @@ def start_run(run: RunParts, resume_ckpt) -> None:
             write_model_texts(run.run_dir, run.net, run.ds.input_shape)
     state = run.state
     say(run, opening_line(run))
+    if resume_ckpt is None:
+        say_fit(run)
     if state.epoch or state.batch:
         say(run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
 
@@ -350,7 +356,7 @@ def close_epoch(run: RunParts, progress) -> bool:
     started = time.perf_counter()
     run.ddp.share_buffers(run.net)  # the validated model is the one checkpointed
     val_loss, val_acc = validate(run.net, run.select_loader, run.device, run.amp, run.ddp, progress,
-                                 run.opts.recipe.tta_hflip)
+                                 run.opts.recipe.tta_hflip, not run.contiguous_because)
     row, improved = end_epoch(state, run.scheduler, run.per_batch, val_loss, val_acc, time.perf_counter() - started)
     names = ["last.pth"] + (["best.pth"] if improved else [])
     if opts.save_every and state.epoch % opts.save_every == 0:
@@ -388,10 +394,8 @@ def finish(run: RunParts) -> TrainResult:
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.device), trust_spec=True,
-                          reporter=run.reporter, dataset=run.ds)
+                          reporter=run.reporter, dataset=run.ds, channels_last=not run.contiguous_because)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
-    run.console.print(
-        f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
-        f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
-    )
+    warn(run, far_below(run))
+    run.console.print(closing_line(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

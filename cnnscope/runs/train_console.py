@@ -9,6 +9,12 @@ def say(run, text: str) -> None:
         run.console.print(text)
 
 
+def warn(run, text: str) -> None:
+    """A `warning:` line of `run` on stderr (rank 0's), unless quiet; nothing for no text."""
+    if text and run.ddp.is_main and run.reporter.verbosity > QUIET:
+        run.reporter.console.print(f"warning: {text}", markup=False, highlight=False)
+
+
 def n_params(net) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -22,6 +28,51 @@ def opening_line(run) -> str:
             f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
             f"{opts.recipe.epochs} epochs x {len(run.train_loader)} batches of {batch}"
             + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else "") + f" -> {run.run_dir}")
+
+
+def say_fit(run) -> None:
+    """What a new run of an image-folder tree says after its opening line: what its recipe changed for
+    the tree (its log), and a warning where the run takes too few optimizer steps, with the fix."""
+    from cnnscope.runs import datasets, recipes
+
+    if datasets.is_folder(run.opts.recipe.dataset):
+        if run.opts.adapted:
+            say(run, run.opts.adapted)
+        warn(run, recipes.too_few_steps(run.opts.recipe, len(run.ds.train)))
+
+
+FAR_BELOW = 20  # points of accuracy: a selection split this far under the training split gets its reasons
+
+
+def far_below(run) -> str:
+    """A warning for a run whose last selection accuracy ended FAR_BELOW its training accuracy, with
+    what may cause it, from the run's own figures; "" otherwise."""
+    from cnnscope.runs import recipes
+
+    if not run.state.history:
+        return ""
+    last, ds, selected_on = run.state.history[-1], run.ds, run.selected_on
+    if last["train_acc"] - last["val_acc"] < FAR_BELOW:
+        return ""
+    steps, per_class = len(run.state.lr_steps), len(ds.train) / len(ds.classes)
+    causes = [f"the {selected_on} images may differ from the training images (another source, camera or crop): "
+              "more varied training images help"]
+    if per_class < 100:
+        causes.insert(0, f"{per_class:,.0f} training images per class can be learned by heart (overfitting): "
+                         "more images, or stronger augmentation, help")
+    if steps < recipes.MIN_RUN_STEPS:
+        causes.insert(0, f"in {steps} optimizer steps batch norm's running statistics, which evaluation uses "
+                         "(training uses each batch's own), may not have settled: more epochs help")
+    return (f"the {selected_on} accuracy ended at {last['val_acc']:.1f}%, far below the training accuracy "
+            f"({last['train_acc']:.1f}%). Possible causes: " + "; ".join(causes) + ".")
+
+
+def closing_line(run, metrics: dict, result, wall: float) -> str:
+    """The last line of `run`: `wall`, the whole command's seconds (start-up, data, training, the test),
+    and the training's own; the selection and test accuracies of best.pth (`result`: its EvalResult)."""
+    return (f"Done in {wall:.0f}s (training {metrics['train_time_s']:.0f}s): best {metrics['selected_on']} acc "
+            f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% "
+            f"(loss {result.test_loss:.4f}) -> {run.run_dir}")
 
 
 def duration(seconds: float) -> str:
