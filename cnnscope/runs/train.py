@@ -91,9 +91,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
     """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
     for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
     from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
-
-    Returns (model, the constructor keywords actually used).
-    """
+    -> (model, the constructor keywords actually used)."""
     import inspect
 
     from cnnscope.runs.spec import build_model, resolve_target
