@@ -40,7 +40,8 @@ def runs(tmp_path_factory):
 
 
 def test_per_class_metrics_by_hand():
-    # class 2 never occurs and is never predicted: its precision, recall and F1 are 0
+    # class 2 never occurs and is never predicted: its precision, recall and F1 are 0, and the macro
+    # average is over the two classes that occur (as sklearn's report, which lists only those)
     cm = metrics.confusion_counts([0] * 6 + [1] * 4, [0] * 5 + [1] + [0, 0, 1, 1], 3)
     assert cm.tolist() == [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
     m = metrics.per_class_metrics(cm)
@@ -48,7 +49,7 @@ def test_per_class_metrics_by_hand():
     assert m["recall"] == pytest.approx([5 / 6, 1 / 2, 0])
     assert m["f1"] == pytest.approx([10 / 13, 4 / 7, 0])
     assert m["support"].tolist() == [6, 4, 0]
-    assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 3)
+    assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 2)
     assert m["weighted_avg"]["precision"] == pytest.approx(0.6 * 5 / 7 + 0.4 * 2 / 3)
     assert m["weighted_avg"]["recall"] == pytest.approx(0.7)  # = accuracy
     top = metrics.top_confusions(cm, ["a", "b", "c"])

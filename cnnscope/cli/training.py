@@ -17,7 +17,9 @@ DATASETS_HELP = (
     "fixed 10% of the training images (a permutation fixed by the files, not by --seed) is the test split; "
     "without val/, the next --val-split share of the rest is the validation split. Grey trees train 1-channel "
     "models, or are repeated over RGB for 3-channel ones. Images are decoded once, resized to --image-size, "
-    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again.")
+    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again. A small tree "
+    "(fewer than 30 optimizer steps an epoch at the recipe's batch) gets a smaller batch, down to 32, unless "
+    "--batch-size is given.")
 
 
 @cli.command("train", epilog=f"{DATASETS_HELP}\n\n{SPEC_RUNS_CODE}")
@@ -61,7 +63,10 @@ DATASETS_HELP = (
 @click.option("--name", help="Run folder name [default: the model name].")
 @device_option(default=None, used_for="to train on [default: auto; a resumed run keeps its own]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only) [default: on with CUDA].")
-@click.option("--channels-last/--no-channels-last", default=None, help="channels_last weights (the batches always are) [default: on].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last weights and batches (faster); off: both contiguous. A model that gives other "
+                   "logits on channels_last batches (e.g. a forward's x.view(x.size(0), -1)) gets contiguous ones, "
+                   "and the run says so [default: on].")
 @click.option("--compile/--no-compile", default=None,
               help="torch.compile the model: slower first batches, faster steps after (see `cnnscope bench --compile`).")
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
@@ -94,7 +99,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
                       crop, hflip, AutoAugment, cutout 8
       swrn            nesterov lr 0.1, x0.2 at 30/60/80%, 200 epochs, no wd on coefficients
     Every value can be overridden: the common ones by name, the rest with --recipe K=V and
-    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion.
+    --augment K=V. A shorter --epochs shrinks the warm-ups; another --image-size, cutout and crop pad.
 
     Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
     command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).

@@ -127,6 +127,21 @@ def loads_from_files(name, data_dir) -> bool:
     return name == "fake" or (name in DATASETS and file_datasets.on_disk(name, Path(data_dir)))
 
 
+def loading_line(name, data_dir, image_size=None) -> str:
+    """What loading `name` (at `image_size`, when given) reads, in one line: the folder that holds its
+    files (a named dataset's may be Debian's), an image-folder tree's own folder, or none: `fake` is
+    generated."""
+    if is_folder(str(name)):
+        at = f" at {image_size[0]}x{image_size[1]}" if image_size else ""
+        return (f"loading the image-folder tree {Path(name).expanduser().resolve()}/{at} (the first time at this "
+                "size: decoding it into its cache, and its mean/std)")
+    if name == "fake":
+        return "generating fake: synthetic images, in memory"
+    if name not in file_datasets.NAMES:
+        return f"loading {name}"
+    return f"loading {name} from {file_datasets.source(name, Path(data_dir))} (and its mean/std, the first time)"
+
+
 def describe(ds: Dataset) -> dict:
     """What a run records of its data (config.json's "data")."""
     channels, height, width = ds.input_shape

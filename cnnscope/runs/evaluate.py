@@ -23,7 +23,7 @@ from cnnscope.runs import run_folder
 from cnnscope.runs.checkpoint import load_run_model, resolve_run
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import run_dataset
-from cnnscope.runs.loaders import make_loader, pixels
+from cnnscope.runs.loaders import contiguous_reason, first_images, make_loader, pixels
 from cnnscope.runs.runfiles import RunMetrics
 from cnnscope.runs.train_files import write_curves
 
@@ -31,13 +31,15 @@ GRID_SIZE = 32  # images in each sample grid
 
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
-                 trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None) -> EvalResult:
+                 trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None,
+                 channels_last=None) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
     (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
     training loaded it, instead of loading it again. `out`: the folder to write into
     (run_folder.output_folder). `metrics`: its metrics.json as the run's training holds it, instead
-    of reading it."""
+    of reading it. `channels_last`: the memory format its training chose, instead of checking the
+    model again (loaders.contiguous_reason)."""
     device = resolve_device(device)
     out_dir = run_folder.output_folder(*resolve_run(run), out)
     run_folder.refuse_links(out_dir)  # before any work
@@ -47,10 +49,15 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
     if dataset is None:
         reporter.detail(f"loading the test split of {ckpt.get('dataset')}")
     ds = dataset or run_dataset(ckpt, data_dir)
-    loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=str(device))
+    if channels_last is None:
+        channels_last = not contiguous_reason(model, first_images(ds.test, ds, device=device), ckpt["model_spec"],
+                                              reporter.step)
+    loader = make_loader(ds.test, ds, batch_size=batch_size, train=False, device=str(device),
+                         channels_last=channels_last)
     with progress_bar(reporter.console, stats=True, quiet=reporter.verbosity == QUIET) as progress:
         loss_sum, preds, targets = predict(model, loader, device, amp=device.type == "cuda", progress=progress,
-                                           hflip=run_tta_hflip(ckpt), description="testing")
+                                           hflip=run_tta_hflip(ckpt), description="testing",
+                                           channels_last=channels_last)
     if len(targets) != len(ds.test) or not torch.equal(targets, ds.test.labels):
         raise RuntimeError("the test loader must yield the whole test split in order")
     result = EvalResult.from_predictions(loss_sum, preds, targets, ds.classes, run=Path(run_dir).name,

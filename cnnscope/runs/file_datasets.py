@@ -72,9 +72,24 @@ def on_disk(name, data_dir: Path) -> bool:
 
         return (data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder).is_dir()
     if name == "fashion-mnist":
-        folders = [data_dir / folder for folder in IDX_DATASETS[name].folders] + [FASHION_MNIST_SYSTEM_DIR]
-        return any(_idx_files(folder) for folder in folders)
+        return _idx_folder(name, data_dir) is not None
     return True  # the others are never downloaded
+
+
+def source(name, data_dir: Path) -> str:
+    """Where loading the named dataset `name` reads it from (the folder that has its files), or that
+    it is downloaded first, in words: what the line announcing the load says."""
+    if name in IDX_DATASETS:
+        folder = _idx_folder(name, data_dir)
+        if folder is None and name == "fashion-mnist":
+            return f"{data_dir / 'FashionMNIST' / 'raw'}/ after downloading it"
+        return f"{folder or data_dir}/"
+    if name == "svhn":
+        return f"{_svhn_folder(data_dir) or data_dir}/"
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    folder = data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder
+    return f"{folder}/" if folder.is_dir() else f"{folder}/ after downloading or extracting it"
 
 
 def _split(images: np.ndarray, labels: np.ndarray):
@@ -179,10 +194,8 @@ def _load_idx(name, data_dir: Path):
     Fashion-MNIST, Debian's package, else torchvision's download). 28x28 grey images are zero-padded
     by 2 to 32x32 and repeated over 3 channels."""
     info = IDX_DATASETS[name]
-    candidates = [data_dir / folder for folder in info.folders]
-    if name == "fashion-mnist":
-        candidates.append(FASHION_MNIST_SYSTEM_DIR)
-    folder = next((d for d in candidates if _idx_files(d)), None)
+    candidates = _idx_candidates(name, data_dir)
+    folder = _idx_folder(name, data_dir)
     if folder is None and name == "fashion-mnist":
         folder = _download_fashion_mnist(data_dir, candidates)
     if folder is None:
@@ -204,6 +217,17 @@ def _load_idx(name, data_dir: Path):
         padded[:, :, pad:NATIVE_SIZE - pad, pad:NATIVE_SIZE - pad] = images[:, None]
         splits.append(_split(padded, labels))
     return list(info.classes), splits[0], splits[1]
+
+
+def _idx_candidates(name, data_dir: Path) -> list:
+    """The folders an IDX dataset is looked for in, in order (Fashion-MNIST's last: Debian's)."""
+    candidates = [data_dir / folder for folder in IDX_DATASETS[name].folders]
+    return candidates + [FASHION_MNIST_SYSTEM_DIR] if name == "fashion-mnist" else candidates
+
+
+def _idx_folder(name, data_dir: Path):
+    """The first of _idx_candidates that holds the four IDX files, or None."""
+    return next((d for d in _idx_candidates(name, data_dir) if _idx_files(d)), None)
 
 
 def _download_fashion_mnist(data_dir: Path, candidates):
@@ -238,8 +262,8 @@ def _idx_files(folder: Path):
 def _load_svhn(data_dir: Path):
     """SVHN's train_32x32.mat and test_32x32.mat (MATLAB files: X (32, 32, 3, N), y (N, 1) with 10
     for the digit 0), read with scipy.io.loadmat, which builds arrays only."""
-    candidates = [data_dir / "svhn", data_dir / "SVHN", data_dir]
-    folder = next((d for d in candidates if all((d / f).is_file() for f in SVHN_FILES.values())), None)
+    candidates = _svhn_candidates(data_dir)
+    folder = _svhn_folder(data_dir)
     if folder is None:
         raise DataError(
             f"svhn is not in {data_dir}: cnnscope reads it from files and never downloads it. Place "
@@ -262,6 +286,15 @@ def _load_svhn(data_dir: Path):
                                 "Replace it with the original file.") from None
         splits.append(_split(images.transpose(3, 2, 0, 1), labels % 10))  # label 10 is the digit 0
     return [str(i) for i in range(10)], splits[0], splits[1]
+
+
+def _svhn_candidates(data_dir: Path) -> list:
+    return [data_dir / "svhn", data_dir / "SVHN", data_dir]
+
+
+def _svhn_folder(data_dir: Path):
+    """The first of _svhn_candidates that holds both SVHN files, or None."""
+    return next((d for d in _svhn_candidates(data_dir) if all((d / f).is_file() for f in SVHN_FILES.values())), None)
 
 
 def read_idx(path: Path) -> np.ndarray:

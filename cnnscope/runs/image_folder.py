@@ -72,6 +72,8 @@ class Rows:
         """uint8 (len(index), C, H, W): the rows `index` (relative to start), one read per run of
         consecutive rows."""
         index = torch.as_tensor(index).reshape(-1).numpy()
+        if len(index) == 0:  # an empty selection (no misclassified image, say) reads nothing
+            return torch.empty((0, *self.shape), dtype=torch.uint8)
         order = np.argsort(index, kind="stable")
         ordered = index[order]
         rows = np.empty((len(index), *self.shape), np.uint8)
@@ -117,6 +119,14 @@ def load(root, image_size, val_split: float, data_dir):
         splits[name] = None if hi == lo else (mapped[lo:hi], labels[lo:hi], Rows(stem.with_suffix(".u8"), lo,
                                                                                  hi - lo, shape))
     return tree.classes, splits, stem, owner
+
+
+def split_sizes(root, val_split: float) -> dict:
+    """{train|val|test: images} of the tree at `root` by the split rule, from its file listing alone
+    (nothing decoded): what a run's recipe is fitted to before the data is loaded."""
+    tree = scan(Path(root).resolve())
+    ranges = split_ranges({part: len(files) for part, files in tree.sections.items()}, val_split)
+    return {name: 0 if bounds is None else bounds[1] - bounds[0] for name, bounds in ranges.items()}
 
 
 def split_ranges(sections: dict, val_split: float) -> dict:
@@ -166,6 +176,10 @@ def scan(root: Path) -> Tree:
         raise DataError(f"{parts.get('train', root)} has no class folders: an image-folder tree holds one "
                             "subfolder per class, each with its images (e.g. cats/001.png, dogs/001.jpg).",
                             arguments=("dataset",))
+    if len(classes) == 1:
+        raise DataError(f"{parts.get('train', root)} has one class folder, {classes[0]}/: a classifier needs "
+                        "two classes or more, one subfolder each. Give the folder that holds the class folders, "
+                        "or add a folder for each other class.", arguments=("dataset",))
     sections, skipped = {}, []  # skipped: (path, what it is) of names that are not regular files
     for part, folder in parts.items():
         unknown = sorted(set(_subfolders(folder)) - set(classes))

@@ -112,14 +112,14 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.runs.datasets import load_dataset, run_dataset
+    from cnnscope.runs.datasets import load_dataset, loading_line, run_dataset
     from cnnscope.runs.loaders import normalize, pixels
 
     ckpt = target.checkpoint or {}
     if image_paths:
         return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
-    reporter.detail(f"loading {name} ({data_dir}) for the first {n} test images")
+    reporter.detail(f"{loading_line(name, data_dir)}: the first {n} test images")
     data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
     mean = ckpt.get("mean") or data.mean

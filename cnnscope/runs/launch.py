@@ -50,8 +50,10 @@ STOPPED_EXIT = 130  # Ctrl-C: an orderly stop, rank 0 saves and prints the resum
 GRACE_S = 10.0  # how long a rank > 0 that met a user error waits for rank 0 to meet and say it
 PARENT_PID_VAR = "CNNSCOPE_LAUNCHER_PID"
 COMMAND_VAR = "CNNSCOPE_COMMAND"  # the command line the user typed (a rank's own argv is the job file)
+STARTED_VAR = "CNNSCOPE_STARTED"  # when that command's process started (time.time(); a rank starts later)
 ERROR_FILE = "error.json"  # beside the job file: rank 0's CnnscopeError, for the launcher to raise
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IMPORTED = time.time()
 PARENT_POLL_S = 1.0
 
 
@@ -61,6 +63,19 @@ def command_line() -> str:
     import shlex
 
     return os.environ.get(COMMAND_VAR) or shlex.join(["cnnscope", *sys.argv[1:]])
+
+
+def command_started() -> float:
+    """When the command this process runs for the user started (time.time() units, the interpreter's
+    start-up included): in a rank that run_processes started, the launching command's start."""
+    if STARTED_VAR in os.environ:
+        return float(os.environ[STARTED_VAR])
+    try:  # Linux: the process's start in clock ticks after boot (field 22 of /proc/self/stat)
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED  # elsewhere: when this module was imported (torch's import, the bulk of start-up, is not in)
 
 
 def launched() -> bool:
@@ -115,7 +130,7 @@ def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     settings = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // procs)), "CNNSCOPE_PROCS": str(procs),
-                PARENT_PID_VAR: str(os.getpid()), COMMAND_VAR: command_line()}
+                PARENT_PID_VAR: str(os.getpid()), COMMAND_VAR: command_line(), STARTED_VAR: repr(command_started())}
     with tempfile.TemporaryDirectory(prefix="cnnscope-procs-") as tmp, _environment(settings), _quiet_agent():
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))

@@ -53,9 +53,10 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
     return out
 
 
-# Top-level packages that cnnscope imported from a user's folder (a package root's parent, or the
-# current folder), by name -> the folder they came from. A later SPEC that names a package of the same
-# name in another folder must not get the cached one: those entries are dropped from sys.modules first.
+# Top-level packages that cnnscope imported from a user's folder (a package root's parent, the current
+# folder, or a folder on the import path that is not an installation's), by name -> the folder they came
+# from. A later SPEC that names a package of the same name in another folder must not get the cached
+# one: those entries are dropped from sys.modules first.
 _USER_PACKAGES: dict[str, Path] = {}
 
 
@@ -253,8 +254,10 @@ def _import_module(where: str, spec: str):
     finally:
         if added:
             sys.path.remove(str(cwd))
-    if fresh and from_cwd is not None and top in sys.modules:
-        _USER_PACKAGES[top] = cwd
+    found = _spec_origin(from_path or from_cwd)
+    if fresh and top in sys.modules and found is not None and (from_cwd is not None or not installed(found)):
+        # the user's own package: a run's copy of it may replace it later (the test after training)
+        _USER_PACKAGES[top] = found.parents[1] if found.name == "__init__.py" else found.parent
     return module
 
 
@@ -274,10 +277,8 @@ def _registry_entry(name: str):
         return zoo.get_entry(name)
     close = difflib.get_close_matches(name, zoo.list_models(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise SpecError(
-        f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
-        "A SPEC can also be path/to/file.py:ClassName or package.module:attr."
-    )
+    raise SpecError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
+                    "A SPEC can also be path/to/file.py:ClassName or package.module:attr.")
 
 
 def is_registry_name(spec: str) -> bool:
@@ -302,9 +303,7 @@ def _what_would_run(spec: str, ctor: dict) -> str:
 def check_file_spec(spec, ctor, read_from: str, trust_spec: bool = False) -> None:
     """Refuse to build a SPEC read from a file (`read_from` says which) when building it would import
     code, unless the user trusts it (`trust_spec`: --trust-spec, or they named that SPEC themselves).
-
-    Runs before anything is imported: importing a model file executes it.
-    """
+    Runs before anything is imported: importing a model file executes it."""
     if not isinstance(spec, str) or not isinstance(ctor, dict) or not all(isinstance(k, str) for k in ctor):
         raise SpecError(
             f"{read_from} names the model {spec!r} with constructor keywords {ctor!r}, which is not a SPEC "

@@ -16,6 +16,7 @@ CUDA SyncBatchNorm; on the CPU DDP broadcasts rank 0's before every forward); ra
 """
 import dataclasses
 import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_b
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.runfiles import RunMetrics
-from cnnscope.runs.train_console import Console, RunBar
+from cnnscope.runs.train_console import Console, RunBar, closing_line, far_below, warn
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import Checkpoints, init_weights, restore_run
@@ -87,9 +88,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
     """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
     for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
     from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
-
-    Returns (model, the constructor keywords actually used).
-    """
+    -> (model, the constructor keywords actually used)."""
     import inspect
 
     from cnnscope.runs.spec import build_model, resolve_target
@@ -158,7 +157,7 @@ def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Datas
     one_first = not datasets.loads_from_files(opts.recipe.dataset, opts.data_dir)
     if one_first and not ddp.is_main:
         ddp.barrier()
-    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
+    reporter.step(datasets.loading_line(opts.recipe.dataset, opts.data_dir, opts.recipe.image_size))
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
                                image_size=opts.recipe.image_size)
     if opts.train_subset:
@@ -181,15 +180,14 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    if opts.channels_last is not False:
-        to_channels_last(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return net, dataclasses.replace(opts, ctor=ctor), note
 
 
 def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> TrainingRun:
-    """Data, model, optimizer, schedule and the training step of the run."""
+    """Data, model (channels_last where it gives the same logits so: loaders.contiguous_reason),
+    optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
     ds = setup_data(opts, ddp, reporter)
@@ -197,18 +195,23 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     if note:
         console.print(note)
     ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    probe = loaders.first_images(ds.train, ds, device=device)  # the memory format: a speed choice only
+    contiguous_because = "asked for (channels_last off)" if opts.channels_last is False else \
+        loaders.contiguous_reason(net, probe, opts.spec, lambda line: console.print(line, markup=False))
+    if not contiguous_because:
+        to_channels_last(net)
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     reporter.detail(f"loaders: {opts.aug_backend} backend, {rank_batch} images per process and batch")
+    batches = dict(device=str(device), rank=ddp.rank, world_size=ddp.world_size, channels_last=not contiguous_because)
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
-                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                       rank=ddp.rank, world_size=ddp.world_size)
+                                       backend=opts.aug_backend, seed=opts.seed, **batches)
     select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                        batch_size=max(256, recipe.batch_size), device=str(device),
-                                        rank=ddp.rank, world_size=ddp.world_size)
-    loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile)
+                                        batch_size=max(256, recipe.batch_size), **batches)
+    loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile,
+                     channels_last=not contiguous_because)
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
-    return TrainingRun(opts, run_dir, console, reporter, ds, loop)
+    return TrainingRun(opts, run_dir, console, reporter, ds, loop, contiguous_because=contiguous_because)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -231,8 +234,8 @@ def start_run(run: TrainingRun, resume_ckpt) -> None:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
         if ddp.is_main:  # a run of the user's own model keeps a copy of its source
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
-    run.config = run_config(run.opts, ddp, step.device, step.amp, run.opts.channels_last is not False,
-                            run.selected_on, datasets.describe(run.ds))
+    run.config = run_config(run.opts, ddp, step.device, step.amp, run.contiguous_because, run.selected_on,
+                            datasets.describe(run.ds))
     run.metrics = RunMetrics.read(run.run_dir) if resume_ckpt is not None else RunMetrics(run.run_dir)
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
@@ -285,10 +288,9 @@ def finish(run: TrainingRun) -> TrainResult:
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
-                          reporter=run.reporter, dataset=run.ds, metrics=run.metrics)
+                          reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
+                          channels_last=run.loop.channels_last)
     metrics = run.metrics.values
-    run.console.print(
-        f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
-        f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
-    )
+    warn(run, far_below(run))
+    run.console.print(closing_line(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

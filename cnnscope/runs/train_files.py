@@ -37,9 +37,9 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: dict) -> dict:
-    """config.json: the resolved options, the data (datasets.describe), where the run ran, and the
-    versions that ran it."""
+def run_config(opts, ddp: Dist, device, amp, contiguous_because, selected_on, data: dict) -> dict:
+    """config.json: the resolved options, the data (datasets.describe), where the run ran (channels_last
+    or contiguous weights and batches, and why: `contiguous_because`), and the versions that ran it."""
     import platform
 
     import torchvision
@@ -50,7 +50,8 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: d
         "model": opts.spec, "ctor": opts.ctor, "dataset": opts.recipe.dataset, "seed": opts.seed,
         "epochs": opts.recipe.epochs, "selected_on": selected_on,
         "options": opts.to_json(), "data": data,
-        "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": channels_last,
+        "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": not contiguous_because,
+        **({"contiguous_because": contiguous_because} if contiguous_because else {}),
         "versions": {"cnnscope": cnnscope.__version__, "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__), "numpy": np.__version__,
                      "python": platform.python_version()},

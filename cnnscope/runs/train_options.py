@@ -26,6 +26,7 @@ class TrainOptions:
     train_subset: int = 0  # train on this many images of the training split (0: all of it)
     init_from: str = ""  # the checkpoint whose weights the run started from (runs.transfer)
     source: dict | None = None  # the copy of the user's model source in the run folder (runs.model_source)
+    adapted: str = ""  # what the recipe changed to fit the data (a small tree's batch), said at the start
     # how and where: may change when resuming without changing the result
     data_dir: str = "data"
     out: str = "reports"
@@ -60,8 +61,20 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
         raise DataError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                                    init_from=init_from, **runtime).items() if v is not None}
-    name = display_name if name is None else run_folder.checked_name(name)
-    return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name, **given)
+    opts = TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=display_name if name is None else run_folder.checked_name(name), **given)
+    if datasets.is_folder(recipe.dataset) and (recipe_overrides or {}).get("batch_size") is None:
+        fitted, adapted = recipes.fit_to_tree(recipe, tree_train_images(opts))
+        opts = dataclasses.replace(opts, recipe=fitted, adapted=adapted)
+    return opts
+
+
+def tree_train_images(opts: TrainOptions) -> int:
+    """The training images of the run's image-folder tree (its train_subset, if smaller), counted
+    from the file listing."""
+    from cnnscope.runs.image_folder import split_sizes
+
+    count = split_sizes(opts.recipe.dataset, opts.val_split)["train"]
+    return min(count, opts.train_subset) if opts.train_subset else count
 
 
 def check_shares(train_images: int, world_size: int) -> None:

@@ -19,6 +19,7 @@ class TrainingRun:
     reporter: Reporter  # preparation lines (stderr) and the verbosity
     ds: Dataset
     loop: Loop  # the model, its step and schedule, the loaders, the process group, and where training stands
+    contiguous_because: str = ""  # why the weights and batches are not channels_last ("": they are), config.json's
     config: dict = field(default_factory=dict)  # config.json, from runs.train.start_run on
     metrics: RunMetrics | None = None  # metrics.json, from runs.train.start_run on
 
