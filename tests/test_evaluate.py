@@ -8,6 +8,7 @@ import pytest
 
 from cnnscope.core import metrics
 from cnnscope.cli import cli
+from cnnscope.errors import RunError
 
 TINY_MODEL = textwrap.dedent('''
     import torch.nn as nn
@@ -102,15 +103,14 @@ def test_evaluate_json_agrees_with_the_files(runner, runs):
         assert report["top_confusions"][0]["count"] == off_diagonal.max()
 
 
-def test_evaluate_markdown_and_checkpoint_file(runner, runs):
+def test_evaluate_markdown_and_checkpoint_file(runner, error_of, runs):
     result = runner.invoke(cli, ["evaluate", str(runs / "one" / "checkpoints" / "last.pth"), "--format", "markdown",
                                  "--device", "cpu", "--trust-spec"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((runs / "one" / "metrics.json").read_text())
     assert f"Test accuracy {metrics['test_acc']:.2f}% (128 images)" in result.output
     assert "| **macro avg** |" in result.output and "| **weighted avg** |" in result.output
-    missing = runner.invoke(cli, ["evaluate", str(runs / "nope")])
-    assert missing.exit_code == 2 and "neither a run folder nor a checkpoint" in missing.output
+    assert isinstance(error_of(runner.invoke(cli, ["evaluate", str(runs / "nope")])), RunError)  # no such run
 
 
 def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):

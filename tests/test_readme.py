@@ -78,9 +78,17 @@ def test_run_blocks_show_the_run_numbers(site):
                 "| images/s | 2,346 |", "| dataset | fake |"):
         assert row in metrics.splitlines()
     assert body_of(text, "CLS_REPORT_BASIC") == (
-        "| avg | precision | recall | f1 |\n|---|---|---|---|\n"
+        "| avg | precision | recall | f1 |\n|:---|---:|---:|---:|\n"
         "| macro avg | 0.586 | 0.585 | 0.580 |\n| weighted avg | 0.601 | 0.585 | 0.588 |\n"
     )
+
+
+def test_every_block_kind_is_filled_by_a_method_named_in_the_table():
+    from cnnscope.runs.readme.blocks import Renderer
+    from cnnscope.runs.readme.kinds import COMBINED_PLOTS, KINDS, RUN_IMAGES
+
+    assert sorted([*Renderer.FILLS, *RUN_IMAGES, *COMBINED_PLOTS]) == sorted(KINDS)
+    assert all(callable(fill) for fill in Renderer.FILLS.values())
 
 
 def test_model_summary_of_a_run_survives_fences_markers_and_backslashes(site):
@@ -414,13 +422,12 @@ def test_content_that_would_break_the_blocks_is_refused(site, runner):
     assert readme.read_text() == data
 
 
-def test_missing_readme_and_unused_rf_are_errors(site, runner):
-    missing = run_cli(runner, site / "NOPE.md")
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+def test_missing_readme_and_unused_rf_are_errors(site, runner, error_of):
+    error_of(run_cli(runner, site / "NOPE.md"))  # no such README
     readme = site / "RF.md"
     readme.write_text(GOOD)
     unused = run_cli(runner, readme, "--rf", "model.py:Net")
-    assert unused.exit_code == 2 and "fills no block" in unused.output and "RF_NET" in unused.output
+    assert error_of(unused).arguments == ("rf_models",) and "RF_NET" in unused.output  # the block it would fill
     assert readme.read_text() == GOOD
 
 

@@ -16,7 +16,7 @@ from cnnscope import files
 from cnnscope.runs import run_folder, train
 from cnnscope.files import atomic_write_bytes, atomic_write_text
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ HOLD_LOCK = "import sys\nfrom cnnscope.runs.run_folder import locked\nwith locke
             "    print('locked', flush=True)\n    sys.stdin.read()\n"
 
 
-def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runner, tiny_spec, run_copy):
+def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runner, error_of, tiny_spec, run_copy):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_copy)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -74,7 +74,7 @@ def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runn
         for args in (train_args(tiny_spec, run_copy.parent, "--overwrite"),
                      ["train", "--resume", run_copy, "--trust-spec"]):
             refused = invoke(runner, *args)
-            assert refused.exit_code == 2, refused.output
+            assert error_of(refused).arguments == ("name", "out")
             assert f"is in use: process {holder.pid} is training into it" in text_of(refused)
         assert files_of(run_copy) == before
     finally:
@@ -89,26 +89,25 @@ def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runn
 def test_the_lock_is_taken_once_and_given_back(tmp_path):
     with run_folder.locked(tmp_path / "run"):
         # flock locks belong to an open file, so a second open in this same process is refused too
-        with pytest.raises(CnnscopeError, match=f"process {os.getpid()} is training into it"):
+        with pytest.raises(RunError) as refused:
             with run_folder.locked(tmp_path / "run"):
                 pass
+        assert refused.value.arguments == ("name", "out")
     with run_folder.locked(tmp_path / "run"):
         pass
 
 
 # ---- --overwrite replaces cnnscope runs only, and only their files -------------------------------
 
-def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(runner, tiny_spec, tmp_path):
+def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(runner, error_of, tiny_spec, tmp_path):
     folder = tmp_path / "Tiny"
     folder.mkdir()
     (folder / "config.json").write_text('{"learning_rate": 0.1}\n')  # someone else's config
     (folder / "notes.txt").write_text("my notes\n")
     before = files_of(folder)
     for extra in ([], ["--overwrite"]):
-        refused = invoke(runner, *train_args(tiny_spec, tmp_path, *extra))
-        assert refused.exit_code == 2, refused.output
-        text = text_of(refused)
-        assert "is not a cnnscope run" in text and "config.json" in text and "does not replace files" in text
+        refused = error_of(invoke(runner, *train_args(tiny_spec, tmp_path, *extra)))
+        assert isinstance(refused, RunError) and refused.arguments == ("overwrite", "name", "out")
         assert files_of(folder) == before and sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt"]
 
 
@@ -134,9 +133,9 @@ def test_overwrite_removes_only_what_cnnscope_writes(run_copy):
     assert files_of(run_copy) == {**mine, run_folder.LOCK_NAME: f"{os.getpid()}\n".encode()}
 
 
-def test_a_finished_run_needs_overwrite(runner, tiny_spec, run_copy):
-    again = invoke(runner, *train_args(tiny_spec, run_copy.parent))
-    assert again.exit_code == 2 and "already holds a run" in text_of(again) and "--overwrite" in again.output
+def test_a_finished_run_needs_overwrite(runner, error_of, tiny_spec, run_copy):
+    again = error_of(invoke(runner, *train_args(tiny_spec, run_copy.parent)))
+    assert isinstance(again, RunError) and again.arguments == ("resume", "name", "overwrite")
     assert (run_copy / "checkpoints" / "last.pth").is_file()
 
 
@@ -153,7 +152,7 @@ def killed(*args, **kwargs):
 def test_a_run_killed_before_its_first_checkpoint_starts_again(runner, tiny_spec, tmp_path, monkeypatch):
     args = [str(a) for a in train_args(tiny_spec, tmp_path)]
     with monkeypatch.context() as m, pytest.raises(Killed):
-        m.setattr(train, "train_epoch", killed)
+        m.setattr(train, "run_loop", killed)
         m.setattr(sys, "argv", ["cnnscope", *args])  # config.json keeps the command line
         runner.invoke(cli, args)
     run = tmp_path / "Tiny"

@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnnscope.cli import cli
 from cnnscope.core.metrics import predict
+from cnnscope.errors import DataError
 from cnnscope.runs import image_folder, recipes
 from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.train_console import far_below
@@ -89,10 +90,11 @@ def test_a_class_without_test_images_is_reported_as_such(perfect_run):
     assert (run / "plots" / "cm.png").is_file()
 
 
-def test_a_one_class_tree_is_a_clear_error(runner, tmp_path):
+def test_a_one_class_tree_is_a_clear_error(runner, error_of, tmp_path):
     write_colours(tmp_path / "photos", {"red": 5})
     result = runner.invoke(cli, ["train", "basic", "--dataset", str(tmp_path / "photos")])
-    assert result.exit_code == 2
+    error = error_of(result)
+    assert isinstance(error, DataError) and error.arguments == ("dataset",)
     message = " ".join(result.stderr.split())
     assert f"{tmp_path / 'photos'} has one class folder, red/: a classifier needs two classes or more" in message
     assert "Traceback" not in result.output and not (tmp_path / "reports").exists()
@@ -151,8 +153,8 @@ def test_a_small_tree_run_says_what_it_changed_and_warns_with_the_fix(perfect_ru
 
 
 def fake_run(train_acc, val_acc, steps, train_images, classes=6, selected_on="val"):
-    return SimpleNamespace(state=SimpleNamespace(history=[{"train_acc": train_acc, "val_acc": val_acc}],
-                                                 lr_steps=[0.1] * steps),
+    state = SimpleNamespace(history=[{"train_acc": train_acc, "val_acc": val_acc}], lr_steps=[0.1] * steps)
+    return SimpleNamespace(loop=SimpleNamespace(state=state),
                            ds=SimpleNamespace(train=range(train_images), classes=list(range(classes))),
                            selected_on=selected_on)
 

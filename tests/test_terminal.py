@@ -55,12 +55,11 @@ def test_quiet_and_verbose_exclude_each_other(runner):
 def test_devices_are_named_as_torch_names_them():
     assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    for name, message in (("tpu", "Unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps."),
-                          ("cpu:1", "Unknown device 'cpu:1'"), ("cuda:x", "Unknown device 'cuda:x'"),
-                          ("cuda:99", "Device 'cuda:99' was asked for but this machine has")):
-        with pytest.raises(CnnscopeError, match=re.escape(message)) as caught:
+    for name in ("tpu", "cpu:1", "cuda:x", "cuda:99"):
+        with pytest.raises(CnnscopeError) as caught:
             resolve_device(name)
         assert caught.value.arguments == ("device",)
+    assert str(caught.value).startswith("Device 'cuda:99' was asked for but this machine has")  # not an unknown name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -171,15 +170,19 @@ def test_reporter_levels(capsys):
 
 
 def test_the_run_bar_follows_every_epochs_batches():
+    from types import SimpleNamespace
+
+    from cnnscope.core.training import LoopState
+
+    loop = SimpleNamespace(train_loader=range(10), recipe=SimpleNamespace(epochs=3),
+                           state=LoopState(epoch=1, batch=4))  # resumed in epoch 2, batch 4
     with progress_bar(Console(force_terminal=False)) as progress:
-        run = RunBar(progress, batches_per_epoch=10, epochs=3, done_batches=14)  # resumed in epoch 2, batch 4
+        bar = RunBar(progress)
+        bar.on_train_start(loop)
         assert (progress.tasks[0].total, progress.tasks[0].completed) == (30, 14)
-        epoch = run.for_epoch(1)
-        task = epoch.add_task("epoch 2/3", total=10, completed=4)
-        epoch.update(task, completed=7, stats="")
+        bar.on_step(loop, 17, torch.tensor(0.5), 0.1)  # the loop's step 17: epoch 2, batch 7
         assert progress.tasks[0].completed == 17
-        epoch.remove_task(task)
-        run.for_epoch(2).update(run.for_epoch(2).add_task("epoch 3/3", total=10), completed=10)
+        bar.on_step(loop, 30, torch.tensor(0.5), 0.1)
         assert progress.tasks[0].completed == 30
 
 

@@ -14,7 +14,7 @@ from cnnscope.runs import train_options
 from cnnscope.runs.checkpoint import load_run_model, save_checkpoint
 from cnnscope.cli import cli
 from cnnscope.runs.datasets import load_dataset
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, SpecError, TrustError
 from cnnscope.runs.spec import build_model, check_file_spec
 
 # A user's model file whose top-level code leaves a mark: importing it at all is running it.
@@ -77,13 +77,13 @@ RUN_COMMANDS = {
 
 
 @pytest.mark.parametrize("command", RUN_COMMANDS)
-def test_evil_checkpoint_runs_no_code(runner, tmp_path, command):
+def test_evil_checkpoint_runs_no_code(runner, error_of, tmp_path, command):
     pwned = tmp_path / "PWNED"
     ckpt = save_run(tmp_path / "run", "os:system", {"command": f"touch {pwned}"}, {})
 
     result = invoke(runner, *(a.format(run=ckpt) for a in RUN_COMMANDS[command]))
 
-    assert result.exit_code == 2, result.output
+    assert isinstance(error_of(result), TrustError)  # and what would have run is what the message names:
     message = " ".join(result.stderr.split())
     assert "'os:system'" in message and f"os.system(command='touch {pwned}')" in message
     assert str(ckpt) in message and "--trust-spec" in message
@@ -139,7 +139,7 @@ def test_library_refuses_unless_trusted(tmp_path):
     state = trained_weights_of(user_model(tmp_path / "source"))
     spec = user_model(tmp_path / "mine")
     ckpt = save_run(tmp_path / "run", spec, {"num_classes": 10}, state)
-    with pytest.raises(CnnscopeError, match="allow it with trust_spec") as refused:
+    with pytest.raises(TrustError) as refused:
         load_run_model(ckpt)
     assert refused.value.arguments == ("trust_spec",)  # the library speaks of its argument, not a flag
     assert not (tmp_path / "mine" / "IMPORTED").exists()
@@ -147,28 +147,30 @@ def test_library_refuses_unless_trusted(tmp_path):
     torch.testing.assert_close(model.state_dict(), state)
 
 
-@pytest.mark.parametrize("spec, ctor, message", [
-    (["os", "system"], {}, "not a SPEC string"),
-    ("basic", ["width", 2], "not a SPEC string"),
-    ("basic", {1: 2}, "not a SPEC string"),
-    ("pkg.mod:attr", {}, "import the module pkg.mod and call pkg.mod.attr()"),
+@pytest.mark.parametrize("spec, ctor, kind", [
+    (["os", "system"], {}, SpecError),  # not a SPEC string and keywords: not written by cnnscope
+    ("basic", ["width", 2], SpecError),
+    ("basic", {1: 2}, SpecError),
+    ("pkg.mod:attr", {}, TrustError),
 ])
-def test_check_file_spec_refusals(spec, ctor, message):
-    with pytest.raises(CnnscopeError, match="Checkpoint x.pth") as error:
+def test_check_file_spec_refusals(spec, ctor, kind):
+    with pytest.raises(kind) as error:
         check_file_spec(spec, ctor, "Checkpoint x.pth")
-    assert message in str(error.value)
+    if kind is TrustError:  # it says what would run, and where the SPEC was read
+        assert str(error.value).startswith("Checkpoint x.pth asks to build the model 'pkg.mod:attr'")
+        assert "import the module pkg.mod and call pkg.mod.attr()" in str(error.value)
 
 
 def test_registry_names_pass_and_resolve_through_the_zoo_alone():
     check_file_spec("egrr", {"num_classes": 3}, "Checkpoint x.pth")
     check_file_spec("no_such_model", {}, "Checkpoint x.pth")  # the registry refuses it, importing nothing
-    with pytest.raises(CnnscopeError, match="Unknown model 'no_such_model'"):
+    with pytest.raises(SpecError):  # no such model
         build_model("no_such_model", {}, read_from="Checkpoint x.pth")
 
 
 # ---- a run's training configuration (train --resume) --------------------------------------------
 
-def test_resume_of_a_user_model_needs_trust_or_the_named_spec(runner, tmp_path):
+def test_resume_of_a_user_model_needs_trust_or_the_named_spec(runner, error_of, tmp_path):
     spec = user_model(tmp_path / "mine")
     trained = invoke(runner, "train", spec, "--dataset", "fake", "--epochs", "1", "--batch-size", "128",
                      "--device", "cpu", "--procs", "1", "--out", tmp_path / "reports", "--name", "small")
@@ -176,7 +178,7 @@ def test_resume_of_a_user_model_needs_trust_or_the_named_spec(runner, tmp_path):
     run = tmp_path / "reports" / "small"
 
     refused = invoke(runner, "train", "--resume", run)
-    assert refused.exit_code == 2
+    assert isinstance(error_of(refused), TrustError)
     message = " ".join(refused.stderr.split())
     assert f"The training configuration in {run / 'checkpoints' / 'last.pth'}" in message
     assert f"'{run.resolve() / 'model_source' / 'small.py'}:Small'" in message and "--trust-spec" in message

@@ -30,9 +30,14 @@ class FloatRange(click.FloatRange):
 
 
 class UserError(click.ClickException):
-    """A CnnscopeError as Click shows it: one paragraph on stderr, exit code 2."""
+    """A CnnscopeError as Click shows it: one paragraph on stderr, exit code 2; `error` is the
+    library's error itself."""
 
     exit_code = 2
+
+    def __init__(self, message: str, error: CnnscopeError):
+        super().__init__(message)
+        self.error = error
 
 
 class CnnscopeGroup(click.Group):
@@ -42,7 +47,7 @@ class CnnscopeGroup(click.Group):
                 warnings.showwarning = _show_warning(warnings.showwarning)
                 return super().invoke(ctx)
         except CnnscopeError as e:
-            raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or ""))) from None
+            raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or "")), e) from None
 
 
 def _show_warning(show_others):

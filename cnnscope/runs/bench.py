@@ -31,12 +31,11 @@ import torch.nn as nn
 from cnnscope.core import summary
 from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResult, median_seconds, sync,
                                  time_training, warm_up)
-from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
 from cnnscope.core.runtime import autocast, compile_errors, compile_model, resolve_device, split_batch
 from cnnscope.core.distributed import Dist, init_distributed, training_model
-from cnnscope.core.training import TrainStep, build_optimizer
+from cnnscope.core.training import make_step
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
 from cnnscope.runs import datasets, launch, loaders, recipes
@@ -152,10 +151,8 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
     with torch.no_grad():
         num_classes = model.eval()(x[:1]).shape[1]
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    step = TrainStep(training_model(model, ddp, compile), build_optimizer(model, recipe),
-                     nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-                     torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, compile))
+    step = make_step(model, recipe, device, amp, compile)
+    step.model = training_model(model, ddp, compile)
     model.train()
     return model, lambda: step(x, y)
 

@@ -9,7 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, RunError
 from cnnscope.files import atomic_write_bytes
 
 
@@ -20,12 +20,12 @@ def save_checkpoint(obj: dict, path) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint a user handed in; every failure is a clear CnnscopeError."""
+    """Load a checkpoint a user handed in; every failure is a clear RunError."""
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise CnnscopeError(
+        raise RunError(
             f"Checkpoint {path} does not exist. Pass a run folder (reports/<run>) or a .pth file "
             "written by `cnnscope train`."
         )
@@ -36,19 +36,19 @@ def load_checkpoint(path) -> dict:
         detail = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
         if path.stat().st_size == 0:
             detail = "the file is empty"
-        raise CnnscopeError(
+        raise RunError(
             f"Checkpoint {path} could not be read ({detail}). "
             "It is corrupt, truncated, or not a cnnscope checkpoint; use another checkpoint of the run "
             "(checkpoints/last.pth or best.pth) or train again."
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a torch file but not a cnnscope checkpoint (it has no 'model' and 'model_spec' "
             "entries). Pass a checkpoint written by `cnnscope train`."
         )
     wrong = [key for key, fits in _FIELDS.items() if key in ckpt and not fits(ckpt[key])]
     if wrong:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is not a checkpoint `cnnscope train` wrote: its {', '.join(wrong)} "
             f"{'is' if len(wrong) == 1 else 'are'} not of the kind cnnscope writes ({'; '.join(_KINDS[k] for k in wrong)}"
             "). Use another checkpoint of the run (checkpoints/last.pth or best.pth), or train again.")
@@ -102,14 +102,14 @@ def resolve_run(run) -> tuple[Path, Path]:
             ckpt = run / "checkpoints" / name
             if ckpt.is_file():
                 return run, ckpt
-        raise CnnscopeError(
+        raise RunError(
             f"Run folder {run} has no checkpoints/best.pth or checkpoints/last.pth. "
             "Pass a folder written by `cnnscope train`, or a checkpoint file."
         )
     if run.is_file():
         folder = run.parent.parent if run.parent.name == "checkpoints" else run.parent
         return folder, run
-    raise CnnscopeError(
+    raise RunError(
         f"RUN {run} is neither a run folder nor a checkpoint file. Pass reports/<run> or a .pth file."
     )
 
@@ -119,7 +119,7 @@ def load_weights(model, ckpt: dict, source, target: str) -> None:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CnnscopeError(
+        raise RunError(
             f"The weights of {source} do not fit {target!r}: {str(e).splitlines()[0][:300]}. They were "
             f"trained for {ckpt['model_spec']!r} with constructor keywords {ckpt.get('ctor') or {}}; "
             "use that model and configuration."
@@ -133,7 +133,7 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
     checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
     """
-    from cnnscope.core.training import apply_model_settings
+    from cnnscope.core.hooks import load_settings
     from cnnscope.runs.model_source import copy_spec, spec_to_build
     from cnnscope.runs.spec import build_model, check_file_spec
 
@@ -152,6 +152,6 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
         load_weights(model, ckpt, path, ckpt["model_spec"])
         # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
         # run trained down to tau=0.1 would be read at tau=1.
-        apply_model_settings(model, ckpt.get("model_settings") or {})
+        load_settings(model, ckpt.get("model_settings") or {})
     model.eval()
     return model, ckpt, folder

@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from cnnscope.errors import CnnscopeError
 from cnnscope import files
+from cnnscope.errors import DataError, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import file_datasets, image_folder
 
@@ -91,12 +91,12 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
     `fake`, which is generated in memory). `fake_size` = (train, test) image counts.
     """
     if not 0.0 <= val_split < 1.0:
-        raise CnnscopeError(f"val_split is a fraction of the training set in [0, 1), got {val_split}.")
+        raise DataError(f"val_split is a fraction of the training set in [0, 1), got {val_split}.")
     size = tuple(image_size or DEFAULT_IMAGE_SIZE)
     if is_folder(str(name)):
         return _load_folder(Path(name), Path(data_dir), val_split, size)
     if name not in DATASETS:
-        raise CnnscopeError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give the path of "
+        raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give the path of "
                             "an image-folder tree (one subfolder per class).", arguments=("dataset",))
     data_dir = Path(data_dir)
     if name == "fake":
@@ -154,7 +154,7 @@ def run_dataset(ckpt: dict, data_dir=None) -> Dataset:
     training; `data_dir` replaces the run's data folder."""
     options = (ckpt.get("config") or {}).get("options", {})
     if "dataset" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             "This checkpoint does not say which dataset it was trained on (no 'dataset' entry); "
             "evaluate a checkpoint written by `cnnscope train`."
         )
@@ -179,7 +179,7 @@ def fit_channels(ds: Dataset, channels: int) -> Dataset:
     if channels == have:
         return ds
     if have != 1 or channels != 3:
-        raise CnnscopeError(
+        raise DataError(
             f"The model takes {channels}-channel images but {ds.name} has {have}-channel images. Train a model whose "
             f"first convolution takes {have} channels (e.g. the ctor keyword in_channels={have}), or convert the "
             "images.", arguments=("dataset", "ctor"))
@@ -195,7 +195,7 @@ def _check_labels(split: Split, classes, where: str):
     """Every label names one of the classes (a label out of range would fail in the middle of training)."""
     bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
     if len(bad):
-        raise CnnscopeError(f"{where} has labels {bad.min().item()}..{bad.max().item()} outside the "
+        raise DataError(f"{where} has labels {bad.min().item()}..{bad.max().item()} outside the "
                             f"{len(classes)} classes (labels 0..{len(classes) - 1}). Replace the dataset's files with "
                             "the original ones.")
 

@@ -8,10 +8,9 @@ default reports/<checkpoint>-checkpoint/; run_folder.output_folder):
   plots/cm.png                      row-normalised, annotated
   plots/test_samples_grid.png       the first test images, true and predicted labels
   plots/misclassified_grid.png      the first misclassified test images
-  metrics.json                      test_acc, test_loss, macro_avg, weighted_avg merged in
+  metrics.json                      test_acc, test_loss, macro_avg, weighted_avg merged in (runfiles.RunMetrics)
   plots/acc_curves.png ...          a training run's curves, redrawn with this test accuracy marked
 """
-import json
 from pathlib import Path
 
 import torch
@@ -25,20 +24,22 @@ from cnnscope.runs.checkpoint import load_run_model, resolve_run
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import run_dataset
 from cnnscope.runs.loaders import contiguous_reason, first_images, make_loader, pixels
-from cnnscope.runs.runfiles import read_metrics
+from cnnscope.runs.runfiles import RunMetrics
 from cnnscope.runs.train_files import write_curves
 
 GRID_SIZE = 32  # images in each sample grid
 
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
-                 trust_spec=False, dataset=None, out=None, channels_last=None) -> EvalResult:
+                 trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None,
+                 channels_last=None) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
     (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
-    training loaded it, instead of loading it again; `out`: the folder to write into
-    (run_folder.output_folder); `channels_last`: the memory format its training chose, instead of
-    checking the model again (loaders.contiguous_reason)."""
+    training loaded it, instead of loading it again. `out`: the folder to write into
+    (run_folder.output_folder). `metrics`: its metrics.json as the run's training holds it, instead
+    of reading it. `channels_last`: the memory format its training chose, instead of checking the
+    model again (loaders.contiguous_reason)."""
     device = resolve_device(device)
     out_dir = run_folder.output_folder(*resolve_run(run), out)
     run_folder.refuse_links(out_dir)  # before any work
@@ -63,8 +64,9 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
                                          model=ckpt["model_spec"])
     if out_dir != Path(run_dir):
         reporter.step(f"writing the evaluation into {out_dir}")
+    metrics = metrics or RunMetrics.read(out_dir)
     with run_folder.writing_into(out_dir):
-        write_reports(result, out_dir, model, ckpt)
+        write_reports(result, out_dir, model, ckpt, metrics)
         write_grids(out_dir, ds, preds)
         if (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
             write_curves(out_dir)
@@ -76,8 +78,8 @@ def run_tta_hflip(ckpt: dict) -> bool:
     return bool(((ckpt.get("config") or {}).get("options", {}).get("recipe") or {}).get("tta_hflip", False))
 
 
-def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
-    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; merge into metrics.json."""
+def write_reports(result: EvalResult, run_dir: Path, model, ckpt, metrics: RunMetrics) -> None:
+    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; the test metrics into `metrics`."""
     from cnnscope.render import plots
 
     averages = [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
@@ -95,15 +97,12 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
     plots.confusion_matrix(result.confusion, result.classes, run_dir / "plots" / "cm.png",
                            title=f"{result.run}: confusion matrix (row-normalised), test acc {result.test_acc:.2f}%")
 
-    metrics_path = run_dir / "metrics.json"
-    metrics = read_metrics(metrics_path, "cnnscope train") if metrics_path.is_file() else {}
     metrics.update({
-        "run": metrics.get("run", result.run), "model": result.model,
+        "run": metrics.values.get("run", result.run), "model": result.model,
         "params": sum(p.numel() for p in model.parameters()), "dataset": ckpt["dataset"],
         "test_acc": result.test_acc, "test_loss": result.test_loss,
         "macro_avg": result.macro_avg, "weighted_avg": result.weighted_avg,
     })
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
 
 
 def write_grids(run_dir: Path, ds, preds) -> None:

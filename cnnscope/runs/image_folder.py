@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cnnscope import files
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, DataError
 from cnnscope.files import atomic_write_bytes, atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -82,13 +82,13 @@ class Rows:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            raise CnnscopeError(f"The image cache {self.path} was deleted while this command read it. Run the "
+            raise DataError(f"The image cache {self.path} was deleted while this command read it. Run the "
                                 "command again: the images are decoded into a new cache.") from None
         try:
             for lo, hi in zip([0, *breaks], [*breaks, len(ordered)]):
                 want = (hi - lo) * row_bytes
                 if os.preadv(fd, [rows[lo:hi]], (self.start + int(ordered[lo])) * row_bytes) != want:
-                    raise CnnscopeError(f"{self.path} is shorter than its header says. Delete it; the next run "
+                    raise DataError(f"{self.path} is shorter than its header says. Delete it; the next run "
                                         "decodes the images again.")
         finally:
             os.close(fd)
@@ -145,7 +145,7 @@ def split_ranges(sections: dict, val_split: float) -> dict:
         n_val = round((hi - lo) * val_split)
         ranges["val"], lo = (lo, lo + n_val), lo + n_val
     if hi <= lo:
-        raise CnnscopeError(f"The tree has {sum(sections.values())} images: too few to hold out a test split "
+        raise DataError(f"The tree has {sum(sections.values())} images: too few to hold out a test split "
                             "and still train. Add images, or give it test/ and train/ folders.")
     return {"train": (lo, hi), "val": ranges.get("val", starts.get("val")),
             "test": ranges.get("test", starts.get("test"))}
@@ -154,37 +154,37 @@ def split_ranges(sections: dict, val_split: float) -> dict:
 # ---- scanning ---------------------------------------------------------------------------------
 
 def scan(root: Path) -> Tree:
-    """The classes and files of the tree at `root`; a tree cnnscope cannot train on is a CnnscopeError."""
+    """The classes and files of the tree at `root`; a tree cnnscope cannot train on is a DataError."""
     if not root.is_dir():
-        raise CnnscopeError(f"The dataset folder {root} does not exist. Give an image-folder tree (one subfolder "
+        raise DataError(f"The dataset folder {root} does not exist. Give an image-folder tree (one subfolder "
                             "per class) or a dataset name.", arguments=("dataset",))
     folders = _subfolders(root)
     split_folders = [f for f in folders if f in SPLIT_FOLDERS]
     if split_folders and "train" not in split_folders:
-        raise CnnscopeError(f"{root} has {'/ and '.join(split_folders)}/ but no train/ folder. Add train/<class>/ "
+        raise DataError(f"{root} has {'/ and '.join(split_folders)}/ but no train/ folder. Add train/<class>/ "
                             "folders, or give one tree of class folders.", arguments=("dataset",))
     if "train" in split_folders:
         others = sorted(set(folders) - set(SPLIT_FOLDERS))
         if others:
-            raise CnnscopeError(f"{root} has split folders (train/) and also {', '.join(others)}/: put every class "
+            raise DataError(f"{root} has split folders (train/) and also {', '.join(others)}/: put every class "
                                 "folder inside train/, val/ or test/.", arguments=("dataset",))
         classes = _subfolders(root / "train")
         parts = {part: root / part for part in SPLIT_FOLDERS if part in split_folders}
     else:
         classes, parts = folders, {"all": root}
     if not classes:
-        raise CnnscopeError(f"{parts.get('train', root)} has no class folders: an image-folder tree holds one "
+        raise DataError(f"{parts.get('train', root)} has no class folders: an image-folder tree holds one "
                             "subfolder per class, each with its images (e.g. cats/001.png, dogs/001.jpg).",
                             arguments=("dataset",))
     if len(classes) == 1:
-        raise CnnscopeError(f"{parts.get('train', root)} has one class folder, {classes[0]}/: a classifier needs "
-                            "two classes or more, one subfolder each. Give the folder that holds the class folders, "
-                            "or add a folder for each other class.", arguments=("dataset",))
+        raise DataError(f"{parts.get('train', root)} has one class folder, {classes[0]}/: a classifier needs "
+                        "two classes or more, one subfolder each. Give the folder that holds the class folders, "
+                        "or add a folder for each other class.", arguments=("dataset",))
     sections, skipped = {}, []  # skipped: (path, what it is) of names that are not regular files
     for part, folder in parts.items():
         unknown = sorted(set(_subfolders(folder)) - set(classes))
         if unknown:
-            raise CnnscopeError(f"{folder} has class folders that train/ lacks: {', '.join(unknown)}. The classes "
+            raise DataError(f"{folder} has class folders that train/ lacks: {', '.join(unknown)}. The classes "
                                 "are train/'s folders.", arguments=("dataset",))
         found = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
                  for path in _class_files(str(folder / name), skipped)]
@@ -206,7 +206,7 @@ def _subfolders(folder: Path) -> list:
 
 def _class_files(folder: str, skipped: list) -> list:
     """The paths of the image files under a class folder, sorted; names that are not regular files
-    go to `skipped` as (path, what it is); an empty class is a CnnscopeError."""
+    go to `skipped` as (path, what it is); an empty class is a DataError."""
     named = sorted(os.path.join(top, name) for top, dirs, names in os.walk(folder)
                    for name in names if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."))
     found = []
@@ -217,7 +217,7 @@ def _class_files(folder: str, skipped: list) -> list:
         else:
             skipped.append((path, kind))
     if not found:
-        raise CnnscopeError(f"The class folder {folder} has no images (.png, .jpg or .jpeg). Add images or "
+        raise DataError(f"The class folder {folder} has no images (.png, .jpg or .jpeg). Add images or "
                             "remove the folder.", arguments=("dataset",))
     return found
 
@@ -257,7 +257,7 @@ def check_fits(name, images: int, channels: int, size, bytes_per_value: float, f
     need = images * channels * size[0] * size[1] * bytes_per_value
     free = available_memory() if free is None else free
     if need > free:
-        raise CnnscopeError(
+        raise DataError(
             f"{name} at {size[0]}x{size[1]} needs about {need / 1e9:,.1f} GB ({images:,} images of {channels}x"
             f"{size[0]}x{size[1]}, estimated before allocating), but {free / 1e9:,.1f} GB is available. Use a "
             "smaller image_size.", arguments=("image_size",))
@@ -276,7 +276,7 @@ def _refuse_link(path: Path) -> None:
 
 
 def _open_regular(path: Path):
-    """`path` opened for reading without following a link (a link is a CnnscopeError)."""
+    """`path` opened for reading without following a link (a link is a DataError)."""
     try:
         return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError:
@@ -342,7 +342,7 @@ def _decode(tree: Tree, image_size, stem: Path) -> dict:
 
 
 def _open(path: Path, argument="dataset"):
-    """PIL's lazy open (the header only); a file PIL cannot read is a CnnscopeError naming it."""
+    """PIL's lazy open (the header only); a file PIL cannot read is a DataError naming it."""
     from PIL import Image
 
     try:
@@ -371,6 +371,6 @@ def read_pixels(path: Path, mode: str, image_size, argument="dataset") -> np.nda
     return pixels.reshape(height, width, -1).transpose(2, 0, 1)
 
 
-def _unreadable(path: Path, e: Exception, argument: str) -> CnnscopeError:
-    return CnnscopeError(f"The image {path} cannot be read: {type(e).__name__}: {str(e)[:200]}. Replace or remove "
+def _unreadable(path: Path, e: Exception, argument: str) -> DataError:
+    return DataError(f"The image {path} cannot be read: {type(e).__name__}: {str(e)[:200]}. Replace or remove "
                          "the file (cnnscope reads PNG and JPEG images).", arguments=(argument,))

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnnscope.core.runtime import cpu_cores, split_batch
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import KINDS, CnnscopeError
 
 MIN_BATCH_PER_PROCESS = 64  # below this, batch-norm statistics get noisy and the kernels slow per image
 MAX_AUTO_PROCS = 8  # --procs auto never starts more (a batch of 4096 is not 64 processes)
@@ -196,7 +196,8 @@ def _outcome(codes: dict, procs: int, tmp: Path, after_loss) -> int:
         said = tmp / ERROR_FILE  # rank 0's CnnscopeError, raised here for the caller to word
         if said.is_file():
             error = json.loads(said.read_text())
-            raise CnnscopeError(error["message"], arguments=error["arguments"]) from None
+            kind = KINDS.get(error.get("kind"), CnnscopeError)
+            raise kind(error["message"], arguments=error["arguments"]) from None
         return USER_ERROR_EXIT  # rank 0 said why
     if STOPPED_EXIT in codes.values() and set(codes.values()) <= {STOPPED_EXIT, -signal.SIGTERM}:
         return STOPPED_EXIT  # a stop, and the agent ended the ranks that had not yet ended by themselves
@@ -287,7 +288,8 @@ def _hand_over(error: CnnscopeError, path: Path) -> None:
     """Rank 0's user error goes to the launcher, which raises it again in the caller's process (so that
     the caller words it, e.g. the CLI in terms of its flags); said here if it cannot be handed over."""
     try:
-        path.write_text(json.dumps({"message": str(error), "arguments": list(error.arguments)}))
+        path.write_text(json.dumps({"kind": type(error).__name__, "message": str(error),
+                                    "arguments": list(error.arguments)}))
     except OSError:
         print(f"Error: {error}", file=sys.stderr)
 

@@ -19,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import spec as specs
 
@@ -123,13 +123,13 @@ def _checked_record(run_dir: Path, source) -> dict:
     return source
 
 
-def _not_cnnscopes(run_dir: Path, what: str) -> CnnscopeError:
-    return CnnscopeError(f"The run {run_dir} {what}: the run's files were not written by `cnnscope train`. Use "
+def _not_cnnscopes(run_dir: Path, what: str) -> RunError:
+    return RunError(f"The run {run_dir} {what}: the run's files were not written by `cnnscope train`. Use "
                          "another checkpoint of the run, or train it again.")
 
 
 def _check_copy(run_dir: Path, recorded: dict) -> None:
-    """A CnnscopeError unless run_dir/model_source/ holds exactly the recorded files, each with its
+    """A RunError unless run_dir/model_source/ holds exactly the recorded files, each with its
     recorded SHA-256, none of them a link."""
     folder = run_dir / SOURCE_DIR
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
@@ -142,7 +142,7 @@ def _check_copy(run_dir: Path, recorded: dict) -> None:
             problems.append(f"{path} has SHA-256 {found}, but {digest} was recorded when the run was trained")
     problems += [f"{folder / name} was added after training" for name in sorted(present - set(recorded))]
     if problems:
-        raise CnnscopeError(
+        raise RunError(
             f"The run's copy of its model source is not the code recorded when the run was trained: "
             f"{'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}. Such a copy is never built, trust_spec "
             "or not: restore the run's model_source/ folder, or train the run again.", arguments=("trust_spec",))

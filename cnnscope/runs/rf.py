@@ -9,9 +9,6 @@ from cnnscope.core.rf.trace import meta_tensors_loaded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs import run_folder
-from cnnscope.runs.checkpoint import load_run_model, resolve_run
-from cnnscope.runs.inspect import Target, load_test_images
 from cnnscope.runs.spec import build_model, resolve_target
 
 
@@ -66,6 +63,10 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
     """(model, result) of the run's weights (in SPEC's architecture when SPEC is given), with
     result.erf measured on `images` = (n, paths): n of its test images, or the image files at paths,
     and drawn to RUN/plots/erf.png."""
+    from cnnscope.runs import run_folder  # a run's weights, images and folder: only for the ERF
+    from cnnscope.runs.checkpoint import load_run_model, resolve_run
+    from cnnscope.runs.inspect import Target, load_test_images
+
     if ctor and spec is None:
         raise CnnscopeError("ctor applies to a SPEC; with erf_run alone the run's checkpoint gives the constructor "
                             "keywords. Leave out ctor, or give the SPEC it belongs to.", arguments=("ctor", "erf_run"))

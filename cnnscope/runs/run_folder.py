@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cnnscope import files
 from cnnscope.files import disk_error, make_dirs
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 
 LOCK_NAME = ".cnnscope.lock"
 RUN_FILES = ("config.json", "train_log.csv", "metrics.json", "model_summary.txt", "rf.md",
@@ -86,12 +86,12 @@ def linked_entries(folder: Path) -> list[Path]:
 
 
 def refuse_links(folder: Path) -> None:
-    """A CnnscopeError naming the linked entries of the run folder `folder`, if it has any."""
+    """A RunError naming the linked entries of the run folder `folder`, if it has any."""
     links = linked_entries(folder)
     if links:
         names = ", ".join(f"{p.relative_to(folder)} -> {os.readlink(p)}" for p in links[:8])
         more = f" and {len(links) - 8} more" if len(links) > 8 else ""
-        raise CnnscopeError(
+        raise RunError(
             f"The run folder {folder} holds symbolic links where cnnscope writes its own files: {names}{more}. "
             "cnnscope writes and deletes only regular files it made inside a run folder, never through a link, "
             "so it leaves this folder as it is. Remove the links (the run's files are written anew), or use "
@@ -110,7 +110,7 @@ def writing_into(folder: Path):
 def checked_name(name: str) -> str:
     """`name` when it names one folder inside the out folder (not "", ".", "..", nor a path)."""
     if name in ("", ".", "..") or any(c in name for c in "/\\\0") or len(name.encode(errors="replace")) > 255:
-        raise CnnscopeError(f"name={name!r} is no run folder name: a run's folder is out/<name>, so the name is one "
+        raise RunError(f"name={name!r} is no run folder name: a run's folder is out/<name>, so the name is one "
                             "folder name (not empty, not . or .., without slashes), e.g. basic-w32.",
                             arguments=("name",))
     return name
@@ -130,7 +130,7 @@ def output_folder(folder: Path, ckpt_path: Path, out=None) -> Path:
 @contextmanager
 def locked(folder: Path):
     """Hold `folder`'s run lock (the folder and lock file are made as needed) for the block, with
-    this process's pid in the lock file; a CnnscopeError naming the holder if another process has it."""
+    this process's pid in the lock file; a RunError naming the holder if another process has it."""
     make_dirs(folder)
     path = Path(folder) / LOCK_NAME
     try:
@@ -141,14 +141,14 @@ def locked(folder: Path):
         raise disk_error(f"create the lock file {path}", e) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted as the lock
         os.close(fd)
-        raise CnnscopeError(f"{path} is not a regular file, so it cannot be the run's lock. Remove it, or train "
+        raise RunError(f"{path} is not a regular file, so it cannot be the run's lock. Remove it, or train "
                             "into another folder (another name or out).", arguments=("name", "out"))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CnnscopeError(
+            raise RunError(
                 f"{folder} is in use: process {holder} is training into it (it holds {path}). Wait for it to "
                 "finish or stop it, or train into another folder (another name or out).", arguments=("name", "out"),
             ) from None
@@ -178,7 +178,7 @@ def claim(folder: Path, held, *, resuming: bool, overwrite: bool) -> str:
         return ""
     started = (folder / "checkpoints" / "last.pth").is_file()
     if started and not overwrite:
-        raise CnnscopeError(
+        raise RunError(
             f"{folder} already holds a run. Continue it with resume={str(folder)!r}, choose another name, or set "
             "overwrite to replace it.", arguments=("resume", "name", "overwrite"),
         )
@@ -199,7 +199,7 @@ def refuse_foreign_files(folder: Path) -> None:
     clashes = run_files(folder)
     if clashes:
         names = ", ".join(str(p.relative_to(folder)) for p in clashes[:5])
-        raise CnnscopeError(
+        raise RunError(
             f"{folder} is not a cnnscope run (no {LOCK_NAME}, no config.json written by cnnscope), yet it holds "
             f"{names}, which a run would replace; cnnscope does not replace files it did not write, even with "
             "overwrite. Train into another folder (another name or out), or move those files away.",
@@ -207,14 +207,14 @@ def refuse_foreign_files(folder: Path) -> None:
         )
 
 
-def nothing_to_resume(folder: Path) -> CnnscopeError:
+def nothing_to_resume(folder: Path) -> RunError:
     """The error for --resume of a run stopped before its first checkpoint."""
     try:
         command = json.loads((Path(folder) / "config.json").read_text())["command"]
     except (OSError, ValueError, KeyError, TypeError):
         command = None
     started = f" (it was started with `{command}`)" if command else ""
-    return CnnscopeError(
+    return RunError(
         f"{folder} holds a run stopped before its first checkpoint, so there is nothing to resume. Start it "
         f"again: train it as it was started, without resume{started}; it trains into this folder anew.",
         arguments=("resume",),

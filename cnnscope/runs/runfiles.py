@@ -1,7 +1,8 @@
 """The one reader of a run folder's files (metrics.json, train_log.csv, generated text) for the
-commands that read runs without loading a model (compare, update-readme, evaluate's merge).
+commands that read runs without loading a model (compare, update-readme), and the one writer of its
+metrics.json (RunMetrics: training and evaluation hand it their values).
 
-A file that is missing, not UTF-8, not JSON, or has text in a number column is a CnnscopeError
+A file that is missing, not UTF-8, not JSON, or has text in a number column is a RunError
 naming the file, what is wrong with it, and the command that writes it again.
 """
 import csv
@@ -9,11 +10,12 @@ import io
 import json
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
+from cnnscope.files import atomic_write_text
 
 
 def _fail(path, problem: str, made_by: str):
-    raise CnnscopeError(f"{path} {problem}. Restore it, or write it again with `{made_by}`.")
+    raise RunError(f"{path} {problem}. Restore it, or write it again with `{made_by}`.")
 
 
 def read_text(path, made_by="cnnscope train") -> str:
@@ -104,3 +106,22 @@ def read_metrics(path, made_by="cnnscope train") -> dict:
             _fail(path, f"has {_shown(average)} as {key}, which should be an object of precision, recall and f1", made_by)
         _check_numbers(average or {}, ("precision", "recall", "f1"), path, made_by, prefix=f"{key}.")
     return metrics
+
+
+class RunMetrics:
+    """A run folder's metrics.json, held in memory: `update` merges values in and writes the whole
+    file again (atomically). Training hands it the model's MACs and receptive field and each epoch's
+    numbers; evaluation the test metrics."""
+
+    def __init__(self, run_dir, values: dict | None = None):
+        self.path, self.values = Path(run_dir) / "metrics.json", dict(values or {})
+
+    @classmethod
+    def read(cls, run_dir, made_by="cnnscope train") -> "RunMetrics":
+        """The run's metrics.json as it is (read_metrics), or an empty one where there is none."""
+        path = Path(run_dir) / "metrics.json"
+        return cls(run_dir, read_metrics(path, made_by) if path.is_file() else {})
+
+    def update(self, values: dict) -> None:
+        self.values.update(values)
+        atomic_write_text(self.path, json.dumps(self.values, indent=2) + "\n")

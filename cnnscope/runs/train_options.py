@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError, RunError
 from cnnscope.runs import datasets, model_source, recipes, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.recipes import Recipe
@@ -58,7 +58,7 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
         init_from = str(resolve_run(init_from)[1].resolve())
     recipe = recipes.resolve(recipes.get_recipe(spec, speed), recipe_overrides or {}, augment_overrides)
     if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
-        raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
+        raise DataError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                                    init_from=init_from, **runtime).items() if v is not None}
     opts = TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=display_name if name is None else run_folder.checked_name(name), **given)
@@ -113,13 +113,13 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
     path = resume_path(resume)
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} holds model weights but no training state (optimizer, epoch); it cannot be resumed. "
             "Resume from a run's checkpoints/last.pth, or start a new run."
         )
     saved = TrainOptions.from_json(ckpt["config"]["options"])
     if spec is not None and spec != saved.spec:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with resume={resume!r} "
             f"and no model (the run knows its model), or train {spec!r} as a new run, without resume.",
             arguments=("resume",),
@@ -137,7 +137,7 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
                 if f.name != "epochs" and getattr(asked_recipe, f.name) != getattr(saved.recipe, f.name)]
     changed += [k for k, v in dict(out=out, name=name).items() if v is not None]
     if changed:
-        raise CnnscopeError(
+        raise RunError(
             f"resume continues a run with the settings it was started with, in its own folder; these "
             f"settings would change it: {', '.join(changed)}. Leave them out, or start a new run (without "
             f"resume) under another name.", arguments=("resume", "name"),
@@ -152,7 +152,7 @@ def extend_epochs(recipe: Recipe, epochs: int, done: int, path) -> Recipe:
     it planned extends it (its schedule is then re-planned: runs.train_state.restore_schedule);
     fewer than it planned is refused."""
     if epochs < recipe.epochs:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a run of {recipe.epochs} epochs ({done} done); resume can extend a run to more epochs, "
             f"not shorten it. Ask for {recipe.epochs} or more epochs, or leave epochs out.", arguments=("epochs",),
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.tables import markdown_table
 from cnnscope.runs import runfiles
 from cnnscope.runs.readme.figures import STALE, UNKNOWN, figure_state
 from cnnscope.runs.readme.kinds import COMBINED_PLOTS, CURVES, KINDS, RUN_IMAGES, SEED_PREFIXES
@@ -50,12 +51,6 @@ def _fenced(text: str) -> str:
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}\n{text.rstrip()}\n{fence}\n"
-
-
-def _md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _num(value, spec: str) -> str:
@@ -116,7 +111,7 @@ class Renderer:
             return self._run_image(kind, args)
         if kind in COMBINED_PLOTS:
             return self._combined_plot(kind, args)
-        return getattr(self, kind.lower())(args)
+        return self.FILLS[kind](self, args)
 
     def _resolve(self, block: Block, where: str) -> tuple[str, dict]:
         """Block -> (kind, args); the seed's <PREFIX>_<X> names get the run (or --rf model) of X."""
@@ -258,7 +253,7 @@ class Renderer:
             self._fail("give exactly one of spec=SPEC (computed from the model) or run=PATH (read from a run).")
         return "spec" in args
 
-    # -- block kinds (one method per kind, named after it)
+    # -- block kinds: one method per kind (FILLS, below), the image families (RUN_IMAGES, COMBINED_PLOTS) apart
 
     def zoo_table(self, args) -> str:
         from cnnscope import zoo
@@ -275,7 +270,7 @@ class Renderer:
             final_rf = receptive_field(zoo.build(row["name"]), (3, 32, 32)).final_rf
             table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
                           final_rf, row["dataset"]))
-        return _md_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table)
+        return markdown_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table) + "\n"
 
     def model_summary(self, args) -> str:
         if self._spec_or_run(args):
@@ -318,7 +313,7 @@ class Renderer:
             ("train time (s)", _num(m.get("train_time_s"), ".1f")),
             ("images/s", _num(m.get("images_per_s"), ",.0f")),
         ]
-        return _md_table(("metric", "value"), rows)
+        return markdown_table(("metric", "value"), rows) + "\n"
 
     def cls_report(self, args) -> str:
         m = self._metrics(self._run_dir(args))
@@ -326,7 +321,7 @@ class Renderer:
         for key in ("macro_avg", "weighted_avg"):
             avg = m.get(key) or {}
             rows.append((key.replace("_", " "), *(_num(avg.get(k), ".3f") for k in ("precision", "recall", "f1"))))
-        return _md_table(("avg", "precision", "recall", "f1"), rows)
+        return markdown_table(("avg", "precision", "recall", "f1"), rows) + "\n"
 
     def curves(self, args) -> str:
         kind = args.get("kind", "acc")
@@ -369,6 +364,11 @@ class Renderer:
         if not path.is_file():
             self._fail(f"image {args['src']} does not exist (looked for {path}).")
         return self._image(path, path.stem.replace("_", " "), args)
+
+    # kind -> the method that fills its block
+    FILLS = {"ZOO_TABLE": zoo_table, "MODEL_SUMMARY": model_summary, "RF": rf, "RUN_METRICS": run_metrics,
+             "CLS_REPORT": cls_report, "CURVES": curves, "SHARING": sharing,
+             "COMBINED_SUMMARY_TABLE": combined_summary_table, "IMAGE": image}
 
     def _run_image(self, kind: str, args) -> str:
         name, title, made_by = RUN_IMAGES[kind]
