@@ -5,7 +5,6 @@ stride, padding and dilation of THAT call), and module hooks say which module, a
 runs it. Every tensor computed from the input carries its (Axis H, Axis W) metadata (axis.py); the
 op tables (ops.py) say what each operation does to it.
 """
-import math
 import weakref
 from collections import Counter
 from contextlib import contextmanager
@@ -15,13 +14,12 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import cnnscope.core.rf.ops as ops
-from cnnscope.core.rf.axis import (GLOBAL, PIXEL, merge_windows, resampled, shifted, show_number, sliding_window,
-                                   transposed_window)
-from cnnscope.core.rf.resample import scale_of, source_taps
+from cnnscope.core.rf.axis import GLOBAL, PIXEL, fitted, merge_windows, show_number, sliding_window, transposed_window
 from cnnscope.core.rf.layout import Layout, default_layout, is_default
 from cnnscope.core.rf.ops import arg, tensors
 from cnnscope.core.rf.rearrange import Rearranging, special_name
-from cnnscope.core.rf.result import Layer
+from cnnscope.core.rf.result import Layer, UnknownOp
+from cnnscope.core.rf.sampling import SAMPLING, Sampling
 from cnnscope.core.runtime import pair
 
 
@@ -33,7 +31,7 @@ class FinalMap(Exception):
         self.tensor = tensor
 
 
-class Tracer(Rearranging, TorchFunctionMode):
+class Tracer(Rearranging, Sampling, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
     probe=True runs the verify model: saturating activations, normalisation and dropout become
@@ -97,8 +95,8 @@ class Tracer(Rearranging, TorchFunctionMode):
         name = special_name(func, ops.op_name(func))
         if self.probe:
             out = ops.probe_call(name, func, args, kwargs)
-        elif self.shapes_only and name == "conv2d":
-            out = ops.conv_zeros(*args, **kwargs)
+        elif self.shapes_only:
+            out = ops.shape_call(name, func, args, kwargs)
         else:
             out = func(*args, **kwargs)
         index = self.count
@@ -112,19 +110,26 @@ class Tracer(Rearranging, TorchFunctionMode):
             return out
         if index == self.stop_at:
             raise FinalMap(inputs[0][0])
-        if all(m is GLOBAL for _, m in inputs):
+        unknown = next((m for _, m in inputs if isinstance(m, UnknownOp)), None)
+        if unknown is not None:  # computed from a map the analysis lost: unknown too
+            self.set(outs, unknown)
+        elif all(m is GLOBAL for _, m in inputs):
             self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
-            return out
-        self.handle(name, func, args, kwargs, inputs, outs, index)
+        else:
+            self.handle(name, func, args, kwargs, inputs, outs, index)
         return out
 
     def set(self, tensors, meta, layout=None):
-        """Record `meta` for each tensor, its H and W at `layout` (default: the last two dimensions)."""
+        """Record `meta` for each tensor, its H and W at `layout` (default: the last two dimensions);
+        a unit table (axis.Axis.units) is fitted to the tensor's grid."""
         for t in tensors:
             if id(t) not in self.meta:  # forget the entry when t dies, before its id can be reused
                 weakref.finalize(t, self.forget, id(t))
+            lay = layout or default_layout(t)
+            if isinstance(meta, tuple) and meta is not GLOBAL and lay is not None and any(a.units for a in meta):
+                meta = tuple(fitted(a, n) for a, n in zip(meta, lay.grid))
             self.meta[id(t)] = meta
-            self.layouts[id(t)] = layout or default_layout(t)
+            self.layouts[id(t)] = lay
 
     def forget(self, key):
         self.meta.pop(key, None)
@@ -143,28 +148,10 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(name, inputs, outs)
         elif self.rearrange(name, func, args, kwargs, inputs, outs, index):
             return
-        elif name in ops.GRID_OPS and not is_default(self.layout(x)):
-            self.unknown(name, inputs, outs)  # these read N x C x H x W only
-        elif name in ("conv2d", "conv_transpose2d"):
-            weight = arg(args, kwargs, 1, "weight")
-            transposed = name == "conv_transpose2d"
-            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
-                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7 if transposed else 5, "dilation", 1),
-                        transposed=transposed)
-        elif name in ops.POOLS:
-            self.pool(name, args, kwargs, x, meta, outs)
-        elif name in ops.ADAPTIVE_POOLS:
-            self.adaptive_pool(name, x, meta, outs, index)
-        elif name in ("interpolate", "upsample"):
-            self.interpolate(name, args, kwargs, x, meta, outs)
-        elif name == "pad":
-            self.pad(args, kwargs, meta, outs)
-        elif name == "pixel_shuffle":  # output unit o is input unit o // r: a transposed window k = s = r
-            r = arg(args, kwargs, 1, "upscale_factor")
-            self.window(name, x, meta, outs, (r, r), r, 0, 1, transposed=True)
-        elif name == "pixel_unshuffle":
-            r = arg(args, kwargs, 1, "downscale_factor")
-            self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        elif name in SAMPLING:
+            self.sample(name, args, kwargs, inputs, outs, index)
+        elif name in ops.GRID_OPS:
+            self.grid_op(name, args, kwargs, inputs, outs)
         elif name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor):
             self.merge(name, inputs, outs)  # torch.max(a, b): elementwise
         elif name in ops.DIM_OPS:
@@ -177,6 +164,32 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(name, inputs, outs)
 
     # -- spatial ops ---------------------------------------------------------------------------
+    def grid_op(self, name, args, kwargs, inputs, outs):
+        """Convolutions, pooling, pixel (un)shuffle: N x C x H x W in. A weight computed from pooled
+        features (a dynamic convolution) makes every unit see the whole input as well."""
+        x, meta = inputs[0]
+        others = [m for _, m in inputs[1:]]
+        if (meta is GLOBAL or not is_default(self.layout(x)) or x is not arg(args, kwargs, 0, "input")
+                or any(m is not GLOBAL for m in others)):
+            self.unknown(name, inputs, outs)  # these read N x C x H x W only, and spatial weights not at all
+            return
+        if name in ("conv2d", "conv_transpose2d"):
+            weight = arg(args, kwargs, 1, "weight")
+            transposed = name == "conv_transpose2d"
+            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
+                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7 if transposed else 5, "dilation", 1),
+                        transposed=transposed)
+        elif name in ops.POOLS:
+            self.pool(name, args, kwargs, x, meta, outs)
+        elif name == "pixel_shuffle":  # output unit o is input unit o // r: a transposed window k = s = r
+            r = arg(args, kwargs, 1, "upscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1, transposed=True)
+        else:  # pixel_unshuffle
+            r = arg(args, kwargs, 1, "downscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        if others:
+            self.set(outs, tuple(a._replace(glob=True) for a in self.meta[id(outs[0])]), self.layout(outs[0]))
+
     def window(self, op, x, meta, outs, k, s, p, d, transposed=False):
         k, s, d = pair(tuple(k)), pair(s), pair(d)
         if isinstance(p, str):  # 'valid' or 'same' (the odd pixel of 'same' goes after)
@@ -195,42 +208,6 @@ class Tracer(Rearranging, TorchFunctionMode):
         # A fixed window, even one that spans the whole map here (F.avg_pool2d(x, 4) on 4x4): the
         # RF of its units does not depend on the input size, unlike adaptive (global) pooling.
         self.window(op, x, meta, outs, k, s, p, d)
-
-    def adaptive_pool(self, op, x, meta, outs, index):
-        size, out_size = tuple(x.shape[-2:]), tuple(outs[0].shape[-2:])
-        if out_size == (1, 1):
-            self.collapse(x, meta, outs, index)
-            return
-        # Window i spans [floor(i*n/m), ceil((i+1)*n/m)); uniform only when m divides n.
-        k = tuple(max(math.ceil((i + 1) * n / m) - math.floor(i * n / m) for i in range(m))
-                  for n, m in zip(size, out_size))
-        if any(n % m for n, m in zip(size, out_size)):
-            self.warn(f"{self.where()}: {op} from {size} to {out_size} has windows of unequal size; "
-                      "RF uses the largest")
-        s = tuple(n / m for n, m in zip(size, out_size))
-        self.size_dependent = True
-        self.window(op, x, meta, outs, k, s, 0, 1)
-
-    def interpolate(self, op, args, kwargs, x, meta, outs):
-        """Each output unit gets the windows of the input units it reads (resample.py)."""
-        mode = arg(args, kwargs, 3, "mode", "nearest")
-        align = bool(arg(args, kwargs, 4, "align_corners"))
-        factors = arg(args, kwargs, 2, "scale_factor")
-        if arg(args, kwargs, 5, "recompute_scale_factor") or factors is None:
-            factors = (None, None)
-        self.size_dependent = True  # by size, or align_corners: the windows depend on the map's size
-        new, s = [], []
-        for a, n, m, factor in zip(meta, x.shape[-2:], outs[0].shape[-2:], pair(factors)):
-            scale = scale_of(mode, align, n, m, factor)
-            new.append(resampled(a, source_taps(mode, align, n, m, scale), a.jump * n / m))
-            s.append(n / m)
-        taps = {"bilinear": 2, "bicubic": 4}.get(mode, 1)
-        self.record(op, x, meta, tuple(new), outs, k=(taps, taps), s=tuple(s), d=(1, 1), p=(0, 0))
-
-    def pad(self, args, kwargs, meta, outs):
-        pads = list(arg(args, kwargs, 1, "pad")) + [0, 0, 0, 0]
-        left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
-        self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, (top, left))))
 
     def record(self, op, x, meta, new, outs, *, k, s, d, p, layout=None):
         if meta is not GLOBAL:
@@ -309,16 +286,15 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(op, [(x, meta)], outs)
 
     def unknown(self, op, inputs, outs):
-        spatial = [(t, m) for t, m in inputs if m is not GLOBAL and self.layout(t)]
-        keeps = [(t, m) for t, m in spatial if len(outs) == 1 and self.layout(t).fits(outs[0])]
-        if keeps:
-            self.warn(f"{self.where()}: unknown operation {op!r} keeps H and W; treated as pointwise "
-                      "(its RF contribution is unknown)")
-            self.merge(op, keeps, outs)
-        else:
-            self.warn(f"{self.where()}: unknown operation {op!r} changes the spatial layout "
-                      f"{tuple(inputs[0][0].shape)} -> {[tuple(t.shape) for t in outs]}; "
-                      "the RF is not followed past it")
+        """An operation the analysis does not know: what is computed from its outputs has an unknown
+        RF (result.UnknownOp), never a number."""
+        spatial = [(t, m) for t, m in inputs if isinstance(m, tuple) and m is not GLOBAL and self.layout(t)]
+        t = (spatial or inputs)[0][0]
+        keeps = len(outs) == 1 and self.layout(t) is not None and self.layout(t).fits(outs[0])
+        detail = ("keeps H and W but is not one the analysis knows" if keeps else
+                  f"changes the spatial layout {tuple(t.shape)} -> {[tuple(o.shape) for o in outs]} in a way "
+                  "the analysis does not follow")
+        self.set(outs, UnknownOp(op, self.where(), len(self.raw_layers) + 1, detail))
 
     # -- results -------------------------------------------------------------------------------
     def layers(self) -> list:

@@ -30,7 +30,7 @@ def _probe_side(axis: Axis, n: int) -> int:
     if axis.glob:
         return n
     j = max(1, math.ceil(axis.jump))
-    return max(n, j * math.ceil((axis.rf + 2 * j) / j))
+    return max(n, j * math.ceil((axis.window + 2 * j) / j))
 
 
 def _thin_side(axis: Axis, n: int) -> int:
@@ -47,28 +47,36 @@ def verify_receptive_field(model: nn.Module, result: RFResult, attempts=4) -> Pr
     scaled into their unsaturated range; then the support of d(unit) / d(input) on a random positive
     input is the unit's RF: the centre unit's, and where the windows vary over the map (after
     upsampling) those of the units nearest the centre that have each window size, unit by unit. The
-    input grows until the centre unit's support is clear of the border. Runs in float64 (deep nets
-    would underflow float32 at the RF's edge), float32 if that fails.
+    input grows until the centre unit's support is clear of the border. Sampling at data-dependent
+    positions (grid_sample, deformable convs) runs at the fixed ones (the identity grid, zero
+    offsets), their gradient kept: the probe measures the window the analysis reports beside
+    "global". Runs in float64 (deep nets would underflow float32 at the RF's edge), float32 if that
+    fails. A probe that cannot run is a CnnscopeError naming why.
     """
     failure = None
     for dtype in (torch.float64, torch.float32):
-        net = copy.deepcopy(model).to(dtype).eval()
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                _positive_(name, p)
         try:
+            net = copy.deepcopy(model).to(dtype).eval()
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    _positive_(name, p)
             return _probe(net, model, result, dtype, attempts)
-        except RuntimeError as e:  # e.g. a model that builds float32 constants in its forward
+        except CnnscopeError:
+            raise
+        except Exception as e:  # e.g. a model that builds float32 constants in its forward
             failure = e
+    message = str(failure).strip().splitlines()
     raise CnnscopeError(
-        f"The gradient probe of {result.model} failed: {type(failure).__name__}: "
-        f"{str(failure).splitlines()[0][:300]}. The analysis does not depend on it: analyse without verifying."
+        f"The gradient probe of {result.model} could not run: {type(failure).__name__}"
+        f"{': ' + message[0][:300] if message else ''}. The analysis does not depend on it: analyse without "
+        "verifying."
     )
 
 
 def _units(axis: Axis, n: int) -> list:
-    """The centre unit, and for each window size over the map the unit nearest the centre that has it."""
-    centre = (n - 1) // 2
+    """The centre unit (the nearest to the centre that sees the input), and for each window size over
+    the map the unit nearest the centre that has it (one that sees nothing too, where there is one)."""
+    centre = axis.centre_unit(n)
     nearest = {}
     for u in sorted(range(n), key=lambda u: (abs(u - centre), u)):
         window = axis.unit_window(u)
@@ -81,16 +89,17 @@ def _check_units(net, analysis: RFResult, axis, x):
     fmap = final_map(net, x, analysis, probe=True)
     grid = map_grid(fmap, analysis.final_layout)
     a, side = analysis.final[axis], x.shape[2 + axis]
+    centres = [b.centre_unit(g) for b, g in zip(analysis.final, grid)]
     checks = []
     for u in _units(a, grid[axis]):
-        unit = [(g - 1) // 2 for g in grid]
+        unit = list(centres)
         unit[axis] = u
         grad = unit_gradient(fmap, x, analysis.final_layout, unit, retain_graph=True)
         hits = (grad[0].abs().sum(0) > 0).any(dim=1 - axis).nonzero().flatten().tolist()
         window = (0, side - 1) if a.glob else a.unit_window(u)
         expected = (0, -1) if window is None else (max(0, round(window[0])), min(side - 1, round(window[1])))
         checks.append(UnitCheck(axis, u, expected, (hits[0], hits[-1]) if hits else (0, -1)))
-    return checks, (grid[axis] - 1) // 2
+    return checks, centres[axis]
 
 
 def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
@@ -112,7 +121,7 @@ def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
             thin = result.input_shape[2 - axis]  # too thin for this model: the analysed side
             continue
         lo, hi = next(c.probe for c in checks if c.unit == centre)
-        touches = not a.glob and (lo == 0 or hi == side - 1)  # may be clipped: grow and retry
+        touches = not a.glob and hi >= lo and (lo == 0 or hi == side - 1)  # may be clipped: grow and retry
         if not touches or attempt == attempts - 1:
             break
         side = _probe_side(Axis(0, 2 * side, a.jump), side)
