@@ -85,13 +85,16 @@ def _hull(spans):
     return (min(sp[0] for sp in spans), max(sp[1] for sp in spans)) if spans else None
 
 
+def _period(spans) -> int:
+    n = len(spans)
+    return next((q for q in range(1, n + 1) if n % q == 0 and all(spans[r] == spans[r % q] for r in range(n))), n)
+
+
 def periodic(spans, jump, like: Axis, units=0) -> Axis:
     """An Axis from per-phase windows (unit u sees spans[u mod len(spans)]), with the shortest period
     and the flags (glob, sampled) of `like`; `units` > 0: spans is the table of that many units."""
-    n = len(spans)
-    if n and not units:
-        period = next(q for q in range(1, n + 1) if n % q == 0 and all(spans[r] == spans[r % q] for r in range(n)))
-        spans = spans[:period]
+    if not units:
+        spans = spans[:_period(spans)]
     spans = tuple(spans)
     lo, hi = _hull([sp for sp in spans if sp is not None]) or (0, -1)
     return Axis(lo, hi, jump, like.glob, spans if len(spans) > 1 or units else (), units, like.sampled)
@@ -152,15 +155,17 @@ def transposed_window(axis: Axis, k, s, p, d) -> Axis:
 
 def resampled(axis: Axis, taps, jump, table=False) -> Axis:
     """Output unit o (jump `jump`) reads input units taps[o] (interpolation, roll, flip): each unit's
-    own window, the whole map as one period where the pattern does not repeat; `table`: the units of
-    this map only (a roll or a flip: nothing continues beyond them)."""
+    own window, a pattern that repeats where one does (nearest x2: every 2 units, continued beyond
+    the map), else a table of the map's units (the border units of bilinear, a roll, a flip: nothing
+    continues beyond them, so that a padded conv after them adds nothing made up)."""
     j = axis.jump
     spans = []
     for o, units in enumerate(taps):
         got = [(sp[0] + t * j - o * jump, sp[1] + t * j - o * jump) for t in units if (sp := axis.span(t)) is not None]
         # rounded: a fractional jump (8 -> 12 units: 4/3) leaves float noise that would hide the period
         spans.append(tuple(round(v, 9) for v in _hull(got)) if got else None)
-    return periodic(spans, jump, axis, len(spans) if table or axis.units else 0)
+    table = table or axis.units or _period(spans) == len(spans) > 1
+    return periodic(spans, jump, axis, len(spans) if table else 0)
 
 
 def merge_windows(windows, glob) -> Axis:

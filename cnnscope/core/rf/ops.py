@@ -149,8 +149,22 @@ def _unsaturated(x):
     return x / (2 * x.detach().abs().amax()).clamp_min(1.0)
 
 
+# Products of two maps (attention without a softmax, gates by hand): in the probe each would square
+# the magnitude of the values, and a few in a row overflow float64; the probe bounds their results
+# by a constant (which leaves the gradient's support as it is).
+PRODUCTS = {"mul", "matmul", "bmm", "einsum"}
+
+
 def probe_call(name, func, args, kwargs):
     """Run one op the way the verify model needs it (see tracer.Tracer)."""
+    out = _probe_call(name, func, args, kwargs)
+    if (name in PRODUCTS and isinstance(out, torch.Tensor) and out.is_floating_point()
+            and sum(isinstance(a, torch.Tensor) and a.dim() > 0 for a in (*args, *kwargs.values())) >= 2):
+        return out / out.detach().abs().amax().clamp_min(1.0)
+    return out
+
+
+def _probe_call(name, func, args, kwargs):
     x = args[0] if args else None
     if name in SATURATING and isinstance(x, torch.Tensor) and x.is_floating_point():
         return func(_unsaturated(x), *args[1:], **kwargs)

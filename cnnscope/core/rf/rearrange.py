@@ -73,6 +73,10 @@ class Rearranging:
             else:
                 self.unknown(name, [(x, meta)], outs)
         elif name == "getitem" and len(outs) == 1 and (cut := indexed(self.layout(x), x.shape, args[1])):
+            if cut == "prefix":  # class tokens: what they see is a pooling of the map (empty: nothing)
+                if outs[0].numel():
+                    self.collapse(x, meta, outs, index)
+                return True
             new, ((h0, hs), (w0, ws)) = cut
             if (h0, hs, w0, ws) == (0, 1, 0, 1):
                 self.set(outs, meta, new)

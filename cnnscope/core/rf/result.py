@@ -96,7 +96,7 @@ class RFResult:
     layers: list
     final: Optional[tuple]  # (Axis H, Axis W) of the final spatial map; None when `unknown`
     final_size: Optional[tuple]  # (H, W) of the final spatial map at the probe input
-    final_op: Optional[int]  # index of the torch call whose input is the final map; None: the output
+    final_op: Optional[tuple]  # (index, name) of the torch call whose input is the final map; None: the output
     warnings: list
     probe: Optional[Probe] = None
     erf: Optional[EffectiveRF] = None

@@ -32,10 +32,10 @@ class Sampling:
             self.unknown(name, inputs, outs)  # the map is not the one sampled, or it is pooled already
         elif name in MOVES:
             self.move(name, args, kwargs, x, meta, outs)
+        elif name == "pad":
+            self.pad(args, kwargs, inputs, outs)
         elif not is_default(self.layout(x)):
             self.unknown(name, inputs, outs)  # the others read N x C x H x W only
-        elif name == "pad":
-            self.pad(args, kwargs, x, meta, outs)
         elif name.startswith("adaptive"):
             self.adaptive_pool(name, x, meta, outs, index)
         elif name in ("interpolate", "upsample"):
@@ -78,20 +78,31 @@ class Sampling:
         if not all(out_lay.fits(t) for t in outs):
             self.unknown(name, [(x, meta)], outs)
         elif new != list(meta):
+            self.size_dependent |= name not in CUMULATIVE  # the seam of a roll, the mirror's axis: at the map's size
             self.record(name, x, meta, tuple(new), outs, k=(1, 1), s=(1, 1), d=(1, 1), p=(0, 0), layout=out_lay)
         else:
             self.set(outs, meta, lay)  # over channels or the batch
 
-    def pad(self, args, kwargs, x, meta, outs):
-        """F.pad: units added before the first; a circular pad wraps the map around (a table)."""
-        pads = list(arg(args, kwargs, 1, "pad")) + [0, 0, 0, 0]
-        left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
-        if arg(args, kwargs, 2, "mode", "constant") != "circular":
-            self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, (top, left))))
+    def pad(self, args, kwargs, inputs, outs):
+        """F.pad (H and W wherever they are): units added before the first; a circular pad wraps the
+        map around (a table)."""
+        x, meta = inputs[0]
+        lay, pads = self.layout(x), list(arg(args, kwargs, 1, "pad")) + [0] * 2 * x.dim()
+        before = [pads[2 * (-p - 1)] for p in (lay.h, lay.w)]  # the last dimension's first
+        if lay.merged:  # tokens added before the grid's are prefix tokens
+            if pads[2 * (-lay.h - 1) + 1] or before[0] < 0 or arg(args, kwargs, 2, "mode", "constant") != "constant":
+                self.unknown("pad", inputs, outs)
+            else:
+                self.set(outs, meta, lay._replace(prefix=lay.prefix + before[0]))
             return
-        new = tuple(resampled(a, [((o - before) % n,) for o in range(m)], a.jump, table=True)
-                    for a, before, n, m in zip(meta, (top, left), x.shape[-2:], outs[0].shape[-2:]))
-        self.record("pad", x, meta, new, outs, k=(1, 1), s=(1, 1), d=(1, 1), p=(top, left))
+        new_lay = lay._replace(grid=(outs[0].shape[lay.h], outs[0].shape[lay.w]))
+        if arg(args, kwargs, 2, "mode", "constant") != "circular":
+            self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, before)), new_lay)
+            return
+        self.size_dependent = True  # where the map wraps around
+        new = tuple(resampled(a, [((o - b) % n,) for o in range(m)], a.jump, table=True)
+                    for a, b, n, m in zip(meta, before, lay.grid, new_lay.grid))
+        self.record("pad", x, meta, new, outs, k=(1, 1), s=(1, 1), d=(1, 1), p=tuple(before), layout=new_lay)
 
     def adaptive_pool(self, op, x, meta, outs, index):
         """Unit o pools input units floor(o*n/m) .. ceil((o+1)*n/m) - 1: a uniform window where m divides

@@ -99,7 +99,7 @@ def unit_gradient(fmap, x, layout, unit, retain_graph=False):
         (last, i), (first, j) = sorted([(h, unit[0]), (w, unit[1])], reverse=True)
         value = fmap.select(last, i).select(first, j)
     else:
-        value = fmap.select(layout.h, unit[0] * layout.grid[1] + unit[1])
+        value = fmap.select(layout.h, layout.prefix + unit[0] * layout.grid[1] + unit[1])
     (grad,) = torch.autograd.grad(value.sum(), x, retain_graph=retain_graph)
     return grad
 

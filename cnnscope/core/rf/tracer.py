@@ -5,6 +5,7 @@ stride, padding and dilation of THAT call), and module hooks say which module, a
 runs it. Every tensor computed from the input carries its (Axis H, Axis W) metadata (axis.py); the
 op tables (ops.py) say what each operation does to it.
 """
+import math
 import weakref
 from collections import Counter
 from contextlib import contextmanager
@@ -31,12 +32,17 @@ class FinalMap(Exception):
         self.tensor = tensor
 
 
+class OtherPath(Exception):
+    """The forward pass took another path than the analysed one (it depends on the input's values)."""
+
+
 class Tracer(Rearranging, Sampling, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
     probe=True runs the verify model: saturating activations, normalisation and dropout become
     identities and max pooling becomes average pooling, so that gradients reach every input pixel
-    the final map depends on. stop_at=k raises FinalMap with the input of call k (the final map).
+    the final map depends on. stop_at=(k, name) raises FinalMap with the input of call k (the final
+    map), OtherPath where call k is not `name`.
     shapes_only=True skips the arithmetic of convolutions (zeros of the right shape): the
     analysis needs only their arguments.
     """
@@ -54,7 +60,8 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         self.calls = Counter()  # module -> calls so far
         self.count = 0  # torch calls made inside the model's forward
         self.raw_layers = []  # (module, call, op, k, s, d, p, Axis pairs in, Axis pairs out)
-        self.final = None  # (metadata, size, call index, layout)
+        self.final = None  # (metadata, size, (call index, op name), layout)
+        self.op = None  # the name of the call being handled
         self.size_dependent = False  # do the windows depend on the input's size (interpolation to a size ...)?
         self.warnings = {}  # message -> times
 
@@ -102,14 +109,15 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         index = self.count
         self.count += 1
         outs = tensors(out)
-        if not outs or name in ops.FRESH:
-            return out
         inputs = [(t, self.meta[id(t)]) for a in (*args, *kwargs.values()) for t in tensors(a)
                   if id(t) in self.meta]
-        if not inputs:
-            return out
-        if index == self.stop_at:
+        if self.stop_at is not None and index == self.stop_at[0]:
+            if name != self.stop_at[1] or not inputs:
+                raise OtherPath(f"call {index} is {name!r}, not {self.stop_at[1]!r} as in the analysis")
             raise FinalMap(inputs[0][0])
+        if not outs or name in ops.FRESH or not inputs:
+            return out
+        self.op = name
         unknown = next((m for _, m in inputs if isinstance(m, UnknownOp)), None)
         if unknown is not None:  # computed from a map the analysis lost: unknown too
             self.set(outs, unknown)
@@ -150,12 +158,14 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
             return
         elif name in SAMPLING:
             self.sample(name, args, kwargs, inputs, outs, index)
-        elif name in ops.GRID_OPS:
+        elif name in ops.GRID_OPS or name == "conv1d":
             self.grid_op(name, args, kwargs, inputs, outs)
         elif name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor):
             self.merge(name, inputs, outs)  # torch.max(a, b): elementwise
         elif name in ops.DIM_OPS:
             self.dim_op(name, args, kwargs, x, meta, outs, index)
+        elif name in ("cat", "concat", "concatenate") and self.prefixed(args, kwargs, outs):
+            return
         elif name in ops.ELEMENTWISE:
             self.merge(name, inputs, outs)
         elif name in ops.RESHAPES:
@@ -169,9 +179,11 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         features (a dynamic convolution) makes every unit see the whole input as well."""
         x, meta = inputs[0]
         others = [m for _, m in inputs[1:]]
-        if (meta is GLOBAL or not is_default(self.layout(x)) or x is not arg(args, kwargs, 0, "input")
-                or any(m is not GLOBAL for m in others)):
-            self.unknown(name, inputs, outs)  # these read N x C x H x W only, and spatial weights not at all
+        if meta is GLOBAL or x is not arg(args, kwargs, 0, "input") or any(m is not GLOBAL for m in others):
+            self.unknown(name, inputs, outs)  # spatial weights: not followed
+            return
+        if name == "conv1d" or not is_default(self.layout(x)):
+            self.channel_mix(name, args, kwargs, inputs, outs)
             return
         if name in ("conv2d", "conv_transpose2d"):
             weight = arg(args, kwargs, 1, "weight")
@@ -189,6 +201,23 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
             self.window(name, x, meta, outs, (r, r), r, 0, 1)
         if others:
             self.set(outs, tuple(a._replace(glob=True) for a in self.meta[id(outs[0])]), self.layout(outs[0]))
+
+    def channel_mix(self, name, args, kwargs, inputs, outs):
+        """A 1x1 conv (conv1d with kernel 1) over a tensor whose H and W are not its last two (say the
+        attention weights of heads x tokens x tokens): it mixes dimension -3 (-2) only, so it is
+        pointwise where H and W are elsewhere; any other such call is unknown."""
+        x, meta = inputs[0]
+        lay, weight = self.layout(x), arg(args, kwargs, 1, "weight")
+        mixed = -2 if name == "conv1d" else -3
+        ones = {1}
+        plain = (name in ("conv1d", "conv2d") and set(weight.shape[2:]) <= ones
+                 and set(pair(arg(args, kwargs, 3, "stride", 1))) <= ones
+                 and arg(args, kwargs, 4, "padding", 0) in (0, (0,), (0, 0), [0, 0], "valid", "same"))
+        if not plain or mixed in (lay.h, lay.w) or not lay.fits(outs[0]):
+            self.unknown(name, inputs, outs)
+            return
+        glob = len(inputs) > 1  # a weight computed from pooled features
+        self.set(outs, tuple(a._replace(glob=a.glob or glob) for a in meta), lay)
 
     def window(self, op, x, meta, outs, k, s, p, d, transposed=False):
         k, s, d = pair(tuple(k)), pair(s), pair(d)
@@ -217,7 +246,7 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
 
     def collapse(self, x, meta, outs, index):
         """Global pooling (or a flatten / mean over H and W): `x` is a candidate final map."""
-        self.final = (meta, self.grid(x), index, self.layout(x))
+        self.final = (meta, self.grid(x), (index, self.op), self.layout(x))
         self.set(outs, GLOBAL)
 
     # -- the rest ------------------------------------------------------------------------------
@@ -238,6 +267,22 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
                           "the output is taken to see the whole input")
             glob = bool(others) or len(same) < len(inputs)  # a pooled input: a gate
             self.set([out], tuple(self.merge_axis(op, i, [m[i] for m in same], glob) for i in (0, 1)), ref)
+
+    def prefixed(self, args, kwargs, outs) -> bool:
+        """torch.cat([class tokens, tokens], dim=the tokens'): the grid's tokens after more prefix
+        tokens; class tokens from pooled features make them global. False for any other cat."""
+        pieces = list(arg(args, kwargs, 0, "tensors"))
+        last = pieces[-1]
+        meta = self.meta.get(id(last))
+        if not isinstance(meta, tuple) or meta is GLOBAL or not self.layout(last).merged:
+            return False
+        lay, ndim = self.layout(last), last.dim()
+        before = [self.meta.get(id(t)) for t in pieces[:-1]]
+        if arg(args, kwargs, 1, "dim", 0) % ndim != lay.h % ndim or any(m not in (None, GLOBAL) for m in before):
+            return False
+        prefix = outs[0].shape[lay.h] - math.prod(lay.grid)
+        self.set(outs, tuple(a._replace(glob=a.glob or GLOBAL in before) for a in meta), lay._replace(prefix=prefix))
+        return True
 
     def merge_axis(self, op, i, windows, glob):
         jumps = {a.jump for a in windows}

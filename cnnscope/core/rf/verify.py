@@ -95,6 +95,8 @@ def _check_units(net, analysis: RFResult, axis, x):
         unit = list(centres)
         unit[axis] = u
         grad = unit_gradient(fmap, x, analysis.final_layout, unit, retain_graph=True)
+        if not torch.isfinite(grad).all():  # overflow in the probe's forward: its support means nothing
+            raise FloatingPointError(f"the probe's gradient of unit {unit} is not finite")
         hits = (grad[0].abs().sum(0) > 0).any(dim=1 - axis).nonzero().flatten().tolist()
         window = (0, side - 1) if a.glob else a.unit_window(u)
         expected = (0, -1) if window is None else (max(0, round(window[0])), min(side - 1, round(window[1])))
@@ -102,30 +104,63 @@ def _check_units(net, analysis: RFResult, axis, x):
     return checks, centres[axis]
 
 
-def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
-    """(checks, centre extent, input side, clipped) along `axis` (0: H, 1: W)."""
-    a = result.final[axis]
-    side = _probe_side(a, result.input_shape[1 + axis])
-    thin = _thin_side(result.final[1 - axis], result.input_shape[2 - axis])
+class _OtherNetwork(Exception):
+    """The model at the probe's input size is not the network analysed: its layers depend on the size."""
+
+
+def _analysed_at(model, result: RFResult, shape) -> RFResult:
+    """The analysis at the probe's input `shape` (the windows may depend on the size), which must be
+    the same network: the same layers in the same order."""
+    if shape == result.input_shape:
+        return result
+    analysis = receptive_field(model, shape)
+    if analysis.unknown or [(l.name, l.op) for l in analysis.layers] != [(l.name, l.op) for l in result.layers]:
+        raise _OtherNetwork(f"at a {'x'.join(map(str, shape))} input the model runs other layers than at the analysed "
+                            f"{'x'.join(map(str, result.input_shape))}")
+    return analysis
+
+
+def _grown(net, model, result: RFResult, axis, sides, generator, dtype, attempts):
+    """(checks, centre extent, input side, clipped) along `axis`, the input `sides` (probed, other) at
+    first, the probed side grown until the centre unit's support is clear of the border (while the
+    model stays the network analysed)."""
+    a, (side, other) = result.final[axis], sides
+    done = None
     for attempt in range(attempts):
         size = [0, 0]
-        size[axis], size[1 - axis] = side, thin
+        size[axis], size[1 - axis] = side, other
         shape = (result.input_shape[0], *size)
         x = (torch.rand(1, *shape, generator=generator, dtype=dtype) + 0.5).requires_grad_()
         try:
-            analysis = receptive_field(model, shape) if result.size_dependent and shape != result.input_shape else result
+            analysis = _analysed_at(model, result, shape)
             checks, centre = _check_units(net, analysis, axis, x)
-        except Exception:
-            if thin == result.input_shape[2 - axis]:
+        except _OtherNetwork:
+            if done is None:
                 raise
-            thin = result.input_shape[2 - axis]  # too thin for this model: the analysed side
-            continue
+            return done  # the input grown so far, clipped
         lo, hi = next(c.probe for c in checks if c.unit == centre)
         touches = not a.glob and hi >= lo and (lo == 0 or hi == side - 1)  # may be clipped: grow and retry
-        if not touches or attempt == attempts - 1:
-            break
+        done = checks, hi - lo + 1, side, touches
+        window = analysis.final[axis].unit_window(centre)
+        if not touches or (analysis.size_dependent and window and (window[0] <= 0 or window[1] >= side - 1)):
+            break  # clear of the border, or windows that grow with the input (adaptive pooling) reach it anyway
         side = _probe_side(Axis(0, 2 * side, a.jump), side)
-    return checks, hi - lo + 1, side, touches
+    return done
+
+
+def _probe_axis(net, model, result: RFResult, axis, generator, dtype, attempts):
+    """(checks, centre extent, input side, clipped) along `axis` (0: H, 1: W). The other axis is one
+    final unit wide; where the model cannot run that thin, or runs other layers at that size, it is
+    the analysed side, and where growing the probed axis changes the layers too, the analysed input."""
+    n, other = result.input_shape[1 + axis], result.input_shape[2 - axis]
+    side = _probe_side(result.final[axis], n)
+    plans = dict.fromkeys([(side, _thin_side(result.final[1 - axis], other)), (side, other), (n, other)])
+    for i, sides in enumerate(plans):
+        try:
+            return _grown(net, model, result, axis, sides, generator, dtype, attempts)
+        except Exception:
+            if i == len(plans) - 1:
+                raise
 
 
 def _probe(net, model, result: RFResult, dtype, attempts) -> Probe:
