@@ -21,6 +21,7 @@ setup(
         "albumentations",
         "numpy",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"], "onnx": ["onnx", "onnxruntime"]},
+    extras_require={"dev": ["pytest", "hypothesis"], "onnx": ["onnx", "onnxruntime"],
+                    "benchmark": ["timm"]},  # benchmarks/timm_rf.py
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
 )
