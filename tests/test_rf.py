@@ -24,8 +24,10 @@ from cnnscope.cli import cli
 from cnnscope.core.rf import effective_receptive_field, receptive_field, rf_box, tracer, verify_receptive_field
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.rf import _cells
+from cnnscope.runs import rf as rf_runs
 from cnnscope.runs.checkpoint import save_checkpoint
 from cnnscope.runs.datasets import load_dataset
+from cnnscope.runs.spec import build_model
 
 # The seed README's table for Net (shared/seeds/002, section 4.1), row for row.
 SEED_NET_ROWS = """\
@@ -441,6 +443,51 @@ def test_value_dependent_forward_is_analysed():
             return self.conv(x) if x.sum() >= 0 else self.wide(x)
 
     assert receptive_field(Branchy()).final_rf == 3
+
+
+META_BUILD = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+
+    class BranchesOnWeights(nn.Module):
+        """A forward that branches on a weight's value: uninitialised weights would pick a branch at random."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.wide = nn.Conv2d(3, 4, 5, padding=2)
+
+        def forward(self, x):
+            return self.conv(x) if self.conv.weight.abs().sum() > 0 else self.wide(x)
+
+    class ReadsValues(nn.Module):
+        """A constructor that reads a tensor's value: it cannot run on the meta device."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 7 if torch.ones(1).item() > 0 else 3, padding=3)
+
+        def forward(self, x):
+            return self.conv(x)
+''')
+
+
+@pytest.mark.parametrize("spec, final_rf, built", [
+    ("torchvision.models:resnet18", 435, [False]), ("meta_build.py:BranchesOnWeights", 3, [False, True]),
+    ("meta_build.py:ReadsValues", 7, [True])])
+def test_report_skips_the_weight_initialisation_where_no_value_is_read(tmp_path, monkeypatch, spec, final_rf, built):
+    """`cnnscope rf SPEC` builds the model without initialising its weights and analyses it
+    reading no value; where the constructor or the forward reads one, it builds the model as it is
+    and analyses that: the same tables."""
+    (tmp_path / "meta_build.py").write_text(META_BUILD)
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    original = receptive_field
+    monkeypatch.setattr(rf_runs, "receptive_field",
+                        lambda model, shape, values=True: seen.append(values) or original(model, shape, values=values))
+    result = rf_runs.report(spec, input_shape=(3, 224, 224) if "resnet" in spec else (3, 32, 32))
+    assert result.final_rf == final_rf and seen == built  # False: uninitialised weights, True: the model's own
+    assert result.to_json() == original(build_model(spec), result.input_shape).to_json()
 
 
 IMPORT_ORDER = textwrap.dedent('''

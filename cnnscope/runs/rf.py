@@ -5,6 +5,7 @@ from dataclasses import replace
 from cnnscope.core.rf import (
     RFResult, effective_receptive_field, receptive_field, rf_box, verify_receptive_field,
 )
+from cnnscope.core.rf.tracer import ValuesNeeded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
@@ -32,9 +33,11 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
                             arguments=("erf_image_paths", "erf_run"))
     elif spec is None:
         raise CnnscopeError("Give a SPEC to analyse (e.g. basic), or erf_run: a trained run.", arguments=("erf_run",))
-    else:
+    elif check:  # the probe needs the model's own weights
         model = build_model(spec, ctor)
         result = receptive_field(model, input_shape)
+    else:
+        model, result = _analysed(spec, ctor, input_shape)
     if check:
         _require_known(result, "check", "the gradient probe checks the analysis's figures")
         task = progress.add_task("verify: gradient probe", total=None) if progress else None
@@ -42,6 +45,20 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
         if progress:
             progress.remove_task(task)
     return result
+
+
+def _analysed(spec, ctor, input_shape):
+    """(model, result) of SPEC. The analysis reads no weight, so the model is built without
+    initialising them (for a ResNet-50 that takes longer than the analysis): on the meta device,
+    then given uninitialised CPU storage (not even zeroed: writing 100 MB costs as much). Where the
+    constructor or the forward reads a value (which the analysis pass detects), or the made-up
+    values make the forward fail, it is built again as it is and analysed the same way."""
+    try:
+        model = build_model(spec, ctor, device="meta").to_empty(device="cpu")
+        return model, receptive_field(model, input_shape, values=False)
+    except (CnnscopeError, ValuesNeeded, NotImplementedError, RuntimeError):
+        model = build_model(spec, ctor)
+        return model, receptive_field(model, input_shape)
 
 
 def _require_known(result: RFResult, argument, what):

@@ -98,8 +98,9 @@ def tensors(obj):
     return []
 
 
-def conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """Zeros shaped like F.conv2d's result (and its error on an input of the wrong channel count)."""
+def conv_shaped(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, zeros=True):
+    """Zeros shaped like F.conv2d's result (and its error on an input of the wrong channel count);
+    zeros=False: uninitialised (no memory written, for a pass that reads no value)."""
     if input.shape[-3] != weight.shape[1] * groups:
         raise RuntimeError(f"conv2d with a weight of shape {tuple(weight.shape)} and groups={groups} expected an "
                            f"input with {weight.shape[1] * groups} channels, got {input.shape[-3]}")
@@ -110,7 +111,8 @@ def conv_zeros(input, weight, bias=None, stride=1, padding=0, dilation=1, groups
     else:
         size = [(n + 2 * pi - di * (ki - 1) - 1) // si + 1
                 for n, ki, si, pi, di in zip(input.shape[-2:], k, s, pair(padding), d)]
-    return input.new_zeros((*input.shape[:-3], weight.shape[0], *size))
+    shape = (*input.shape[:-3], weight.shape[0], *size)
+    return input.new_zeros(shape) if zeros else input.new_empty(shape)
 
 
 # Elementwise ops whose output has the shape and dtype of one of their operands
@@ -122,12 +124,13 @@ def _in_place(func, kwargs) -> bool:
     return kwargs.get("inplace") is True or (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
 
 
-def shape_call(name, func, args, kwargs):
+def shape_call(name, func, args, kwargs, zeros=True):
     """Run one op for the analysis, which needs the shapes of the results and not their values:
-    convolutions give zeros, elementwise ops that keep an operand's shape and dtype give that
-    operand (itself where the op is in place, else a view of it), without computing anything."""
+    convolutions give zeros (uninitialised where `zeros` is False: no value is read), elementwise
+    ops that keep an operand's shape and dtype give that operand (itself where the op is in place,
+    else a view of it), without computing anything."""
     if name == "conv2d":
-        return conv_zeros(*args, **kwargs)
+        return conv_shaped(*args, **kwargs, zeros=zeros)
     if name in _SHAPE_KEEPING and args and isinstance(args[0], torch.Tensor):
         operands = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         x = args[0]

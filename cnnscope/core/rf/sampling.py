@@ -57,7 +57,7 @@ class Sampling:
             shifts = _dims(arg(args, kwargs, 1, "shifts"))
             taps = {d % ndim: (lambda n, s=s: [((o - s) % n,) for o in range(n)]) for s, d in zip(shifts, _dims(dims))}
         elif name == "index_select":
-            index = arg(args, kwargs, 2, "index").tolist()
+            index = self.read_values(arg(args, kwargs, 2, "index"))
             taps = {arg(args, kwargs, 1, "dim") % ndim: lambda n: [(i,) for i in index]}
         elif name in CUMULATIVE:
             taps = {arg(args, kwargs, 1, "dim") % ndim: lambda n: [tuple(range(o + 1)) for o in range(n)]}

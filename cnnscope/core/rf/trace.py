@@ -7,7 +7,7 @@ from cnnscope.core.probe import check_input, forward_error
 from cnnscope.core.rf.axis import GLOBAL
 from cnnscope.core.rf.ops import tensors
 from cnnscope.core.rf.result import RFResult, UnknownOp
-from cnnscope.core.rf.tracer import FinalMap, Tracer
+from cnnscope.core.rf.tracer import FinalMap, Tracer, ValuesNeeded
 from cnnscope.errors import CnnscopeError
 
 
@@ -23,30 +23,35 @@ def _device(model):
     return torch.device("cpu")
 
 
-def _trace(model, input_shape):
+def _trace(model, input_shape, values):
     """The analysis pass -> (tracer, output): one pass of a zero input on the model's device, in
     which the tracer computes no convolution and no elementwise op that keeps its operand's shape
     (ops.shape_call): the analysis needs the shapes, not the values. One path whatever is imported:
     a pass on meta tensors would need torch's meta machinery, which loads in seconds (torch._dynamo,
     sympy) unless something imported it before."""
     x = torch.zeros((1, *input_shape), device=_device(model))
-    tracer = Tracer(model, x, shapes_only=True)
+    tracer = Tracer(model, x, shapes_only=True, values=values)
     try:
         with torch.no_grad():
             return tracer, _run(model, x, tracer)
+    except ValuesNeeded:
+        raise
     except (Exception, SystemExit) as e:
         raise forward_error(model, None, input_shape, e) from None
 
 
-def receptive_field(model: nn.Module, input_shape=(3, 32, 32)) -> RFResult:
+def receptive_field(model: nn.Module, input_shape=(3, 32, 32), *, values=True) -> RFResult:
     """The receptive-field table of `model` on a 1 x C x H x W probe input (run in eval mode). An
     operation the analysis does not know, on the way to the final map, makes the result unknown
-    from it on (result.unknown), never a number."""
+    from it on (result.unknown), never a number. values=False: the model's weights are not its
+    own (left uninitialised, which saves the time of initialising them): a forward that reads a
+    value (a branch on it, an index from a buffer) raises tracer.ValuesNeeded; where it reads
+    none, the table cannot depend on the weights."""
     input_shape = check_input(model, input_shape)
     was_training = model.training
     model.eval()
     try:
-        tracer, out = _trace(model, input_shape)
+        tracer, out = _trace(model, input_shape, values)
     finally:
         model.train(was_training)
     # The final map: the model's output when it is still spatial (a fully convolutional net),

@@ -36,6 +36,17 @@ class OtherPath(Exception):
     """The forward pass took another path than the analysed one (it depends on the input's values)."""
 
 
+class ValuesNeeded(Exception):
+    """The forward read a tensor's value (into Python, or into a shape) where the values are not the
+    model's own (its weights were left uninitialised to save the time of initialising them)."""
+
+
+# Calls that read values: into Python, or into the shape of their result
+VALUE_READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "numpy",
+               "__array__", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+               "is_nonzero", "equal", "allclose", "repeat_interleave"}
+
+
 class Tracer(Rearranging, Sampling, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
@@ -44,12 +55,13 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
     the final map depends on. stop_at=(k, name) raises FinalMap with the input of call k (the final
     map), OtherPath where call k is not `name`.
     shapes_only=True skips the arithmetic of convolutions (zeros of the right shape): the
-    analysis needs only their arguments.
+    analysis needs only their arguments. values=False: the weights are not the model's own, so a
+    forward that reads a value raises ValuesNeeded (sampling.py reads index values the same way).
     """
 
-    def __init__(self, model: nn.Module, input_tensor, probe=False, stop_at=None, shapes_only=False):
+    def __init__(self, model: nn.Module, input_tensor, probe=False, stop_at=None, shapes_only=False, values=True):
         super().__init__()
-        self.shapes_only = shapes_only
+        self.shapes_only, self.values = shapes_only, values
         self.names = {m: name for name, m in model.named_modules()}
         self.meta = {}  # id(tensor) -> (Axis H, Axis W), for the live tensors computed from the input
         self.layouts = {}  # id(tensor) -> Layout: where its H and W are
@@ -91,6 +103,12 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         name = self.names[module] or type(module).__name__
         return f"{name}#{call}" if self.calls[module] > 1 else name
 
+    def read_values(self, t) -> list:
+        """The values of `t` (say an index), which must be the model's own."""
+        if not self.values:
+            raise ValuesNeeded(f"{self.where()} indexes by a tensor's values")
+        return t.tolist()
+
     def warn(self, message):
         self.warnings[message] = self.warnings.get(message, 0) + 1
 
@@ -100,10 +118,12 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         if not self.stack:  # outside the model's forward
             return func(*args, **kwargs)
         name = special_name(func, ops.op_name(func))
+        if not self.values and getattr(func, "__name__", name) in VALUE_READS:
+            raise ValuesNeeded(f"{self.where()} reads a value ({getattr(func, '__name__', name)})")
         if self.probe:
             out = ops.probe_call(name, func, args, kwargs)
         elif self.shapes_only:
-            out = ops.shape_call(name, func, args, kwargs)
+            out = ops.shape_call(name, func, args, kwargs, zeros=self.values)
         else:
             out = func(*args, **kwargs)
         index = self.count
