@@ -56,9 +56,9 @@ class Sampling:
                 return
             shifts = _dims(arg(args, kwargs, 1, "shifts"))
             taps = {d % ndim: (lambda n, s=s: [((o - s) % n,) for o in range(n)]) for s, d in zip(shifts, _dims(dims))}
-        elif name == "index_select":
-            index = self.read_values(arg(args, kwargs, 2, "index"))
-            taps = {arg(args, kwargs, 1, "dim") % ndim: lambda n: [(i,) for i in index]}
+        elif name == "index_select":  # the index's values are read only where it picks along H or W
+            index = arg(args, kwargs, 2, "index")
+            taps = {arg(args, kwargs, 1, "dim") % ndim: lambda n: [(i,) for i in self.read_values(index)]}
         elif name in CUMULATIVE:
             taps = {arg(args, kwargs, 1, "dim") % ndim: lambda n: [tuple(range(o + 1)) for o in range(n)]}
         else:
