@@ -158,6 +158,17 @@ def _unsaturated(x):
 PRODUCTS = {"mul", "matmul", "bmm", "einsum"}
 
 
+def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """scaled_dot_product_attention with its softmax unsaturated (the fused kernel's backward gives
+    NaN on the probe's large logits), its mask kept, no dropout."""
+    logits = _unsaturated(query @ key.transpose(-2, -1))
+    if is_causal:
+        attn_mask = torch.ones(logits.shape[-2:], dtype=torch.bool).tril()
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else logits + attn_mask
+    return torch.softmax(logits, -1) @ value
+
+
 def probe_call(name, func, args, kwargs):
     """Run one op the way the verify model needs it (see tracer.Tracer)."""
     out = _probe_call(name, func, args, kwargs)
@@ -171,9 +182,11 @@ def _probe_call(name, func, args, kwargs):
     x = args[0] if args else None
     if name in SATURATING and isinstance(x, torch.Tensor) and x.is_floating_point():
         return func(_unsaturated(x), *args[1:], **kwargs)
-    if name == "scaled_dot_product_attention" and len(args) == 3 and not kwargs:  # its softmax, unsaturated
-        q, k, v = args
-        return torch.softmax(_unsaturated(q @ k.transpose(-2, -1)), -1) @ v
+    if name == "scaled_dot_product_attention":
+        return _attention(*args, **kwargs)
+    if name == "pad" and not math.isfinite(arg(args, kwargs, 3, "value", 0.0) or 0.0):
+        # -inf around a max pool ('same' padding): the probe's pool averages, and 0 keeps it finite
+        return F.pad(x, arg(args, kwargs, 1, "pad"), arg(args, kwargs, 2, "mode", "constant"), 0.0)
     if name == "multi_head_attention_forward":  # its softmax is inside: queries and keys scaled down before
         return func(_unsaturated(args[0]), _unsaturated(args[1]), *args[2:], **kwargs)
     if name in ACTIVATIONS or name in NORMS or name in DROPOUTS:
