@@ -7,6 +7,7 @@ from cnnscope.core.probe import check_input, forward_error
 from cnnscope.core.rf.axis import GLOBAL
 from cnnscope.core.rf.ops import tensors
 from cnnscope.core.rf.result import RFResult, UnknownOp
+from cnnscope.core.rf.scatter import Scattered, settled
 from cnnscope.core.rf.tracer import FinalMap, Tracer, ValuesNeeded
 from cnnscope.errors import CnnscopeError
 
@@ -58,6 +59,13 @@ def receptive_field(model: nn.Module, input_shape=(3, 32, 32), *, values=True) -
     # else the input of the last global pooling.
     tracked = [t for t in tensors(out) if id(t) in tracer.meta]
     meta = tracer.meta[id(tracked[0])] if tracked else None
+    if isinstance(meta, Scattered):  # cut into windows or patches: a map again, or unknown
+        grid = settled(meta, tuple(tracked[0].shape))
+        if grid is None:
+            meta = meta.origin
+        else:
+            tracer.set(tracked[:1], grid[1], grid[0])
+            meta = grid[1]
     if isinstance(meta, UnknownOp):
         return RFResult(model=type(model).__name__, input_shape=input_shape, layers=tracer.layers(), final=None,
                         final_size=tracer.grid(tracked[0]), final_op=None, warnings=tracer.warning_list(),

@@ -21,6 +21,7 @@ from cnnscope.core.rf.ops import arg, tensors
 from cnnscope.core.rf.rearrange import Rearranging, special_name
 from cnnscope.core.rf.result import Layer, UnknownOp
 from cnnscope.core.rf.sampling import SAMPLING, Sampling
+from cnnscope.core.rf.scatter import Scattered, Scattering
 from cnnscope.core.runtime import pair
 
 
@@ -47,7 +48,7 @@ VALUE_READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__"
                "is_nonzero", "equal", "allclose", "repeat_interleave"}
 
 
-class Tracer(Rearranging, Sampling, TorchFunctionMode):
+class Tracer(Rearranging, Sampling, Scattering, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
     probe=True runs the verify model: saturating activations, normalisation and dropout become
@@ -141,6 +142,8 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
         unknown = next((m for _, m in inputs if isinstance(m, UnknownOp)), None)
         if unknown is not None:  # computed from a map the analysis lost: unknown too
             self.set(outs, unknown)
+        elif any(isinstance(m, Scattered) for _, m in inputs):  # cut into windows or patches
+            self.scatter(name, func, args, kwargs, inputs, outs, index)
         elif all(m is GLOBAL for _, m in inputs):
             self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
         else:
@@ -154,7 +157,7 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
             if id(t) not in self.meta:  # forget the entry when t dies, before its id can be reused
                 weakref.finalize(t, self.forget, id(t))
             lay = layout or default_layout(t)
-            if isinstance(meta, tuple) and meta is not GLOBAL and lay is not None and any(a.units for a in meta):
+            if type(meta) is tuple and meta is not GLOBAL and lay is not None and any(a.units for a in meta):
                 meta = tuple(fitted(a, n) for a, n in zip(meta, lay.grid))
             self.meta[id(t)] = meta
             self.layouts[id(t)] = lay
@@ -353,7 +356,7 @@ class Tracer(Rearranging, Sampling, TorchFunctionMode):
     def unknown(self, op, inputs, outs):
         """An operation the analysis does not know: what is computed from its outputs has an unknown
         RF (result.UnknownOp), never a number."""
-        spatial = [(t, m) for t, m in inputs if isinstance(m, tuple) and m is not GLOBAL and self.layout(t)]
+        spatial = [(t, m) for t, m in inputs if type(m) is tuple and m is not GLOBAL and self.layout(t)]
         t = (spatial or inputs)[0][0]
         keeps = len(outs) == 1 and self.layout(t) is not None and self.layout(t).fits(outs[0])
         detail = ("keeps H and W but is not one the analysis knows" if keeps else
