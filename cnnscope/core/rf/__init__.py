@@ -15,7 +15,9 @@ unit 0 sees and its jump (the input-pixel distance between neighbouring units): 
       channels): unchanged, in any layout. Normalisation statistics (BatchNorm in training,
       GroupNorm, LayerNorm) are left out, as in every conventional RF analysis.
   permutes, transposes, views and reshapes: H and W are followed wherever they go (channels-last
-      blocks, H*W flattened into tokens and back; layout.py, rearrange.py).
+      blocks, H*W flattened into tokens and back, class tokens before them; layout.py,
+      rearrange.py); a view that cuts them apart (windows, patches, space-to-depth) is followed
+      element by element until the pieces form a grid again (scatter.py).
   strided slices x[..., a::s, b::s]: a window of one unit, stride s, offset a; pixel_unshuffle(r): a
       window k = s = r; pixel_shuffle(r): a transposed one; unfold (im2col) a sliding window whose
       blocks become tokens, fold (col2im) a transposed window: a hand-written conv is a conv.
