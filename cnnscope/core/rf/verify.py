@@ -134,7 +134,7 @@ def _grown(net, model, result: RFResult, axis, sides, generator, dtype, attempts
         try:
             analysis = _analysed_at(model, result, shape)
             checks, centre = _check_units(net, analysis, axis, x)
-        except _OtherNetwork:
+        except Exception:  # another network at this size, or none (a model for one input size only)
             if done is None:
                 raise
             return done  # the input grown so far, clipped
