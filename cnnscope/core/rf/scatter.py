@@ -147,12 +147,15 @@ def _tokens(ranges):
 
 
 def _axes(sc, ranges):
-    """The axes of a settled map: unit i sees the old grid's units lo[i] .. hi[i] along each axis."""
+    """The axes of a settled map: unit i sees the old grid's units lo[i] .. hi[i] along each axis;
+    where every unit sees all of them (attention over all the tokens), the whole input: global."""
     axes = []
     for axis, (lo, hi) in enumerate(ranges):
         taps = [tuple(range(a, b + 1)) for a, b in zip(lo.tolist(), hi.tolist())]
-        old = sc.axes[axis]
-        axes.append(resampled(old, taps, old.jump * sc.grid[axis] / len(taps)))
+        old, n = sc.axes[axis], sc.grid[axis]
+        new = resampled(old, taps, old.jump * n / len(taps))
+        whole = n > 1 and all(t and t[0] == 0 and t[-1] == n - 1 for t in taps)
+        axes.append(new._replace(glob=new.glob or whole))
     return tuple(axes)
 
 
