@@ -224,8 +224,7 @@ def table(data) -> str:
     clipped = sum(bool(r.get("clipped")) and r["status"] in ("exact", "global") for r in results)
     lines = ["| " + " | ".join(STATUSES) + " | families |", "|" + "---:|" * (len(STATUSES) + 1),
              "| " + " | ".join(str(counts[s]) for s in STATUSES) + f" | {len(results)} |", "",
-             f"Of the exact and global ones, {clipped} matched on an input the RF does not fit in (the probe "
-             "could not grow it: the model runs other layers at other sizes).", "",
+             f"Clipped (exact or global on an input the RF does not fit in): {clipped}.", "",
              "| family | model | input | RF (analysis) | probe | status |", "|---|---|---:|---:|---:|---|"]
     for r in sorted(results, key=lambda r: r["family"]):
         note = r.get("unknown") or (r.get("error", "")[:90] if r["status"] in ("crash", "not run") else "")
