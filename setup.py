@@ -21,7 +21,11 @@ setup(
         "albumentations",
         "numpy",
     ],
-    # scikit-learn: benchmarks/small_data.py's digits; never needed to run cnnscope
-    extras_require={"dev": ["pytest", "hypothesis", "scikit-learn"], "onnx": ["onnx", "onnxruntime"]},
+    extras_require={
+        # scikit-learn: benchmarks/small_data.py's digits; never needed to run cnnscope
+        "dev": ["pytest", "hypothesis", "scikit-learn"],
+        "onnx": ["onnx", "onnxruntime"],
+        "benchmark": ["timm"],  # benchmarks/timm_rf.py
+    },
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
 )

@@ -239,23 +239,51 @@ def test_misaligned_merge_is_flagged_and_takes_the_union():
     assert result.final_rf == 2 and result.verified
 
 
-def test_unknown_ops_are_named_never_silently_identity():
-    class Rolled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+class Unknown(nn.Module):
+    """conv 3x3, then an operation the analysis does not know, then conv 3x3 and a global mean."""
 
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.c1(x)
+        if self.kind == "rot90":  # keeps H and W (a square map), moves every unit
+            x = torch.rot90(x, 1, (2, 3))
+        else:  # rows picked by a list: no window (strided slices are, tests/test_rf_ops.py)
+            x = x[:, :, [0, 2, 5]]
+        return self.c2(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("kind, detail", [("rot90", "keeps H and W but is not one the analysis knows"),
+                                          ("list", "changes the spatial layout (1, 4, 32, 32) -> [(1, 4, 3, 32)]")])
+def test_unknown_ops_make_the_rf_unknown_from_there_on(kind, detail):
+    """Never silently pointwise, never a number: the RF is unknown from layer 2 (after c1) on, the op
+    named; the table keeps the rows before it, and json says which layer and op."""
+    result = receptive_field(Unknown(kind))
+    op = "rot90" if kind == "rot90" else "getitem"
+    assert result.final_rf == "unknown" and result.unknown.op == op and result.unknown.layer == 2
+    assert result.unknown.where == "Unknown" and detail in result.unknown.detail
+    assert [l.name for l in result.layers] == ["c1"]
+    data = result.to_json()
+    assert data["final_rf"] == "unknown" and data["final_rf_hw"] is None and data["coverage"] is None
+    assert data["unknown_from"] == {"layer": 2, "name": "Unknown", "op": op, "detail": result.unknown.detail}
+    text = render.to_markdown(result)
+    assert "**Final RF:** unknown" in text and f"RF unknown from layer 2 (Unknown) on: operation '{op}'" in text
+
+
+def test_unknown_op_off_the_final_path_leaves_the_rf_known():
+    """An unknown op whose result the final map does not depend on changes nothing."""
+
+    class SideBranch(Unknown):
         def forward(self, x):
-            return self.conv(torch.roll(x, 1, dims=-1)).mean((2, 3))
+            x = self.c1(x)
+            torch.rot90(x, 1, (2, 3))  # computed and dropped
+            return self.c2(x).mean((2, 3))
 
-    class Subsampled(Rolled):
-        def forward(self, x):  # rows picked by a list: no window (strided slices are, tests/test_rf_ops.py)
-            return self.conv(x[:, :, [0, 2, 5]]).mean((2, 3))
-
-    result = receptive_field(Rolled())
-    assert any("'roll'" in w and "treated as pointwise" in w for w in result.warnings)
-    with pytest.raises(CnnscopeError, match="'getitem' changes the spatial layout"):
-        receptive_field(Subsampled())
+    result = probed(SideBranch("rot90"))
+    assert result.final_rf == 5 and result.unknown is None and result.verified
 
 
 def test_squeeze_excitation_makes_the_rf_global():
@@ -404,22 +432,17 @@ def test_analysis_leaves_the_model_as_it_was():
     assert model.training
 
 
-def test_value_dependent_forward_falls_back_to_real_tensors(monkeypatch):
+def test_value_dependent_forward_is_analysed():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3, padding=1)
             self.wide = nn.Conv2d(3, 4, 5, padding=2)
 
-        def forward(self, x):  # a branch on values: shapes alone (meta tensors) cannot run this
+        def forward(self, x):  # a branch on values: the analysis pass has real (zero) tensors
             return self.conv(x) if x.sum() >= 0 else self.wide(x)
 
     assert receptive_field(Branchy()).final_rf == 3
-    resnet = torchvision.models.resnet18()
-    fast = receptive_field(resnet)
-    monkeypatch.delitem(sys.modules, "torch._dynamo")  # as without torchvision: CPU tensors
-    slow = receptive_field(resnet)
-    assert (fast.layers, fast.final, fast.final_op) == (slow.layers, slow.final, slow.final_op)
 
 
 META_BUILD = textwrap.dedent('''
@@ -427,7 +450,7 @@ META_BUILD = textwrap.dedent('''
     import torch.nn as nn
 
     class BranchesOnWeights(nn.Module):
-        """A forward that branches on a weight's value: neither meta pass can run it."""
+        """A forward that branches on a weight's value: uninitialised weights would pick a branch at random."""
 
         def __init__(self):
             super().__init__()
@@ -449,23 +472,47 @@ META_BUILD = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("spec, final_rf", [("torchvision.models:resnet18", 435), ("meta_build.py:BranchesOnWeights", 3),
-                                            ("meta_build.py:ReadsValues", 7)])
-def test_report_builds_on_meta_where_it_can(tmp_path, monkeypatch, spec, final_rf):
-    """`cnnscope rf SPEC` skips the weight initialisation by building on the meta device, and
-    falls back to a CPU build where the constructor or the forward needs values: same tables."""
+@pytest.mark.parametrize("spec, final_rf, built", [
+    ("torchvision.models:resnet18", 435, [False]), ("meta_build.py:BranchesOnWeights", 3, [False, True]),
+    ("meta_build.py:ReadsValues", 7, [True])])
+def test_report_skips_the_weight_initialisation_where_no_value_is_read(tmp_path, monkeypatch, spec, final_rf, built):
+    """`cnnscope rf SPEC` builds the model without initialising its weights and analyses it
+    reading no value; where the constructor or the forward reads one, it builds the model as it is
+    and analyses that: the same tables."""
     (tmp_path / "meta_build.py").write_text(META_BUILD)
     monkeypatch.chdir(tmp_path)
-    built = []
+    seen = []
     original = receptive_field
     monkeypatch.setattr(rf_runs, "receptive_field",
-                        lambda model, shape: built.append(next(model.parameters()).device.type)
-                        or original(model, shape))
+                        lambda model, shape, values=True: seen.append(values) or original(model, shape, values=values))
     result = rf_runs.report(spec, input_shape=(3, 224, 224) if "resnet" in spec else (3, 32, 32))
-    assert result.final_rf == final_rf
-    assert built == {"torchvision.models:resnet18": ["meta"], "meta_build.py:BranchesOnWeights": ["meta", "cpu"],
-                     "meta_build.py:ReadsValues": ["cpu"]}[spec]
-    assert result.to_json() == original(build_model(spec), result.input_shape).to_json()  # as built on the CPU
+    assert result.final_rf == final_rf and seen == built  # False: uninitialised weights, True: the model's own
+    assert result.to_json() == original(build_model(spec), result.input_shape).to_json()
+
+
+IMPORT_ORDER = textwrap.dedent('''
+    import json, sys
+    from cnnscope import zoo
+    from cnnscope.core.rf import receptive_field
+
+    before = [receptive_field(zoo.build(name)).to_json() for name in ("basic", "egrr")]
+    loaded_before = "torch._dynamo" in sys.modules
+    import torchvision  # loads torch's meta-tensor machinery (torch._dynamo)
+    after = [receptive_field(zoo.build(name)).to_json() for name in ("basic", "egrr")]
+    print(json.dumps({"same": before == after, "loaded_before": loaded_before,
+                      "loaded_after": "torch._dynamo" in sys.modules, "rf": [r["final_rf"] for r in before]}))
+''')
+
+
+def test_result_does_not_depend_on_import_order():
+    """One analysis path: the same tables before and after torchvision loads torch's meta machinery
+    (the analysis once took a meta-tensor pass only where it was loaded), and the analysis itself
+    does not load it (seconds of import)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", IMPORT_ORDER], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"same": True, "loaded_before": False, "loaded_after": True, "rf": [55, 1410]}
 
 
 # ---- the command ------------------------------------------------------------------------------------

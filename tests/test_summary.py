@@ -151,3 +151,23 @@ def test_uncounted_operation_named_in_a_warning(runner):
     out = runner.invoke(cli, ["summary", "tests.test_summary:Opaque", "--input", "3", "8", "8", "--format", "markdown"])
     assert out.exit_code == 0, out.output
     assert "> warning: aten._cdist_forward ran uncounted in (model)" in out.output
+
+
+class Activations(nn.Module):
+    """In-place hardswish (MobileNetV3) and the resampling modes: elementwise work, no MACs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.act = nn.Hardswish(inplace=True)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        ups = [F.interpolate(x, scale_factor=2, mode=mode) for mode in ("nearest", "bilinear", "bicubic")]
+        return torch.cat([*ups, F.mish(ups[0]), F.gelu(ups[1])], 1).mean((2, 3))
+
+
+def test_in_place_activations_and_resampling_are_known_elementwise():
+    """aten.hardswish_ and aten._unsafe_index once ran "uncounted" with a warning: they are classified."""
+    result = summarize(Activations(), (3, 8, 8))
+    assert result.macs == 4 * 3 * 8 * 8 and result.warnings == []

@@ -59,7 +59,8 @@ def summary_cmd(spec, ctor, input_shape, fmt, reporter):
 @click.option("--title", default=None,
               help='Title of the table; in markdown a "### TITLE" line, e.g. "RF: Net (32x32 input)".')
 @click.option("--verify", "check", is_flag=True,
-              help="Measure the RF again by gradient probing; exit 1 when it differs from the analysis.")
+              help="Measure the RF again by gradient probing; exit 1 when it differs from the analysis, 2 when "
+                   "the probe cannot run or the analysis is unknown (nothing to compare).")
 @click.option("--erf", "erf_run", metavar="RUN", default=None,
               help="Effective RF of a trained RUN (reports/<run> or a checkpoint): RUN/plots/erf.png. "
                    "SPEC may then be left out (the run's own model).")
@@ -77,32 +78,37 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
-    and dilation of that call (functional calls and modules reused with another dilation
-    included), and the RF follows the real data flow: residual adds, concatenations and gates
-    take the union of their paths (misaligned paths are flagged). A row per call: Layer is the
-    qualified module name, '#n' for the n-th call of a module that runs several times, ':op' for
-    an op called in a container's own forward. RF and jump are in input pixels, "HxW" when the
-    axes differ; "*" marks units that also see the whole input through a global path
-    (squeeze-excitation). The final RF is that of the last spatial map before global pooling.
-    Operations cnnscope does not know are named in warnings.
+    and dilation of that call, and the RF follows the real data flow: residual adds,
+    concatenations and gates take the union of their paths (misaligned ones are flagged). A row
+    per call: Layer is the qualified module name, '#n' for the n-th call of a module, ':op' for an
+    op called in a container's own forward. RF and jump are in input pixels, "HxW" when the axes
+    differ; "*" marks units that also see the whole input through a global path. The final RF is
+    that of the last spatial map before global pooling. An operation cnnscope does not know, on
+    the way to it, makes the RF "unknown from layer X on", the operation named: never a number.
 
-    After upsampling the units of a map see windows of different sizes: the final RF is the largest,
-    the notes give the range and the centre unit's. --verify measures the final RF independently:
-    positive weights, identity activations and norms, unsaturated gates, max-pool read as avg-pool,
-    and the extent of d(unit)/d(input) on an input grown until it does not clip, for the centre
-    unit and, where the windows vary, a unit of each size. --erf RUN: the effective RF (Luo et al., 2016) of trained weights,
-    mean |d centre / d input| over test images, and the radius holding 95% of that mass. With
-    SPEC given, --erf builds SPEC with the run's weights, never the model the run's checkpoint
-    names; without it, that model must be a zoo model or allowed with --trust-spec.
+    Where units see windows of different sizes (upsampling, transposed convs, rolls, flips, uneven
+    adaptive pooling) the final RF is the largest; the notes give the range, the centre unit's and
+    the units that see no input. Sampling where the data says (grid_sample, deformable convs) is
+    global, the fixed-offset window beside it. --verify measures the RF again by gradient probing
+    (positive weights, identity activations and norms, avg-pool for max-pool, an input grown until
+    it does not clip) for the centre unit and a unit of each window size. --erf RUN: the effective
+    RF (Luo et al., 2016) of a run's weights on its test images, and the radius holding 95% of it;
+    with SPEC, --erf builds SPEC with the run's weights, else the run's own model (a zoo model, or
+    one allowed with --trust-spec).
 
     \b
-    JSON: {model, input, final_rf, final_jump, final_rf_hw, final_jump_hw, final_window_hw,
-      final_map, varies, final_window_range_hw, final_window_centre_hw, coverage, first_exceeding,
-      layers: [{index, name, op, k, s, d, p, rf_in, jump_in, rf_out, jump_out, global_in,
-      global_out}], warnings, verify: {probe_rf, probe_rf_hw, probe_input, match, clipped, units:
-      [{axis, unit, analysis, probe}]}, erf: {run, dataset, images, radius95, centre, figure}}
-    Per-axis values are [H, W]; final_rf/final_jump a number, "HxW" or "global"; verify and erf
-    only with those options. Exit codes: 0 done, 1 --verify mismatch, 2 bad input.
+    JSON: {model, input, final_rf, final_jump, unknown_from, final_rf_hw,
+      final_jump_hw, final_window_hw, data_dependent_hw, final_map, varies,
+      final_window_range_hw, final_window_centre_hw, empty_units_hw, coverage,
+      first_exceeding, layers: [{index, name, op, k, s, d, p, rf_in, jump_in,
+      rf_out, jump_out, global_in, global_out}], warnings, verify: {probe_rf,
+      probe_rf_hw, probe_input, match, clipped, units: [{axis, unit, analysis,
+      probe}]}, erf: {run, dataset, images, radius95, centre, figure}}
+    Per-axis values are [H, W]; final_rf a number, "HxW", "global" or "unknown"
+    (then unknown_from is {layer, name, op, detail} and the final map's keys
+    are null); verify and erf only with those options. Exit codes: 0 done (and
+    the probe matches); 1 --verify's probe does not match (both on stderr);
+    2 bad input, or --verify could not probe or had nothing to compare.
 
     \b
     Examples:

@@ -69,6 +69,12 @@ NOT_PRODUCTS = {
     "adaptive_max_pool2d", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
     "_upsample_nearest_exact2d", "upsample_linear1d", "upsample_bilinear2d", "_upsample_bilinear2d_aa",
     "upsample_bicubic2d", "upsample_trilinear3d", "grid_sampler_2d",
+    # what resampling decomposes into (F.interpolate's nearest and bilinear modes)
+    "_unsafe_index", "_unsafe_index_put", "_unsafe_masked_index", "_unsafe_masked_index_put_accumulate",
+    # elementwise activations whose ATen schema lacks the pointwise tag (the in-place forms do not
+    # decompose as the out-of-place ones do)
+    "hardswish", "hardswish_", "gelu", "gelu_", "mish", "mish_", "threshold", "threshold_", "rrelu_",
+    "rrelu_with_noise", "rrelu_with_noise_", "softplus", "hardshrink", "softshrink", "log_sigmoid_forward",
 }
 _NOT_PRODUCT_TAGS = (torch.Tag.pointwise, torch.Tag.reduction, torch.Tag.inplace_view)
 

@@ -30,7 +30,8 @@ def _global_note(result: RFResult) -> str:
 
 def _varies_note(result: RFResult) -> str:
     (h_lo, h_hi), (w_lo, w_hi) = result.final_range_hw
-    return (f"The RF varies over the units of the final map (after upsampling or transposed convs): "
+    return (f"The RF varies over the units of the final map (after upsampling, transposed convs, rolls, flips, "
+            f"uneven adaptive pooling): "
             f"local windows from {show_pair((h_lo, w_lo))} to {show_pair((h_hi, w_hi))}, "
             f"the centre unit's {show_pair(result.final_centre_hw)}; the final RF is the largest.")
 
@@ -55,8 +56,24 @@ def _erf_note(result: RFResult) -> str:
             f"mass lies within {radius} of the centre" + (f"; heatmap {e.figure}" if e.figure else "") + ".")
 
 
+def _final_notes(result: RFResult) -> list:
+    """Units that see nothing, and units that sample where the data says."""
+    lines = []
+    if any(result.empty_units_hw):
+        lines.append(f"Units of the final map that see no input at all: {result.empty_units_hw[0]} rows and "
+                     f"{result.empty_units_hw[1]} columns (a transposed conv whose stride and dilation share a "
+                     "factor); the centre unit is the nearest to the centre that sees the input.")
+    if any(result.data_dependent_hw):
+        lines.append("The units sample the map at positions computed from the data (grid_sample, a deformable "
+                     "conv): they can see any pixel, so the RF is global; the window of the fixed offsets "
+                     f"(identity grid, zero offsets) is {show_pair(result.final_window_hw)}.")
+    return lines
+
+
 def _notes(result: RFResult) -> list:
     """Plain-text lines after the table: coverage, first layer past the input, verify, ERF."""
+    if result.unknown:
+        return [f"RF {result.unknown.describe()}; no RF is given from there on."]
     c, h, w = result.input_shape
     first = result.first_exceeding
     lines = [f"Final map {result.final_size[0]}x{result.final_size[1]}; its RF covers "
@@ -65,6 +82,7 @@ def _notes(result: RFResult) -> list:
                 else "no layer's RF exceeds the input.")]
     if result.varies:
         lines.append(_varies_note(result))
+    lines += _final_notes(result)
     if any(a.glob for a in result.final):
         lines.append(_global_note(result))
     if result.probe is not None:

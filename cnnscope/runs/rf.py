@@ -5,11 +5,11 @@ from dataclasses import replace
 from cnnscope.core.rf import (
     RFResult, effective_receptive_field, receptive_field, rf_box, verify_receptive_field,
 )
-from cnnscope.core.rf.trace import meta_tensors_loaded
+from cnnscope.core.rf.tracer import ValuesNeeded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs.spec import build_model, resolve_target
+from cnnscope.runs.spec import build_model
 
 
 def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_run=None, erf_images=64,
@@ -31,13 +31,13 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
                             arguments=("erf_image_paths", "erf_run"))
     elif spec is None:
         raise CnnscopeError("Give a SPEC to analyse (e.g. basic), or erf_run: a trained run.", arguments=("erf_run",))
+    elif check:  # the probe needs the model's own weights
+        model = build_model(spec, ctor)
+        result = receptive_field(model, input_shape)
     else:
-        # the probe needs real weights; the analysis alone does not
-        model, result = (None, None) if check else _analyze_on_meta(spec, ctor, input_shape)
-        if result is None:
-            model = build_model(spec, ctor)
-            result = receptive_field(model, input_shape)
+        model, result = _analysed(spec, ctor, input_shape)
     if check:
+        _require_known(result, "check", "the gradient probe checks the analysis's figures")
         task = progress.add_task("verify: gradient probe", total=None) if progress else None
         result.probe = verify_receptive_field(model.cpu(), result)  # the probe's input is on the CPU
         if progress:
@@ -45,18 +45,26 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
     return result
 
 
-def _analyze_on_meta(spec, ctor, input_shape):
-    """(model, result) of SPEC built on the meta device, which skips the weight initialisation (0.43 s
-    of a ResNet-50's 0.6 s of RF work); (None, None) where that does not work: the meta pass is not
-    taken (trace.meta_tensors_loaded), or the constructor or the forward pass needs real values."""
-    resolve_target(spec)  # import the model's module first: torchvision loads the meta machinery
-    if not meta_tensors_loaded():
-        return None, None
+def _analysed(spec, ctor, input_shape):
+    """(model, result) of SPEC. The analysis reads no weight, so the model is built without
+    initialising them (for a ResNet-50 that takes longer than the analysis): on the meta device,
+    then given uninitialised CPU storage (not even zeroed: writing 100 MB costs as much). Where the
+    constructor or the forward reads a value (which the analysis pass detects), or the made-up
+    values make the forward fail, it is built again as it is and analysed the same way."""
     try:
-        model = build_model(spec, ctor, device="meta")
+        model = build_model(spec, ctor, device="meta").to_empty(device="cpu")
+        return model, receptive_field(model, input_shape, values=False)
+    except (CnnscopeError, ValuesNeeded, NotImplementedError, RuntimeError):
+        model = build_model(spec, ctor)
         return model, receptive_field(model, input_shape)
-    except CnnscopeError:  # built on the CPU, it gets the real error message, if there is one
-        return None, None
+
+
+def _require_known(result: RFResult, argument, what):
+    """A CnnscopeError (exit 2) where the analysis is unknown from some layer on: nothing to check."""
+    if result.unknown is not None:
+        raise CnnscopeError(f"The RF of {result.model} is {result.unknown.describe()}; {what}, so {argument} "
+                            "has nothing to work from. Leave it out to see the table, or replace that operation.",
+                            arguments=(argument,))
 
 
 def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, device, reporter, progress):
@@ -81,6 +89,7 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
         raise CnnscopeError(f"The effective RF of erf_run is measured on the run's {'x'.join(map(str, shape))} test "
                             f"images: input_shape must be {shape}.", arguments=("input_shape", "erf_run"))
     result = receptive_field(model, shape)  # on the CPU, before the weights move to `device`
+    _require_known(result, "erf_run", "the effective RF is measured around the final map's centre unit")
     reporter.detail(f"effective RF: gradients of {len(images.x)} images on {device}")
     model.to(device)
     task = progress.add_task("erf: gradients", total=len(images.x)) if progress else None

@@ -15,7 +15,9 @@ unit 0 sees and its jump (the input-pixel distance between neighbouring units): 
       channels): unchanged, in any layout. Normalisation statistics (BatchNorm in training,
       GroupNorm, LayerNorm) are left out, as in every conventional RF analysis.
   permutes, transposes, views and reshapes: H and W are followed wherever they go (channels-last
-      blocks, H*W flattened into tokens and back; layout.py, rearrange.py).
+      blocks, H*W flattened into tokens and back, class tokens before them; layout.py,
+      rearrange.py); a view that cuts them apart (windows, patches, space-to-depth) is followed
+      element by element until the pieces form a grid again (scatter.py).
   strided slices x[..., a::s, b::s]: a window of one unit, stride s, offset a; pixel_unshuffle(r): a
       window k = s = r; pixel_shuffle(r): a transposed one; unfold (im2col) a sliding window whose
       blocks become tokens, fold (col2im) a transposed window: a hand-written conv is a conv.
@@ -27,12 +29,20 @@ unit 0 sees and its jump (the input-pixel distance between neighbouring units): 
       the units of the output do not all see the same window; Axis.phases follows the window of
       each phase o mod P exactly through later windows, merges and pads, and the RF is the largest
       (k=2 s=2 adds nothing; k=4 s=2 p=1 adds one input jump).
-  interpolation (nearest, bilinear, bicubic, area; by size or factor; align_corners either way):
-      output unit o gets the windows of the input units PyTorch's index rule gives it a non-zero
-      weight (resample.py): units differ (one tap or two, clamped at the border); the final RF is
-      the largest, RFResult.final_range_hw and final_centre_hw give the range and the centre unit's.
-An operation it does not know, on a tensor it tracks, is named in a warning, never silently
-passed through.
+  interpolation (nearest, bilinear, bicubic, area; by size or factor; align_corners either way;
+      antialiased downsampling by its stretched filter), adaptive pooling that does not divide its
+      input: output unit o gets the windows of the input units PyTorch's index rule gives it a
+      non-zero weight (resample.py): units differ (one tap or two, clamped at the border); the
+      final RF is the largest, RFResult.final_range_hw and final_centre_hw give the range and the
+      centre unit's. Rolls, flips, circular pads, index_select and cumsum along H or W: each unit
+      its own window too, a table of the map's units (nothing beyond them; sampling.py).
+  sampling at positions computed from the data (grid_sample, deformable convs): any pixel, the RF
+      "global", with the window of the fixed offsets (identity grid, zero offsets) beside it.
+  units that see no input (a transposed conv whose stride and dilation share a factor) are counted
+      (RFResult.empty_units_hw); the centre unit is the nearest to the centre that sees the input.
+An operation in none of ops.py's tables, on a tensor the final map depends on, makes the result
+unknown from its layer on (RFResult.unknown, the op named): never a number, whatever it does to H
+and W. The analysis runs once on the model's device, computing shapes only (trace.py).
 
     result = receptive_field(model, (3, 224, 224))               # the table: RFResult
     result.probe = verify_receptive_field(model, result)         # the same figures by gradient probing
@@ -40,9 +50,9 @@ passed through.
 """
 from cnnscope.core.rf.axis import Axis
 from cnnscope.core.rf.erf import effective_receptive_field, rf_box
-from cnnscope.core.rf.result import EffectiveRF, Layer, Probe, RFResult
+from cnnscope.core.rf.result import EffectiveRF, Layer, Probe, RFResult, UnknownOp
 from cnnscope.core.rf.trace import receptive_field
 from cnnscope.core.rf.verify import verify_receptive_field
 
-__all__ = ["Axis", "EffectiveRF", "Layer", "Probe", "RFResult", "effective_receptive_field", "receptive_field",
-           "rf_box", "verify_receptive_field"]
+__all__ = ["Axis", "EffectiveRF", "Layer", "Probe", "RFResult", "UnknownOp", "effective_receptive_field",
+           "receptive_field", "rf_box", "verify_receptive_field"]

@@ -20,12 +20,12 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, result: RF
     centre = None
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].detach().clone().requires_grad_()
-        grad, centre = centre_gradient(final_map(model, batch, result), batch, result.final_layout)
+        grad, centre = centre_gradient(final_map(model, batch, result), batch, result)
         total += grad.abs().sum(1).sum(0).cpu().double()  # float64 on the CPU: mps has none
         if on_batch is not None:
             on_batch(len(batch))
     heat = (total / total.sum()).numpy() if total.sum() > 0 else total.numpy()
-    cy, cx = (a.centre + c * a.jump for a, c in zip(result.final, centre))
+    cy, cx = ((lo + hi) / 2 for lo, hi in (a.unit_window(c) for a, c in zip(result.final, centre)))
     return EffectiveRF(heatmap=heat, centre=(cy, cx), radius95=_radius95(heat, (cy, cx)), images=len(images))
 
 

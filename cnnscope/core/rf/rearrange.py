@@ -59,7 +59,7 @@ def _expand_ellipsis(equation, operands):
 
 
 class Rearranging:
-    """Mixed into the Tracer (it supplies meta, layout, set, record, collapse, unknown)."""
+    """Mixed into the Tracer (it supplies meta, layout, set, record, collapse, unknown, enter)."""
 
     def rearrange(self, name, func, args, kwargs, inputs, outs, index):
         """Handle `name` if it is one of this module's ops; False if not."""
@@ -70,9 +70,13 @@ class Rearranging:
                 self.collapse(x, meta, outs, index)  # H and W flattened with the channels: a classifier's input
             elif new is not None:
                 self.set(outs, meta, new)
-            else:
-                self.unknown(name, [(x, meta)], outs)
+            else:  # H or W cut apart (windows, patches): followed element by element (scatter.py)
+                self.enter(name, func, args, kwargs, x, meta, outs)
         elif name == "getitem" and len(outs) == 1 and (cut := indexed(self.layout(x), x.shape, args[1])):
+            if cut == "prefix":  # class tokens: what they see is a pooling of the map (empty: nothing)
+                if outs[0].numel():
+                    self.collapse(x, meta, outs, index)
+                return True
             new, ((h0, hs), (w0, ws)) = cut
             if (h0, hs, w0, ws) == (0, 1, 0, 1):
                 self.set(outs, meta, new)

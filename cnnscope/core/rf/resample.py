@@ -35,3 +35,35 @@ def _taps(mode, align, n_in, n_out, scale, o):
     if cubic:
         return tuple(sorted({min(max(i, 0), n_in - 1) for i in range(first - 1, first + 3)}))
     return (first, first + 1) if first < n_in - 1 else (first,)
+
+
+def _aa_linear(x):
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+def _aa_cubic(x, a=-0.5):
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    if x < 2.0:
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return 0.0
+
+
+def antialiased_taps(mode, n_in, n_out, scale) -> list:
+    """[input units with a non-zero weight in output unit o] of interpolate(..., antialias=True), by
+    PyTorch's rule (UpSampleKernel.cpp, _compute_weights_aa): when downsampling (scale > 1) the
+    filter (triangle for bilinear, Keys cubic for bicubic) is stretched by the scale, so the output
+    unit reads scale x as many input units; the support is interp_size/2 * scale around the centre
+    scale * (o + 0.5). The same float arithmetic, so that the zero weights are the kernel's."""
+    interp_size, filter_fn = (2, _aa_linear) if mode == "bilinear" else (4, _aa_cubic)
+    support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    taps = []
+    for o in range(n_out):
+        centre = scale * (o + 0.5)
+        first = max(int(centre - support + 0.5), 0)
+        size = min(int(centre + support + 0.5), n_in) - first
+        taps.append(tuple(first + j for j in range(size) if filter_fn((j + first - centre + 0.5) * invscale) != 0.0))
+    return taps

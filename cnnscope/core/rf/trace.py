@@ -1,16 +1,14 @@
 """Running a model under the tracer: the analysis (`receptive_field`) and the final spatial map
 that the gradient probe and the effective RF differentiate."""
-import sys
-from contextlib import contextmanager
-
 import torch
 import torch.nn as nn
 
 from cnnscope.core.probe import check_input, forward_error
 from cnnscope.core.rf.axis import GLOBAL
 from cnnscope.core.rf.ops import tensors
-from cnnscope.core.rf.result import RFResult
-from cnnscope.core.rf.tracer import FinalMap, Tracer
+from cnnscope.core.rf.result import RFResult, UnknownOp
+from cnnscope.core.rf.scatter import Scattered, settled
+from cnnscope.core.rf.tracer import FinalMap, Tracer, ValuesNeeded
 from cnnscope.errors import CnnscopeError
 
 
@@ -19,75 +17,67 @@ def _run(model, x, tracer):
         return model(x)
 
 
-def meta_tensors_loaded() -> bool:
-    """Is torch's meta-tensor machinery loaded already? torch loads it lazily, seconds on first use
-    (torchvision loads it), so a pass on meta tensors pays only where it is."""
-    return "torch._dynamo" in sys.modules
+def _device(model):
+    """Where the model's weights are (the probe input goes there too); the CPU for none."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
-@contextmanager
-def _on_meta(model):
-    """Swap every parameter and buffer of `model` for a meta tensor of its shape, in place (a copy of
-    a big model costs more than the whole pass), and put the originals back afterwards."""
-    saved = []
-    try:
-        for module in model.modules():
-            for store in (module._parameters, module._buffers):
-                for name, t in store.items():
-                    if t is not None:
-                        saved.append((store, name, t))
-                        store[name] = torch.empty_like(t, device="meta")
-        yield
-    finally:
-        for store, name, t in saved:
-            store[name] = t
-
-
-def _trace(model, input_shape):
-    """The analysis pass -> (tracer, output).
-
-    Meta tensors carry shapes without data, so that pass costs nothing even for a ResNet-50 at
-    224x224, where their machinery is loaded (meta_tensors_loaded). Otherwise, or when the model
-    needs real values (data-dependent control flow, CPU constants), CPU tensors, convolutions skipped.
-    """
-    if meta_tensors_loaded():
-        x = torch.zeros((1, *input_shape), device="meta")
-        tracer = Tracer(model, x)
-        try:
-            with torch.no_grad(), _on_meta(model):
-                return tracer, _run(model, x, tracer)
-        except Exception:  # the CPU pass below gives the real error, if there is one
-            pass
-    x = torch.zeros((1, *input_shape))
-    tracer = Tracer(model, x, shapes_only=True)
+def _trace(model, input_shape, values):
+    """The analysis pass -> (tracer, output): one pass of a zero input on the model's device, in
+    which the tracer computes no convolution and no elementwise op that keeps its operand's shape
+    (ops.shape_call): the analysis needs the shapes, not the values. One path whatever is imported:
+    a pass on meta tensors would need torch's meta machinery, which loads in seconds (torch._dynamo,
+    sympy) unless something imported it before."""
+    x = torch.zeros((1, *input_shape), device=_device(model))
+    tracer = Tracer(model, x, shapes_only=True, values=values)
     try:
         with torch.no_grad():
             return tracer, _run(model, x, tracer)
+    except ValuesNeeded:
+        raise
     except (Exception, SystemExit) as e:
         raise forward_error(model, None, input_shape, e) from None
 
 
-def receptive_field(model: nn.Module, input_shape=(3, 32, 32)) -> RFResult:
-    """The receptive-field table of `model` on a 1 x C x H x W probe input (run in eval mode)."""
+def receptive_field(model: nn.Module, input_shape=(3, 32, 32), *, values=True) -> RFResult:
+    """The receptive-field table of `model` on a 1 x C x H x W probe input (run in eval mode). An
+    operation the analysis does not know, on the way to the final map, makes the result unknown
+    from it on (result.unknown), never a number. values=False: the model's weights are not its
+    own (left uninitialised, which saves the time of initialising them): a forward that reads a
+    value (a branch on it, an index from a buffer) raises tracer.ValuesNeeded; where it reads
+    none, the table cannot depend on the weights."""
     input_shape = check_input(model, input_shape)
     was_training = model.training
     model.eval()
     try:
-        tracer, out = _trace(model, input_shape)
+        tracer, out = _trace(model, input_shape, values)
     finally:
         model.train(was_training)
     # The final map: the model's output when it is still spatial (a fully convolutional net),
     # else the input of the last global pooling.
-    maps = [t for t in tensors(out) if id(t) in tracer.meta and t.dim() >= 2]
-    if maps and tracer.meta[id(maps[0])] is not GLOBAL:
-        final = (tracer.meta[id(maps[0])], tracer.grid(maps[0]), None, tracer.layout(maps[0]))
+    tracked = [t for t in tensors(out) if id(t) in tracer.meta]
+    meta = tracer.meta[id(tracked[0])] if tracked else None
+    if isinstance(meta, Scattered):  # cut into windows or patches: a map again, or unknown
+        grid = settled(meta, tuple(tracked[0].shape))
+        if grid is None:
+            meta = meta.origin
+        else:
+            tracer.set(tracked[:1], grid[1], grid[0])
+            meta = grid[1]
+    if isinstance(meta, UnknownOp):
+        return RFResult(model=type(model).__name__, input_shape=input_shape, layers=tracer.layers(), final=None,
+                        final_size=tracer.grid(tracked[0]), final_op=None, warnings=tracer.warning_list(),
+                        unknown=meta)
+    if meta is not None and meta is not GLOBAL and tracked[0].dim() >= 2:
+        final = (meta, tracer.grid(tracked[0]), None, tracer.layout(tracked[0]))
     elif tracer.final is not None:
         final = tracer.final
     else:
-        unknown = "; ".join(tracer.warning_list()[:3]) or "none"
         raise CnnscopeError(
-            f"cnnscope could not follow any spatial feature map of {type(model).__name__} to its output "
-            f"(operations it did not know: {unknown})."
+            f"cnnscope could not follow any spatial feature map of {type(model).__name__} to its output: "
+            "no tensor it returns is computed from the input by torch operations."
         )
     meta, size, op, layout = final
     return RFResult(model=type(model).__name__, input_shape=input_shape, layers=tracer.layers(),
@@ -122,13 +112,14 @@ def unit_gradient(fmap, x, layout, unit, retain_graph=False):
         (last, i), (first, j) = sorted([(h, unit[0]), (w, unit[1])], reverse=True)
         value = fmap.select(last, i).select(first, j)
     else:
-        value = fmap.select(layout.h, unit[0] * layout.grid[1] + unit[1])
+        value = fmap.select(layout.h, layout.prefix + unit[0] * layout.grid[1] + unit[1])
     (grad,) = torch.autograd.grad(value.sum(), x, retain_graph=retain_graph)
     return grad
 
 
-def centre_gradient(fmap, x, layout=None):
-    """d(sum over channels of the centre unit of fmap) / dx, and that unit's (row, col)."""
-    h, w = map_grid(fmap, layout)
-    centre = ((h - 1) // 2, (w - 1) // 2)
+def centre_gradient(fmap, x, result: RFResult):
+    """d(sum over channels of the centre unit of fmap) / dx, and that unit's (row, col): the unit
+    nearest the centre that sees the input."""
+    layout = result.final_layout
+    centre = tuple(a.centre_unit(n) for a, n in zip(result.final, map_grid(fmap, layout)))
     return unit_gradient(fmap, x, layout, centre), centre

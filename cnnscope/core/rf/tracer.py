@@ -15,13 +15,13 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import cnnscope.core.rf.ops as ops
-from cnnscope.core.rf.axis import (GLOBAL, PIXEL, merge_windows, resampled, shifted, show_number, sliding_window,
-                                   transposed_window)
-from cnnscope.core.rf.resample import scale_of, source_taps
+from cnnscope.core.rf.axis import GLOBAL, PIXEL, fitted, merge_windows, show_number, sliding_window, transposed_window
 from cnnscope.core.rf.layout import Layout, default_layout, is_default
 from cnnscope.core.rf.ops import arg, tensors
 from cnnscope.core.rf.rearrange import Rearranging, special_name
-from cnnscope.core.rf.result import Layer
+from cnnscope.core.rf.result import Layer, UnknownOp
+from cnnscope.core.rf.sampling import SAMPLING, Sampling
+from cnnscope.core.rf.scatter import Scattered, Scattering
 from cnnscope.core.runtime import pair
 
 
@@ -33,19 +33,36 @@ class FinalMap(Exception):
         self.tensor = tensor
 
 
-class Tracer(Rearranging, TorchFunctionMode):
+class OtherPath(Exception):
+    """The forward pass took another path than the analysed one (it depends on the input's values)."""
+
+
+class ValuesNeeded(Exception):
+    """The forward read a tensor's value (into Python, or into a shape) where the values are not the
+    model's own (its weights were left uninitialised to save the time of initialising them)."""
+
+
+# Calls that read values: into Python, or into the shape of their result
+VALUE_READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "numpy",
+               "__array__", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+               "is_nonzero", "equal", "allclose", "repeat_interleave"}
+
+
+class Tracer(Rearranging, Sampling, Scattering, TorchFunctionMode):
     """Follows the RF metadata of every tensor computed from the input during one forward pass.
 
     probe=True runs the verify model: saturating activations, normalisation and dropout become
     identities and max pooling becomes average pooling, so that gradients reach every input pixel
-    the final map depends on. stop_at=k raises FinalMap with the input of call k (the final map).
+    the final map depends on. stop_at=(k, name) raises FinalMap with the input of call k (the final
+    map), OtherPath where call k is not `name`.
     shapes_only=True skips the arithmetic of convolutions (zeros of the right shape): the
-    analysis needs only their arguments.
+    analysis needs only their arguments. values=False: the weights are not the model's own, so a
+    forward that reads a value raises ValuesNeeded (sampling.py reads index values the same way).
     """
 
-    def __init__(self, model: nn.Module, input_tensor, probe=False, stop_at=None, shapes_only=False):
+    def __init__(self, model: nn.Module, input_tensor, probe=False, stop_at=None, shapes_only=False, values=True):
         super().__init__()
-        self.shapes_only = shapes_only
+        self.shapes_only, self.values = shapes_only, values
         self.names = {m: name for name, m in model.named_modules()}
         self.meta = {}  # id(tensor) -> (Axis H, Axis W), for the live tensors computed from the input
         self.layouts = {}  # id(tensor) -> Layout: where its H and W are
@@ -56,7 +73,8 @@ class Tracer(Rearranging, TorchFunctionMode):
         self.calls = Counter()  # module -> calls so far
         self.count = 0  # torch calls made inside the model's forward
         self.raw_layers = []  # (module, call, op, k, s, d, p, Axis pairs in, Axis pairs out)
-        self.final = None  # (metadata, size, call index, layout)
+        self.final = None  # (metadata, size, (call index, op name), layout)
+        self.op = None  # the name of the call being handled
         self.size_dependent = False  # do the windows depend on the input's size (interpolation to a size ...)?
         self.warnings = {}  # message -> times
 
@@ -86,6 +104,12 @@ class Tracer(Rearranging, TorchFunctionMode):
         name = self.names[module] or type(module).__name__
         return f"{name}#{call}" if self.calls[module] > 1 else name
 
+    def read_values(self, t) -> list:
+        """The values of `t` (say an index), which must be the model's own."""
+        if not self.values:
+            raise ValuesNeeded(f"{self.where()} indexes by a tensor's values")
+        return t.tolist()
+
     def warn(self, message):
         self.warnings[message] = self.warnings.get(message, 0) + 1
 
@@ -95,36 +119,48 @@ class Tracer(Rearranging, TorchFunctionMode):
         if not self.stack:  # outside the model's forward
             return func(*args, **kwargs)
         name = special_name(func, ops.op_name(func))
+        if not self.values and getattr(func, "__name__", name) in VALUE_READS:
+            raise ValuesNeeded(f"{self.where()} reads a value ({getattr(func, '__name__', name)})")
         if self.probe:
             out = ops.probe_call(name, func, args, kwargs)
-        elif self.shapes_only and name == "conv2d":
-            out = ops.conv_zeros(*args, **kwargs)
+        elif self.shapes_only:
+            out = ops.shape_call(name, func, args, kwargs, zeros=self.values)
         else:
             out = func(*args, **kwargs)
         index = self.count
         self.count += 1
         outs = tensors(out)
-        if not outs or name in ops.FRESH:
-            return out
         inputs = [(t, self.meta[id(t)]) for a in (*args, *kwargs.values()) for t in tensors(a)
                   if id(t) in self.meta]
-        if not inputs:
-            return out
-        if index == self.stop_at:
+        if self.stop_at is not None and index == self.stop_at[0]:
+            if name != self.stop_at[1] or not inputs:
+                raise OtherPath(f"call {index} is {name!r}, not {self.stop_at[1]!r} as in the analysis")
             raise FinalMap(inputs[0][0])
-        if all(m is GLOBAL for _, m in inputs):
-            self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
+        if not outs or name in ops.FRESH or not inputs:
             return out
-        self.handle(name, func, args, kwargs, inputs, outs, index)
+        self.op = name
+        unknown = next((m for _, m in inputs if isinstance(m, UnknownOp)), None)
+        if unknown is not None:  # computed from a map the analysis lost: unknown too
+            self.set(outs, unknown)
+        elif any(isinstance(m, Scattered) for _, m in inputs):  # cut into windows or patches
+            self.scatter(name, func, args, kwargs, inputs, outs, index)
+        elif all(m is GLOBAL for _, m in inputs):
+            self.set(outs, GLOBAL)  # nothing spatial left: heads, flatten, linear after global pooling
+        else:
+            self.handle(name, func, args, kwargs, inputs, outs, index)
         return out
 
     def set(self, tensors, meta, layout=None):
-        """Record `meta` for each tensor, its H and W at `layout` (default: the last two dimensions)."""
+        """Record `meta` for each tensor, its H and W at `layout` (default: the last two dimensions);
+        a unit table (axis.Axis.units) is fitted to the tensor's grid."""
         for t in tensors:
             if id(t) not in self.meta:  # forget the entry when t dies, before its id can be reused
                 weakref.finalize(t, self.forget, id(t))
+            lay = layout or default_layout(t)
+            if type(meta) is tuple and meta is not GLOBAL and lay is not None and any(a.units for a in meta):
+                meta = tuple(fitted(a, n) for a, n in zip(meta, lay.grid))
             self.meta[id(t)] = meta
-            self.layouts[id(t)] = layout or default_layout(t)
+            self.layouts[id(t)] = lay
 
     def forget(self, key):
         self.meta.pop(key, None)
@@ -143,32 +179,16 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(name, inputs, outs)
         elif self.rearrange(name, func, args, kwargs, inputs, outs, index):
             return
-        elif name in ops.GRID_OPS and not is_default(self.layout(x)):
-            self.unknown(name, inputs, outs)  # these read N x C x H x W only
-        elif name in ("conv2d", "conv_transpose2d"):
-            weight = arg(args, kwargs, 1, "weight")
-            transposed = name == "conv_transpose2d"
-            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
-                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7 if transposed else 5, "dilation", 1),
-                        transposed=transposed)
-        elif name in ops.POOLS:
-            self.pool(name, args, kwargs, x, meta, outs)
-        elif name in ops.ADAPTIVE_POOLS:
-            self.adaptive_pool(name, x, meta, outs, index)
-        elif name in ("interpolate", "upsample"):
-            self.interpolate(name, args, kwargs, x, meta, outs)
-        elif name == "pad":
-            self.pad(args, kwargs, meta, outs)
-        elif name == "pixel_shuffle":  # output unit o is input unit o // r: a transposed window k = s = r
-            r = arg(args, kwargs, 1, "upscale_factor")
-            self.window(name, x, meta, outs, (r, r), r, 0, 1, transposed=True)
-        elif name == "pixel_unshuffle":
-            r = arg(args, kwargs, 1, "downscale_factor")
-            self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        elif name in SAMPLING:
+            self.sample(name, args, kwargs, inputs, outs, index)
+        elif name in ops.GRID_OPS or name == "conv1d":
+            self.grid_op(name, args, kwargs, inputs, outs)
         elif name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor):
             self.merge(name, inputs, outs)  # torch.max(a, b): elementwise
         elif name in ops.DIM_OPS:
             self.dim_op(name, args, kwargs, x, meta, outs, index)
+        elif name in ("cat", "concat", "concatenate") and self.prefixed(args, kwargs, outs):
+            return
         elif name in ops.ELEMENTWISE:
             self.merge(name, inputs, outs)
         elif name in ops.RESHAPES:
@@ -177,6 +197,51 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(name, inputs, outs)
 
     # -- spatial ops ---------------------------------------------------------------------------
+    def grid_op(self, name, args, kwargs, inputs, outs):
+        """Convolutions, pooling, pixel (un)shuffle: N x C x H x W in. A weight computed from pooled
+        features (a dynamic convolution) makes every unit see the whole input as well."""
+        x, meta = inputs[0]
+        others = [m for _, m in inputs[1:]]
+        if meta is GLOBAL or x is not arg(args, kwargs, 0, "input") or any(m is not GLOBAL for m in others):
+            self.unknown(name, inputs, outs)  # spatial weights: not followed
+            return
+        if name == "conv1d" or not is_default(self.layout(x)):
+            self.channel_mix(name, args, kwargs, inputs, outs)
+            return
+        if name in ("conv2d", "conv_transpose2d"):
+            weight = arg(args, kwargs, 1, "weight")
+            transposed = name == "conv_transpose2d"
+            self.window(name, x, meta, outs, weight.shape[-2:], arg(args, kwargs, 3, "stride", 1),
+                        arg(args, kwargs, 4, "padding", 0), arg(args, kwargs, 7 if transposed else 5, "dilation", 1),
+                        transposed=transposed)
+        elif name in ops.POOLS:
+            self.pool(name, args, kwargs, x, meta, outs)
+        elif name == "pixel_shuffle":  # output unit o is input unit o // r: a transposed window k = s = r
+            r = arg(args, kwargs, 1, "upscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1, transposed=True)
+        else:  # pixel_unshuffle
+            r = arg(args, kwargs, 1, "downscale_factor")
+            self.window(name, x, meta, outs, (r, r), r, 0, 1)
+        if others:
+            self.set(outs, tuple(a._replace(glob=True) for a in self.meta[id(outs[0])]), self.layout(outs[0]))
+
+    def channel_mix(self, name, args, kwargs, inputs, outs):
+        """A 1x1 conv (conv1d with kernel 1) over a tensor whose H and W are not its last two (say the
+        attention weights of heads x tokens x tokens): it mixes dimension -3 (-2) only, so it is
+        pointwise where H and W are elsewhere; any other such call is unknown."""
+        x, meta = inputs[0]
+        lay, weight = self.layout(x), arg(args, kwargs, 1, "weight")
+        mixed = -2 if name == "conv1d" else -3
+        ones = {1}
+        plain = (name in ("conv1d", "conv2d") and set(weight.shape[2:]) <= ones
+                 and set(pair(arg(args, kwargs, 3, "stride", 1))) <= ones
+                 and arg(args, kwargs, 4, "padding", 0) in (0, (0,), (0, 0), [0, 0], "valid", "same"))
+        if not plain or mixed in (lay.h, lay.w) or not lay.fits(outs[0]):
+            self.unknown(name, inputs, outs)
+            return
+        glob = len(inputs) > 1  # a weight computed from pooled features
+        self.set(outs, tuple(a._replace(glob=a.glob or glob) for a in meta), lay)
+
     def window(self, op, x, meta, outs, k, s, p, d, transposed=False):
         k, s, d = pair(tuple(k)), pair(s), pair(d)
         if isinstance(p, str):  # 'valid' or 'same' (the odd pixel of 'same' goes after)
@@ -196,42 +261,6 @@ class Tracer(Rearranging, TorchFunctionMode):
         # RF of its units does not depend on the input size, unlike adaptive (global) pooling.
         self.window(op, x, meta, outs, k, s, p, d)
 
-    def adaptive_pool(self, op, x, meta, outs, index):
-        size, out_size = tuple(x.shape[-2:]), tuple(outs[0].shape[-2:])
-        if out_size == (1, 1):
-            self.collapse(x, meta, outs, index)
-            return
-        # Window i spans [floor(i*n/m), ceil((i+1)*n/m)); uniform only when m divides n.
-        k = tuple(max(math.ceil((i + 1) * n / m) - math.floor(i * n / m) for i in range(m))
-                  for n, m in zip(size, out_size))
-        if any(n % m for n, m in zip(size, out_size)):
-            self.warn(f"{self.where()}: {op} from {size} to {out_size} has windows of unequal size; "
-                      "RF uses the largest")
-        s = tuple(n / m for n, m in zip(size, out_size))
-        self.size_dependent = True
-        self.window(op, x, meta, outs, k, s, 0, 1)
-
-    def interpolate(self, op, args, kwargs, x, meta, outs):
-        """Each output unit gets the windows of the input units it reads (resample.py)."""
-        mode = arg(args, kwargs, 3, "mode", "nearest")
-        align = bool(arg(args, kwargs, 4, "align_corners"))
-        factors = arg(args, kwargs, 2, "scale_factor")
-        if arg(args, kwargs, 5, "recompute_scale_factor") or factors is None:
-            factors = (None, None)
-        self.size_dependent = True  # by size, or align_corners: the windows depend on the map's size
-        new, s = [], []
-        for a, n, m, factor in zip(meta, x.shape[-2:], outs[0].shape[-2:], pair(factors)):
-            scale = scale_of(mode, align, n, m, factor)
-            new.append(resampled(a, source_taps(mode, align, n, m, scale), a.jump * n / m))
-            s.append(n / m)
-        taps = {"bilinear": 2, "bicubic": 4}.get(mode, 1)
-        self.record(op, x, meta, tuple(new), outs, k=(taps, taps), s=tuple(s), d=(1, 1), p=(0, 0))
-
-    def pad(self, args, kwargs, meta, outs):
-        pads = list(arg(args, kwargs, 1, "pad")) + [0, 0, 0, 0]
-        left, top = pads[0], pads[2]  # (left, right, top, bottom): the last dim first
-        self.set(outs, tuple(shifted(a, shift) for a, shift in zip(meta, (top, left))))
-
     def record(self, op, x, meta, new, outs, *, k, s, d, p, layout=None):
         if meta is not GLOBAL:
             module, call = self.stack[-1]
@@ -240,7 +269,7 @@ class Tracer(Rearranging, TorchFunctionMode):
 
     def collapse(self, x, meta, outs, index):
         """Global pooling (or a flatten / mean over H and W): `x` is a candidate final map."""
-        self.final = (meta, self.grid(x), index, self.layout(x))
+        self.final = (meta, self.grid(x), (index, self.op), self.layout(x))
         self.set(outs, GLOBAL)
 
     # -- the rest ------------------------------------------------------------------------------
@@ -261,6 +290,22 @@ class Tracer(Rearranging, TorchFunctionMode):
                           "the output is taken to see the whole input")
             glob = bool(others) or len(same) < len(inputs)  # a pooled input: a gate
             self.set([out], tuple(self.merge_axis(op, i, [m[i] for m in same], glob) for i in (0, 1)), ref)
+
+    def prefixed(self, args, kwargs, outs) -> bool:
+        """torch.cat([class tokens, tokens], dim=the tokens'): the grid's tokens after more prefix
+        tokens; class tokens from pooled features make them global. False for any other cat."""
+        pieces = list(arg(args, kwargs, 0, "tensors"))
+        last = pieces[-1]
+        meta = self.meta.get(id(last))
+        if not isinstance(meta, tuple) or meta is GLOBAL or not self.layout(last).merged:
+            return False
+        lay, ndim = self.layout(last), last.dim()
+        before = [self.meta.get(id(t)) for t in pieces[:-1]]
+        if arg(args, kwargs, 1, "dim", 0) % ndim != lay.h % ndim or any(m not in (None, GLOBAL) for m in before):
+            return False
+        prefix = outs[0].shape[lay.h] - math.prod(lay.grid)
+        self.set(outs, tuple(a._replace(glob=a.glob or GLOBAL in before) for a in meta), lay._replace(prefix=prefix))
+        return True
 
     def merge_axis(self, op, i, windows, glob):
         jumps = {a.jump for a in windows}
@@ -309,16 +354,15 @@ class Tracer(Rearranging, TorchFunctionMode):
             self.unknown(op, [(x, meta)], outs)
 
     def unknown(self, op, inputs, outs):
-        spatial = [(t, m) for t, m in inputs if m is not GLOBAL and self.layout(t)]
-        keeps = [(t, m) for t, m in spatial if len(outs) == 1 and self.layout(t).fits(outs[0])]
-        if keeps:
-            self.warn(f"{self.where()}: unknown operation {op!r} keeps H and W; treated as pointwise "
-                      "(its RF contribution is unknown)")
-            self.merge(op, keeps, outs)
-        else:
-            self.warn(f"{self.where()}: unknown operation {op!r} changes the spatial layout "
-                      f"{tuple(inputs[0][0].shape)} -> {[tuple(t.shape) for t in outs]}; "
-                      "the RF is not followed past it")
+        """An operation the analysis does not know: what is computed from its outputs has an unknown
+        RF (result.UnknownOp), never a number."""
+        spatial = [(t, m) for t, m in inputs if type(m) is tuple and m is not GLOBAL and self.layout(t)]
+        t = (spatial or inputs)[0][0]
+        keeps = len(outs) == 1 and self.layout(t) is not None and self.layout(t).fits(outs[0])
+        detail = ("keeps H and W but is not one the analysis knows" if keeps else
+                  f"changes the spatial layout {tuple(t.shape)} -> {[tuple(o.shape) for o in outs]} in a way "
+                  "the analysis does not follow")
+        self.set(outs, UnknownOp(op, self.where(), len(self.raw_layers) + 1, detail))
 
     # -- results -------------------------------------------------------------------------------
     def layers(self) -> list:
