@@ -81,9 +81,10 @@ def test_gates_says_what_it_loads_only_when_verbose_and_its_seed_draws_the_weigh
     verbose, normal, quiet, seed_2 = (runner.invoke(cli, args + flag) for flag in (["-v"], [], ["-q", "--seed", "0"],
                                                                                    ["--seed", "2"]))
     assert all(r.exit_code == 0 for r in (verbose, normal, quiet, seed_2)), verbose.output
+    wrote = [f"wrote {tmp_path / 'gate_maps.png'}", f"wrote {tmp_path / 'gate_shares.png'}"]
     assert verbose.stderr.splitlines() == ["building egrr with untrained weights (seed 0) on cpu",
-                                           "loading fake (data) for the first 1 test images"]
-    assert normal.stderr == quiet.stderr == ""  # off a terminal no bar is drawn
+                                           "loading fake (data) for the first 1 test images", *wrote]
+    assert normal.stderr.splitlines() == quiet.stderr.splitlines() == wrote  # off a terminal no bar is drawn
     assert json.loads(quiet.stdout) == json.loads(verbose.stdout) == json.loads(normal.stdout)  # seed 0 each time
     assert json.loads(seed_2.stdout)["steps"] != json.loads(normal.stdout)["steps"]
 
@@ -200,7 +201,8 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     texts = "\n".join(help_texts(runner))
     made = {run_dir_of(new_options(name)).as_posix() for name in zoo.list_models()}
     made |= {f"reports/{name}" for name in re.findall(r"--name (\S+)", texts)} | {"reports/combined"}
-    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*"}
+    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*",
+                    "reports/<model>-augment"}
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))
     assert "reports/basic" in named and "reports/combined" in named
     assert named - made - placeholders == set()

@@ -180,7 +180,7 @@ def test_val_split_zero_selects_on_test(runner, tmp_path, tiny_spec):
     # the "val" columns hold the test set's numbers: the same model scores the same in evaluate
     assert rows[0]["val_acc"] == pytest.approx(metrics["test_acc"], abs=1e-4) == metrics["best_val_acc"]
     assert rows[0]["val_loss"] == pytest.approx(metrics["test_loss"], abs=1e-4)
-    assert "test loss" in " ".join(result.output.split())
+    assert ["train", "test"] in [line.split() for line in result.output.splitlines()]  # over the epoch columns
 
 
 # ---- resume -----------------------------------------------------------------------------------
@@ -668,8 +668,13 @@ def test_piped_output_is_one_whole_line_per_event(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 4 and all(lines), lines  # the header, one line per epoch, the closing line
-    assert lines[0].startswith("basic: basic (84,322 params) on fake") and lines[0].endswith(f"-> {tmp_path}/basic")
-    for epoch, line in zip((1, 2), lines[1:3]):
-        assert line.startswith(f"epoch   {epoch}/2  train loss") and " img/s" in line, line
-    assert lines[3].startswith("Done in ") and lines[3].endswith(f"-> {tmp_path}/basic")
+    # the run (3 lines), the epochs' header (2), one line per epoch, the closing lines (2)
+    assert len(lines) == 9 and all(lines), lines
+    assert lines[0] == "basic: basic, 84,322 params, on fake, cpu"
+    assert lines[1] == "  64 train / 51 val / 128 test images; 2 epochs x 1 batch of 64" and lines[2] == f"  -> {tmp_path}/basic"
+    assert lines[3].split() == ["train", "val"] and lines[4].split() == [
+        "epoch", "loss", "acc", "loss", "acc", "lr", "time", "img/s", "ETA"]
+    for epoch, line in zip((1, 2), lines[5:7]):
+        assert line.split()[0] == f"{epoch}/2" and len(line) == len(lines[4]) + (len("  best") if "best" in line else 0)
+    assert lines[7].startswith("Done in ") and lines[8] == f"  -> {tmp_path}/basic"
+    assert all(len(line) <= 80 for line in lines[:2] + lines[3:8])  # at 60 columns too: lines are never wrapped

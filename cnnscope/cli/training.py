@@ -4,7 +4,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option,
     seed_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
@@ -188,8 +188,9 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
     """
     from cnnscope.runs import evaluate
 
-    emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    reporter=reporter, trust_spec=trust_spec))
+    result = evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size, reporter=reporter,
+                                   trust_spec=trust_spec)
+    emit(fmt, result, wrote=result.files)
 
 
 @cli.command("compare")
@@ -216,7 +217,4 @@ def compare_cmd(runs, out, fmt):
     from cnnscope.runs import compare
 
     result = compare.compare_runs(runs, out)
-    emit(fmt, result)
-    if resolve_format(fmt) == "json":  # the table and the markdown carry the warnings themselves
-        for message in result.warnings:
-            click.echo(f"warning: {message}", err=True)
+    emit(fmt, result, wrote=result.files, warnings=result.warnings)

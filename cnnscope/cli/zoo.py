@@ -120,7 +120,7 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, erf_image_paths=erf_image_paths, data_dir=data_dir,
                            trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
-    emit(fmt, result, title)
+    emit(fmt, result, title, wrote=[result.erf.figure] if result.erf and result.erf.figure else [])
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
                    f"{result.probe_rf}.", err=True)

@@ -2,19 +2,21 @@
 
 One convention for every result the library returns:
 
-    to_table(result, title=None)     a rich renderable, for the terminal
+    to_table(result, title=None)     a table for the terminal (tables.TableView): laid out for the
+                                     width it is printed at; print() shows it, a notebook too
     to_markdown(result, title=None)  markdown text
     to_json(result)                  the stable JSON object: result.to_json()
 
 Each family module here (rf, summary, inspect, ...) registers the table and markdown renderers of
-its result types with `register`; figures are drawn by `plots`.
+its result types with `register`; figures are drawn by `figures.plot` (cnnscope.plot).
 """
 import importlib
 import pkgutil
 
 _RENDERERS = {}  # result type -> (table, markdown)
 _families_loaded = False
-_NOT_RENDERERS = {"plots", "attribution_plots", "progress", "tables"}  # helpers, not families (plots would import matplotlib)
+_NOT_RENDERERS = {"plots", "attribution_plots", "rf_plots", "figures", "progress", "tables",
+                  "numbers"}  # helpers, not families (the figures would import matplotlib)
 
 
 def register(result_type, *, table, markdown):
@@ -37,7 +39,9 @@ def _renderers(result):
 
 
 def to_table(result, title=None):
-    return _renderers(result)[0](result, title)
+    view = _renderers(result)[0](result, title)
+    view.markdown = lambda: to_markdown(result, title)  # what a notebook shows
+    return view
 
 
 def to_markdown(result, title=None) -> str:

@@ -50,10 +50,13 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
         raise RuntimeError("the test loader must yield the whole test split in order")
     result = EvalResult.from_predictions(loss_sum, preds, targets, ds.classes, run=Path(run_dir).name,
                                          model=ckpt["model_spec"])
-    write_reports(result, Path(run_dir), model, ckpt)
-    write_grids(Path(run_dir), ds, preds)
-    if (Path(run_dir) / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
-        write_curves(Path(run_dir))
+    run_dir = Path(run_dir)
+    result.files = [*write_reports(result, run_dir, model, ckpt), run_dir / "plots" / "test_samples_grid.png",
+                    run_dir / "plots" / "misclassified_grid.png"]
+    write_grids(run_dir, ds, preds)
+    if (run_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy and loss
+        result.files += write_curves(run_dir)
+    result.files = [str(path) for path in result.files]
     return result
 
 
@@ -62,9 +65,10 @@ def run_tta_hflip(ckpt: dict) -> bool:
     return bool(((ckpt.get("config") or {}).get("options", {}).get("recipe") or {}).get("tta_hflip", False))
 
 
-def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
-    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; merge into metrics.json."""
-    from cnnscope.render import plots
+def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> list:
+    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; merge into metrics.json.
+    Returns their paths."""
+    from cnnscope.render import figures
 
     averages = [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
     total = sum(r["support"] for r in result.per_class)
@@ -78,8 +82,7 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
     atomic_write_text(run_dir / "classification_report.md", render.to_markdown(result))
     atomic_write_csv(run_dir / "confusion_matrix.csv", [
         ["true\\pred", *result.classes], *([name, *row] for name, row in zip(result.classes, result.confusion))])
-    plots.confusion_matrix(result.confusion, result.classes, run_dir / "plots" / "cm.png",
-                           title=f"{result.run}: confusion matrix (row-normalised), test acc {result.test_acc:.2f}%")
+    figures.write(result, run_dir / "plots" / "cm.png", "confusion")
 
     metrics_path = run_dir / "metrics.json"
     metrics = read_metrics(metrics_path, "cnnscope train") if metrics_path.is_file() else {}
@@ -90,6 +93,8 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt) -> None:
         "macro_avg": result.macro_avg, "weighted_avg": result.weighted_avg,
     })
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return [run_dir / name for name in ("classification_report.csv", "classification_report.md",
+                                        "confusion_matrix.csv", "plots/cm.png", "metrics.json")]
 
 
 def write_grids(run_dir: Path, ds, preds) -> None:

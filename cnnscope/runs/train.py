@@ -37,7 +37,7 @@ from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
-from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta, say
+from cnnscope.runs.train_console import RunBar, duration, epoch_header, epoch_line, n_params, opening_lines, run_eta, say
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import init_weights, restore_run
@@ -276,9 +276,12 @@ def start_run(run: RunParts, resume_ckpt) -> None:
             run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
             write_model_texts(run.run_dir, run.net, run.ds.input_shape)
     state = run.state
-    say(run, opening_line(run))
+    for line in opening_lines(run):
+        say(run, line)
     if state.epoch or state.batch:
         say(run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
+    for line in epoch_header(run.selected_on):
+        say(run, line)
 
 
 def checkpoint_run(run: RunParts, names: list[str]) -> None:
@@ -357,7 +360,7 @@ def close_epoch(run: RunParts, progress) -> bool:
     checkpoint_run(run, names)
     if run.ddp.is_main:
         write_log_and_metrics(run.run_dir, opts, state, n_params(run.net), run.ds.name, run.selected_on)
-    say(run, epoch_line(row, opts.recipe.epochs, run.selected_on, improved, run_eta(state.history, opts.recipe.epochs)))
+    say(run, epoch_line(row, opts.recipe.epochs, improved, run_eta(state.history, opts.recipe.epochs)))
     run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
     patience = opts.recipe.early_stop_patience
     if patience and state.bad_epochs >= patience:
@@ -390,7 +393,7 @@ def finish(run: RunParts) -> TrainResult:
                           reporter=run.reporter, dataset=run.ds)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     run.console.print(
-        f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
-        f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
+        f"Done in {duration(metrics['train_time_s'])}: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
+        f"at epoch {metrics['best_epoch']}, test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f})\n  -> {run.run_dir}"
     )
     return TrainResult(run.run_dir, metrics)

@@ -1,5 +1,6 @@
 """What a training run prints: the opening line, one line per epoch (with the ETA of the whole run),
 and, on a terminal, one bar for the whole run beside each epoch's bar."""
+from cnnscope.render.numbers import count, lr, plural
 from cnnscope.render.progress import QUIET
 
 
@@ -13,19 +14,32 @@ def n_params(net) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def opening_line(run) -> str:
-    """The model, data, device and batches of `run` (a runs.train.RunParts)."""
+def opening_lines(run) -> list:
+    """The model, data, device and batches of `run` (a runs.train.RunParts), each line within 80
+    columns but the run folder's path, then the header of the epoch lines."""
     opts, ds, ddp = run.opts, run.ds, run.ddp
     batch = opts.recipe.batch_size
     where = f"{run.device}" + (f" x{ddp.world_size}" if ddp.world_size > 1 else "") + (", AMP" if run.amp else "")
-    return (f"[bold]{opts.name}[/]: {opts.spec} ({n_params(run.net):,} params) on {ds.name} ({len(ds.train):,} train / "
-            f"{len(ds.val) if ds.val is not None else 0:,} val / {len(ds.test):,} test), {where}, "
-            f"{opts.recipe.epochs} epochs x {len(run.train_loader)} batches of {batch}"
-            + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else "") + f" -> {run.run_dir}")
+    val = len(ds.val) if ds.val is not None else 0
+    return [f"[bold]{opts.name}[/]: {opts.spec}, {count(n_params(run.net))} params, on {ds.name}, {where}",
+            f"  {count(len(ds.train))} train / {count(val)} val / {count(len(ds.test))} test images; "
+            f"{plural(opts.recipe.epochs, 'epoch')} x {plural(len(run.train_loader), 'batch', 'batches')} of {batch}"
+            + (f" ({ddp.world_size} x {batch // ddp.world_size})" if ddp.world_size > 1 else ""),
+            f"  -> {run.run_dir}"]
+
+
+def epoch_header(selected_on: str) -> list:
+    """The two header lines over the epoch lines' columns (EPOCH_WIDTHS)."""
+    groups = " " * EPOCH_WIDTHS[0] + "  " + "train".center(EPOCH_WIDTHS[1] + 2 + EPOCH_WIDTHS[2]) + "  " + \
+        selected_on.center(EPOCH_WIDTHS[3] + 2 + EPOCH_WIDTHS[4])
+    names = ("epoch", "loss", "acc", "loss", "acc", "lr", "time", "img/s", "ETA")
+    return [groups.rstrip(), "  ".join(n.rjust(w) for n, w in zip(names, EPOCH_WIDTHS))]
 
 
 def duration(seconds: float) -> str:
-    """42s, 3m05s, 2h07m."""
+    """4.7s (under 10 s), 42s, 3m05s, 2h07m."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -43,11 +57,16 @@ def run_eta(history: list, epochs: int) -> float | None:
     return left * sum(row["epoch_time_s"] for row in history) / len(history)
 
 
-def epoch_line(row: dict, epochs: int, selected_on: str, improved: bool, eta: float | None) -> str:
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%  "
-            f"{selected_on} loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%  lr {row['lr']:.4g}  "
-            f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:,.0f} img/s"
-            + (f"  run ETA {duration(eta)}" if eta is not None else "") + ("  [green]* best[/]" if improved else ""))
+# epoch, train loss, train acc, loss and acc of the selection split, lr, epoch time, images/s, run ETA:
+# with two spaces between them and "  best", 79 columns
+EPOCH_WIDTHS = (7, 6, 7, 6, 7, 8, 5, 6, 5)
+
+
+def epoch_line(row: dict, epochs: int, improved: bool, eta: float | None) -> str:
+    cells = (f"{row['epoch']}/{epochs}", f"{row['train_loss']:.4f}", f"{row['train_acc']:.2f}%",
+             f"{row['val_loss']:.4f}", f"{row['val_acc']:.2f}%", lr(row["lr"]), duration(row["epoch_time_s"]),
+             count(round(row["images_per_s"])), duration(eta) if eta is not None else "-")
+    return "  ".join(c.rjust(w) for c, w in zip(cells, EPOCH_WIDTHS)) + ("  [green]best[/]" if improved else "")
 
 
 class RunBar:
