@@ -2,9 +2,7 @@
 measure and draw the effective RF of a run's weights on its test images (RUN/plots/erf.png)."""
 from dataclasses import replace
 
-from cnnscope.core.rf import (
-    RFResult, effective_receptive_field, receptive_field, rf_box, verify_receptive_field,
-)
+from cnnscope.core.rf import RFResult, effective_receptive_field, receptive_field, verify_receptive_field
 from cnnscope.core.rf.trace import meta_tensors_loaded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
@@ -89,13 +87,6 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
 
 def _draw_erf(result: RFResult, erf, run_dir):
     """The heatmap with the theoretical RF box and the 95% circle: RUN/plots/erf.png."""
-    from cnnscope.render import plots  # matplotlib: only where a figure is drawn
+    from cnnscope.render import figures  # matplotlib: only where a figure is drawn
 
-    return plots.erf_heatmap(
-        erf.heatmap, run_dir / "plots" / "erf.png", centre=erf.centre, box=rf_box(result, erf.centre),
-        radius=erf.radius95, box_label=f"theoretical RF {result.final_rf} px",
-        title=f"Effective RF: {result.model}, {run_dir.name} ({erf.images} {_images_of(erf.dataset)})")
-
-
-def _images_of(dataset: str) -> str:
-    return "image files" if dataset == "image files" else f"{dataset} test images"
+    return figures.write(replace(result, erf=erf), run_dir / "plots" / "erf.png", "erf")

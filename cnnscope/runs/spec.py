@@ -268,6 +268,12 @@ def _registry_entry(name: str):
 
     if name in zoo.list_models():
         return zoo.get_entry(name)
+    if "/" in name or "\\" in name:  # a path: a RUN folder or checkpoint that is not there
+        raise CnnscopeError(
+            f"{name} does not exist: no such run folder or checkpoint file (from {Path.cwd()}). A RUN is a folder "
+            "that `cnnscope train` wrote (reports/<run>) or a checkpoint file; train one first, or give a model "
+            "name such as basic."
+        )
     close = difflib.get_close_matches(name, zoo.list_models(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise CnnscopeError(

@@ -125,10 +125,3 @@ def unit_gradient(fmap, x, layout, unit, retain_graph=False):
         value = fmap.select(layout.h, unit[0] * layout.grid[1] + unit[1])
     (grad,) = torch.autograd.grad(value.sum(), x, retain_graph=retain_graph)
     return grad
-
-
-def centre_gradient(fmap, x, layout=None):
-    """d(sum over channels of the centre unit of fmap) / dx, and that unit's (row, col)."""
-    h, w = map_grid(fmap, layout)
-    centre = ((h - 1) // 2, (w - 1) // 2)
-    return unit_gradient(fmap, x, layout, centre), centre
