@@ -174,3 +174,14 @@ def test_the_readme_compare_example_runs_on_the_committed_runs(runner, tmp_path,
     assert result.exit_code == 0, result.output
     assert "| basic-fmnist | basic | fashion-mnist | 84,322 | 13.7 M |" in result.stdout
     assert (tmp_path / "compared" / "combined_acc.png").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "json"])
+def test_a_warning_is_printed_once_piped(runner, tmp_path, fmt):
+    """The table and the markdown carry the warnings under the result; json leaves them to stderr: once."""
+    result = runner.invoke(cli, ["attribute", "ectied", "--n", "1", "--method", "gradcam", "--out", str(tmp_path),
+                                 "--format", fmt])
+    assert result.exit_code == 0, result.output
+    printed = result.stderr if fmt == "json" else result.stdout  # json: stdout's is the data's "warnings"
+    assert printed.count("GradCAM uses stem.0") == 1
+    assert result.stderr.count("GradCAM uses stem.0") == (fmt == "json")

@@ -37,4 +37,5 @@ def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, reporter):
     from cnnscope.runs.export import export_run
 
     reporter.detail(f"exporting {run} ({to}), then checking the program on the run's test images")
-    emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec))
+    result = export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec)
+    emit(fmt, result, wrote=[result.path])

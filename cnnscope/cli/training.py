@@ -179,7 +179,7 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
     JSON (--format json): {"run", "model", "test_loss", "test_acc" (percent), "num_test",
       "classes": [names], "confusion": [[counts]] (rows true), "per_class": [{"class", "precision",
       "recall", "f1", "support"}], "macro_avg": {"precision", "recall", "f1"}, "weighted_avg": {...},
-      "top_confusions": [{"true", "pred", "count", "rate"}]}
+      "top_confusions": [{"true", "pred", "count", "rate"}], "files": [the files written]}
 
     \b
     Examples:
