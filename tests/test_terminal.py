@@ -101,16 +101,17 @@ def test_train_prints_its_preparation_unless_quiet(runner, tmp_path):
         "loaders: batch backend, 32 images per process and batch",
         "writing model_summary.txt and rf.md (the receptive-field analysis)",
         "saved checkpoints/last.pth, best.pth",
-        "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[2] else "last.pth"),
+        "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[6] else "last.pth"),
         "testing best.pth on the 128 test images",
         f"loading the run {tmp_path / 'v' / 'basic'} onto cpu",  # the test split is the one training loaded
     ]
-    lines = verbose.stdout.splitlines()
-    assert len(lines) == 4 and re.search(r"  run ETA \d+s", lines[1]) and "ETA" not in lines[2], lines
+    lines = verbose.stdout.splitlines()  # the run (3 lines), the epochs' header (2), the epochs, the end (2)
+    assert len(lines) == 9 and lines[4].split()[-1] == "ETA", lines
+    assert re.fullmatch(r"[\d.]+s", lines[5].split()[8]) and lines[6].split()[8] == "-", lines  # the run's ETA
 
     quiet = runner.invoke(cli, [*args, "--out", str(tmp_path / "q"), "--quiet", "--epochs", "1"])
     assert quiet.exit_code == 0, quiet.output
-    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 1 and quiet.stdout.startswith("Done in ")
+    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 2 and quiet.stdout.startswith("Done in ")
     assert (tmp_path / "q" / "basic" / "checkpoints" / "best.pth").is_file()
 
 
