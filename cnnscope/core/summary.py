@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core.macs import MacCounter, uncounted_warnings
-from cnnscope.core.probe import check_input, probe_forward
+from cnnscope.core.probe import check_input, probe_forward, uncalled
 
 
 @dataclass
@@ -169,12 +169,13 @@ def summarize(model: nn.Module, input_shape=(3, 32, 32), spec=None) -> SummaryRe
     for call in recorder.calls:
         call.calls = recorder.counts[model.get_submodule(call.name)] if call.name else 1
     params = list(model.parameters())
+    left_out = uncalled(model, recorder.counts)
     return SummaryResult(
         type(model).__name__, list(input_shape), layers=recorder.calls,  # every call: the hierarchy
         params_unique=sum(p.numel() for p in params if p.requires_grad),
         params_non_trainable=sum(p.numel() for p in params if not p.requires_grad),
         params_per_call=sum(c.params for c in recorder.calls), macs=sum(c.macs for c in recorder.calls),
-        warnings=uncounted_warnings(counter.uncounted),
+        warnings=uncounted_warnings(counter.uncounted) + ([left_out] if left_out else []),
         input_bytes=4 * math.prod(input_shape),  # the float32 probe
         param_bytes=sum(p.numel() * p.element_size() for p in params),
         activation_bytes=2 * recorder.leaf_output_bytes,

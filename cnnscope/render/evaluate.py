@@ -27,6 +27,9 @@ def markdown(result: EvalResult, title=None) -> str:
              "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {row[0] if i < len(result.per_class) else f'**{row[0]}**'} | " + " | ".join(row[1:]) + " |"
               for i, row in enumerate(_rows(result))]
+    absent = _without_test_images(result)
+    if absent:
+        lines += ["", f"No test images of {absent}: recall and F1 undefined (shown as 0)."]
     if result.top_confusions:
         lines += ["", "Top confusions (true -> predicted):", ""]
         lines += [f"- {c['true']} -> {c['pred']}: {count(c['count'])} ({100 * c['rate']:.1f}% of {c['true']})"
@@ -35,12 +38,20 @@ def markdown(result: EvalResult, title=None) -> str:
 
 
 def table(result: EvalResult, title=None):
-    """The classification report, the headline numbers in its title, the top confusions under it."""
-    confusions = ["Top confusions (true -> predicted): " + ", ".join(
-        f"{c['true']} -> {c['pred']} ({count(c['count'])})" for c in result.top_confusions)] if result.top_confusions else []
+    """The classification report, the headline numbers in its title; the classes without test images
+    and the top confusions under it."""
+    absent = _without_test_images(result)
+    notes = [f"No test images of {absent}."] if absent else []
+    if result.top_confusions:
+        notes.append("Top confusions (true -> predicted): " + ", ".join(
+            f"{c['true']} -> {c['pred']} ({count(c['count'])})" for c in result.top_confusions))
     return sections_table([Section(title or f"{result.run}: {_headline(result)}",
-                                   ["class", "precision", "recall", "f1", "support"], _rows(result),
-                                   notes=confusions)])
+                                   ["class", "precision", "recall", "f1", "support"], _rows(result), notes=notes)])
+
+
+def _without_test_images(result: EvalResult) -> str:
+    """The classes with no test image, named (", "-joined), or ""."""
+    return ", ".join(r["class"] for r in result.per_class if r["support"] == 0)
 
 
 register(EvalResult, table=table, markdown=markdown)

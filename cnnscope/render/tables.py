@@ -176,15 +176,22 @@ def sections_markdown(sections) -> str:
     """Markdown: a `###` heading, a table and the notes per section."""
     lines = []
     for section in sections:
-        numeric = section.numeric()
         lines += [f"### {section.title}", ""]
         if section.rows:
-            lines += ["| " + " | ".join(section.columns) + " |",
-                      "|" + "|".join("---:" if numeric[i] else ":---" for i in range(len(section.columns))) + "|"]
-            lines += ["| " + " | ".join(c.replace("\n", "<br>") for c in row) + " |" for row in section.rows] + [""]
+            lines += [markdown_table(section.columns, section.rows), ""]
         if section.notes:
             lines += [f"{note}  " for note in section.notes] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def markdown_table(columns, rows) -> str:
+    """A markdown table (no final newline), each cell shown with str() and its line breaks as <br>;
+    numeric columns (Section.numeric) right-aligned."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    numeric = Section("", list(columns), rows).numeric()
+    return "\n".join(["| " + " | ".join(columns) + " |",
+                      "|" + "|".join("---:" if right else ":---" for right in numeric) + "|",
+                      *("| " + " | ".join(cell.replace("\n", "<br>") for cell in row) + " |" for row in rows)])
 
 
 def fmt_float(value, digits=3) -> str:

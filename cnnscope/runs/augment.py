@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from cnnscope.core.augment import AugmentResult
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs import checkpoint, recipes, runfiles, spec
+from cnnscope.runs import checkpoint, recipes, run_folder, runfiles, spec
 from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.loaders import augmented_samples
 from cnnscope.runs.run_folder import is_run
@@ -41,19 +41,31 @@ def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, o
                          n=len(labels), figure=str(figure))
 
 
+def augment_into_folder(target, *, out=None, **options) -> AugmentResult:
+    """augment_grid into its output folder: `out`, else a RUN's folder (a checkpoint outside any run
+    gets a folder of its own: run_folder.output_folder) or reports/<model>-augment; a run folder
+    with linked entries is refused, and no write below the folder follows a link."""
+    path = Path(target)
+    if out is None and path.exists():
+        out = path if path.is_dir() and is_run(path) else run_folder.output_folder(*checkpoint.resolve_run(path))
+    out_dir = Path(out or _model_folder(target))
+    with run_folder.writing_into(out_dir):
+        return augment_grid(target, out=out_dir, **options)
+
+
 def _trained_with(target, out):
     """(model, recipe, backend, seed, val_split, output folder) of a RUN or a MODEL."""
     if not Path(target).exists():  # a MODEL: its recipe (its SPEC is resolved only to name the folder)
         recipe, run_dir = recipes.get_recipe(target), None
         found = (target, recipe, "batch", 0, 0.1)
-        out_dir = Path(out or Path("reports") / f"{spec.resolve_target(target)[1]}-augment")
+        out_dir = Path(out or _model_folder(target))
     else:
         options, run_dir = _run_options(Path(target)), _run_folder(Path(target))
         found = (options["spec"], recipes.recipe_from_json(options["recipe"]), options["aug_backend"], options["seed"],
                  options["val_split"])
         out_dir = Path(out) if out else run_dir
     if is_run(out_dir) and (run_dir is None or out_dir.resolve() != run_dir.resolve()):
-        raise CnnscopeError(
+        raise RunError(
             f"{out_dir} is the folder of another training run, and this grid would replace that run's own. Give "
             f"that RUN to redraw its grid (cnnscope augment {out_dir}), or another output folder.", arguments=("out",))
     return (*found, out_dir)
@@ -74,6 +86,11 @@ def _run_options(path: Path) -> dict:
         raise CnnscopeError(f"{where} holds no training configuration, so its augmentation is unknown. "
                             "Pass the MODEL name instead (its recipe's augmentation is shown).")
     return options
+
+
+def _model_folder(model) -> Path:
+    """A MODEL's grid folder: reports/<model>-augment, apart from any run of that model."""
+    return Path("reports") / f"{spec.resolve_target(model)[1]}-augment"
 
 
 def _run_folder(path: Path) -> Path:

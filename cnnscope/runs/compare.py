@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnscope import render
 from cnnscope.core.metrics import CompareResult
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 from cnnscope.runs import runfiles
 from cnnscope.files import atomic_write_csv, atomic_write_text
 
@@ -18,8 +18,8 @@ def run_folder(run) -> Path:
     """RUN is a run folder or a checkpoint inside one (checkpoints/x.pth)."""
     path = Path(run)
     if not path.exists():
-        raise CnnscopeError(f"{run} does not exist: no such run folder. Pass folders that `cnnscope train` wrote, "
-                            "such as reports/basic.")
+        raise RunError(f"{run} does not exist: no such run folder. Pass folders that `cnnscope train` wrote, such as "
+                       "reports/basic.")
     if path.is_file():
         path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     if not (path / "metrics.json").is_file() or not (path / "train_log.csv").is_file():

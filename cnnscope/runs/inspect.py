@@ -24,8 +24,10 @@ import torch.nn as nn
 from cnnscope.core import attribution, gates, metrics, sanity, sharing
 from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE
 from cnnscope.core.runtime import resolve_device, seed_all
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError
+from cnnscope.files import writing_into
 from cnnscope.render.progress import SILENT
+from cnnscope.runs import run_folder
 from cnnscope.runs.user_images import UNKNOWN_LABEL, load_images
 
 
@@ -36,6 +38,12 @@ class Target:
     plots_dir: Path  # where figures go
     checkpoint: Optional[dict] = None  # None for an untrained SPEC
     device: torch.device = torch.device("cpu")  # where the model is
+    out_dir: Optional[Path] = None  # the run or output folder that holds plots_dir (None: plots_dir)
+
+    def writing(self):
+        """The context of an inspection's drawing: writes below out_dir never follow a link
+        (cnnscope.files.writing_into)."""
+        return writing_into(self.out_dir or self.plots_dir)
 
     @property
     def weights(self) -> str:
@@ -84,17 +92,20 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False, *, device="cpu
                 "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model.",
                 arguments=("ctor",),
             )
+        out_dir = Path(out) if out else run_folder.output_folder(*checkpoint.resolve_run(target))
+        if not out:  # a run folder: refused before any work when it holds links
+            run_folder.refuse_links(out_dir)
         reporter.detail(f"loading the run {target} onto {device}")
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
-        plots_dir = Path(out) if out else run_dir / "plots"
-        return Target(model.to(device), str(run_dir), plots_dir, ckpt, device)
+        return Target(model.to(device), str(run_dir), out_dir if out else out_dir / "plots", ckpt, device, out_dir)
     reporter.detail(f"building {target} with untrained weights (seed {seed}) on {device}")
     seed_all(seed)
     model = spec.build_model(target, spec.parse_key_values(ctor))
     model.eval()
     _, name = spec.resolve_target(target)
-    plots_dir = Path(out) if out else Path("reports") / f"{name}-untrained" / "plots"
-    return Target(model.to(device), f"{name} (untrained)", plots_dir, device=device)
+    out_dir = Path(out) if out else Path("reports") / f"{name}-untrained"
+    return Target(model.to(device), f"{name} (untrained)", out_dir if out else out_dir / "plots", device=device,
+                  out_dir=out_dir)
 
 
 def load_test_images(target: Target, n: int, dataset=None, data_dir="data", image_paths=(),
@@ -106,14 +117,14 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.runs.datasets import load_dataset, run_dataset
+    from cnnscope.runs.datasets import load_dataset, loading_line, run_dataset
     from cnnscope.runs.loaders import normalize, pixels
 
     ckpt = target.checkpoint or {}
     if image_paths:
         return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
-    reporter.detail(f"loading {name} ({data_dir}) for " + (f"test images {list(indices)}" if indices else
+    reporter.detail(f"{loading_line(name, data_dir)}: " + (f"test images {list(indices)}" if indices else
                                                            f"the first {n} test images"))
     data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
@@ -135,8 +146,8 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
 def _test_indices(indices, size: int, dataset: str) -> torch.Tensor:
     outside = [i for i in indices if not 0 <= i < size]
     if outside:
-        raise CnnscopeError(f"Test image index {outside[0]} is out of range: the {dataset} test split has {size:,} "
-                            f"images, indices 0 to {size - 1:,}.", arguments=("indices",))
+        raise DataError(f"Test image index {outside[0]} is out of range: the {dataset} test split has {size:,} "
+                        f"images, indices 0 to {size - 1:,}.", arguments=("indices",))
     return torch.tensor(list(indices), dtype=torch.long)
 
 
