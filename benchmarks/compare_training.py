@@ -162,7 +162,7 @@ def main(argv=None):
     fast = Loop("cnnscope", [python, "-m", "cnnscope", "train", args.model, "--dataset", args.dataset,
                              "--data-dir", args.data_dir, "--epochs", str(args.epochs), "--val-split", "0",
                              "--out", str(out), "--name", "cnnscope", "--overwrite"],
-                r"^\s*epoch\s+\d+/\d+\s+train loss", out / "cnnscope.stderr.log")
+                r"^\s*\d+/\d+\s+\d", out / "cnnscope.stderr.log")  # an epoch line: "  3/25  0.4120 ..."
     seed = Loop("seed_style", [python, str(HERE / "seed_style.py"), "--model", args.model, "--dataset", args.dataset,
                                "--data-dir", args.data_dir, "--epochs", str(args.epochs)],
                 r'^\{"loop": "seed_style"', out / "seed_style.stderr.log")

@@ -4,7 +4,8 @@ The Python API: every analysis the CLI runs, on an nn.Module and tensors you alr
 
     import cnnscope
     rf = cnnscope.receptive_field(model, (3, 224, 224))
-    print(cnnscope.to_markdown(rf))
+    print(cnnscope.to_table(rf))          # or to_markdown, to_json
+    cnnscope.plot(result).savefig(path)   # a matplotlib Figure of a result (render/figures.py)
 
 Names are loaded on first use, so importing cnnscope (and `cnnscope --help`) does not import torch.
 """
@@ -28,7 +29,8 @@ _API = {  # public name -> module that defines it
     "soft_sharing": "cnnscope.core.sharing",
     "attribute": "cnnscope.core.attribution",
     "sanity_check": "cnnscope.core.sanity",
-    # rendering any result
+    # rendering any result: a table (print() and a notebook show it), markdown, JSON, a figure
+    "plot": "cnnscope.render.figures",
     "to_table": "cnnscope.render",
     "to_markdown": "cnnscope.render",
     "to_json": "cnnscope.render",

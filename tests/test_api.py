@@ -18,7 +18,8 @@ def readme_example() -> str:
 def test_readme_python_api_example_runs_as_written(tmp_path):
     (tmp_path / "example.py").write_text(readme_example())
     out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                           "COLUMNS": "80"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "55 8" and lines[1] == "(55, 55)"  # the analysis and its gradient check
@@ -28,6 +29,13 @@ def test_readme_python_api_example_runs_as_written(tmp_path):
     assert accuracy > 90  # fit learned the synthetic classes, evaluate measured it
     assert re.search(r"95% of the gradient mass within [\d.]+ px", out.stdout)
     assert lines[-1].endswith("(2, 2, 32, 32)")  # attribution maps: images x methods x H x W
+    # print(to_table(rf)): the table itself, within the 80 columns of the terminal
+    table = lines[lines.index(next(l for l in lines if l.startswith("RF: Net"))):]
+    assert table[2].startswith("┃  # ┃ Layer") and "│ 11 │ c4a.dw" in "\n".join(table) and "rich.console" not in out.stdout
+    assert max(len(line) for line in table) <= 80
+    # the figures of results, as PNGs
+    for name in ("erf.png", "attributions.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_public_names_are_all_reachable_and_lazy():

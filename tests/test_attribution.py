@@ -183,10 +183,10 @@ def test_attribution_figure_has_a_colour_bar_per_method_and_signed_scales(tmp_pa
     np.testing.assert_array_equal(saved["ig"], report.method_map("ig"))
     assert saved["ig"].min() < 0 < saved["ig"].max()  # the sign is kept
     figure = attribution_plots.attribution_figure(
-        images.pixels, report.maps, methods=[(METHODS[m].title, METHODS[m].signed) for m in report.methods],
-        row_titles=["a", "b"])
+        images.pixels, report.maps, row_titles=["a", "b"], scale="method",
+        methods=[(METHODS[m].title, METHODS[m].signed, METHODS[m].reads) for m in report.methods])
     panels = [ax for ax in figure.axes if ax.images]  # row by row: image, ig, saliency, gradcam
-    columns = [[ax.images[0] for ax in panels[c::4]] for c in range(4)]
+    columns = [[ax.images[0] for ax in panels[c::4]] for c in range(4)]  # each map's own image: its scale
     colour_bars = [im.colorbar for column in columns for im in column if im.colorbar is not None]
     assert len(colour_bars) == 3 and len(figure.axes) == len(panels) + 3  # one colour bar per method
     for column, name, bar in zip(columns[1:], report.methods, colour_bars):

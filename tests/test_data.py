@@ -422,7 +422,7 @@ def test_augment_command_writes_the_grid(runner, tmp_path):
     result = runner.invoke(cli, ["augment", "basic", "--dataset", "fake", "--data-dir", str(tmp_path / "data"),
                                  "--n", "12", "--out", str(tmp_path / "out"), "--format", "json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     png = tmp_path / "out" / "plots" / "augmented_samples_grid.png"
     assert report["figure"] == str(png) and report["n"] == 12 and report["backend"] == "batch"
     assert report["augment"]["cutout"] == 16 and report["augment"]["translate"] == 0.0625
@@ -444,7 +444,7 @@ def test_augment_command_shows_a_runs_own_pipeline(runner, tmp_path):
     (run / ".cnnscope.lock").touch()  # a run folder: the commands write into it
     result = runner.invoke(cli, ["augment", str(run), "--n", "4", "--format", "json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert (report["model"], report["dataset"], report["backend"]) == ("egrr", "fake", "albumentations")
     assert report["augment"]["autoaugment"] is True and report["augment"]["crop_pad"] == 4
     assert report["figure"] == str(run / "plots" / "augmented_samples_grid.png") and (run / "plots").is_dir()

@@ -84,7 +84,7 @@ def test_evaluate_json_agrees_with_the_files(runner, runs):
     # the runs are of the user's own model file, not a zoo model: evaluating them needs --trust-spec
     result = runner.invoke(cli, ["evaluate", str(run), "--format", "json", "--device", "cpu", "--trust-spec"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     cm = np.array(report["confusion"])
     assert cm.sum() == report["num_test"] == 128
     assert report["test_acc"] == pytest.approx(100 * np.trace(cm) / 128)
@@ -118,7 +118,7 @@ def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
     result = runner.invoke(cli, ["compare", str(runs / "one"), str(runs / "two"), "--out", str(out),
                                  "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["run"] for r in rows] == ["one", "two"]
     for row in rows:
         metrics = json.loads((runs / row["run"] / "metrics.json").read_text())
@@ -133,7 +133,7 @@ def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):
     assert [r["run"] for r in table] == ["one", "two"] and float(table[1]["test_acc"]) == rows[1]["test_acc"]
     md = (out / "summary.md").read_text().splitlines()
     assert len(md) == 4 and md[0].startswith("| run | model | dataset | params | MACs | RF | best val acc (%) | test acc")
-    assert md[2].startswith(f"| one | {rows[0]['model']} | fake | ") and "| 0.06 M | 3 |" in md[2]
+    assert md[2].startswith(f"| one | {rows[0]['model']} | fake | ") and "| 55.4 K | 3 |" in md[2]  # 55,376 MACs
     assert "warning" not in result.output
     assert f"| {rows[1]['test_acc']:.2f} |" in md[3]
     for name in ("combined_acc.png", "combined_loss.png"):

@@ -143,7 +143,7 @@ def test_train_on_a_tree_then_evaluate_from_elsewhere(tmp_path, runner, monkeypa
     monkeypatch.chdir(tmp_path / "runs")
     result = runner.invoke(cli, ["evaluate", "basic", "--format", "json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["num_test"] == 3 and report["classes"] == ["ant", "bee", "cow"]
 
 

@@ -210,14 +210,11 @@ def test_pearson():
     assert gates.pearson(np.ones(5), np.arange(5.0)) is None
 
 
-def test_gate_map_figure_draws_the_palette_with_its_legend(tmp_path, monkeypatch):
-    drawn = []
-    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or path)
+def test_gate_map_figure_draws_the_palette_with_its_legend():
     probs = np.zeros((3, 2, 2))
     probs[1] = 1  # every pixel sure of d=2
-    plots.gate_maps(np.zeros((1, 4, 4, 3)), [[probs]], dilations=["d=1", "d=2", "d=4"], column_titles=["s0.t0"],
-                    row_titles=["img0"], path=tmp_path / "maps.png")
-    fig = drawn[0]
+    fig = plots.gate_maps(np.zeros((1, 4, 4, 3)), [[probs]], dilations=["d=1", "d=2", "d=4"], panel_titles=["s0.t0"],
+                          row_titles=["img0"])
     panel = fig.axes[1].images[0].get_array()
     np.testing.assert_allclose(panel, np.broadcast_to(plots.DILATION_COLOURS[1], (2, 2, 3)))
     patches = fig.legends[0].get_patches()
@@ -235,19 +232,22 @@ def test_gate_figures_grow_with_steps_and_images(tmp_path):
     def draw(n_images, n_steps):
         maps = [[np.random.dirichlet((1, 1, 1), (4, 4)).transpose(2, 0, 1) for _ in range(n_steps)]
                 for _ in range(n_images)]
-        path = plots.gate_maps(np.random.rand(n_images, 8, 8, 3), maps, dilations=["d=1", "d=2", "d=4"],
-                               column_titles=[f"s0.t{i}" for i in range(n_steps)],
-                               row_titles=[f"img{i}" for i in range(n_images)],
-                               path=tmp_path / f"maps_{n_images}_{n_steps}.png")
-        return png(path)
+        return png(plots.save(plots.gate_maps(np.random.rand(n_images, 8, 8, 3), maps, dilations=["d=1", "d=2", "d=4"],
+                                              panel_titles=[f"s0.t{i}" for i in range(n_steps)],
+                                              row_titles=[f"img{i}" for i in range(n_images)]),
+                              tmp_path / f"maps_{n_images}_{n_steps}.png"))
 
     w6, h6, var = draw(1, 6)  # wide enough that the legend does not set the width
     w10, h10, _ = draw(2, 10)
     assert var > 0
-    assert_grows(w10 - w6, 4, 0.9)  # a 0.9-inch panel per step
-    assert_grows(h10 - h6, 1, 0.9)  # and per image
-    bars = [png(plots.gate_shares([f"s{i}" for i in range(n)], np.full((n, 3), 1 / 3), ["d=1", "d=2", "d=4"],
-                                  groups=[i // 2 for i in range(n)], path=tmp_path / f"bars{n}.png"))
+    assert_grows(w10 - w6, 4, 1.0)  # a 1-inch panel per step, up to plots.GATE_PANELS_PER_ROW
+    assert_grows(h10 - h6, 1, 1.25)  # and a row per image
+    w38, h38, _ = draw(1, 38)  # egrr's 38 steps wrap into 4 rows of 10 panels
+    assert w38 == w10
+    assert_grows(h38 - h6, 3, 1.25)
+    bars = [png(plots.save(plots.gate_shares([f"s{i}" for i in range(n)], np.full((n, 3), 1 / 3),
+                                             ["d=1", "d=2", "d=4"], groups=[i // 2 for i in range(n)]),
+                           tmp_path / f"bars{n}.png"))
             for n in (10, 40)]
     assert bars[1][0] > bars[0][0] + 500 and bars[0][2] > 0
 
@@ -330,8 +330,8 @@ def test_attribution_figure_grows_with_methods_and_images(tmp_path):
     w1, h1, var = run(1, ("saliency",), "one")
     w4, h4, _ = run(2, attribution.DEFAULT_METHODS, "four")
     assert var > 0
-    assert_grows(w4 - w1, 3, 1.6)  # a 1.6-inch panel per method
-    assert_grows(h4 - h1, 1, 1.6)  # and per image
+    assert_grows(w4 - w1, 3, 1.8)  # a 1.8-inch panel per method
+    assert_grows(h4 - h1, 1, 1.8)  # and per image
 
 
 # ---- targets and the CLI --------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def test_cli_gates_on_an_untrained_spec(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(cli, ["gates", "egrr", *TINY_EGRR_CTOR, "--n", "1", "--format", "markdown"])
     assert result.exit_code == 0, result.output
-    assert "Gate shares per step: egrr (untrained), 1 test images of fake" in result.stdout
+    assert "Gate shares per step: egrr (untrained), 1 test image of fake" in result.stdout
     assert png(tmp_path / "reports" / "egrr-untrained" / "plots" / "gate_maps.png")[2] > 0
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnscope.cli import cli
+from cnnscope.render import numbers
 from cnnscope.runs.readme.blocks import Renderer, RfEntry
 from cnnscope.runs.readme.markers import update_text
 
@@ -233,7 +234,7 @@ def test_zoo_table(site, monkeypatch):
     text = update(site, "<!-- ZOO_TABLE -->\n<!-- /ZOO_TABLE -->\n")
     rows = body_of(text, "ZOO_TABLE").splitlines()
     assert rows[0] == "| Model | Class | Params | MACs (3x32x32) | RF | Dataset |"
-    assert rows[2] == "| `basic` | Net | 84,322 | 13.73 M | 55 | cifar10 |"
+    assert rows[2] == "| `basic` | Net | 84,322 | 13.7 M | 55 | cifar10 |"
     assert rows[3].startswith("| `tiny` | NetCIFAR10_Tiny | 36,170 | ") and rows[3].endswith(" M | 45 | cifar10 |")
     assert len(rows) == 4
     only_tiny = update(site, "<!-- ZOO_TABLE models=tiny -->\n<!-- /ZOO_TABLE -->\n")
@@ -614,7 +615,7 @@ def test_seed_readme_markers_filled_from_short_runs(tmp_path, runner):
     for run in (base, dilated):
         metrics = json.loads((run / "metrics.json").read_text())
         row = next(line for line in summary.splitlines() if line.startswith(f"| {run.name} |"))
-        assert (f"| {metrics['params']:,} | {metrics['macs'] / 1e6:,.2f} M | {metrics['rf']} | "
+        assert (f"| {metrics['params']:,} | {numbers.macs(metrics['macs'])} | {metrics['rf']} | "
                 f"{metrics['best_val_acc']:.2f} | {metrics['test_acc']:.2f} |") in row
         x = "BASE" if run == base else "DILATED"
         want = [f"| {avg} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
@@ -674,8 +675,8 @@ def test_check_fails_on_a_figure_whose_code_changed_and_warns_on_an_unstamped_on
 
     run = tmp_path / "reports" / "egrr"
     (run / "plots").mkdir(parents=True)
-    plots.gate_shares(["s0.t0", "s0.t1"], np.full((2, 3), 1 / 3), ["d=1", "d=2", "d=4"], groups=[0, 0],
-                      path=run / "plots" / "gate_shares.png")
+    plots.save(plots.gate_shares(["s0.t0", "s0.t1"], np.full((2, 3), 1 / 3), ["d=1", "d=2", "d=4"], groups=[0, 0]),
+               run / "plots" / "gate_shares.png")
     assert read_stamp(run / "plots" / "gate_shares.png").startswith("cnnscope.render.plots:gate_shares ")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- GATE_SHARES run=reports/egrr -->\n<!-- /GATE_SHARES -->\n")

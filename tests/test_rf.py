@@ -611,28 +611,40 @@ def test_effective_rf_radius_holds_95_percent_of_the_mass():
     erf = effective_receptive_field(model, torch.randn(3, 3, 32, 32), result)
     heat, (cy, cx), radius = erf.heatmap, erf.centre, erf.radius95
     assert heat.shape == (32, 32) and abs(heat.sum() - 1) < 1e-9
-    assert (cy, cx) == (14, 14)  # unit (7, 7) of the 16x16 final map, jump 2
+    # unit 8 of the 16x16 final map (jump 2) sees pixels centred at 16, the nearest to the input's middle (15.5)
+    assert (cy, cx) == (16, 16) and erf.units == ((8, 8),)
     offsets = np.indices(heat.shape) - np.array([cy, cx])[:, None, None]
     distance = np.hypot(*offsets)
     assert heat[distance <= radius].sum() >= 0.95 > heat[distance < radius].sum()
     inside = np.abs(offsets).max(axis=0) <= 3  # the theoretical RF, 7x7
     assert (heat[~inside] == 0).all() and (heat[inside] > 0).sum() > 40
-    assert rf_box(result, (cy, cx)) == (11, 11, 17, 17)
+    assert rf_box(result, (cy, cx)) == (13, 13, 19, 19)
 
 
-def test_erf_figure_labels_its_axes_and_explains_the_centre_marker(tmp_path, monkeypatch):
-    from cnnscope.render import plots
+def test_effective_rf_of_an_even_map_is_centred_on_the_input():
+    """A 3x3 conv on an 8x8 input: the middle (3.5, 3.5) falls between units 3 and 4 on each axis, so
+    the four units around it are probed and the heatmap is symmetric about the input's centre."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    result = receptive_field(model, (3, 8, 8))
+    erf = effective_receptive_field(model, torch.rand(4, 3, 8, 8), result)
+    assert erf.units == ((3, 3), (3, 4), (4, 3), (4, 4)) and erf.centre == (3.5, 3.5)
+    support = erf.heatmap > 0
+    np.testing.assert_array_equal(support, support[::-1, ::-1])  # the 4x4 block around the middle
+    assert support[2:6, 2:6].all() and support.sum() == 16
 
-    drawn = []
-    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig.axes[0]) or path)
+
+def test_erf_figure_labels_its_axes_and_explains_the_markers():
+    from cnnscope.render import rf_plots
+
     heat = np.zeros((8, 8))
-    heat[3, 4] = 1.0
-    plots.erf_heatmap(heat, tmp_path / "erf.png", centre=(3, 4), box=(1, 2, 5, 6), radius=0.0,
-                      box_label="theoretical RF 5 px")
-    ax = drawn[0]
+    heat[3, 4], heat[2, 2] = 1.0, 0.5
+    fig = rf_plots.erf_heatmap(heat, centre=(3, 4), box=(1, 2, 5, 6), radius=0.0, box_label="theoretical RF 5 px")
+    ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("input x (px)", "input y (px)")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "theoretical RF 5 px" and labels[1].startswith("95% of the mass")
-    assert labels[2] == "centre of the probed output unit's RF"
+    assert labels[2] == "centre of the probed output unit's RF" and labels[3] == "peak (4, 3)"
     marker = next(line for line in ax.get_lines() if line.get_label() == labels[2])
     assert (marker.get_xdata()[0], marker.get_ydata()[0], marker.get_marker()) == (4, 3, "+")
+    assert marker.get_path_effects()  # outlined: visible on the peak it may sit on

@@ -144,9 +144,11 @@ def test_a_tree_run_gets_the_fitted_batch_unless_one_is_given(tmp_path):
 def test_a_small_tree_run_says_what_it_changed_and_warns_with_the_fix(perfect_run):
     _, run, trained = perfect_run
     # 36 images in train/: 4 for validation, 32 to train on
-    assert "A small tree (32 training images): batch 32 instead of the recipe's 128, the whole split" in trained.stdout
-    assert "cpu, 1 epochs x 1 batches of 32 ->" in trained.stdout  # one process for a batch of 32
-    assert ("warning: 1 epochs of 1 batches are 1 optimizer steps in all: likely too few for the learning-rate "
+    lines = trained.stdout.splitlines()  # the run's lines within 80 columns (but its folder's path)
+    assert lines[0].endswith(", cpu") and lines[1].endswith("; 1 epoch x 1 batch of 32")  # one process
+    assert lines[3:5] == ["  A small tree (32 training images): batch 32 instead of the recipe's 128, the",
+                          "  whole split (a batch size given by hand is kept)."]
+    assert ("warning: 1 epoch of 1 batch is 1 optimizer step in all: likely too few for the learning-rate "
             "schedule, and for batch norm's running statistics (which evaluation uses) to settle. Train 300 epochs "
             "or more.") in " ".join(trained.stderr.split())
     assert json.loads((run / "config.json").read_text())["options"]["adapted"].startswith("A small tree (32 ")

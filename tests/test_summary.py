@@ -1,5 +1,6 @@
 """`summary`: params unique vs per call, MACs per call, checked against torch's own flop counter."""
 import json
+import math
 
 import pytest
 import torch
@@ -77,14 +78,51 @@ def test_summary_cli_json(runner):
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["params_unique"] == 84_322 and data["macs"] == summarize(zoo.build("basic")).macs
-    assert data["layers"][0]["name"] == "c1a.conv" and any(layer["name"] == "c4a.dw" for layer in data["layers"])
+    assert [layer["name"] for layer in data["layers"][:3]] == ["", "c1a", "c1a.conv"]  # the hierarchy, in call order
+    assert any(layer["name"] == "c4a.dw" for layer in data["layers"])
+    assert data["memory_bytes"]["params"] == 4 * 84_322 and data["memory_bytes"]["input"] == 4 * 3 * 32 * 32
 
 
 def test_summary_cli_markdown_and_input_shape(runner):
     out = runner.invoke(cli, ["summary", "basic", "--format", "markdown", "--input", "3", "64", "64"])
     assert out.exit_code == 0, out.output
-    assert "| c1a.conv | Conv2d | 24x64x64 | 648 |" in out.output
-    assert "84,322" in out.output
+    indent = "\u00a0" * 4  # two levels: the model, c1a, its conv
+    assert f"| 3 | {indent}conv | Conv2d | 24x64x64 | 3 | 1 | 1 | 1 | 648 | 648 | 2.65 M |" in out.output
+    assert "**Unique trainable params:** 84,322" in out.output
+
+
+def test_summary_geometry_per_call_hierarchy_and_memory():
+    """Depthwise and pointwise convs told apart by kernel and groups; a kernel reused at another dilation
+    shows each call's; a block's own and total parameters; memory as torchinfo counts it."""
+    result = summarize(zoo.build("basic"))
+    rows = {layer.name: layer for layer in result.layers}
+    dw, pw = rows["c2a.dw"], rows["c2a.pw"]
+    assert (dw.kernel, dw.stride, dw.dilation, dw.groups) == ([3, 3], [1, 1], [1, 1], 48)
+    assert (pw.kernel, pw.groups) == ([1, 1], 1) and rows["c4a.dw"].dilation == [2, 2]
+    assert rows["c2a.bn"].kernel is None and rows["c2a"].depth == 1 and rows["c2a.dw"].depth == 2
+    block = rows["c2a"]  # a container: no parameters of its own, its children's in total
+    assert block.params == 0 and block.total_params == sum(rows[f"c2a.{c}"].params for c in ("dw", "pw", "bn"))
+    assert rows[""].total_params == result.params_unique == 84_322
+    leaves = [layer for layer in result.layers if layer.name and not any(
+        other.name.startswith(layer.name + ".") for other in result.layers)]
+    assert result.activation_bytes == 2 * 4 * sum(math.prod(layer.output_shape) for layer in leaves)
+    assert result.param_bytes == 4 * 84_322
+    tied = summarize(zoo.build("ectied"))
+    assert [layer.dilation for layer in tied.layers if layer.type == "ECBlock"][:3] == [[1, 1], [1, 1], [2, 2]]
+
+
+def test_summary_table_fits_80_columns_and_labels_own_and_total(runner):
+    for width, shown in ((80, False), (140, True)):
+        out = runner.invoke(cli, ["summary", "torchvision.models:resnet18", "--format", "table"],
+                            env={"COLUMNS": str(width)})
+        assert out.exit_code == 0, out.output
+        lines = out.stdout.splitlines()
+        assert max(map(len, lines)) <= width and "…" not in out.stdout
+        header = " ".join(lines[1:5])
+        assert "Params" in header and "(own)" in header and ("(total)" in header) is shown
+        assert "│     0 " in out.stdout and "│       conv1 " in out.stdout  # layer1.0.conv1, indented
+        left_out = " ".join(lines).partition("Not shown at 80 columns: ")[2]
+        assert ("'Params (total)'" in left_out) is not shown and ("'k'" in left_out or "'g'" in left_out) is False
 
 
 def test_models_cli_lists_every_registered_model(runner):

@@ -80,9 +80,11 @@ def test_gates_says_what_it_loads_only_when_verbose_and_its_seed_draws_the_weigh
     verbose, normal, quiet, seed_2 = (runner.invoke(cli, args + flag) for flag in (["-v"], [], ["-q", "--seed", "0"],
                                                                                    ["--seed", "2"]))
     assert all(r.exit_code == 0 for r in (verbose, normal, quiet, seed_2)), verbose.output
+    wrote = [f"wrote {tmp_path / 'gate_maps.png'}", f"wrote {tmp_path / 'gate_shares.png'}"]
     assert verbose.stderr.splitlines() == ["building egrr with untrained weights (seed 0) on cpu",
-                                           "generating fake: synthetic images, in memory: the first 1 test images"]
-    assert normal.stderr == quiet.stderr == ""  # off a terminal no bar is drawn
+                                           "generating fake: synthetic images, in memory: the first 1 test images",
+                                           *wrote]
+    assert normal.stderr.splitlines() == quiet.stderr.splitlines() == wrote  # off a terminal no bar is drawn
     assert json.loads(quiet.stdout) == json.loads(verbose.stdout) == json.loads(normal.stdout)  # seed 0 each time
     assert json.loads(seed_2.stdout)["steps"] != json.loads(normal.stdout)["steps"]
 
@@ -102,16 +104,17 @@ def test_train_prints_its_preparation_unless_quiet(runner, tmp_path):
         "loaders: batch backend, 32 images per process and batch",
         "writing model_summary.txt and rf.md (the receptive-field analysis)",
         "saved checkpoints/last.pth, best.pth",
-        "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[2] else "last.pth"),
+        "saved checkpoints/" + ("last.pth, best.pth" if "best" in verbose.stdout.splitlines()[6] else "last.pth"),
         "testing best.pth on the 128 test images",
         f"loading the run {tmp_path / 'v' / 'basic'} onto cpu",  # the test split is the one training loaded
     ]
-    lines = verbose.stdout.splitlines()
-    assert len(lines) == 4 and re.search(r"  run ETA \d+s", lines[1]) and "ETA" not in lines[2], lines
+    lines = verbose.stdout.splitlines()  # the run (3 lines), the epochs' header (2), the epochs, the end (3)
+    assert len(lines) == 10 and lines[4].split()[-1] == "ETA", lines
+    assert re.fullmatch(r"[\d.]+s", lines[5].split()[8]) and lines[6].split()[8] == "-", lines  # the run's ETA
 
     quiet = runner.invoke(cli, [*args, "--out", str(tmp_path / "q"), "--quiet", "--epochs", "1"])
     assert quiet.exit_code == 0, quiet.output
-    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 1 and quiet.stdout.startswith("Done in ")
+    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 3 and quiet.stdout.startswith("Done in ")
     assert (tmp_path / "q" / "basic" / "checkpoints" / "best.pth").is_file()
 
 
@@ -207,7 +210,7 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     made = {run_dir_of(new_options(name)).as_posix() for name in zoo.list_models()}
     made |= {f"reports/{name}" for name in re.findall(r"--name (\S+)", texts)} | {"reports/combined"}
     placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*",
-                    "reports/<checkpoint>-checkpoint"}
+                    "reports/<model>-augment", "reports/<checkpoint>-checkpoint"}
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))
     assert "reports/basic" in named and "reports/combined" in named
     assert named - made - placeholders == set()

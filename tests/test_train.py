@@ -20,6 +20,7 @@ from cnnscope.core.callbacks import Callback
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
+from cnnscope.runs.train_console import duration
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError, DataError, RunError
 
@@ -94,11 +95,12 @@ def test_train_log_and_metrics_agree(basic_run):
                              "best_epoch", "epochs", "train_time_s", "images_per_s", "lr_per_step", "test_acc",
                              "test_loss", "macro_avg", "weighted_avg"]
     assert metrics["macs"] == 13728256 and metrics["rf"] == 55
-    done = output.splitlines()[-1]
-    # the whole command's seconds (test_true_lines), then the training's, and the metrics held in memory
-    assert done.startswith("Done in ") and (f"s (training {metrics['train_time_s']:.0f}s): best val acc "
-                                            f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']}), test acc "
-                                            f"{metrics['test_acc']:.2f}%") in done, done
+    done = output.splitlines()[-3:]
+    # the whole command's time (test_true_lines), then the training's, and the metrics held in memory
+    assert done[0].startswith("Done in ") and done[0].endswith(
+        f" (training {duration(metrics['train_time_s'])}): best val acc {metrics['best_val_acc']:.2f}% at epoch "
+        f"{metrics['best_epoch']},"), done
+    assert done[1] == f"  test acc {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f})" and done[2] == f"  -> {run}"
 
 
 def test_lr_recorded_per_step_shows_the_onecycle_warm_up(basic_run):
@@ -191,7 +193,7 @@ def test_val_split_zero_selects_on_test(runner, tmp_path, tiny_spec):
     # the "val" columns hold the test set's numbers: the same model scores the same in evaluate
     assert rows[0]["val_acc"] == pytest.approx(metrics["test_acc"], abs=1e-4) == metrics["best_val_acc"]
     assert rows[0]["val_loss"] == pytest.approx(metrics["test_loss"], abs=1e-4)
-    assert "test loss" in " ".join(result.output.split())
+    assert ["train", "test"] in [line.split() for line in result.output.splitlines()]  # over the epoch columns
 
 
 # ---- resume -----------------------------------------------------------------------------------
@@ -399,7 +401,7 @@ def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_pat
     proc = subprocess.Popen(base + args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if "epoch   2/12" in line:  # well into training: both ranks are in the loop
+        if line.split()[:1] == ["2/12"]:  # well into training: both ranks are in the loop
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=240)
@@ -741,8 +743,13 @@ def test_piped_output_is_one_whole_line_per_event(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 4 and all(lines), lines  # the header, one line per epoch, the closing line
-    assert lines[0].startswith("basic: basic (84,322 params) on fake") and lines[0].endswith(f"-> {tmp_path}/basic")
-    for epoch, line in zip((1, 2), lines[1:3]):
-        assert line.startswith(f"epoch   {epoch}/2  train loss") and " img/s" in line, line
-    assert lines[3].startswith("Done in ") and lines[3].endswith(f"-> {tmp_path}/basic")
+    # the run (3 lines), the epochs' header (2), one line per epoch, the closing lines (3)
+    assert len(lines) == 10 and all(lines), lines
+    assert lines[0] == "basic: basic, 84,322 params, on fake, cpu"
+    assert lines[1] == "  64 train / 51 val / 128 test images; 2 epochs x 1 batch of 64" and lines[2] == f"  -> {tmp_path}/basic"
+    assert lines[3].split() == ["train", "val"] and lines[4].split() == [
+        "epoch", "loss", "acc", "loss", "acc", "lr", "time", "img/s", "ETA"]
+    for epoch, line in zip((1, 2), lines[5:7]):
+        assert line.split()[0] == f"{epoch}/2" and len(line) == len(lines[4]) + (len("  best") if "best" in line else 0)
+    assert lines[7].startswith("Done in ") and lines[8].startswith("  test acc ") and lines[9] == f"  -> {tmp_path}/basic"
+    assert all(len(line) <= 80 for line in lines[:2] + lines[3:9])  # at 60 columns too: lines are never wrapped

@@ -78,5 +78,5 @@ def test_done_in_is_the_whole_commands_wall_time(tmp_path):
                           "runs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     wall = time.time() - started
     assert out.returncode == 0, out.stderr
-    done, training = map(int, re.search(r"Done in (\d+)s \(training (\d+)s\)", out.stdout).groups())
+    done, training = map(float, re.search(r"Done in ([\d.]+)s \(training ([\d.]+)s\)", out.stdout).groups())
     assert training <= 1 and 3 <= done <= wall + 0.5

@@ -155,8 +155,10 @@ def resolve_format(fmt):
     return "table" if sys.stdout.isatty() else "markdown"
 
 
-def emit(fmt, result, title=None):
-    """Print one result object in the chosen format, by cnnscope.render's convention."""
+def emit(fmt, result, title=None, *, wrote=(), warnings=()):
+    """Print one result object in the chosen format, by cnnscope.render's convention; then, on stderr,
+    the files the command wrote (`wrote`), and the `warnings` where the format does not carry them
+    (json: the table and the markdown print them under the result)."""
     import json
 
     from cnnscope import render
@@ -170,6 +172,11 @@ def emit(fmt, result, title=None):
         from rich.console import Console
 
         Console().print(render.to_table(result, title))
+    sys.stdout.flush()  # the result first, then what goes to stderr after it
+    for message in warnings if fmt == "json" else ():
+        click.echo(f"warning: {message}", err=True)
+    for path in wrote:
+        click.echo(f"wrote {path}", err=True)
 
 
 @click.group(cls=CnnscopeGroup, context_settings={"help_option_names": ["-h", "--help"]})

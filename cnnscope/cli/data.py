@@ -17,7 +17,8 @@ from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option, seed_o
               help="Augmentation backend [default: the run's, else batch].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder that gets plots/augmented_samples_grid.png [default: the run folder for RUN (a "
-                   "checkpoint outside any run: reports/<checkpoint>-checkpoint), reports/<model> for MODEL].")
+                   "checkpoint outside any run: reports/<checkpoint>-checkpoint), reports/<model>-augment for "
+                   "MODEL]; never another run's folder.")
 @seed_option(default=None, used_for="of the batch drawn and of its augmentation [default: the run's, else 0]")
 @format_option()
 @verbosity_options
@@ -26,7 +27,9 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt
 
     MODEL uses its recipe's augmentation and dataset; RUN (reports/<run> or a checkpoint) the
     resolved augmentation, dataset, backend, validation split and seed it was trained with. Shows
-    the first N images of epoch 0's first training batch. Writes plots/augmented_samples_grid.png.
+    the first N images of epoch 0's first training batch. Writes plots/augmented_samples_grid.png:
+    into the run folder for RUN (a run folder needs only its config.json), into
+    reports/<model>-augment/ for MODEL; only a RUN's own grid goes into a run folder.
 
     \b
     JSON: {target, model, dataset, backend, augment: {AugmentSpec fields}, pipeline, n, figure}
@@ -38,5 +41,6 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt
     """
     from cnnscope.runs.augment import augment_into_folder
 
-    emit(fmt, augment_into_folder(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend,
-                                  out=out, seed=seed, reporter=reporter))
+    result = augment_into_folder(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend,
+                                 out=out, seed=seed, reporter=reporter)
+    emit(fmt, result, wrote=[result.figure])

@@ -38,5 +38,6 @@ def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, reporter):
     from cnnscope.runs.export import export_run
 
     reporter.detail(f"exporting {run} ({to}), then checking the program on the run's test images")
-    emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec,
-                         reporter=reporter))
+    result = export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec,
+                        reporter=reporter)
+    emit(fmt, result, wrote=[result.path])

@@ -20,6 +20,8 @@ def images_options(command):
     for option in reversed((
         click.option("--n", "n_images", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Number of test images (the first N of the test split)."),
+        click.option("--index", "indices", type=click.IntRange(min=0), multiple=True, metavar="I",
+                     help="The test image at index I instead of the first N; repeatable."),
         click.option("--dataset", default=None,
                      help="Take the images from this dataset [default: the run's; `fake` for a SPEC]."),
         click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
@@ -45,7 +47,8 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @device_option()
 @untrained_seed_option
 @verbosity_options
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt, device, seed, reporter):
+def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, out, fmt, device, seed,
+              reporter):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -71,10 +74,10 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
-    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter, indices)
     with reporter.bar() as bar, tgt.writing():
         report = inspect_gates(tgt, images, progress=bar)
-    emit(fmt, report)
+    emit(fmt, report, wrote=report.figures.values())
 
 
 @cli.command("sharing", epilog=SPEC_RUNS_CODE)
@@ -113,7 +116,7 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
     tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=reporter)
     with tgt.writing():
         report = inspect_sharing(tgt, threshold)
-    emit(fmt, report)
+    emit(fmt, report, wrote=report.figures.values())
 
 
 # the short names of cnnscope.core.attribution_methods.METHODS (a test keeps them equal; importing the
@@ -127,8 +130,14 @@ def attribution_options(command):
     for option in reversed((
         click.option("--method", "methods", multiple=True, type=click.Choice(ATTRIBUTION_METHODS),
                      help="Attribution method (see above); repeatable [default: ig, saliency, gradcam, occlusion]."),
-        click.option("--target", "target_class", type=click.Choice(("pred", "true")), default="pred",
-                     show_default=True, help="Attribute the predicted class or the true class."),
+        click.option("--target", "target_class", default="pred", show_default=True, metavar="pred|true|CLASS",
+                     help="The class attributed: the predicted one, the true one, or one class for every image, by "
+                          "name (as the dataset names it, e.g. Sneaker) or index."),
+        click.option("--scale", type=click.Choice(("image", "method")), default="image", show_default=True,
+                     help="Colour scale of attributions.png: each map its own (no map drawn black beside a "
+                          "brighter one), or one per method over all images (to compare images)."),
+        click.option("--overlay/--no-overlay", default=True, show_default=True,
+                     help="Draw each map over the image in grey, transparent where the map is near zero."),
         click.option("--layer", default=None, metavar="NAME",
                      help="Layer of gradcam and guided-gradcam [default: the last spatial conv called once]; "
                           "--list-layers shows the candidates."),
@@ -161,8 +170,9 @@ def attribution_options(command):
 @device_option()
 @seed_option(used_for="of a SPEC's untrained weights and of --sanity's re-initialised weights")
 @verbosity_options
-def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, layer,
-                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt, device, seed, reporter):
+def attribute_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, methods, target_class,
+                  scale, overlay, layer, list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt,
+                  device, seed, reporter):
     """Captum attributions of N test images (or your --image files), and a sanity check of the methods.
 
     \b
@@ -179,10 +189,9 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
       occlusion       Occlusion: drop of the class score under an 8x8 patch (signed)
       edges           Sobel edges of the input: no model at all, a control for --sanity
 
-    Writes plots/attributions.png (a row per image, a column per method: signed maps in a diverging
-    colour map centred at zero, red = evidence for the class; non-negative ones in magma; one scale
-    and colour bar per method) and the maps in plots/attributions.npz. On a weight-tied model the
-    last conv runs more than once: GradCAM falls back to the last conv called once and says so.
+    Writes plots/attributions.png (a row per image, a column per method over the image in grey, with
+    what its colours mean: red is evidence for the class only for IG, Input x Gradient, DeepLift,
+    GradientShap and Occlusion) and the maps in plots/attributions.npz.
 
     --sanity runs the model-parameter randomisation test (Adebayo et al. 2018): on a copy of the
     model, the layers are re-initialised one by one from the output down and each method's maps
@@ -201,6 +210,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
     \b
     Examples:
       cnnscope attribute reports/basic --method ig --method gradcam --target true
+      cnnscope attribute reports/basic --index 3 --index 17 --target Sneaker --scale method
       cnnscope attribute reports/basic --list-layers
       cnnscope attribute reports/basic --layer c3b.pw --sanity --method saliency --method edges
     """
@@ -209,15 +219,14 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
     from cnnscope.runs.inspect import inspect_attributions, inspect_sanity, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
-    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
+    images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter, indices)
     if list_layers:
         return emit(fmt, layer_list(tgt.model, images.x[:1], tgt.label))
-    options = dict(methods=methods or DEFAULTS, target_class=target_class, layer=layer, ig_tolerance=ig_tolerance)
-    if sanity:
-        options.update(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed)
+    options = dict(methods=methods or DEFAULTS, target_class=target_class, layer=layer, ig_tolerance=ig_tolerance,
+                   figure_options={"scale": scale, "overlay": overlay},
+                   **(dict(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed) if sanity else {}))
     with reporter.bar() as bar, tgt.writing():
         report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
     attributions = report.attribution if sanity else report
-    for message in [*attributions.skipped.values(), *attributions.warnings]:
-        click.echo(f"warning: {message}", err=True)
-    emit(fmt, report)
+    emit(fmt, report, wrote=[*attributions.figures.values(), *(report.figures.values() if sanity else ())],
+         warnings=[*attributions.skipped.values(), *attributions.warnings])

@@ -4,7 +4,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
+    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, procs_option,
     seed_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
@@ -188,7 +188,7 @@ def evaluate_cmd(run, data_dir, device, batch_size, out, trust_spec, fmt, report
     JSON (--format json): {"run", "model", "test_loss", "test_acc" (percent), "num_test",
       "classes": [names], "confusion": [[counts]] (rows true), "per_class": [{"class", "precision",
       "recall", "f1", "support"}], "macro_avg": {"precision", "recall", "f1"}, "weighted_avg": {...},
-      "top_confusions": [{"true", "pred", "count", "rate"}]}
+      "top_confusions": [{"true", "pred", "count", "rate"}], "files": [the files written]}
 
     \b
     Examples:
@@ -197,8 +197,9 @@ def evaluate_cmd(run, data_dir, device, batch_size, out, trust_spec, fmt, report
     """
     from cnnscope.runs import evaluate
 
-    emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    reporter=reporter, trust_spec=trust_spec, out=out))
+    result = evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size, reporter=reporter,
+                                   trust_spec=trust_spec, out=out)
+    emit(fmt, result, wrote=result.files)
 
 
 @cli.command("compare")
@@ -225,7 +226,4 @@ def compare_cmd(runs, out, fmt):
     from cnnscope.runs import compare
 
     result = compare.compare_runs(runs, out)
-    emit(fmt, result)
-    if resolve_format(fmt) == "json":  # the table and the markdown carry the warnings themselves
-        for message in result.warnings:
-            click.echo(f"warning: {message}", err=True)
+    emit(fmt, result, wrote=result.files, warnings=result.warnings)

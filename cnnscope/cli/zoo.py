@@ -66,6 +66,8 @@ def summary_cmd(spec, ctor, input_shape, fmt, reporter):
                    "SPEC may then be left out (the run's own model).")
 @click.option("--erf-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of test images --erf averages over.")
+@click.option("--erf-scale", type=click.Choice(("log", "linear")), default="log", show_default=True,
+              help="Colour scale of erf.png: log shows the faint tail that holds most of the gradient mass.")
 @click.option("--image", "erf_image_paths", multiple=True, metavar="PATH",
               help="With --erf: average over your own image file(s) or folder(s) instead of test images; repeatable.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
@@ -73,8 +75,8 @@ def summary_cmd(spec, ctor, input_shape, fmt, reporter):
 @trust_spec_option()
 @device_option(used_for="of --erf's gradients")
 @verbosity_options
-def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_image_paths, data_dir, trust_spec,
-           device, reporter):
+def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_scale, erf_image_paths, data_dir,
+           trust_spec, device, reporter):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -124,9 +126,9 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
 
     with reporter.bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
-                           erf_images=erf_images, erf_image_paths=erf_image_paths, data_dir=data_dir,
-                           trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
-    emit(fmt, result, title)
+                           erf_images=erf_images, erf_image_paths=erf_image_paths, erf_log=erf_scale == "log",
+                           data_dir=data_dir, trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
+    emit(fmt, result, title, wrote=[result.erf.figure] if result.erf and result.erf.figure else [])
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
                    f"{result.probe_rf}.", err=True)

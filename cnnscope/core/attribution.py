@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.sharing import is_shared_layer
-from cnnscope.core.probe import logits, run_forward
+from cnnscope.core.probe import display_pixels, logits, run_forward
 from cnnscope.core.relu_calls import forward_calls, relu_method_caveats
 from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE, METHODS, reduce_channels
 from cnnscope.core import attribution_methods as settings
@@ -57,6 +57,9 @@ class AttributionReport:
     images: list = field(default_factory=list)  # {"index"} per image, with "label" and "class" when known
     classes: list = field(default_factory=list)  # class names, when known
     figures: dict = field(default_factory=dict)
+    pixels: Optional[np.ndarray] = None  # (N, H, W, 3) in [0, 1]: the images as a figure shows them
+    model: str = ""  # the model's class name
+    weights: str = ""  # "trained" or "untrained" where the caller knows; "" where not
 
     def class_name(self, index: int) -> str:
         return metrics.class_name(self.classes, index)
@@ -276,6 +279,7 @@ def attribute(model, images: torch.Tensor, targets=None, methods=DEFAULT_METHODS
         gradcam_layer=chosen and {"name": chosen.name, "size": list(chosen.size), "calls": chosen.calls,
                                   "chosen": "auto" if layer is None else "given"},
         ig_tolerance=ig_tolerance, target=type(model).__name__, images=[{"index": i} for i in range(len(images))],
+        pixels=display_pixels(images), model=type(model).__name__,
     )
 
 

@@ -2,7 +2,10 @@
 
 Every method works on the normalised input; baselines (IG, DeepLift, the occlusion fill) are 0,
 i.e. the dataset's mean colour. A method's map is its attribution summed over the input channels,
-with its sign where the method has one (`signed`): positive = evidence for the class.
+with its sign where the method has one (`signed`). For the attributions that add up to the score
+(IG, Input x Gradient, DeepLift, GradientShap, Occlusion's score drop) positive is evidence for the
+class; Guided Backprop and Guided GradCAM keep the sign of a modified gradient, which is not.
+`reads` says so per method.
 
   ig              IntegratedGradients; steps doubled from IG_MIN_STEPS until the convergence delta
                   is within `tolerance` of |F(x) - F(baseline)| (or IG_MAX_STEPS is reached)
@@ -54,6 +57,7 @@ class Method:
     build: Callable  # (model, layer, x, tolerance) -> run(x, target) -> (attr (1, C, H, W), IGConvergence | None)
     layer: bool = False  # attributes through a spatial layer (GradCAM family; see attribution.pick_layer)
     model_free: bool = False  # a control that never looks at the model
+    reads: str = ""  # what the map's values mean, as a figure's legend says it
 
 
 @dataclass
@@ -173,20 +177,27 @@ def _edges(model, layer, x, target):
     return (gx ** 2 + gy ** 2).sqrt().unsqueeze(1)
 
 
+_EVIDENCE = "red: evidence for the class, blue: against"  # true of a signed attribution (completeness)
 METHODS = {m.name: m for m in (
     Method("ig", "Integrated Gradients", True,
-           lambda model, layer, x, tolerance: lambda x, target: integrated_gradients(model, x, target, tolerance)),
-    Method("saliency", "Saliency", False, _captum("Saliency")),
-    Method("smoothgrad", "SmoothGrad", False, _plain(_smoothgrad)),
-    Method("ixg", "Input x Gradient", True, _captum("InputXGradient")),
-    Method("deeplift", "DeepLift", True, _relu_hooked("DeepLift")),
-    Method("gradshap", "GradientShap", True, _plain(_gradshap)),
-    Method("guided", "Guided Backprop", True, _relu_hooked("GuidedBackprop")),
-    Method("gradcam", "GradCAM", False, _plain(_gradcam), layer=True),
+           lambda model, layer, x, tolerance: lambda x, target: integrated_gradients(model, x, target, tolerance),
+           reads=f"{_EVIDENCE} (vs the mean-colour baseline)"),
+    Method("saliency", "Saliency", False, _captum("Saliency"), reads="|gradient|: how strongly the pixel moves the score"),
+    Method("smoothgrad", "SmoothGrad", False, _plain(_smoothgrad), reads="|gradient| averaged over noisy copies"),
+    Method("ixg", "Input x Gradient", True, _captum("InputXGradient"), reads=_EVIDENCE),
+    Method("deeplift", "DeepLift", True, _relu_hooked("DeepLift"), reads=f"{_EVIDENCE} (vs the baseline)"),
+    Method("gradshap", "GradientShap", True, _plain(_gradshap), reads=f"{_EVIDENCE} (expected over baselines)"),
+    Method("guided", "Guided Backprop", True, _relu_hooked("GuidedBackprop"),
+           reads="sign of a modified gradient: edges the score responds to, not evidence for or against"),
+    Method("gradcam", "GradCAM", False, _plain(_gradcam), layer=True,
+           reads="where the layer's features raise the score (ReLU, upsampled)"),
     Method("guided-gradcam", "Guided GradCAM", True,
-           _relu_hooked("GuidedGradCam", layered=True, interpolate_mode="bilinear"), layer=True),
-    Method("occlusion", "Occlusion", True, _plain(_occlusion)),
-    Method("edges", "Edges (control)", False, _plain(_edges), model_free=True),
+           _relu_hooked("GuidedGradCam", layered=True, interpolate_mode="bilinear"), layer=True,
+           reads="Guided Backprop x GradCAM: sign of a modified gradient, not evidence"),
+    Method("occlusion", "Occlusion", True, _plain(_occlusion),
+           reads="red: covering it lowers the score (evidence for the class), blue: raises it"),
+    Method("edges", "Edges (control)", False, _plain(_edges), model_free=True,
+           reads="Sobel edge strength of the image: no model at all"),
 )}
 DEFAULT_METHODS = ("ig", "saliency", "gradcam", "occlusion")
 

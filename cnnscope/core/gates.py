@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cnnscope.core.probe import display_pixels
 from cnnscope.errors import CnnscopeError
 
 DEFAULT_DILATIONS = (1, 2, 4)
@@ -44,6 +45,9 @@ class GateReport:
     dataset: Optional[str] = None  # where the images come from, when known
     images: list = field(default_factory=list)  # {"index"} per image, with "label" and "class" when known
     figures: dict = field(default_factory=dict)
+    pixels: Optional[np.ndarray] = None  # (N, H, W, 3) in [0, 1]: the images as a figure shows them
+    model: str = ""  # the model's class name
+    weights: str = ""  # "trained" or "untrained" where the caller knows; "" where not
 
     def stages(self) -> list[int]:
         return sorted({s.stage for s in self.steps})
@@ -143,5 +147,5 @@ def gate_maps(model, images: torch.Tensor, *, on_progress=lambda done, total: No
             f"The gates of {type(model).__name__} give {steps[0].probs.shape[1]} probabilities per pixel "
             f"but its DILATIONS are {dilations}; the model's gate_maps do not follow the gate contract."
         )
-    return GateReport(dilations, steps, target=type(model).__name__,
-                      images=[{"index": i} for i in range(len(images))])
+    return GateReport(dilations, steps, target=type(model).__name__, images=[{"index": i} for i in range(len(images))],
+                      pixels=display_pixels(images), model=type(model).__name__)

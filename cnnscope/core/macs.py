@@ -92,16 +92,19 @@ def _has_tensor(args) -> bool:
 class MacCounter(TorchDispatchMode):
     """Charges the MACs of every operation to `charge(macs)`'s current target (the innermost running
     module call, kept by the caller) and collects the operations that run uncounted:
-    `uncounted[op name] = [where, ...]` with `where()` naming the running call."""
+    `uncounted[op name] = [where, ...]` with `where()` naming the running call. `observe(op name,
+    args)`, when given, sees every operation first (the summary reads a convolution's geometry there)."""
 
-    def __init__(self, charge, where):
+    def __init__(self, charge, where, observe=None):
         super().__init__()
-        self.charge, self.where = charge, where
+        self.charge, self.where, self.observe = charge, where, observe  # observe(op name, args): every op
         self.uncounted: dict[str, list] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func._overloadpacket
+        if self.observe is not None:
+            self.observe(packet.__name__, args)
         if packet not in FORMULAS:
             with self:  # as flop_counter: a composite operation is counted by what it decomposes into
                 out = func.decompose(*args, **kwargs)

@@ -126,6 +126,7 @@ class EvalResult:
     macro_avg: dict
     weighted_avg: dict
     top_confusions: list
+    files: list = field(default_factory=list)  # the files a caller wrote of it
 
     @classmethod
     def from_predictions(cls, loss_sum: float, preds, targets, classes, *, run: str, model: str) -> "EvalResult":
@@ -191,6 +192,8 @@ class CompareResult:
     rows: list
     figures: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # every file a caller wrote of it, the figures included
+    histories: dict = field(default_factory=dict)  # run -> its log rows (epoch, train_acc, val_loss, ...)
 
     def to_json(self) -> list:
         return self.rows

@@ -256,3 +256,15 @@ def check_input(model: nn.Module, input_shape, spec=None, *, batch=1, training=F
             f"{' or batch' if batch > 1 else ''}."
         )
     return shape
+
+
+def display_pixels(images: torch.Tensor):
+    """(N, C, H, W) model inputs -> (N, H, W, 3) floats in [0, 1] to draw: each image rescaled to its
+    own range (the normalisation undone up to a scale), one channel shown as grey. The caller that
+    knows the dataset's mean and std has the true pixels and puts those in its place."""
+    x = images.detach().float().cpu()
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    x = (x - low) / (high - low).clamp_min(1e-12)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+    return x.permute(0, 2, 3, 1).numpy()

@@ -96,13 +96,14 @@ class SanityReport:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two arrays (ties get their average rank); 0 if either is constant."""
-    ra, rb = _ranks(a.ravel()), _ranks(b.ravel())
+    ra, rb = average_ranks(a.ravel()), average_ranks(b.ravel())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     norm = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
     return float((ra * rb).sum() / norm) if norm > 0 else 0.0
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks of `values`, ties sharing the average of the ranks they span."""
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     return ((ends - counts + ends - 1) / 2.0)[inverse]

@@ -56,6 +56,8 @@ class SharingReport:
     banks: list  # Bank in module order
     target: str = "model"  # what was inspected: a model's class name, a run folder, "<name> (untrained)"
     figures: dict = field(default_factory=dict)
+    model: str = ""  # the model's class name
+    weights: str = ""  # "trained" or "untrained" where the caller knows; "" where not
 
     def to_json(self) -> dict:
         banks = []
@@ -167,4 +169,4 @@ def find_banks(model) -> list[Bank]:
 
 def soft_sharing(model, threshold=0.95) -> SharingReport:
     """Coefficient similarity, fold groups at `threshold` and parameter budget of every bank of `model`."""
-    return SharingReport(threshold, find_banks(model), target=type(model).__name__)
+    return SharingReport(threshold, find_banks(model), target=type(model).__name__, model=type(model).__name__)

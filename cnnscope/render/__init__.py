@@ -2,13 +2,15 @@
 
 One convention for every result the library returns:
 
-    to_table(result, title=None)     a rich renderable, for the terminal
+    to_table(result, title=None)     a table for the terminal (tables.TableView): laid out for the
+                                     width it is printed at; print() shows it, a notebook too
     to_markdown(result, title=None)  markdown text
     to_json(result)                  the stable JSON object: result.to_json()
 
 Each family module here (rf, summary, inspect, ...) registers the table and markdown renderers of
 its result types with `register`; FAMILIES says which module that is, so that rendering a result
-imports its family alone. Figures are drawn by `plots`.
+imports its family alone. Figures are drawn by `figures.plot` (cnnscope.plot), whose FIGURES says
+which function draws each kind of figure of each result type.
 """
 import importlib
 
@@ -46,7 +48,9 @@ def _renderers(result):
 
 
 def to_table(result, title=None):
-    return _renderers(result)[0](result, title)
+    view = _renderers(result)[0](result, title)
+    view.markdown = lambda: to_markdown(result, title)  # what a notebook shows
+    return view
 
 
 def to_markdown(result, title=None) -> str:

@@ -1,6 +1,7 @@
 """An AugmentResult: what was augmented, how, and where the grid is."""
 from cnnscope.core.augment import AugmentResult
 from cnnscope.render import register
+from cnnscope.render.tables import Section, sections_table
 
 _SHOWN = ("model", "dataset", "backend", "pipeline", "n", "figure")
 
@@ -11,13 +12,9 @@ def markdown(result: AugmentResult, title=None) -> str:
 
 
 def table(result: AugmentResult, title=None):
-    from rich.table import Table
-
     fields = result.to_json()
-    t = Table(title=f"cnnscope augment {result.target}", show_header=False)
-    for key in _SHOWN:
-        t.add_row(key, str(fields[key]))
-    return t
+    return sections_table([Section(title or f"cnnscope augment {result.target}", ["field", "value"],
+                                   [[key, str(fields[key])] for key in _SHOWN])])
 
 
 register(AugmentResult, table=table, markdown=markdown)

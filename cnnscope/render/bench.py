@@ -1,6 +1,8 @@
 """Renderers of BenchResult (cnnscope bench): a two-column table of quantities and values."""
 from cnnscope.core.bench import ALBUMENTATIONS_WORKERS, BenchResult
 from cnnscope.render import register
+from cnnscope.render.numbers import count, macs
+from cnnscope.render.tables import Section, sections_table
 
 
 def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
@@ -10,9 +12,9 @@ def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
     where = f"{result.device}, {procs}{result.threads} threads{policy}" + (", compiled" if result.compile else "") + (
         ", AMP" if result.amp else "") + (", channels_last" if result.channels_last else "")
     return [
-        ("model", f"{result.model} ({result.params:,} params), input {'x'.join(map(str, result.input_shape))}"),
-        ("run on", f"{where}; batch {result.batch_size}, median of {result.steps} steps"),
-        ("FLOPs per image (forward)", f"{result.flops_per_image / 1e6:,.2f} M"),
+        ("model", f"{result.model} ({count(result.params)} params), input {'x'.join(map(str, result.input_shape))}"),
+        ("run on", f"{where}; batch {count(result.batch_size)}, median of {count(result.steps)} steps"),
+        ("FLOPs per image (forward)", macs(result.flops_per_image)),
         ("training", f"{result.train_images_per_s:,.1f} images/s"),
         ("inference (BN folded)", f"{result.infer_images_per_s:,.1f} images/s ({result.folded_batchnorms} BN folded)"),
         ("data path, batch backend", f"{result.data_images_per_s:,.1f} images/s ({result.augment})"),
@@ -28,14 +30,8 @@ def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
 
 
 def table(result: BenchResult, title=None):
-    from rich.table import Table
-
-    out = Table(title=title or f"cnnscope bench {result.model}")
-    out.add_column("quantity")
-    out.add_column("value", justify="right")
-    for row in bench_rows(result):
-        out.add_row(*row)
-    return out
+    return sections_table([Section(title or f"cnnscope bench {result.model}", ["quantity", "value"],
+                                   [list(row) for row in bench_rows(result)])])
 
 
 def markdown(result: BenchResult, title=None) -> str:

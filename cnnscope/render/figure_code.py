@@ -1,7 +1,8 @@
 """Which code drew a figure, so that a committed figure that would now be drawn differently is found.
 
-Every PNG cnnscope writes (plots.save) carries a PNG text chunk, KEY, naming the function that drew
-it, the cnnscope function that called it with the data (when one did), and a hash of their code:
+Every PNG cnnscope writes (plots.save) carries a PNG text chunk, KEY, naming the function that built
+the figure (plots.drawn marks it), the function that saved it and the cnnscope function that called
+that with the data (when one did), and a hash of their code:
 the source of each, and of every function and the value of every constant of its module that it
 uses, followed transitively. `cnnscope update-readme --check` recomputes the hash for every figure
 a README shows (runs/readme/figures.py): a figure whose code changed since it was drawn is stale.
@@ -42,7 +43,16 @@ def code_hash(module: types.ModuleType, function: str) -> str | None:
             todo += sorted(set(_names(obj.__code__)) - seen)
         elif _plain(obj):
             parts.append(f"{name} = {obj!r}")
+        elif isinstance(obj, dict):  # a table of functions (a dispatch): its keys and the functions it names
+            parts.append(f"{name} = {sorted(map(repr, obj))}")
+            todo += sorted({f.__name__ for f in _values(obj) if inspect.isfunction(f)} - seen)
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:12]
+
+
+def _values(table: dict):
+    """The values of a dict, and of the dicts inside it."""
+    for value in table.values():
+        yield from _values(value) if isinstance(value, dict) else (value,)
 
 
 def _plain(obj) -> bool:
@@ -75,18 +85,28 @@ def _drawers(frame) -> list:
     notebook)."""
     found = []
     while frame is not None and len(found) < 2:
-        module = inspect.getmodule(frame)
-        name = module.__name__ if module else ""
-        if name.startswith("cnnscope.") and inspect.isfunction(vars(module).get(frame.f_code.co_name)):
-            found.append((module, frame.f_code.co_name))
+        function = drawer(frame)
+        if function:
+            found.append(function)
         elif found:  # the drawing function was called from outside cnnscope
             break
         frame = frame.f_back
     return found
 
 
-def stamp(frame) -> str:
+def drawer(frame):
+    """(module, function name) of the module-level cnnscope function running in `frame`; None for
+    any other code."""
+    module = inspect.getmodule(frame)
+    name = module.__name__ if module else ""
+    if name.startswith("cnnscope.") and inspect.isfunction(vars(module).get(frame.f_code.co_name)):
+        return module, frame.f_code.co_name
+    return None
+
+
+def stamp(frame, built_by=None) -> str:
     """KEY's text for a figure saved from `frame` (the frame that called plots.save):
-    'module:function [module:function] hash'."""
-    drawers = _drawers(frame)
+    'module:function [module:function ...] hash'; `built_by`: the (module, function) that built the
+    figure, when another function saves it."""
+    drawers = [d for d in [built_by] if d] + [d for d in _drawers(frame) if d != built_by]
     return " ".join([*(f"{m.__name__}:{f}" for m, f in drawers), drawers_hash(drawers)])

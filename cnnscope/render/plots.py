@@ -1,38 +1,52 @@
-"""Every figure cnnscope draws. Functions take plain data (arrays, lists, dicts) and a path, and
-write a PNG; nothing here knows about models or training, so analysis code stays testable alone.
+"""The figures of training, evaluation and the inspections. Each function takes plain data (arrays,
+lists, dicts) and returns a matplotlib Figure (render/figures.py draws them from result objects:
+`cnnscope.plot`); `save` writes one as a PNG. Nothing here knows about models or training, so
+analysis code stays testable alone.
+
+Figures are made with matplotlib.figure.Figure, not pyplot: no window, no global state, and a
+notebook shows them with its own backend.
 """
 import sys
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
 
 from cnnscope.files import atomic_write_bytes
 from cnnscope.render import figure_code
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+
+def drawn(fig):
+    """`fig`, marked as built by the function that calls this, so that `save` stamps the PNG with
+    that function's code too."""
+    fig.cnnscope_built_by = figure_code.drawer(sys._getframe(1))
+    return fig
 
 
 def save(fig, path) -> Path:
-    """Write `fig` as a PNG at `path` (atomically, folders made as needed) and close it. The PNG is
-    stamped with the code that drew it (the caller; render/figure_code.py)."""
+    """Write `fig` as a PNG at `path` (atomically, folders made as needed). The PNG is stamped with
+    the code that drew it (the function that built it, the caller; render/figure_code.py)."""
     path = Path(path)
-    metadata = {figure_code.KEY: figure_code.stamp(sys._getframe(1))}
-    try:
-        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight",
-                                                       metadata=metadata))
-    finally:
-        plt.close(fig)
+    metadata = {figure_code.KEY: figure_code.stamp(sys._getframe(1), getattr(fig, "cnnscope_built_by", None))}
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight", metadata=metadata))
     return path
 
 
-# ---- inspection: entropy gates, soft sharing, attributions (cnnscope.runs.inspect) -------------------
+def subplots(*args, figsize, **kwargs):
+    """(Figure, axes) as pyplot.subplots gives them, on a Figure of its own."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+# ---- inspection: entropy gates, soft sharing (cnnscope.runs.inspect) ---------------------------------
 
 # One Okabe-Ito colour per dilation, in order (blue, orange, bluish green, vermillion, reddish purple,
 # sky blue, yellow): distinguishable with every common colour-vision deficiency (Okabe & Ito 2008).
 DILATION_COLOURS = tuple(tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
                          for h in ("0072B2", "E69F00", "009E73", "D55E00", "CC79A7", "56B4E9", "F0E442"))
 GATE_LEGEND_TITLE = "most probable gate dilation\n(paler = less confident; white = all equally likely)"
+GATE_PANELS_PER_ROW = 10  # the steps of one image wrap into rows of at most this many panels
+LABEL_SIZE = 9  # points: readable with the figure shown at a README's 800 pixels
 
 
 def gate_colours(probs, colours=DILATION_COLOURS):
@@ -48,53 +62,56 @@ def gate_colours(probs, colours=DILATION_COLOURS):
     return 1 - confidence * (1 - rgb)
 
 
-def _bare(ax):
+def bare(ax):
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _image_rows(images, maps, draw, *, row_titles, column_titles, cell):
-    """A row per image: the image, then one panel per map drawn by draw(ax, image, map)."""
-    rows, cols = len(images), 1 + len(column_titles)
-    height = cell * rows + 0.4
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, height), squeeze=False)
-    # a fixed 0.4-inch band on top for the column titles, however many rows
-    fig.subplots_adjust(left=0.0, right=1.0, top=1 - 0.4 / height, bottom=0.0, wspace=0.05, hspace=0.08)
-    for r in range(rows):
-        axes[r][0].imshow(images[r], interpolation="nearest")
-        axes[r][0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha="right", va="center")
-        for c, data in enumerate(maps[r]):
-            draw(axes[r][c + 1], images[r], data)
-    for ax in axes.flat:
-        _bare(ax)
-    for c, title in enumerate(["image", *column_titles]):
-        axes[0][c].set_title(title, fontsize=7)
-    return fig
-
-
-def gate_maps(images, probs, *, dilations, column_titles, row_titles, path, cell=0.9):
-    """A row per image: the image, then one gate map per stage/step (gate_colours, nearest upsampling).
+def gate_maps(images, probs, *, dilations, panel_titles, row_titles, title="", cell=1.0,
+              per_row=GATE_PANELS_PER_ROW):
+    """Per image, a block of rows: the image, then its gate map at every stage/step (gate_colours,
+    nearest upsampling), `per_row` panels a row, each titled (`panel_titles`, e.g. "s0.t1").
 
     images: (N, H, W, 3) in [0, 1]; probs[i][j]: (D, h, w) gate probabilities; dilations: D labels.
     """
     from matplotlib.patches import Patch
 
-    fig = _image_rows(images, probs, lambda ax, _, p: ax.imshow(gate_colours(p), interpolation="nearest"),
-                      row_titles=row_titles, column_titles=column_titles, cell=cell)
-    fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in zip(dilations, DILATION_COLOURS)],
-               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(dilations), fontsize=8, frameon=False,
-               title=GATE_LEGEND_TITLE, title_fontsize=8)
-    return save(fig, path)
+    steps = len(panel_titles)
+    lines = max(1, -(-steps // per_row))  # rows per image
+    cols = -(-steps // lines)  # the steps spread evenly over them
+    rows = len(images) * lines
+    fig, axes = subplots(rows, 1 + cols, figsize=(cell * (1 + cols), 1.25 * cell * rows + 1.1), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 1.0 / (1.25 * cell * rows + 1.1), bottom=0.01,
+                        wspace=0.08, hspace=0.35)
+    for ax in axes.flat:
+        bare(ax)
+        ax.axis("off")
+    for i, image in enumerate(images):
+        first = axes[i * lines][0]
+        first.axis("on")
+        first.imshow(image, interpolation="nearest")
+        first.set_title(row_titles[i], fontsize=LABEL_SIZE)
+        for j, p in enumerate(probs[i]):
+            ax = axes[i * lines + j // cols][1 + j % cols]
+            ax.axis("on")
+            ax.imshow(gate_colours(p), interpolation="nearest")
+            ax.set_title(panel_titles[j], fontsize=LABEL_SIZE)
+    legend = fig.legend(handles=[Patch(color=rgb, label=label) for label, rgb in zip(dilations, DILATION_COLOURS)],
+                        loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=len(dilations), fontsize=LABEL_SIZE,
+                        frameon=False, title=(title + "\n" if title else "") + GATE_LEGEND_TITLE,
+                        title_fontsize=LABEL_SIZE)
+    legend.get_title().set_multialignment("center")
+    return drawn(fig)
 
 
-def gate_shares(labels, shares, dilations, *, groups, path, title=""):
+def gate_shares(labels, shares, dilations, *, groups, title=""):
     """Stacked bars: the mean share of each dilation (columns of `shares`, (S, D); `dilations`: D
     labels) per step. groups: one id per bar (the stage); a dashed line separates consecutive groups.
     """
     import numpy as np
 
     shares = np.asarray(shares)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(labels) + 1.5), 3.2))
+    fig, ax = subplots(figsize=(max(4.0, 0.28 * len(labels) + 1.5), 3.2))
     bottom = np.zeros(len(labels))
     for d, (label, rgb) in enumerate(zip(dilations, DILATION_COLOURS)):
         ax.bar(range(len(labels)), shares[:, d], bottom=bottom, color=rgb, label=label, width=0.85)
@@ -108,81 +125,104 @@ def gate_shares(labels, shares, dilations, *, groups, path, title=""):
     ax.set_ylabel("mean gate probability")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    return save(fig, path)
+    return drawn(fig)
 
 
-def similarity_heatmap(matrix, names, *, path, title=""):
-    """A layers x layers similarity matrix in [0, 1], with layer names and (when small) values."""
+def similarity_heatmap(matrix, names, *, threshold, title=""):
+    """A layers x layers similarity matrix in [0, 1], with layer names and (when small) values; the
+    pairs at or above the fold `threshold` outlined, and the threshold marked on the colour bar."""
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     matrix = np.asarray(matrix)
     n = len(names)
     side = max(3.0, 0.45 * n + 2.0)
-    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    fig, ax = subplots(figsize=(side + 1.0, side))
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(n), names, rotation=90, fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
+    for i, j in zip(*np.nonzero(matrix >= threshold)):
+        if i != j:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.8))
     if n <= 16:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if matrix[i, j] > 0.6 else "white")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="|cosine similarity|")
-    ax.set_title(title, fontsize=9)
-    return save(fig, path)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="|cosine similarity|")
+    bar.ax.axhline(threshold, color="red", linewidth=2.5)
+    ax.set_title(title + ("\n" if title else "") + f"red: >= the fold threshold {threshold:g}", fontsize=9)
+    return drawn(fig)
 
 
 # ---- training and evaluation ------------------------------------------------------------------
 
-def curves(runs: dict, path, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False,
-           best=None, test_acc=None) -> Path:
-    """Line plot of {run: {kind: (xs, ys)}}: one colour per run, one line style per kind.
+def run_colours(n: int) -> list:
+    """n distinguishable colours: tab10 up to 10 runs, then tab20, then evenly around the hue circle."""
+    import numpy as np
+
+    if n <= 10:
+        return list(matplotlib.colormaps["tab10"].colors[:n])
+    if n <= 20:
+        return list(matplotlib.colormaps["tab20"].colors[:n])
+    return [matplotlib.colormaps["hsv"](h) for h in np.linspace(0, 1, n, endpoint=False)]
+
+
+def curves(runs: dict, *, title: str, ylabel: str, xlabel: str = "epoch", logy: bool = False, best=None, test=None):
+    """Line plot of {run: {kind: (xs, ys)}}: one colour per run, one line style and marker per kind.
 
     One run's train/val accuracy is {"": {"train": (epochs, acc), "val": (epochs, acc)}}; several
-    runs give the combined plots of `cnnscope compare`. best: (x, label), a dotted line at the best
-    epoch; test_acc: a star at (that x, test_acc), the test accuracy of the best epoch's weights.
+    runs give the combined plots of `cnnscope compare`. A run of one point (one epoch) is drawn as
+    large markers. best: (x, label), a dotted line at the best epoch; test: (value, label), a star at
+    (that x, value): the test accuracy or loss of the best epoch's weights.
     """
-    styles = ["-", "--", ":", "-."]
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
     kinds = list(dict.fromkeys(k for lines in runs.values() for k in lines))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for color, (run, lines) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10, runs.items()):
+    fig, ax = subplots(figsize=(7, 4.2))
+    for color, (run, lines) in zip(run_colours(len(runs)), runs.items()):
         for kind, (xs, ys) in lines.items():
-            ax.plot(xs, ys, styles[kinds.index(kind) % len(styles)], color=color, marker="." if len(xs) < 30 else None,
+            k = kinds.index(kind)
+            few = len(xs) < 30
+            ax.plot(xs, ys, styles[k % len(styles)], color=color, marker=markers[k % len(markers)] if few else None,
+                    markersize=9 if len(xs) == 1 else 4, markerfacecolor="white" if k else color,
                     label=f"{run} {kind}".strip())
     if best is not None:
         ax.axvline(best[0], color="0.35", linestyle=":", linewidth=1.2, label=best[1])
-        if test_acc is not None:
-            ax.plot([best[0]], [test_acc], "*", color="black", markersize=11, label=f"test acc {test_acc:.2f}%")
+        if test is not None:
+            ax.plot([best[0]], [test[0]], "*", color="black", markersize=13, label=test[1])
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs: no 1.5
+    xs = [x for lines in runs.values() for run_xs, _ in lines.values() for x in run_xs]
+    if xs and max(xs) - min(xs) < 1:  # one epoch only: room around it
+        ax.set_xlim(min(xs) - 1, max(xs) + 1)
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     if len(runs) * len(kinds) > 1 or best is not None:
-        ax.legend(fontsize=8)
-    return save(fig, path)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return drawn(fig)
 
 
-def confusion_matrix(counts, classes, path, *, title: str = "Confusion matrix (row-normalised)") -> Path:
-    """Row-normalised confusion matrix (rows true, columns predicted), each cell annotated."""
+def confusion_matrix(counts, classes, *, title: str = "Confusion matrix (row-normalised)"):
+    """Row-normalised confusion matrix (rows true, columns predicted); the non-zero cells annotated
+    with their share (an empty cell: no image), the colour bar labelled."""
     import numpy as np
 
     counts = np.asarray(counts, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
     size = max(5.0, 0.55 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= 30:  # beyond that the numbers are unreadable; the colours still tell
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    return save(fig, path)
+        for i, j in zip(*np.nonzero(counts)):
+            ax.text(j, i, f"{rates[i, j]:.2f}" if rates[i, j] >= 0.005 else "<.01", ha="center", va="center",
+                    fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+    return drawn(fig)
 
 
 def image_grid(images, titles, path, *, title: str = "", title_colors=None, ncols: int = 8) -> Path:
@@ -202,7 +242,7 @@ def image_grid(images, titles, path, *, title: str = "", title_colors=None, ncol
     corners = [(r * (h + caption) + caption, c * (w + gap)) for r, c in (divmod(i, ncols) for i in range(n))]
     for image, (y, x) in zip(images, corners):
         canvas[y:y + h, x:x + w] = image
-    fig, ax = plt.subplots(figsize=(1.3 * ncols, 1.3 * nrows * (h + caption) / h * 0.8 + 0.3))
+    fig, ax = subplots(figsize=(1.3 * ncols, 1.3 * nrows * (h + caption) / h * 0.8 + 0.3))
     ax.imshow(canvas, interpolation="nearest")
     ax.axis("off")
     for i, (y, x) in enumerate(corners):
@@ -224,11 +264,11 @@ def augmentation_grid(originals, augmented, titles, path, *, title: str = "", nc
     n = len(originals)
     ncols = min(ncols, max(n, 1))
     pairs = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(2 * pairs, ncols, figsize=(1.4 * ncols + 0.6, 2.9 * pairs + 0.5), squeeze=False)
+    fig, axes = subplots(2 * pairs, ncols, figsize=(1.4 * ncols + 0.6, 2.9 * pairs + 0.5), squeeze=False)
     for row, images in ((0, originals), (1, augmented)):
         for i in range(pairs * ncols):
             ax = axes[2 * (i // ncols) + row, i % ncols]
-            _bare(ax)
+            bare(ax)
             if i >= n:
                 ax.axis("off")
                 continue
@@ -240,39 +280,4 @@ def augmentation_grid(originals, augmented, titles, path, *, title: str = "", nc
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save(fig, path)
-
-
-# ---- receptive fields (cnnscope.core.rf) -------------------------------------------------------------
-
-def erf_heatmap(heat, path, *, centre, box, radius=None, box_label="theoretical RF", title: str = "") -> Path:
-    """Effective-RF heatmap (H, W) over the input pixels with the theoretical RF box (top, left, bottom,
-    right, in pixels, drawn clipped to the image), a circle of `radius` pixels around `centre` (y, x),
-    the input pixel at the centre of the probed output unit's RF, marked +; a legend names all three."""
-    import numpy as np
-    from matplotlib.patches import Circle, Rectangle
-
-    heat = np.asarray(heat, dtype=float)
-    h, w = heat.shape
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    image = ax.imshow(heat, cmap="magma", interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of |gradient|")
-    top, left = max(box[0], 0), max(box[1], 0)
-    bottom, right = min(box[2], h - 1), min(box[3], w - 1)
-    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1, fill=False,
-                           edgecolor="cyan", linestyle="--", linewidth=2, label=box_label, clip_on=False))
-    if radius is not None:
-        ax.add_patch(Circle((centre[1], centre[0]), radius, fill=False, edgecolor="lime", linewidth=1.5,
-                            label=f"95% of the mass: r = {radius:.1f} px"))
-    ax.plot(centre[1], centre[0], "+", color="white", markeredgecolor="white", markersize=9, linestyle="none",
-            label="centre of the probed output unit's RF")
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    ax.set(xlabel="input x (px)", ylabel="input y (px)")
-    # a dark key background, so that the white centre marker shows in the legend too
-    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, facecolor="0.25",
-                       labelcolor="white", framealpha=1.0)
-    legend.set_title("heat: |d output unit / d input pixel|, mean over images", prop={"size": 8})
-    legend.get_title().set_color("white")
-    ax.set_title(title, fontsize=9)
     return save(fig, path)

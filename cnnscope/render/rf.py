@@ -5,6 +5,7 @@ from typing import Optional
 from cnnscope import render
 from cnnscope.core.rf import Layer, RFResult
 from cnnscope.core.rf.axis import show_pair
+from cnnscope.render.tables import Section, sections_table
 
 _COLUMNS = ("#", "Layer", "k", "s", "d", "RF_in", "jump_in", "RF_out", "jump_out")
 
@@ -53,7 +54,7 @@ def _erf_note(result: RFResult) -> str:
     e = result.erf
     radius = "undefined (zero gradient)" if e.radius95 is None else f"{e.radius95:.1f} px"
     return (f"Effective RF ({e.images} {e.dataset} test images of {e.run}): 95% of the gradient "
-            f"mass lies within {radius} of the centre" + (f"; heatmap {e.figure}" if e.figure else "") + ".")
+            f"mass lies within {radius} of the centre.")
 
 
 def _final_notes(result: RFResult) -> list:
@@ -106,21 +107,14 @@ def _markdown(result: RFResult, title: Optional[str] = None) -> str:
 
 
 def _table(result: RFResult, title: Optional[str] = None):
-    """A rich renderable: the table, the final RF and the notes."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
+    """The table laid out for the terminal's width, then the final RF, the notes and the warnings."""
     c, h, w = result.input_shape
-    table = Table(title=title or f"RF: {result.model} ({h}x{w} input)")
-    for i, column in enumerate(_COLUMNS):
-        table.add_column(column, justify="left" if i == 1 else "right", overflow="fold")
-    for layer in result.layers:
-        table.add_row(*_cells(layer))
-    parts = [table, Text(f"Final RF: {result.final_rf}   Final jump: {result.final_jump}", style="bold")]
-    parts += [Text(note) for note in _notes(result)]
-    parts += [Text(f"warning: {w}", style="yellow") for w in result.warnings]
-    return Group(*parts)
+    return sections_table([Section(
+        title or f"RF: {result.model} ({h}x{w} input)", list(_COLUMNS), [_cells(layer) for layer in result.layers],
+        notes=[f"Final RF: {result.final_rf}   Final jump: {result.final_jump}", *_notes(result),
+               *(f"warning: {w}" for w in result.warnings)],
+        drop=("jump_in", "RF_in"),
+    )])
 
 
 render.register(RFResult, table=_table, markdown=_markdown)

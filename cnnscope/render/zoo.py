@@ -1,31 +1,28 @@
 """The model zoo's table (ZooTable): name, class, parameters, MACs at 3x32x32, dataset, seed."""
 from cnnscope import render
 from cnnscope.core.summary import ZooTable
+from cnnscope.render.numbers import count, macs
+from cnnscope.render.tables import Section, sections_table
 
-_COLUMNS = (("name", "Name"), ("class", "Class"), ("params", "Params"), ("macs", "MACs"),
-            ("dataset", "Dataset"), ("seed", "Seed"))
+_COLUMNS = ("Name", "Class", "Params", "MACs", "Dataset", "Seed")
 
 
 def _cells(row) -> list[str]:
-    return [row["name"], row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
-            row["dataset"], row["seed"]]
+    return [row["name"], row["class"], count(row["params"]), macs(row["macs"]), row["dataset"], row["seed"]]
+
+
+def _section(result: ZooTable, title) -> Section:
+    # the seed is a paper's or repository's title: shown where it fits in two or three lines, else left out
+    return Section(title, list(_COLUMNS), [_cells(r) for r in result.rows], drop=("Seed",), least={"Seed": 30})
 
 
 def _table(result: ZooTable, title=None):
-    from rich.table import Table
-
-    table = Table(title=title or "cnnscope model zoo (MACs at 3x32x32)")
-    for key, label in _COLUMNS:
-        table.add_column(label, justify="right" if key in ("params", "macs") else "left")
-    for row in result.rows:
-        table.add_row(*_cells(row))
-    return table
+    return sections_table([_section(result, title or "cnnscope model zoo (MACs at 3x32x32)")])
 
 
 def _markdown(result: ZooTable, title=None) -> str:
     lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(label for _, label in _COLUMNS) + " |",
-              "|:---|:---|---:|---:|:---|:---|"]
+    lines += ["| " + " | ".join(_COLUMNS) + " |", "|:---|:---|---:|---:|:---|:---|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result.rows]
     return "\n".join(lines) + "\n"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnscope import render
 from cnnscope.core.metrics import CompareResult
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 from cnnscope.runs import runfiles
 from cnnscope.files import atomic_write_csv, atomic_write_text
 
@@ -17,6 +17,9 @@ LOG_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")  # the
 def run_folder(run) -> Path:
     """RUN is a run folder or a checkpoint inside one (checkpoints/x.pth)."""
     path = Path(run)
+    if not path.exists():
+        raise RunError(f"{run} does not exist: no such run folder. Pass folders that `cnnscope train` wrote, such as "
+                       "reports/basic.")
     if path.is_file():
         path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     if not (path / "metrics.json").is_file() or not (path / "train_log.csv").is_file():
@@ -65,21 +68,17 @@ def labels_for(folders: list[Path]) -> list[str]:
 
 def compare_runs(runs, out="reports/combined") -> CompareResult:
     """Write the summary table and combined curves of `runs` into `out`."""
-    from cnnscope.render import plots
+    from cnnscope.render import figures
 
     folders = [run_folder(r) for r in runs]
     result = comparison(folders)
-    logs = {row["run"]: read_log(folder) for row, folder in zip(result.rows, folders)}
+    result.histories = {row["run"]: read_log(folder) for row, folder in zip(result.rows, folders)}
 
     out = Path(out)
     columns = CompareResult.columns
     atomic_write_csv(out / "summary.csv", [columns, *([row[c] for c in columns] for row in result.rows)])
     atomic_write_text(out / "summary.md", render.to_markdown(result))
-    for key, title, ylabel in (("acc", "Accuracy", "accuracy (%)"), ("loss", "Loss", "cross-entropy")):
-        series = {
-            label: {kind: ([r["epoch"] for r in log], [r[f"{kind}_{key}"] for r in log]) for kind in ("train", "val")}
-            for label, log in logs.items()
-        }
-        result.figures[key] = str(plots.curves(series, out / f"combined_{key}.png",
-                                               title=f"{title}: train (solid) vs val (dashed)", ylabel=ylabel))
+    for key, kind in (("acc", "accuracy"), ("loss", "loss")):
+        result.figures[key] = str(figures.write(result, out / f"combined_{key}.png", kind))
+    result.files = [str(out / "summary.csv"), str(out / "summary.md"), *result.figures.values()]
     return result

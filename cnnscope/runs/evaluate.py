@@ -66,10 +66,10 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
         reporter.step(f"writing the evaluation into {out_dir}")
     metrics = metrics or RunMetrics.read(out_dir)
     with run_folder.writing_into(out_dir):
-        write_reports(result, out_dir, model, ckpt, metrics)
-        write_grids(out_dir, ds, preds)
-        if (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
-            write_curves(out_dir)
+        files = [*write_reports(result, out_dir, model, ckpt, metrics), *write_grids(out_dir, ds, preds)]
+        if (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy and loss
+            files += write_curves(out_dir)
+    result.files = [str(path) for path in files]
     return result
 
 
@@ -78,9 +78,10 @@ def run_tta_hflip(ckpt: dict) -> bool:
     return bool(((ckpt.get("config") or {}).get("options", {}).get("recipe") or {}).get("tta_hflip", False))
 
 
-def write_reports(result: EvalResult, run_dir: Path, model, ckpt, metrics: RunMetrics) -> None:
-    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; the test metrics into `metrics`."""
-    from cnnscope.render import plots
+def write_reports(result: EvalResult, run_dir: Path, model, ckpt, metrics: RunMetrics) -> list:
+    """classification_report.{csv,md}, confusion_matrix.csv, plots/cm.png; the test metrics into `metrics`
+    (its metrics.json). Returns their paths."""
+    from cnnscope.render import figures
 
     averages = [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
     total = sum(r["support"] for r in result.per_class)
@@ -94,8 +95,7 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt, metrics: RunMe
     atomic_write_text(run_dir / "classification_report.md", render.to_markdown(result))
     atomic_write_csv(run_dir / "confusion_matrix.csv", [
         ["true\\pred", *result.classes], *([name, *row] for name, row in zip(result.classes, result.confusion))])
-    plots.confusion_matrix(result.confusion, result.classes, run_dir / "plots" / "cm.png",
-                           title=f"{result.run}: confusion matrix (row-normalised), test acc {result.test_acc:.2f}%")
+    figures.write(result, run_dir / "plots" / "cm.png", "confusion")
 
     metrics.update({
         "run": metrics.values.get("run", result.run), "model": result.model,
@@ -103,10 +103,12 @@ def write_reports(result: EvalResult, run_dir: Path, model, ckpt, metrics: RunMe
         "test_acc": result.test_acc, "test_loss": result.test_loss,
         "macro_avg": result.macro_avg, "weighted_avg": result.weighted_avg,
     })
+    return [run_dir / name for name in ("classification_report.csv", "classification_report.md",
+                                        "confusion_matrix.csv", "plots/cm.png", "metrics.json")]
 
 
-def write_grids(run_dir: Path, ds, preds) -> None:
-    """plots/test_samples_grid.png (first test images) and plots/misclassified_grid.png."""
+def write_grids(run_dir: Path, ds, preds) -> list:
+    """plots/test_samples_grid.png (first test images) and plots/misclassified_grid.png; returns their paths."""
     from cnnscope.render import plots
 
     labels = ds.test.labels
@@ -122,3 +124,4 @@ def write_grids(run_dir: Path, ds, preds) -> None:
     wrong = (preds != labels).nonzero().flatten()[:GRID_SIZE]
     grid(wrong, "misclassified_grid.png",
          f"Misclassified test images: {int((preds != labels).sum())} of {len(labels)} (true -> predicted)")
+    return [run_dir / "plots" / name for name in ("test_samples_grid.png", "misclassified_grid.png")]

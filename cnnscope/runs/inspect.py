@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core import attribution, gates, metrics, sanity, sharing
-from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE, METHODS
+from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE
 from cnnscope.core.runtime import resolve_device, seed_all
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError
 from cnnscope.files import writing_into
 from cnnscope.render.progress import SILENT
 from cnnscope.runs import run_folder
@@ -44,6 +44,10 @@ class Target:
         """The context of an inspection's drawing: writes below out_dir never follow a link
         (cnnscope.files.writing_into)."""
         return writing_into(self.out_dir or self.plots_dir)
+
+    @property
+    def weights(self) -> str:
+        return "untrained" if self.checkpoint is None else "trained"
 
 
 @dataclass
@@ -105,9 +109,10 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False, *, device="cpu
 
 
 def load_test_images(target: Target, n: int, dataset=None, data_dir="data", image_paths=(),
-                     reporter=SILENT) -> ProbeImages:
-    """The first `n` images of the test split, normalised as the model was trained; or, when
-    `image_paths` are given, those image files (runs.user_images), all of them. On the target's device.
+                     reporter=SILENT, indices=()) -> ProbeImages:
+    """The first `n` images of the test split (or those at `indices` in it), normalised as the model
+    was trained; or, when `image_paths` are given, those image files (runs.user_images), all of them.
+    On the target's device.
 
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
@@ -119,22 +124,31 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     if image_paths:
         return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
-    reporter.detail(f"{loading_line(name, data_dir)}: the first {n} test images")
+    reporter.detail(f"{loading_line(name, data_dir)}: " + (f"test images {list(indices)}" if indices else
+                                                           f"the first {n} test images"))
     data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
     mean = ckpt.get("mean") or data.mean
     std = ckpt.get("std") or data.std
-    n = min(n, len(data.test))
-    images = data.test.take(torch.arange(n)).float() / 255.0
+    index = _test_indices(indices, len(data.test), name) if indices else torch.arange(min(n, len(data.test)))
+    images = data.test.take(index).float() / 255.0
     x = normalize(images, mean, std)
     return ProbeImages(
         x=x.contiguous().to(target.device),
         pixels=pixels(images),
-        labels=data.test.labels[:n].tolist(),
-        indices=list(range(n)),
+        labels=data.test.labels[index].tolist(),
+        indices=index.tolist(),
         classes=list((ckpt.get("classes") if name == ckpt.get("dataset") else None) or data.classes),
         dataset=name,
     )
+
+
+def _test_indices(indices, size: int, dataset: str) -> torch.Tensor:
+    outside = [i for i in indices if not 0 <= i < size]
+    if outside:
+        raise DataError(f"Test image index {outside[0]} is out of range: the {dataset} test split has {size:,} "
+                        f"images, indices 0 to {size - 1:,}.", arguments=("indices",))
+    return torch.tensor(list(indices), dtype=torch.long)
 
 
 def _image_files(target: Target, paths) -> ProbeImages:
@@ -158,53 +172,41 @@ def _task(progress, description, total=None):
 
 def inspect_gates(target: Target, images: ProbeImages, *, progress=None) -> gates.GateReport:
     """Gate probabilities of the target's model on `images`; figures gate_maps.png and gate_shares.png."""
-    from cnnscope.render import plots
+    from cnnscope.render import figures
 
     task, on_progress = _task(progress, "gates: forward", len(images.x))
     report = gates.gate_maps(target.model, images.x, on_progress=on_progress)
-    report = replace(report, target=target.label, dataset=images.dataset, images=images.descriptions())
+    report = replace(report, target=target.label, dataset=images.dataset, images=images.descriptions(),
+                     pixels=images.pixels, weights=target.weights)
     if progress:
         progress.update(task, description="gates: drawing")
-    steps = report.steps
-    dilations = [f"d={d}" for d in report.dilations]
-    report.figures["gate_maps"] = str(plots.gate_maps(
-        images.pixels,
-        [[s.probs[i] for s in steps] for i in range(len(images.x))],
-        dilations=dilations,
-        column_titles=[s.label for s in steps],
-        row_titles=[images.class_name(y) for y in images.labels],
-        path=target.plots_dir / "gate_maps.png",
-    ))
-    report.figures["gate_shares"] = str(plots.gate_shares(
-        [s.label for s in steps], np.stack([s.shares for s in steps]), dilations,
-        groups=[s.stage for s in steps], path=target.plots_dir / "gate_shares.png",
-        title=f"Mean dilation share per stage/step: {target.label}",
-    ))
+    for kind in ("maps", "shares"):
+        report.figures[f"gate_{kind}"] = str(figures.write(report, target.plots_dir / f"gate_{kind}.png", kind))
     return report
 
 
 def inspect_sharing(target: Target, threshold=0.95) -> sharing.SharingReport:
     """The soft-sharing report of the target's model, with one similarity heatmap per bank."""
-    from cnnscope.render import plots
+    from cnnscope.render import figures
 
-    report = replace(sharing.soft_sharing(target.model, threshold), target=target.label)
+    report = replace(sharing.soft_sharing(target.model, threshold), target=target.label, weights=target.weights)
     for bank in report.banks:
-        report.figures[bank.name] = str(plots.similarity_heatmap(
-            bank.similarity, bank.layers, path=target.plots_dir / f"sharing_{bank.name}.png",
-            title=f"{target.label}: bank {bank.name} ({len(bank.layers)} layers, "
-                  f"{bank.template_shape[0]} templates)",
-        ))
+        report.figures[bank.name] = str(figures.write(report, target.plots_dir / f"sharing_{bank.name}.png", bank.name))
     return report
 
 
 def _attribution_targets(target: Target, images: ProbeImages, target_class: str):
-    """The class to attribute per image: None (the predicted one) or the true labels, checked."""
-    if target_class != "true":
+    """The class to attribute per image: None (the predicted one), the true labels ("true"), or the
+    class named by `target_class` (a name of the dataset's classes, or an index), checked."""
+    if target_class == "pred":
         return None
     outputs = attribution.class_count(target.model, images.x[:1], target.label)
+    if target_class != "true":
+        return [_class_index(target_class, images.classes, outputs)] * len(images.x)
     if images.files:
         raise CnnscopeError("target_class 'true' needs the images' labels, but image files come without them: "
-                            "attribute the predicted class (target_class 'pred').", arguments=("target_class",))
+                            "attribute the predicted class (target_class 'pred') or a class by name.",
+                            arguments=("target_class",))
     if max(images.labels) >= outputs:
         raise CnnscopeError(
             f"target_class 'true' needs a logit per class, but the model has {outputs} outputs and the "
@@ -215,49 +217,55 @@ def _attribution_targets(target: Target, images: ProbeImages, target_class: str)
     return images.labels
 
 
-def _draw_attributions(report: attribution.AttributionReport, images: ProbeImages, plots_dir: Path) -> dict:
-    """attributions.png (a row per image, a column and a colour bar per method) and attributions.npz
-    (each method's maps, (N, H, W), signed and unnormalised) -> {name: path}."""
-    from cnnscope.files import atomic_write_bytes
-    from cnnscope.render import attribution_plots, plots
+def _class_index(name: str, classes: list, outputs: int) -> int:
+    """The index of class `name` (case does not matter) or of the index `name` itself, below `outputs`."""
+    by_name = {c.lower(): i for i, c in enumerate(classes)}
+    index = int(name) if name.isdigit() else by_name.get(name.lower())
+    if index is None or index >= outputs:
+        known = f"one of {', '.join(classes)}, or an index" if classes else "a class index"
+        raise CnnscopeError(f"target_class {name!r} is no class of this model ({outputs} outputs): give pred, true, "
+                            f"{known} below {outputs}.", arguments=("target_class",))
+    return index
 
-    layer = report.gradcam_layer
-    columns = [(METHODS[m].title + (f"\n{layer['name']}" if METHODS[m].layer else ""), METHODS[m].signed)
-               for m in report.methods]
-    figure = attribution_plots.attribution_figure(
-        images.pixels, report.maps, methods=columns,
-        row_titles=[f"true: {images.class_name(y)}\npred: {report.class_name(p)}"
-                    for y, p in zip(images.labels, report.preds)])
+
+def _draw_attributions(report: attribution.AttributionReport, plots_dir: Path, **figure_options) -> dict:
+    """attributions.png (a row per image, a column and a colour bar per method; render.figures) and
+    attributions.npz (each method's maps, (N, H, W), signed and unnormalised) -> {name: path}."""
+    from cnnscope.files import atomic_write_bytes
+    from cnnscope.render import figures
+
     arrays = plots_dir / "attributions.npz"
     atomic_write_bytes(arrays, lambda f: np.savez_compressed(f, **{m: report.method_map(m) for m in report.methods}))
-    return {"attributions": str(plots.save(figure, plots_dir / "attributions.png")), "maps": str(arrays)}
+    return {"attributions": str(figures.write(report, plots_dir / "attributions.png", "maps", **figure_options)),
+            "maps": str(arrays)}
 
 
 def _described(report, target: Target, images: ProbeImages, target_class: str):
     return replace(report, target_class=target_class, target=target.label, dataset=images.dataset,
-                   images=images.descriptions(), classes=images.classes)
+                   images=images.descriptions(), classes=images.classes, pixels=images.pixels, weights=target.weights)
 
 
 def inspect_attributions(target: Target, images: ProbeImages, *, methods=DEFAULT_METHODS, target_class="pred",
-                         layer=None, ig_tolerance=IG_TOLERANCE, progress=None) -> attribution.AttributionReport:
-    """Attribution maps of `images` for the predicted class (target_class "pred") or the true one
-    ("true"), per method (`layer`: the GradCAM layer by name); figure attributions.png and the maps
-    in attributions.npz."""
+                         layer=None, ig_tolerance=IG_TOLERANCE, progress=None,
+                         figure_options=None) -> attribution.AttributionReport:
+    """Attribution maps of `images` for the predicted class (target_class "pred"), the true one
+    ("true") or a class by name or index, per method (`layer`: the GradCAM layer by name); figure
+    attributions.png (`figure_options`: render.figures' scale and overlay) and the maps in attributions.npz."""
     targets = _attribution_targets(target, images, target_class)
     report = attribution.attribute(target.model, images.x, targets, methods, layer=layer, ig_tolerance=ig_tolerance,
                                    on_progress=_task(progress, "attribute", len(images.x) * len(methods))[1])
     report = _described(report, target, images, target_class)
-    report.figures.update(_draw_attributions(report, images, target.plots_dir))
+    report.figures.update(_draw_attributions(report, target.plots_dir, **(figure_options or {})))
     return report
 
 
 def inspect_sanity(target: Target, images: ProbeImages, *, methods=DEFAULT_METHODS, target_class="pred",
                    layer=None, ig_tolerance=IG_TOLERANCE, threshold=sanity.FLAG_THRESHOLD, max_stages=None,
-                   seed=0, progress=None) -> sanity.SanityReport:
+                   seed=0, progress=None, figure_options=None) -> sanity.SanityReport:
     """The model-parameter randomisation test (core.sanity) of `methods` on `images`; figures
     attributions.png (the trained maps), sanity.png (rank correlation per stage and method) and
     sanity_maps.png (the first image's maps at a few stages). `seed` draws the re-initialised weights."""
-    from cnnscope.render import attribution_plots, plots
+    from cnnscope.render import figures
 
     targets = _attribution_targets(target, images, target_class)
     report = sanity.sanity_check(target.model, images.x, targets, methods, layer=layer, ig_tolerance=ig_tolerance,
@@ -265,18 +273,7 @@ def inspect_sanity(target: Target, images: ProbeImages, *, methods=DEFAULT_METHO
                                  on_progress=_task(progress, "sanity check: randomising layers")[1])
     original = _described(report.attribution, target, images, target_class)
     report = replace(report, attribution=original)
-    original.figures.update(_draw_attributions(original, images, target.plots_dir))
-    titles = [METHODS[m].title for m in report.methods]
-    labels = ["original"] + [group[-1] for group in report.stages]
-    report.figures["sanity"] = str(plots.save(attribution_plots.sanity_curves(
-        labels, dict(zip(titles, report.mean_rank())), threshold=threshold,
-        flagged=[METHODS[m].title for m in report.flagged()],
-        controls=[METHODS[m].title for m in report.methods if METHODS[m].model_free],
-        title=f"Sanity check (cascading randomisation): {target.label}, {len(images.x)} images"),
-        target.plots_dir / "sanity.png"))
-    stage_titles = {s: "original" if s == 0 else f"{report.layers_random(s)} layers random\n"
-                    f"(down to {report.stages[s - 1][-1]})" for s in report.snapshots}
-    report.figures["sanity_maps"] = str(plots.save(attribution_plots.sanity_maps(
-        images.pixels[0], {s: maps[0] for s, maps in report.snapshots.items()}, methods=titles,
-        stage_titles=stage_titles), target.plots_dir / "sanity_maps.png"))
+    original.figures.update(_draw_attributions(original, target.plots_dir, **(figure_options or {})))
+    for kind, name in (("curves", "sanity"), ("maps", "sanity_maps")):
+        report.figures[name] = str(figures.write(report, target.plots_dir / f"{name}.png", kind))
     return report

@@ -18,6 +18,7 @@ from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs.datasets import DATASETS, is_folder
 from cnnscope.errors import CnnscopeError
 from cnnscope.core.fields import Choice, Flag, Number, Numbers, check_fields
+from cnnscope.render.numbers import plural
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "step", "none")
@@ -204,7 +205,9 @@ def too_few_steps(recipe: Recipe, train_images: int) -> str:
     per_epoch = math.ceil(train_images / recipe.batch_size)
     if per_epoch * recipe.epochs >= MIN_RUN_STEPS:
         return ""
-    return (f"{recipe.epochs} epochs of {per_epoch} batches are {recipe.epochs * per_epoch} optimizer steps in all: "
+    return (f"{plural(recipe.epochs, 'epoch')} of {plural(per_epoch, 'batch', 'batches')} "
+            f"{'is' if recipe.epochs == 1 else 'are'} "
+            f"{plural(recipe.epochs * per_epoch, 'optimizer step')} in all: "
             "likely too few for the learning-rate schedule, and for batch norm's running statistics (which "
             f"evaluation uses) to settle. Train {math.ceil(MIN_RUN_STEPS / per_epoch)} epochs or more.")
 

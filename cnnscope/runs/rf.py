@@ -2,9 +2,7 @@
 measure and draw the effective RF of a run's weights on its test images (RUN/plots/erf.png)."""
 from dataclasses import replace
 
-from cnnscope.core.rf import (
-    RFResult, effective_receptive_field, receptive_field, rf_box, verify_receptive_field,
-)
+from cnnscope.core.rf import RFResult, effective_receptive_field, receptive_field, verify_receptive_field
 from cnnscope.core.rf.tracer import ValuesNeeded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
@@ -13,11 +11,12 @@ from cnnscope.runs.spec import build_model
 
 
 def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_run=None, erf_images=64,
-           erf_image_paths=(), data_dir="data", trust_spec=False, device="cpu", reporter=SILENT,
+           erf_image_paths=(), erf_log=True, data_dir="data", trust_spec=False, device="cpu", reporter=SILENT,
            progress=None) -> RFResult:
     """Analyse SPEC; `check` adds the gradient probe (result.probe); `erf_run` measures the effective
     RF of that run's weights on `erf_images` of its test images, or on the image files at
-    `erf_image_paths` (runs.user_images), (result.erf, RUN/plots/erf.png) and
+    `erf_image_paths` (runs.user_images), (result.erf, RUN/plots/erf.png: on a log scale, or a linear
+    one without `erf_log`) and
     analyses the run's model (in SPEC's architecture when SPEC is given) at its images' size;
     `trust_spec`: build the run's own SPEC even when it is no zoo model (spec.check_file_spec).
     `device`: where the effective RF's gradients are computed. `reporter` says what is prepared,
@@ -25,7 +24,7 @@ def report(spec=None, ctor=None, input_shape=(3, 32, 32), *, check=False, erf_ru
     device = resolve_device(device)  # also without erf_run: a device that is not here is an error
     if erf_run is not None:
         model, result = _measure_erf(erf_run, spec, ctor, input_shape, (erf_images, erf_image_paths), data_dir,
-                                     trust_spec, device, reporter, progress)
+                                     trust_spec, device, reporter, progress, erf_log)
     elif erf_image_paths:
         raise CnnscopeError("Image files are for the effective RF of a trained run: give erf_run too.",
                             arguments=("erf_image_paths", "erf_run"))
@@ -67,10 +66,10 @@ def _require_known(result: RFResult, argument, what):
                             arguments=(argument,))
 
 
-def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, device, reporter, progress):
+def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, device, reporter, progress, log):
     """(model, result) of the run's weights (in SPEC's architecture when SPEC is given), with
     result.erf measured on `images` = (n, paths): n of its test images, or the image files at paths,
-    and drawn to RUN/plots/erf.png."""
+    and drawn to RUN/plots/erf.png (`log`: on a log scale)."""
     from cnnscope.runs import run_folder  # a run's weights, images and folder: only for the ERF
     from cnnscope.runs.checkpoint import load_run_model, resolve_run
     from cnnscope.runs.inspect import Target, load_test_images
@@ -97,19 +96,12 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
                                     on_batch=(lambda k: progress.advance(task, k)) if progress else None)
     erf = replace(erf, dataset=images.dataset, run=str(run_dir))
     with run_folder.writing_into(out_dir):
-        result.erf = replace(erf, figure=str(_draw_erf(result, erf, out_dir)))
+        result.erf = replace(erf, figure=str(_draw_erf(result, erf, out_dir, log)))
     return model, result
 
 
-def _draw_erf(result: RFResult, erf, run_dir):
+def _draw_erf(result: RFResult, erf, run_dir, log):
     """The heatmap with the theoretical RF box and the 95% circle: RUN/plots/erf.png."""
-    from cnnscope.render import plots  # matplotlib: only where a figure is drawn
+    from cnnscope.render import figures  # matplotlib: only where a figure is drawn
 
-    return plots.erf_heatmap(
-        erf.heatmap, run_dir / "plots" / "erf.png", centre=erf.centre, box=rf_box(result, erf.centre),
-        radius=erf.radius95, box_label=f"theoretical RF {result.final_rf} px",
-        title=f"Effective RF: {result.model}, {run_dir.name} ({erf.images} {_images_of(erf.dataset)})")
-
-
-def _images_of(dataset: str) -> str:
-    return "image files" if dataset == "image files" else f"{dataset} test images"
+    return figures.write(replace(result, erf=erf), run_dir / "plots" / "erf.png", "erf", log=log)

@@ -18,7 +18,7 @@ import sysconfig
 import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, CnnscopeWarning, SpecError, TrustError
+from cnnscope.errors import CnnscopeError, CnnscopeWarning, RunError, SpecError, TrustError
 
 
 def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> dict:
@@ -275,6 +275,10 @@ def _registry_entry(name: str):
 
     if name in zoo.list_models():
         return zoo.get_entry(name)
+    if "/" in name or "\\" in name:  # a path: a RUN folder or checkpoint that is not there
+        raise RunError(f"{name} does not exist: no such run folder or checkpoint file (from {Path.cwd()}). A RUN is "
+                       "a folder that `cnnscope train` wrote (reports/<run>) or a checkpoint file; train one first, "
+                       "or give a model name such as basic.")
     close = difflib.get_close_matches(name, zoo.list_models(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise SpecError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
@@ -364,10 +368,7 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
         try:
             sig.bind(**ctor)
         except TypeError as e:
-            params = [
-                p for p in sig.parameters.values()
-                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            ]
+            params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
             required = [p.name for p in params if p.default is p.empty and p.name not in ctor]
             accepted = ", ".join(p.name for p in params) or "none"
             need = f" Give the required ones as ctor keywords, e.g. {', '.join(f'{r}=...' for r in required)}." \

@@ -35,7 +35,7 @@ from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_b
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.runfiles import RunMetrics
-from cnnscope.runs.train_console import Console, RunBar, closing_line, far_below, warn
+from cnnscope.runs.train_console import Console, RunBar, closing_lines, far_below, warn
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import Checkpoints, init_weights, restore_run
@@ -292,5 +292,5 @@ def finish(run: TrainingRun) -> TrainResult:
                           channels_last=run.loop.channels_last)
     metrics = run.metrics.values
     warn(run, far_below(run))
-    run.console.print(closing_line(run, metrics, result, time.time() - launch.command_started()))
+    run.console.print(closing_lines(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

@@ -120,27 +120,23 @@ def lr_series(history: list, lr_steps) -> tuple[list, list, str]:
     return [r["epoch"] for r in history], [r["lr"] for r in history], "epoch (last step of each)"
 
 
-def write_curves(run_dir: Path) -> None:
+def write_curves(run_dir: Path) -> list:
     """plots/acc_curves.png, loss_curves.png, lr.png from the run's train_log.csv and metrics.json:
     titled with the run's name, the best epoch (by the selection split) and, once the run is
-    evaluated, the test accuracy of its weights marked."""
-    from cnnscope.render import plots
+    evaluated, the test accuracy and loss of its weights marked at that epoch. Returns their paths."""
+    from cnnscope.render import figures, plots
     from cnnscope.runs import runfiles
 
     history = runfiles.read_csv(run_dir / "train_log.csv", numeric=LOG_COLUMNS[:6])
     metrics = runfiles.read_metrics(run_dir / "metrics.json")
     name, selected_on = metrics.get("run") or run_dir.name, metrics.get("selected_on", "val")
-    epochs, best_epoch = [r["epoch"] for r in history], metrics.get("best_epoch")
-    best = (best_epoch, f"best {selected_on} epoch ({best_epoch})") if best_epoch else None
-
-    def series(key):  # the val_ columns hold test numbers when the run selected on test
-        return {"": {"train": (epochs, [r[f"train_{key}"] for r in history]),
-                     selected_on: (epochs, [r[f"val_{key}"] for r in history])}}
-
-    plots.curves(series("acc"), run_dir / "plots" / "acc_curves.png", title=f"{name}: accuracy",
-                 ylabel="accuracy (%)", best=best, test_acc=metrics.get("test_acc"))
-    plots.curves(series("loss"), run_dir / "plots" / "loss_curves.png", title=f"{name}: loss",
-                 ylabel="cross-entropy", best=best)
+    best_epoch, test_acc, test_loss = metrics.get("best_epoch"), metrics.get("test_acc"), metrics.get("test_loss")
+    tests = {"acc": test_acc is not None and (test_acc, f"test acc {test_acc:.2f}%"),
+             "loss": test_loss is not None and (test_loss, f"test loss {test_loss:.4f}")}
+    paths = [plots.save(figures.training_curves(history, name, key, selected_on=selected_on, best_epoch=best_epoch,
+                                                test=test or None), run_dir / "plots" / f"{key}_curves.png")
+             for key, test in tests.items()]
     xs, lrs, xlabel = lr_series(history, metrics.get("lr_per_step"))
-    plots.curves({"": {"lr": (xs, lrs)}}, run_dir / "plots" / "lr.png", title=f"{name}: learning rate",
-                 ylabel="lr", xlabel=xlabel, best=best)
+    best = (best_epoch, f"best {selected_on} epoch ({best_epoch})") if best_epoch else None
+    return paths + [plots.save(plots.curves({"": {"lr": (xs, lrs)}}, title=f"{name}: learning rate", ylabel="lr",
+                                            xlabel=xlabel, best=best), run_dir / "plots" / "lr.png")]

@@ -78,6 +78,7 @@ class EffectiveRF:
     centre: tuple  # (y, x) input pixel at the centre of the final map's centre unit
     radius95: Optional[float]  # radius (pixels) around `centre` that holds 95% of the gradient mass
     images: int
+    units: tuple = ()  # the (row, col) units probed: the centre unit, or the two or four nearest the centre
     # where the images and weights came from, and the figure drawn of it (set by whoever knows)
     dataset: Optional[str] = None
     run: Optional[str] = None
@@ -86,7 +87,8 @@ class EffectiveRF:
     def to_json(self) -> dict:
         return {"run": self.run, "dataset": self.dataset, "images": self.images,
                 "radius95": None if self.radius95 is None else round(self.radius95, 2),
-                "centre": [show_number(c) for c in self.centre], "figure": self.figure}
+                "centre": [show_number(c) for c in self.centre], "units": [list(u) for u in self.units],
+                "figure": self.figure}
 
 
 @dataclass

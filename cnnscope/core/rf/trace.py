@@ -115,11 +115,3 @@ def unit_gradient(fmap, x, layout, unit, retain_graph=False):
         value = fmap.select(layout.h, layout.prefix + unit[0] * layout.grid[1] + unit[1])
     (grad,) = torch.autograd.grad(value.sum(), x, retain_graph=retain_graph)
     return grad
-
-
-def centre_gradient(fmap, x, result: RFResult):
-    """d(sum over channels of the centre unit of fmap) / dx, and that unit's (row, col): the unit
-    nearest the centre that sees the input."""
-    layout = result.final_layout
-    centre = tuple(a.centre_unit(n) for a, n in zip(result.final, map_grid(fmap, layout)))
-    return unit_gradient(fmap, x, layout, centre), centre

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.render import numbers
 from cnnscope.render.tables import markdown_table
 from cnnscope.runs import runfiles
 from cnnscope.runs.readme.figures import STALE, UNKNOWN, figure_state
@@ -268,7 +269,7 @@ class Renderer:
         table = []
         for row in rows:
             final_rf = receptive_field(zoo.build(row["name"]), (3, 32, 32)).final_rf
-            table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
+            table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", numbers.macs(row["macs"]),
                           final_rf, row["dataset"]))
         return markdown_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table) + "\n"
 
@@ -310,7 +311,7 @@ class Renderer:
             ("test loss", _num(m.get("test_loss"), ".4f")),
             (f"best {m.get('selected_on', 'val')} accuracy (%)", _num(m.get("best_val_acc"), ".2f")),
             ("best epoch", f"{m.get('best_epoch')} of {m.get('epochs')}"),
-            ("train time (s)", _num(m.get("train_time_s"), ".1f")),
+            ("train time (s)", _num(m.get("train_time_s"), ",.1f")),
             ("images/s", _num(m.get("images_per_s"), ",.0f")),
         ]
         return markdown_table(("metric", "value"), rows) + "\n"
