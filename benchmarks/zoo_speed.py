@@ -3,7 +3,9 @@
 For each model, `cnnscope bench MODEL --format json` runs from the earlier revision (checked out
 into a temporary git worktree, imported from there) and then from this checkout, one after the
 other, so that both see the machine in the same state; the table gives both, their ratio and the
-fraction of the matmul peak. Without --before, only this checkout is measured.
+fractions of the machine's matmul peak and of the memory roofline (`cnnscope bench`'s yardsticks,
+cached per machine: `cnnscope bench basic --measure-peak` on a quiet machine first). Without
+--before, only this checkout is measured.
 
     python benchmarks/zoo_speed.py --before 2e3a232          # before/after table (~10 min on 2 cores)
     python benchmarks/zoo_speed.py --models tiny egrr --steps 3
@@ -32,13 +34,17 @@ def bench(checkout: Path, model: str, steps: int) -> dict:
     return json.loads(done.stdout)
 
 
-def row(model: str, before: dict | None, after: dict) -> str:
-    rate, peak = after["train_images_per_s"], 100 * after["peak_fraction"]
+def row(model: str, before: dict | None, after: dict, load: float) -> str:
+    """A table row: images/s (before and after, their ratio), after's fractions of the machine's peak
+    and of the memory roofline (an earlier revision's bench may have neither), the load average
+    before the model's bench runs."""
+    rate = after["train_images_per_s"]
+    fractions = (f"{100 * after['peak_fraction']:.1f}% | {after['roofline_images_per_s']:,.0f} | "
+                 f"{100 * after['roofline_fraction']:.1f}% | {load:.2f} |")
     if before is None:
-        return f"| {model} | {rate:,.0f} | {peak:.1f}% | {after['peak_gflop_per_s']:.0f} |"
-    old_rate, old_peak = before["train_images_per_s"], 100 * before["peak_fraction"]
-    return (f"| {model} | {old_rate:,.0f} | {rate:,.0f} | **{rate / old_rate:.2f}x** | {old_peak:.1f}% | {peak:.1f}% "
-            f"| {after['peak_gflop_per_s']:.0f} |")
+        return f"| {model} | {rate:,.0f} | {fractions}"
+    old_rate = before["train_images_per_s"]
+    return f"| {model} | {old_rate:,.0f} | {rate:,.0f} | **{rate / old_rate:.2f}x** | {fractions}"
 
 
 def main():
@@ -57,19 +63,24 @@ def main():
                            check=True, capture_output=True)
         try:
             for model in args.models:
+                model_load = os.getloadavg()[0]
                 before = bench(old, model, args.steps) if args.before else None
-                results[model] = {"before": before, "after": bench(ROOT, model, args.steps)}
-                print(row(model, before, results[model]["after"]), flush=True)
+                results[model] = {"before": before, "after": bench(ROOT, model, args.steps), "load": model_load}
+                print(row(model, before, results[model]["after"], model_load), flush=True)
         finally:
             if args.before:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=True)
-    header = ("| model | before (images/s) | after (images/s) | after / before | before, % of peak | after, % of peak "
-              "| peak (GFLOP/s) |\n|---|---:|---:|---:|---:|---:|---:|" if args.before else
-              "| model | training images/s | % of peak | peak (GFLOP/s) |\n|---|---:|---:|---:|")
+    fractions = "% of peak | roofline (images/s) | % of roofline | load before |\n"
+    header = ("| model | before (images/s) | after (images/s) | after / before | " + fractions +
+              "|---|---:|---:|---:|---:|---:|---:|---:|" if args.before else
+              "| model | training images/s | " + fractions + "|---|---:|---:|---:|---:|---:|")
     print(f"\n{header}")
     for model, r in results.items():
-        print(row(model, r["before"], r["after"]))
-    print(f"\nload average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}")
+        print(row(model, r["before"], r["after"], r["load"]))
+    after = next(iter(results.values()))["after"]
+    print(f"\nload average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}; the peak "
+          f"({after['peak_gflop_per_s']:.0f} GFLOP/s) and bandwidth ({after['bandwidth_gb_per_s']:.1f} GB/s) measured "
+          f"{after['peak_measured_at']} at load {after['peak_load_average']:g}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
