@@ -109,6 +109,17 @@ def test_the_yardsticks_are_measured_once_and_cached(counted_measurements, tmp_p
     assert json.loads(path.read_text())[machine.machine_key(cpu)]["peak_flops_per_s"] == 2e11
 
 
+def test_a_lower_peak_measured_again_leaves_the_cached_one(counted_measurements, monkeypatch):
+    """Load only slows a measurement down: a second, slower one is reported and not kept."""
+    cpu = torch.device("cpu")
+    machine.yardsticks(cpu)  # 1e11
+    monkeypatch.setattr(machine, "matmul_peak_flops", lambda device: 5e10)
+    with pytest.warns(UserWarning, match=r"peak measured now \(50.0 GFLOP/s.*below the cached one \(100.0"):
+        again = machine.yardsticks(cpu, measure_again=True)
+    assert again["cached"] is True and again["peak_flops_per_s"] == 1e11
+    assert machine.yardsticks(cpu)["peak_flops_per_s"] == 1e11
+
+
 def test_a_damaged_cache_is_measured_again(counted_measurements, tmp_path):
     path = tmp_path / "cache" / machine.CACHE_FILE
     path.parent.mkdir()

@@ -23,7 +23,8 @@ from cnnscope.cli.common import (
 @seed_option(used_for="of the weights and the synthetic batches")
 @click.option("--measure-peak", is_flag=True,
               help="Measure the machine's matmul peak and memory bandwidth again (best on a quiet machine) and "
-                   "cache them; without it the cached ones are used, measured the first time.")
+                   "cache them, unless the cached peak is higher; without it the cached ones are used, measured "
+                   "the first time.")
 @format_option()
 @verbosity_options
 def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, seed,
@@ -41,7 +42,8 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
 
     Two yardsticks of the machine, measured the first time (and with --measure-peak) before any
     training process starts, with the load average of that moment, and cached per machine in
-    $CNNSCOPE_CACHE_DIR (default ~/.cache/cnnscope): the peak, the fastest of 12 float32
+    $CNNSCOPE_CACHE_DIR (default ~/.cache/cnnscope; a lower peak measured again is not kept: load
+    only slows a measurement down): the peak, the fastest of 12 float32
     2048 x 2048 matmuls on all cores; the memory bandwidth, the fastest of 10 STREAM triads
     (a = b + s*c over 128 MiB arrays). The fraction of peak counts a convolution's nominal
     multiply-adds, so one computed with fewer (Winograd) can exceed 1. The memory roofline is the
