@@ -63,7 +63,13 @@ class BlurPool2d(nn.Module):
 
 
 class DivisiveNorm(nn.Module):
-    """Divisive normalisation (cortical gain control): y = x / (mean_3x3(|x|) + eps). No parameters."""
+    """Divisive normalisation (cortical gain control): y = x / (mean_3x3(|x|) + eps). No parameters.
+
+    `DivisiveNorm.fused`: a function (x, eps) -> the same y in fewer passes over memory, which a
+    trainer may set while it trains (cnnscope's CPU training step does); None otherwise, and the
+    analyses see the operations one by one."""
+
+    fused = None
 
     def __init__(self, eps=1e-3):
         super().__init__()
@@ -71,4 +77,6 @@ class DivisiveNorm(nn.Module):
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)
 
     def forward(self, x):
+        if DivisiveNorm.fused is not None:
+            return DivisiveNorm.fused(x, self.eps)
         return x / (self.pool(x.abs()) + self.eps)

@@ -1,7 +1,8 @@
-"""A fast backward for dilated depthwise convs, for training on the CPU.
+"""A fast backward for dilated depthwise convs, and the fused passes, for training on the CPU.
 
-`training_ops(device, compiled)` is what a training forward runs under: FastDilatedDepthwise on the
-CPU, which routes every dilated depthwise F.conv2d through DilatedDepthwiseConv.
+`training_ops(device, compiled)` is what a training forward runs under: on the CPU, CpuTrainingOps:
+FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through DilatedDepthwiseConv,
+and the compiled fused passes of cnnscope.core.fused (its weight gradient; the zoo's DivisiveNorm).
 """
 from contextlib import nullcontext
 
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from cnnscope.core import fused
 from cnnscope.core.runtime import pair
+from cnnscope.zoo.blocks import DivisiveNorm
 
 
 class DilatedDepthwiseConv(torch.autograd.Function):
@@ -25,9 +28,9 @@ class DilatedDepthwiseConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dilation):
+    def forward(ctx, x, weight, bias, dilation, compiled=False):
         ctx.save_for_backward(x, weight)
-        ctx.dilation, ctx.has_bias = dilation, bias is not None
+        ctx.dilation, ctx.has_bias, ctx.compiled = dilation, bias is not None, compiled
         return F.conv2d(x, weight, bias, 1, _same_padding(weight, dilation), dilation, x.shape[1])
 
     @staticmethod
@@ -37,9 +40,10 @@ class DilatedDepthwiseConv(torch.autograd.Function):
         padding = _same_padding(weight, ctx.dilation)
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, padding, ctx.dilation, x.shape[1])
-        grad_weight = depthwise_weight_grad(x, grad, ctx.dilation, weight.shape[2:], padding)
+        weight_grad = compiled_weight_grad if ctx.compiled else depthwise_weight_grad
+        grad_weight = weight_grad(x, grad, ctx.dilation, weight.shape[2:], padding)
         grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias else None
-        return grad_x, grad_weight.to(weight.dtype), grad_bias, None
+        return grad_x, grad_weight.to(weight.dtype), grad_bias, None, None
 
 
 # Images per chunk of the weight gradient: a chunk's input, output gradient and product stay in the
@@ -68,13 +72,22 @@ def depthwise_weight_grad(x, grad, dilation, kernel_size, padding):
     return sums.T.reshape(c, 1, kh, kw)
 
 
+def compiled_weight_grad(x, grad, dilation, kernel_size, padding):
+    """depthwise_weight_grad's result from one compiled kernel over all taps (cnnscope.core.fused)."""
+    (dh, dw), (kh, kw), (ph, pw) = dilation, kernel_size, padding
+    padded = F.pad(x.contiguous(memory_format=torch.channels_last), (pw, pw, ph, ph)).permute(0, 2, 3, 1)
+    sums = fused.tap_sums(padded, grad.permute(0, 2, 3, 1), dh, dw, kh, kw)
+    return sums.T.reshape(grad.shape[1], 1, kh, kw)
+
+
 def _same_padding(weight, dilation):
     return tuple(d * (k - 1) // 2 for d, k in zip(dilation, weight.shape[2:]))
 
 
-def _dilated_depthwise(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """F.conv2d's arguments -> DilatedDepthwiseConv's output, or None where it does not apply
-    (not depthwise with one filter per channel, strided, undilated, not 'same', an even kernel)."""
+def _dilated_depthwise(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, compiled=False):
+    """F.conv2d's arguments -> DilatedDepthwiseConv's output (its weight gradient compiled or not),
+    or None where it does not apply (not depthwise with one filter per channel, strided, undilated,
+    not 'same', an even kernel)."""
     if x.dim() != 4 or isinstance(padding, str) or groups != x.shape[1] or tuple(weight.shape[:2]) != (groups, 1):
         return None
     dilation, (kh, kw) = pair(dilation), weight.shape[2:]
@@ -82,24 +95,52 @@ def _dilated_depthwise(x, weight, bias=None, stride=1, padding=0, dilation=1, gr
         return None
     if pair(padding) != _same_padding(weight, dilation):
         return None
-    return DilatedDepthwiseConv.apply(x, weight, bias, dilation)
+    return DilatedDepthwiseConv.apply(x, weight, bias, dilation, compiled)
 
 
 class FastDilatedDepthwise(TorchFunctionMode):
     """While active, dilated depthwise convs (F.conv2d calls, functional ones included) run as
     DilatedDepthwiseConv: the same numbers up to float rounding, a faster backward on the CPU.
-    Only training uses it: the RF and summary analyses must see the convs as the model calls them."""
+    Only training uses it: the RF and summary analyses must see the convs as the model calls them.
+    `compiled`: their weight gradient from cnnscope.core.fused."""
+
+    def __init__(self, compiled=False):
+        super().__init__()
+        self.compiled = compiled
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d:
-            out = _dilated_depthwise(*args, **kwargs)
+            out = _dilated_depthwise(*args, **kwargs, compiled=self.compiled)
             if out is not None:
                 return out
         return func(*args, **kwargs)
 
 
+class CpuTrainingOps:
+    """FastDilatedDepthwise and, with `compiled`, the fused passes of cnnscope.core.fused: the
+    dilated depthwise weight gradient, and DivisiveNorm through the hook the zoo's block declares
+    (`DivisiveNorm.fused`, set only while this is entered). Entered once per training forward."""
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled
+        self.mode = FastDilatedDepthwise(compiled)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        if self.compiled:
+            DivisiveNorm.fused = fused.divisive_norm
+        return self
+
+    def __exit__(self, *exc):
+        DivisiveNorm.fused = None
+        return self.mode.__exit__(*exc)
+
+
 def training_ops(device: torch.device, compiled: bool):
-    """What a training forward runs under: on the CPU FastDilatedDepthwise (cuDNN has fast dilated
-    depthwise kernels; torch.compile makes its own choices), else nothing."""
-    return FastDilatedDepthwise() if device.type == "cpu" and not compiled else nullcontext()
+    """What a training forward runs under: on the CPU CpuTrainingOps, with the compiled fused passes
+    unless CNNSCOPE_COMPILED_OPS=0 (cuDNN has fast dilated depthwise kernels; a compiled model,
+    `compiled`, makes its own choices), else nothing."""
+    if device.type != "cpu" or compiled:
+        return nullcontext()
+    return CpuTrainingOps(fused.compiled_ops_enabled())
