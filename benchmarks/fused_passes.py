@@ -27,9 +27,10 @@ from cnnscope import zoo  # noqa: E402
 from cnnscope.core import fastconv, fused  # noqa: E402
 from cnnscope.core.fold import to_channels_last  # noqa: E402
 from cnnscope.zoo.blocks import DivisiveNorm  # noqa: E402
+from cnnscope.zoo.egrr import GatedDilatedDepthwise  # noqa: E402
 
 MODELS = {"basic": {}, "tiny": {}, "dilated": {}, "ectied": {}, "egrr": {}, "swrn": {"depth": 16, "width": 4}}
-# (what, the plain call, the compiled call) builders at the zoo's shapes, batch 64
+# (what, shape, dilation) of the depthwise weight gradients measured, at the zoo's shapes, batch 64
 OPERATIONS = [
     ("depthwise weight grad, 256 x 32 x 32, d=2 (ectied)", (64, 256, 32, 32), 2),
     ("depthwise weight grad, 48 x 32 x 32, d=2 (egrr stage 1)", (64, 48, 32, 32), 2),
@@ -70,18 +71,29 @@ def model_steps(name: str, batch: int) -> dict:
     return {"plain": lambda: step(plain), "fused": lambda: step(compiled)}
 
 
-def operation_calls(shape, dilation) -> dict:
+def weight_grad_calls(shape, dilation) -> dict:
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     g = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     args = (x, g, (dilation, dilation), (3, 3), (dilation, dilation))
     return {"plain": lambda: fastconv.depthwise_weight_grad(*args), "fused": lambda: fastconv.compiled_weight_grad(*args)}
 
 
-def divisive_norm_calls(shape) -> dict:
-    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+def chain_calls(cls, shape) -> dict:
+    """A fusable zoo module's chain, forward + backward, plain and compiled: DivisiveNorm's module
+    forward, or egrr's mixing of three branches by gate probabilities."""
+    def maps():
+        return torch.randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+
     g = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-    module = DivisiveNorm()
-    return {"plain": lambda: module(x).backward(g), "fused": lambda: fused.divisive_norm(x, module.eps).backward(g)}
+    if cls is DivisiveNorm:
+        x, module = maps(), DivisiveNorm()
+        plain, args = module, (x,)
+        compiled = lambda x: fused.fused_chain(DivisiveNorm)(x, module.eps)  # noqa: E731
+    else:
+        n, _, h, w = shape
+        args = (torch.softmax(torch.randn(n, 3, h, w), 1).requires_grad_(), maps(), maps(), maps())
+        plain, compiled = cls.chain, fused.fused_chain(cls)
+    return {"plain": lambda: plain(*args).backward(g), "fused": lambda: compiled(*args).backward(g)}
 
 
 def measure(what: str, calls: dict, rounds: int) -> None:
@@ -107,9 +119,12 @@ def main():
     print("| what | plain (ms) | fused (ms) | plain / fused | warm-up | load before |\n|---|---:|---:|---:|---:|---:|")
     if not args.no_operations:
         for what, shape, dilation in OPERATIONS:
-            measure(what, operation_calls(shape, dilation), args.rounds)
-        measure("DivisiveNorm forward + backward, 256 x 32 x 32 (ectied)", divisive_norm_calls((64, 256, 32, 32)),
-                args.rounds)
+            measure(what, weight_grad_calls(shape, dilation), args.rounds)
+        measure("DivisiveNorm forward + backward, 256 x 32 x 32 (ectied)",
+                chain_calls(DivisiveNorm, (64, 256, 32, 32)), args.rounds)
+        for channels, size in ((48, 32), (192, 8)):
+            measure(f"egrr's gate mixing forward + backward, {channels} x {size} x {size}",
+                    chain_calls(GatedDilatedDepthwise, (64, channels, size, size)), args.rounds)
     for name in args.models:
         measure(f"training step of {name}, batch {args.batch}", model_steps(name, args.batch), args.rounds)
 

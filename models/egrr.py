@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import fusable
 from .registry import register
 
 # (channels, recursion steps T, stride) per stage, from the seed README.
@@ -81,6 +82,7 @@ class EntropyGate(nn.Module):
         return probs, variance
 
 
+@fusable
 class GatedDilatedDepthwise(nn.Module):
     """ONE depthwise 3x3 kernel (no bias) applied at every dilation of EntropyGate.DILATIONS; the
     outputs are mixed per pixel by the gate probabilities."""
@@ -90,12 +92,18 @@ class GatedDilatedDepthwise(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, 3, 3))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x, probs):
+    @staticmethod
+    def chain(probs, *branches):
+        """The branches mixed per pixel: sum over i of probs[:, i] * branches[i]."""
         out = 0
-        for i, dilation in enumerate(EntropyGate.DILATIONS):
-            branch = F.conv2d(x, self.weight, padding=dilation, dilation=dilation, groups=x.shape[1])
+        for i, branch in enumerate(branches):
             out = out + probs[:, i:i + 1] * branch
         return out
+
+    def forward(self, x, probs):
+        branches = [F.conv2d(x, self.weight, padding=dilation, dilation=dilation, groups=x.shape[1])
+                    for dilation in EntropyGate.DILATIONS]
+        return (GatedDilatedDepthwise.fused or GatedDilatedDepthwise.chain)(probs, *branches)
 
 
 class ISNorm(nn.Module):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from cnnscope import zoo
 from cnnscope.core import fastconv, fused
 from cnnscope.core.fold import to_channels_last
-from cnnscope.zoo.blocks import DivisiveNorm
+from cnnscope.zoo.blocks import FUSABLE, DivisiveNorm
+from cnnscope.zoo.egrr import GatedDilatedDepthwise
 
 
 @pytest.fixture
@@ -33,30 +34,45 @@ def test_compiled_weight_grad_equals_the_conv(compiled_ops):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_divisive_norm_equals_the_module(compiled_ops):
+def chain_args(cls) -> tuple:
+    """Arguments for cls.chain: maps of 3 images, 6 channels, 9 x 7, and eps (DivisiveNorm) or gate
+    probabilities and three branches (egrr's mixing)."""
     torch.manual_seed(0)
-    module = DivisiveNorm()
-    x = torch.randn(3, 6, 9, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
-    g = torch.randn(3, 6, 9, 7)
-    want = module(x)
-    want_grad, = torch.autograd.grad(want, x, g)
-    got = fused.divisive_norm(x, module.eps)
-    got_grad, = torch.autograd.grad(got, x, g)
-    assert not fused.divisive_norm.failed
+
+    def maps():
+        return torch.randn(3, 6, 9, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    if cls is GatedDilatedDepthwise:
+        return torch.softmax(torch.randn(3, 3, 9, 7), 1).requires_grad_(), maps(), maps(), maps()
+    return maps(), 1e-3
+
+
+@pytest.mark.parametrize("cls", [DivisiveNorm, GatedDilatedDepthwise], ids=lambda cls: cls.__name__)
+def test_a_compiled_chain_equals_the_plain_one(compiled_ops, cls):
+    """Forward and the gradients of every tensor argument; DivisiveNorm's plain one is the module's
+    forward (with its pool module)."""
+    args = chain_args(cls)
+    want = DivisiveNorm(eps=args[1])(args[0]) if cls is DivisiveNorm else cls.chain(*args)
+    got = fused.fused_chain(cls)(*args)
+    assert not fused.fused_chain(cls).failed
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_the_hook_is_set_only_inside_the_training_step(monkeypatch):
+def test_the_hooks_are_set_only_inside_the_training_step(monkeypatch):
     cpu = torch.device("cpu")
+    assert FUSABLE == [DivisiveNorm, GatedDilatedDepthwise]
     monkeypatch.setenv(fused.COMPILED_OPS_ENV, "1")
     with fastconv.training_ops(cpu, compiled=False):
-        assert DivisiveNorm.fused is fused.divisive_norm
-    assert DivisiveNorm.fused is None
+        assert all(cls.fused is fused.fused_chain(cls) for cls in FUSABLE)
+    assert all(cls.fused is None for cls in FUSABLE)
     monkeypatch.setenv(fused.COMPILED_OPS_ENV, "0")
     ops = fastconv.training_ops(cpu, compiled=False)
     with ops:
-        assert DivisiveNorm.fused is None and not ops.mode.compiled
+        assert all(cls.fused is None for cls in FUSABLE) and not ops.mode.compiled
     assert isinstance(fastconv.training_ops(cpu, compiled=True), contextlib.nullcontext)  # a compiled model
 
 
@@ -80,19 +96,20 @@ def test_a_failing_compiler_leaves_the_plain_operations(monkeypatch):
 
 @pytest.mark.slow
 def test_a_training_step_with_the_fused_passes_matches(compiled_ops):
-    """A whole forward and backward of a small ectied (DivisiveNorm, dilated depthwise convs) under
-    the training step's context, compiled passes against plain ones: the same loss and gradients."""
-    torch.manual_seed(0)
-    model = to_channels_last(zoo.build("ectied", channels=8, expansion=2)).train()
+    """A whole forward and backward of a one-stage egrr (the gate's mixing, dilated depthwise convs
+    at dilations 2 and 4) under the training step's context, compiled passes against plain ones:
+    the same loss and gradients."""
+    model = to_channels_last(zoo.build("egrr", stem_channels=8, stages=((8, 2, 1),))).train()
     x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
 
     def loss_and_grads(compiled):
-        ops = fastconv.CpuTrainingOps(compiled)
-        with ops:
+        torch.manual_seed(1)  # the same gate noise
+        with fastconv.CpuTrainingOps(compiled):
             loss = model(x).logsumexp(1).sum()
         return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
 
     plain, compiled = loss_and_grads(False), loss_and_grads(True)
-    assert not fused.tap_sums.failed and not fused.divisive_norm.failed
+    assert not fused.tap_sums.failed
+    assert not fused.fused_chain(GatedDilatedDepthwise).failed
     for a, b in zip(compiled, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -2,7 +2,8 @@
 
 `training_ops(device, compiled)` is what a training forward runs under: on the CPU, CpuTrainingOps:
 FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through DilatedDepthwiseConv,
-and the compiled fused passes of cnnscope.core.fused (its weight gradient; the zoo's DivisiveNorm).
+and the compiled fused passes of cnnscope.core.fused (its weight gradient; the chains of the zoo's
+fusable modules).
 """
 from contextlib import nullcontext
 
@@ -12,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from cnnscope.core import fused
 from cnnscope.core.runtime import pair
-from cnnscope.zoo.blocks import DivisiveNorm
+from cnnscope.zoo.blocks import FUSABLE
 
 
 class DilatedDepthwiseConv(torch.autograd.Function):
@@ -119,8 +120,8 @@ class FastDilatedDepthwise(TorchFunctionMode):
 
 class CpuTrainingOps:
     """FastDilatedDepthwise and, with `compiled`, the fused passes of cnnscope.core.fused: the
-    dilated depthwise weight gradient, and DivisiveNorm through the hook the zoo's block declares
-    (`DivisiveNorm.fused`, set only while this is entered). Entered once per training forward."""
+    dilated depthwise weight gradient, and the chain of every module class the zoo marks fusable
+    (its `fused`, set only while this is entered). Entered once per training forward."""
 
     def __init__(self, compiled: bool):
         self.compiled = compiled
@@ -129,11 +130,13 @@ class CpuTrainingOps:
     def __enter__(self):
         self.mode.__enter__()
         if self.compiled:
-            DivisiveNorm.fused = fused.divisive_norm
+            for cls in FUSABLE:
+                cls.fused = fused.fused_chain(cls)
         return self
 
     def __exit__(self, *exc):
-        DivisiveNorm.fused = None
+        for cls in FUSABLE:
+            cls.fused = None
         return self.mode.__exit__(*exc)
 
 

@@ -3,22 +3,23 @@ elementwise and stencil operations becomes one loop over memory instead of one p
 
 - `tap_sums`: the weight gradient of a dilated depthwise conv (cnnscope.core.fastconv), every tap's
   product of the shifted input and the output gradient summed in one kernel that writes no product;
-- `divisive_norm`: the zoo's DivisiveNorm (ectied), |x|, its 3x3 mean, + eps and the division,
-  forward and backward.
+- `fused_chain(cls)`: the `chain` of a zoo module class marked `fusable` (cnnscope.zoo.blocks):
+  DivisiveNorm (ectied: |x|, its 3x3 mean, + eps and the division) and egrr's GatedDilatedDepthwise
+  (the gate's per-pixel mixing of three dilations), forward and backward.
 
-Batch norm + ReLU is not among them: inductor's kernels for its per-channel reductions ran slower
-than aten's (benchmarks/README.md has the measurements).
+Not among them, because inductor's kernels measured no faster than aten's (benchmarks/README.md):
+batch norm + ReLU (its per-channel reductions), egrr's local variance (3x3 means that leave out
+the padding).
 
 Each is compiled at its first call and again for each new shape (seconds each; inductor keeps the
-code on disk for later runs). Where compiling fails (no C++ compiler), one warning, and the plain function
-runs from then on. CNNSCOPE_COMPILED_OPS=0 turns them off.
+code on disk for later runs). Where compiling fails (no C++ compiler), one warning, and the plain
+function runs from then on. CNNSCOPE_COMPILED_OPS=0 turns them off.
 """
 import logging
 import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from cnnscope.errors import CnnscopeWarning
 
@@ -70,10 +71,12 @@ def _tap_sums(padded, grad, dh: int, dw: int, kh: int, kw: int):
                         for a in range(kh) for b in range(kw)])
 
 
-def _divisive_norm(x, eps: float):
-    """The zoo's DivisiveNorm: x / (mean_3x3(|x|) + eps)."""
-    return x / (F.avg_pool2d(x.abs(), 3, stride=1, padding=1) + eps)
-
-
 tap_sums = Compiled(_tap_sums, "the depthwise weight gradient")
-divisive_norm = Compiled(_divisive_norm, "DivisiveNorm")
+_chains = {}
+
+
+def fused_chain(cls) -> Compiled:
+    """The compiled `chain` of a fusable zoo class (one per class)."""
+    if cls not in _chains:
+        _chains[cls] = Compiled(cls.chain, cls.__name__)
+    return _chains[cls]
