@@ -21,6 +21,7 @@ setup(
         "albumentations",
         "numpy",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"], "onnx": ["onnx", "onnxruntime"]},
+    # scikit-learn: benchmarks/small_data.py's digits; never needed to run cnnscope
+    extras_require={"dev": ["pytest", "hypothesis", "scikit-learn"], "onnx": ["onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
 )

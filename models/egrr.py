@@ -7,7 +7,8 @@ Each stage applies ONE set of weights T times (depth folded into time). Step t o
     z = sum_d g_d * DW3x3_d(z)              # one depthwise kernel used at all three dilations
     h = h + ReLU6(ISNorm_t(z))              # a BatchNorm of its own for every step t
 
-The trainer drives `set_depth` (depth warm-up) and `set_tau` (gate temperature). Setting
+The trainer drives the depth warm-up (`set_depth`) and the gate temperature (`set_tau`) through the
+hooks of cnnscope.core.hooks: `on_progress`, `load_settings`, `skips_weights`. Setting
 `model.record_gates = True` makes every forward fill `model.gate_maps` with one dict per executed
 step, in execution order: {"stage": stage index (0-based), "step": step index (0-based),
 "probs": (B, 3, H, W) gate probabilities, "variance": (B, H, W) channel-mean local variance},
@@ -184,6 +185,37 @@ class EGRRNet(nn.Module):
         for module in self.modules():
             if isinstance(module, EntropyGate):
                 module.tau = tau
+
+    def on_progress(self, epoch, recipe):
+        """The trainer's hook, before every training batch (cnnscope.core.hooks): the depth ramps
+        linearly from 1 to full over recipe.depth_warmup_epochs, the temperature decays
+        exponentially from recipe.tau_start at epoch 0 to recipe.tau_end at the start of the last
+        epoch (the whole last epoch of a one-epoch run); a field of 0 leaves its setting alone.
+        `epoch` counts fractions too, so a warm-up shorter than one epoch still ramps; at whole
+        epochs the values are the seed's per-epoch ones. -> {"depth": ..., "tau": ...} as set."""
+        settings = {}
+        if recipe.depth_warmup_epochs > 0:
+            warmup = recipe.depth_warmup_epochs
+            settings["depth"] = None if epoch >= warmup else 1 + int((self.full_depth() - 1) * epoch / warmup)
+        if recipe.tau_start > 0:
+            progress = min(1.0, epoch / max(1, recipe.epochs - 1))
+            settings["tau"] = recipe.tau_start * (recipe.tau_end / recipe.tau_start) ** progress
+        self.load_settings(settings)
+        return settings
+
+    def load_settings(self, settings):
+        """Depth and temperature as on_progress returned them (a checkpoint's)."""
+        if "depth" in settings:
+            self.set_depth(settings["depth"])
+        if "tau" in settings:
+            self.set_tau(settings["tau"])
+
+    def skips_weights(self):
+        """Whether some stage runs fewer steps than it has (its later steps' norms go unused)."""
+        return self.depth is not None and self.depth < self.full_depth()
+
+    def full_depth(self):
+        return max(stage.steps for stage in self.stages)
 
     def forward(self, x):
         self.gate_maps = []

@@ -12,7 +12,8 @@ CNN: create a bank, then replace nn.Conv2d layers of matching shape by SConv2d(b
             self.conv2 = SConv2d(self.bank)
             self.conv3 = SConv2d(self.bank)
 
-Give the coefficients no weight decay: `torch.optim.SGD(coefficient_param_groups(model, 5e-4), ...)`.
+Give the coefficients no weight decay: `torch.optim.SGD(coefficient_param_groups(model, 5e-4), ...)`
+(cnnscope's trainer does, for any model holding SConv2d layers: they declare it in no_weight_decay()).
 """
 import torch
 import torch.nn as nn
@@ -57,6 +58,10 @@ class SConv2d(nn.Module):
     @property
     def weight(self):
         return self.bank(self.coefficients)
+
+    def no_weight_decay(self):
+        """The trainer's hook (cnnscope.core.hooks): the coefficients take no weight decay (the paper's recipe)."""
+        return {"coefficients"}
 
     def forward(self, x):
         return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)

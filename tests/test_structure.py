@@ -1,4 +1,4 @@
-"""The architecture, held in place: imports point one way (cli -> runs -> core -> zoo, render called
+"""The architecture, held in place: imports point one way (cli -> runs -> core, runs -> zoo, render called
 by cli and runs), no import cycles, short functions, small files.
 
 The checker reads every module's imports with `ast`, function-level imports included: an import inside
@@ -6,6 +6,8 @@ a function is still an arrow. It is tested below on a small package written to t
 checks on the real package cannot pass because the checker sees nothing.
 """
 import ast
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -15,12 +17,12 @@ LONG_FUNCTION, BIG_FILE = 60, 400
 
 # importer package -> the packages it must not import (the layers of issue 12)
 FORBIDDEN = {
-    "cnnscope.core": ("cnnscope.runs", "cnnscope.render", "cnnscope.cli"),
+    "cnnscope.core": ("cnnscope.runs", "cnnscope.render", "cnnscope.cli", "cnnscope.zoo"),  # models declare hooks
     "cnnscope.runs": ("cnnscope.cli",),
     "cnnscope.render": ("cnnscope.runs", "cnnscope.cli"),
     "cnnscope.zoo": ("cnnscope",),  # torch only: the zoo imports no other part of cnnscope
 }
-LAYERS = "cli -> runs -> core -> zoo; render is called by cli and runs and may import only core"
+LAYERS = "cli -> runs -> core; runs -> zoo; render is called by cli and runs and may import only core"
 
 
 # ---- the checker ----------------------------------------------------------------------------------
@@ -204,12 +206,12 @@ def small_package(root: Path) -> None:
     write(root, {
         "cnnscope/__init__.py": "",
         "cnnscope/core/__init__.py": "from cnnscope.core.a import f\n",
-        "cnnscope/core/a.py": body(LONG_FUNCTION) + "import cnnscope.zoo.nets\n",
+        "cnnscope/core/a.py": body(LONG_FUNCTION),
         "cnnscope/core/b.py": "from . import a\nfrom .a import f\n",
         "cnnscope/render/__init__.py": "",
         "cnnscope/render/r.py": "from cnnscope.core import b\n",
         "cnnscope/runs/__init__.py": "",
-        "cnnscope/runs/s.py": "import cnnscope.core.a\nfrom ..render import r\n",
+        "cnnscope/runs/s.py": "import cnnscope.core.a\nfrom ..render import r\nimport cnnscope.zoo.nets\n",
         "cnnscope/cli/__init__.py": "",
         "cnnscope/cli/c.py": "def cmd():\n    from cnnscope.runs.s import g\n",
         "models/__init__.py": "from . import nets\n",
@@ -223,9 +225,9 @@ def test_checker_reads_every_kind_of_import(tmp_path):
     assert graph["cnnscope.core"] == {"cnnscope.core.a": 1}  # a name from a module: the module
     assert graph["cnnscope.core.b"] == {"cnnscope.core.a": 1}  # relative; a submodule, and a name of it
     assert graph["cnnscope.render.r"] == {"cnnscope.core.b": 1}  # a submodule, not its package
-    assert graph["cnnscope.runs.s"] == {"cnnscope.core.a": 1, "cnnscope.render.r": 2}
+    assert graph["cnnscope.runs.s"] == {"cnnscope.core.a": 1, "cnnscope.render.r": 2,
+                                        "cnnscope.zoo.nets": 3}  # models/ is cnnscope.zoo
     assert graph["cnnscope.cli.c"] == {"cnnscope.runs.s": 2}  # inside a function
-    assert graph["cnnscope.core.a"] == {"cnnscope.zoo.nets": LONG_FUNCTION + 1}  # models/ is cnnscope.zoo
     assert graph["cnnscope.zoo"] == {"cnnscope.zoo.nets": 1}
     assert graph["cnnscope.zoo.nets"] == {}  # torch is outside the packages
 
@@ -244,7 +246,8 @@ def test_checker_finds_each_problem(tmp_path):
         "cnnscope/runs/s.py": "from cnnscope.runs import t\n",  # s -> t -> u -> s
         "cnnscope/runs/t.py": "from .u import h\n",
         "cnnscope/runs/u.py": "import cnnscope.runs.s\n",
-        "cnnscope/core/a.py": body(LONG_FUNCTION + 1) + "def g():\n    import cnnscope.render.r\n",
+        "cnnscope/core/a.py": body(LONG_FUNCTION + 1) + "def g():\n    import cnnscope.render.r\n"
+                              "import cnnscope.zoo.nets\n",
         "cnnscope/render/r.py": "def draw():\n    from cnnscope.cli import c\n",
         "models/nets.py": "import cnnscope\n" + "\n" * BIG_FILE,
     })
@@ -256,10 +259,11 @@ def test_checker_finds_each_problem(tmp_path):
     wrong = wrong_way_imports(graph, files, tmp_path)
     assert [w.split(";")[0] for w in wrong] == [
         f"cnnscope/core/a.py:{LONG_FUNCTION + 3}: cnnscope.core.a imports cnnscope.render.r",
+        f"cnnscope/core/a.py:{LONG_FUNCTION + 4}: cnnscope.core.a imports cnnscope.zoo.nets",
         "cnnscope/render/r.py:2: cnnscope.render.r imports cnnscope.cli.c",
         "models/nets.py:1: cnnscope.zoo.nets imports cnnscope",
     ]
-    assert "cnnscope.core must not import cnnscope.runs, cnnscope.render, cnnscope.cli" in wrong[0]
+    assert "cnnscope.core must not import cnnscope.runs, cnnscope.render, cnnscope.cli, cnnscope.zoo" in wrong[0]
     assert long_functions(files, tmp_path) == [
         f"cnnscope/core/a.py:1: function f is {LONG_FUNCTION + 1} lines; the limit is {LONG_FUNCTION}"
     ]
@@ -269,3 +273,36 @@ def test_checker_finds_each_problem(tmp_path):
 def test_checker_finds_a_cycle_through_a_package(tmp_path):
     write(tmp_path, {"cnnscope/__init__.py": "from cnnscope import x\n", "cnnscope/x.py": "import cnnscope\n"})
     assert import_cycles(import_graph(module_files(tmp_path))) == ["import cycle: cnnscope -> cnnscope.x -> cnnscope"]
+
+
+# ---- what a command imports -----------------------------------------------------------------------
+
+def test_rf_and_summary_import_no_data_checkpoint_or_other_family():
+    """`rf SPEC` and `summary SPEC` load the model's code and their own analysis and renderers: no
+    dataset, checkpoint, attribution or inspection code (rf's --erf and the other commands use those),
+    and rendering a result imports its own family of renderers alone."""
+    code = ("import sys\nfrom cnnscope.cli import cli\n"
+            "for args in (['rf', 'basic'], ['summary', 'basic']):\n"
+            "    cli.main(args, standalone_mode=False)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('cnnscope'))), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(out.stderr.split())
+    assert {"cnnscope.runs.rf", "cnnscope.core.summary", "cnnscope.render.rf", "cnnscope.render.summary"} <= loaded
+    unused = {"cnnscope.runs.datasets", "cnnscope.runs.image_folder", "cnnscope.runs.checkpoint",
+              "cnnscope.runs.inspect", "cnnscope.core.attribution", "cnnscope.core.training",
+              "cnnscope.render.inspect", "cnnscope.render.evaluate", "cnnscope.render.plots"}
+    assert not loaded & unused, sorted(loaded & unused)
+
+
+def test_render_families_name_the_module_of_every_result_type():
+    """render.FAMILIES (result type -> the module registering its renderers) is complete and right:
+    rendering a result imports that module alone."""
+    import importlib
+    import pkgutil
+
+    from cnnscope import render
+
+    for info in pkgutil.iter_modules(render.__path__):
+        importlib.import_module(f"cnnscope.render.{info.name}")
+    registered = {cls.__name__: table.__module__ for cls, (table, _) in render._RENDERERS.items()}
+    assert registered == {name: f"cnnscope.render.{module}" for name, module in render.FAMILIES.items()}

@@ -15,12 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope.core import training
+from cnnscope.core import hooks, training
+from cnnscope.core.callbacks import Callback
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError, RunError
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
 FAKE_TEST = 128  # datasets.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
@@ -88,6 +89,16 @@ def test_train_log_and_metrics_agree(basic_run):
     # OneCycle (max_lr 0.1, div 10, final div 100) ends at 1e-4 on the last batch
     assert rows[-1]["lr"] == pytest.approx(0.1 / 10 / 100, rel=0.02)
     assert f"test acc {metrics['test_acc']:.2f}%" in " ".join(output.split())
+    # one file, its values handed in by the model texts, each epoch, then the test evaluation
+    assert list(metrics) == ["macs", "rf", "run", "model", "params", "dataset", "selected_on", "best_val_acc",
+                             "best_epoch", "epochs", "train_time_s", "images_per_s", "lr_per_step", "test_acc",
+                             "test_loss", "macro_avg", "weighted_avg"]
+    assert metrics["macs"] == 13728256 and metrics["rf"] == 55
+    done = output.splitlines()[-1]
+    # the whole command's seconds (test_true_lines), then the training's, and the metrics held in memory
+    assert done.startswith("Done in ") and (f"s (training {metrics['train_time_s']:.0f}s): best val acc "
+                                            f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']}), test acc "
+                                            f"{metrics['test_acc']:.2f}%") in done, done
 
 
 def test_lr_recorded_per_step_shows_the_onecycle_warm_up(basic_run):
@@ -262,18 +273,19 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
            [{k: v for k, v in r.items() if k not in timing} for r in log_b]
     metrics_a, metrics_b = (json.loads((r / "metrics.json").read_text()) for r in (tiny_run, run))
     assert metrics_a["test_acc"] == metrics_b["test_acc"] and metrics_a["test_loss"] == metrics_b["test_loss"]
+    assert (metrics_b["macs"], metrics_b["rf"]) == (metrics_a["macs"], metrics_a["rf"])  # written once, kept
     assert len(metrics_b["lr_per_step"]) == 2 * 15 and metrics_a["lr_per_step"] == metrics_b["lr_per_step"]
 
 
-def test_resume_refuses_another_model_and_changed_settings(runner, tiny_spec, tiny_run):
-    other = invoke(runner, ["train", "basic", "--resume", tiny_run])
-    assert other.exit_code == 2 and "is a checkpoint of model" in other.output and "'basic'" in other.output
+def test_resume_refuses_another_model_and_changed_settings(runner, error_of, tiny_spec, tiny_run):
+    other = error_of(invoke(runner, ["train", "basic", "--resume", tiny_run]))
+    assert isinstance(other, RunError) and other.arguments == ("resume",)
     changed = invoke(runner, ["train", "--resume", tiny_run, "--trust-spec", "--lr", "0.5", "--seed", "7",
                               "--ctor", "width=4"])
-    assert changed.exit_code == 2
+    assert isinstance(error_of(changed), RunError)  # and it names what would change:
     assert "recipe.lr" in changed.output and "seed" in changed.output and "ctor.width" in changed.output
-    again = invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS))
-    assert again.exit_code == 2 and "already holds a run" in again.output and "--overwrite" in again.output
+    again = error_of(invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS)))
+    assert isinstance(again, RunError) and again.arguments == ("resume", "name", "overwrite")
 
 
 def test_missing_and_corrupt_checkpoints_are_clear_errors(runner, tmp_path):
@@ -290,7 +302,7 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(runner, tmp_path):
     assert result.exit_code == 2 and "cannot be resumed" in result.output
 
 
-def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, monkeypatch):
+def test_unreachable_download_is_exit_2_without_a_run_folder(runner, error_of, tmp_path, monkeypatch):
     import urllib.request
 
     def refuse(*args, **kwargs):
@@ -299,7 +311,7 @@ def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, m
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     result = invoke(runner, ["train", "basic", "--dataset", "cifar10", "--data-dir", tmp_path / "data",
                              "--out", tmp_path / "reports", "--device", "cpu", "--procs", "1"])
-    assert result.exit_code == 2 and "cifar-10-python.tar.gz" in result.output
+    assert isinstance(error_of(result), DataError) and "cifar-10-python.tar.gz" in result.output  # the file to place
     assert not (tmp_path / "reports" / "basic").exists()
 
 
@@ -423,10 +435,11 @@ def test_resolve_procs():
     assert launch.resolve_procs("auto", 128, "cuda") == 1
     assert launch.resolve_procs("auto", 128, "cpu", saved_world_size=3) == 3  # a resumed run keeps its count
     assert launch.resolve_procs("4", 128, "cpu") == 4
-    for procs, device, message in (("3", "cpu", "does not split evenly"), ("0", "cpu", "whole number"),
-                                   ("two", "cpu", "whole number"), ("2", "cuda", "torchrun")):
-        with pytest.raises(CnnscopeError, match=message):
+    for procs, device, arguments in (("3", "cpu", ("procs", "batch_size")), ("0", "cpu", ("procs",)),
+                                     ("two", "cpu", ("procs",)), ("2", "cuda", ("procs",))):
+        with pytest.raises(CnnscopeError) as refused:
             launch.resolve_procs(procs, 128, device)
+        assert refused.value.arguments == arguments
 
 
 def test_bad_procs_is_a_clear_error(tmp_path):
@@ -439,14 +452,14 @@ def test_bad_procs_is_a_clear_error(tmp_path):
 
 RANKS = textwrap.dedent('''
     import os, sys, time
-    from cnnscope.errors import CnnscopeError
+    from cnnscope.errors import RunError
 
     def run(codes, seconds, user_error=False):
         """Rank r sleeps seconds[r], then fails with a user error or exits with codes[r]."""
         rank = int(os.environ["RANK"])
         time.sleep(seconds[rank])
         if user_error:
-            raise CnnscopeError(f"bad input seen by rank {rank}")
+            raise RunError(f"bad input seen by rank {rank}", arguments=("resume",))
         print(f"rank {rank} ends with {codes[rank]}")
         return codes[rank]
 ''')
@@ -473,8 +486,9 @@ def test_a_crashed_rank_ends_the_others_at_once(ranks_module, capsys):
 def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it(ranks_module, capfd):
     # rank 0's error (not rank 1's, which came first) is raised in the launcher's process, for the caller
     # to say (the CLI: in terms of its flags); the ranks say nothing on the terminal
-    with pytest.raises(CnnscopeError, match="^bad input seen by rank 0$"):
+    with pytest.raises(RunError) as raised:  # its kind and arguments too
         launch.run_processes(ranks_module(codes=[0, 0], seconds=[2, 0], user_error=True), 2)
+    assert str(raised.value) == "bad input seen by rank 0" and raised.value.arguments == ("resume",)
     assert capfd.readouterr().err.strip() == ""
 
 
@@ -506,17 +520,17 @@ def test_recipes_follow_the_models_table():
     assert recipes.get_recipe("some/file.py:Net") == recipes.get_recipe("basic")
 
 
-def test_the_speed_recipe_is_opt_in_and_basic_only(runner):
+def test_the_speed_recipe_is_opt_in_and_basic_only(runner, error_of):
     speed = recipes.get_recipe("basic", speed=True)
     assert (speed.epochs, speed.image_size, speed.lr, speed.label_smoothing, speed.tta_hflip, speed.augment) == \
            (2, (28, 28), 0.2, 0.1, True, AugmentSpec(hflip=0.5))
     assert dataclasses.replace(speed, epochs=25, image_size=(32, 32), lr=0.1, label_smoothing=0.0, tta_hflip=False,
                                augment=recipes.get_recipe("basic").augment) == recipes.get_recipe("basic")
     assert not recipes.get_recipe("basic").tta_hflip  # the seeds' recipes stay the defaults
-    with pytest.raises(CnnscopeError, match="tiny has no speed recipe; the models with one are: basic"):
+    with pytest.raises(CnnscopeError) as refused:
         recipes.get_recipe("tiny", speed=True)
-    result = runner.invoke(cli, ["train", "--resume", "reports/basic", "--speed"])
-    assert result.exit_code == 2 and "keeps its own recipe" in result.output
+    assert refused.value.arguments == ("speed",)
+    assert error_of(runner.invoke(cli, ["train", "--resume", "reports/basic", "--speed"])).arguments == ("speed", "resume")
 
 
 def test_short_runs_shrink_epoch_schedules_unless_given():
@@ -525,10 +539,9 @@ def test_short_runs_shrink_epoch_schedules_unless_given():
     assert (short.epochs, short.warmup_epochs, short.depth_warmup_epochs) == (20, 0.5, 2.0)
     given = recipes.resolve(egrr, {"epochs": 20, "warmup_epochs": 3}, {"cutout": 16})
     assert (given.warmup_epochs, given.augment.cutout, given.augment.autoaugment) == (3.0, 16, True)
-    with pytest.raises(Exception, match="Unknown recipe field"):
-        recipes.resolve(egrr, {"warmup": 3})
-    with pytest.raises(Exception, match="epochs takes a whole number >= 1"):
-        recipes.resolve(egrr, {"epochs": "many"})
+    for overrides in ({"warmup": 3}, {"epochs": "many"}):  # no such field; not a whole number
+        with pytest.raises(CnnscopeError):
+            recipes.resolve(egrr, overrides)
     assert recipes.recipe_from_json(given.to_json()) == given
 
 
@@ -579,70 +592,64 @@ def test_a_checkpoint_whose_step_milestones_counted_epochs_is_replayed():
         old.step()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
     scheduler, per_batch = training.build_scheduler(optimizer, recipe, 10)
-    run = SimpleNamespace(scheduler=scheduler, per_batch=per_batch, opts=SimpleNamespace(recipe=recipe),
-                          state=training.LoopState(epoch=4), train_loader=range(10))
-    restore_schedule(run, old.state_dict(), planned_epochs=10)
+    loop = SimpleNamespace(scheduler=scheduler, per_batch=per_batch, recipe=recipe, state=training.LoopState(epoch=4),
+                           train_loader=range(10))
+    restore_schedule(loop, old.state_dict(), planned_epochs=10)
     assert dict(scheduler.milestones) == {30: 1, 60: 1, 80: 1} and scheduler.last_epoch == 40
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
 
 
-class Recursive(nn.Module):
-    """egrr's training interface (six recursion steps, set_depth, set_tau); records the settings
-    every training forward ran with."""
-    steps = 6
-
-    def __init__(self):
-        super().__init__()
-        self.fc, self.depth, self.tau, self.seen = nn.Linear(4, 2), None, None, []
-
-    def set_depth(self, depth):
-        self.depth = depth
-
-    def set_tau(self, tau):
-        self.tau = tau
-
-    def forward(self, x):
-        if self.training:
-            self.seen.append((self.depth, self.tau))
-        return self.fc(x.flatten(1))
-
-
 def test_egrr_depth_warmup_and_tau_annealing():
-    recipe = recipes.get_recipe("egrr")
-    settings = [training.model_settings(Recursive(), recipe, e) for e in range(recipe.epochs)]
+    """egrr declares its schedule (hooks.on_progress); a model without the hook has none."""
+    from cnnscope.zoo.egrr import EGRRNet
+
+    recipe, model = recipes.get_recipe("egrr"), EGRRNet()  # six recursion steps in its deepest stage
+    settings = [hooks.on_progress(model, e, recipe) for e in range(recipe.epochs)]
     assert [s["depth"] for s in settings[:21]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [None]
     assert settings[0]["tau"] == 1.0 and settings[-1]["tau"] == pytest.approx(0.1)
     assert settings[100]["tau"] == pytest.approx(1.0 * 0.1 ** (100 / 199))
-    assert training.model_settings(nn.Linear(1, 1), recipe, 3) == {}
+    assert hooks.on_progress(nn.Linear(1, 1), 3, recipe) == {} and not hooks.skips_weights(nn.Linear(1, 1))
 
 
 def test_a_warmup_shorter_than_an_epoch_ramps_within_it():
     """`--epochs 1` shrinks egrr's 20-epoch depth warm-up to a tenth of an epoch. Set once per epoch,
     the settings had trained and saved the whole epoch at depth 1 and tau 1."""
+    from cnnscope.zoo.egrr import EGRRNet
+
     recipe = recipes.resolve(recipes.get_recipe("egrr"), {"epochs": 1})
-    at = [training.model_settings(Recursive(), recipe, e) for e in (0, 0.03, 0.05, 0.09, 0.11, 0.5)]
+    model = EGRRNet(num_classes=2, stem_channels=4, stages=((4, 6, 1),))
+    at = [hooks.on_progress(model, e, recipe) for e in (0, 0.03, 0.05, 0.09, 0.11, 0.5)]
     assert [s["depth"] for s in at] == [1, 2, 3, 5, None, None]
     assert at[0]["tau"] == 1.0 and at[-1]["tau"] == pytest.approx(0.1 ** 0.5)
-    model = Recursive()
-    images, labels = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    seen = []  # (depth, tau, whether DDP must look for unused weights) of every training forward
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.depth, m.stages[0].gate.tau, m.skips_weights()))
+                                    if m.training else None)
+    images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 2, (40,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=1)
     training.fit(model, loader, recipe=recipe)
-    assert [depth for depth, _ in model.seen] == [1, 2, 3, 4] + [None] * 36  # batch i at epoch i / 40
-    assert model.seen[-1][1] == pytest.approx(0.1 ** (39 / 40))
+    assert [depth for depth, _, _ in seen] == [1, 2, 3, 4] + [None] * 36  # batch i at epoch i / 40
+    assert [skips for _, _, skips in seen] == [True] * 4 + [False] * 36
+    assert seen[-1][1] == pytest.approx(0.1 ** (39 / 40))
 
 
 def test_soft_sharing_coefficients_get_no_weight_decay():
-    from cnnscope.zoo.soft_sharing import SWRN
+    """SConv2d declares its coefficients (no_weight_decay), in swrn and in any model of the user's."""
+    from cnnscope.zoo.soft_sharing import SWRN, SConv2d, TemplateBank
 
-    model = SWRN(depth=16, width=1, num_templates=2)  # 2 blocks a stage: the second shares
-    optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
-    coefficients = {id(m.coefficients) for m in model.modules() if hasattr(m, "coefficients")}
-    assert coefficients
-    for group in optimizer.param_groups:
-        ids = {id(p) for p in group["params"]}
-        assert group["weight_decay"] == (0.0 if ids <= coefficients else 5e-4)
-        assert not (ids & coefficients) or ids <= coefficients
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    class Own(nn.Module):  # the soft_sharing module's plug-in example
+        def __init__(self):
+            super().__init__()
+            self.bank = TemplateBank(num_templates=3, in_planes=4, out_planes=4, kernel_size=3)
+            self.conv1, self.conv2 = SConv2d(self.bank), SConv2d(self.bank)
+
+    for model in (SWRN(depth=16, width=1, num_templates=2), Own()):  # swrn: 2 blocks a stage, the second shares
+        optimizer = training.build_optimizer(model, recipes.get_recipe("swrn"))
+        coefficients = [m.coefficients for m in model.modules() if isinstance(m, SConv2d)]
+        decayed, free = optimizer.param_groups
+        assert free["weight_decay"] == 0.0 and [id(p) for p in free["params"]] == [id(p) for p in coefficients]
+        assert decayed["weight_decay"] == 5e-4 and not {id(p) for p in decayed["params"]} & set(map(id, coefficients))
+        assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+    assert len(training.build_optimizer(nn.Linear(2, 2), recipes.get_recipe("swrn")).param_groups) == 1
 
 
 def test_fit_trains_a_module_on_plain_loaders():
@@ -659,6 +666,72 @@ def test_fit_trains_a_module_on_plain_loaders():
     assert [row["epoch"] for row in result.history] == [1, 2] and result.model is model
     assert all(math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100 for row in result.history)
     assert 1 <= result.best_epoch <= 2 and not torch.equal(before, model[0].weight)
+
+
+class Recorder(Callback):
+    """Every point of the loop it is called at, with where the loop stands."""
+
+    def __init__(self, stop_at=None, stop=None):
+        self.events, self.stop_at, self.stop = [], stop_at, stop
+
+    def on_train_start(self, loop):
+        self.events.append(("start", loop.state.epoch, loop.state.batch))
+
+    def on_step(self, loop, step, loss, lr):
+        self.events.append(("step", step, lr))
+        if step == self.stop_at:
+            self.stop.requested = True  # what Ctrl-C does
+
+    def on_checkpoint(self, loop, improved):
+        self.events.append(("checkpoint", loop.state.epoch, loop.state.batch))
+
+    def on_epoch_end(self, loop, row, improved):
+        self.events.append(("epoch", row["epoch"]))
+
+    def on_train_end(self, loop):
+        self.events.append(("end", loop.stopped))
+
+
+def test_callbacks_see_each_step_once_across_a_stop_and_a_resume():
+    """The loop's points in order; stopped mid-epoch and resumed from its state, the loop goes on at
+    the next step: no step is repeated or missed (what an event log needs across --resume)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.randn(60, 3, 4, 4), torch.randint(0, 2, (60,))), batch_size=4)
+    recipe, cpu = dataclasses.replace(recipes.get_recipe("basic"), epochs=2), torch.device("cpu")
+    model, stop = nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), training.StopRequest()
+    first = Recorder(stop_at=18, stop=stop)  # epoch 2, batch 3: it stops at the next report point
+    stopped = training.run_loop(training.make_loop(model, loader, None, recipe, cpu, callbacks=[first]), stop)
+    assert stopped.stopped == "request" and (stopped.state.epoch, stopped.state.batch) == (1, 10)
+    second = Recorder()
+    resumed = training.make_loop(model, loader, None, recipe, cpu, callbacks=[second])
+    resumed.state = stopped.state
+    training.run_loop(resumed)
+    steps = [e for e in first.events + second.events if e[0] == "step"]
+    assert [step for _, step, _ in steps] == list(range(1, 31))
+    assert [lr for _, _, lr in steps] == resumed.state.lr_steps
+    assert [e for e in first.events if e[0] != "step"] == [
+        ("start", 0, 0), ("checkpoint", 1, 0), ("epoch", 1), ("checkpoint", 1, 10), ("end", "request")]
+    assert [e for e in second.events if e[0] != "step"] == [("start", 1, 10), ("checkpoint", 2, 0), ("epoch", 2),
+                                                             ("end", "")]
+
+
+def test_fit_stops_early_when_the_validation_loss_stays():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Frozen(nn.Module):  # its logits never change: the validation loss of epoch 1 stays
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bias = nn.Linear(3 * 32 * 32, 2).requires_grad_(False), nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) + 0 * self.bias
+
+    loader = DataLoader(TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(0, 2, (32,))), batch_size=8)
+    recorder = Recorder()
+    result = training.fit(Frozen(), loader, loader, recipe=recipes.get_recipe("basic"), epochs=5,
+                          early_stop_patience=1, callbacks=[recorder])
+    assert [row["epoch"] for row in result.history] == [1, 2] and recorder.events[-1] == ("end", "early")
 
 
 def test_piped_output_is_one_whole_line_per_event(tmp_path):

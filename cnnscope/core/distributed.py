@@ -72,23 +72,24 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world_size, device), device
 
 
-def data_parallel(net: nn.Module, skips_steps: bool = False) -> nn.Module:
+def data_parallel(net: nn.Module, skips_weights: bool = False) -> nn.Module:
     """DistributedDataParallel(net). channels_last kernels with a size-1 dim (1x1 convs, depthwise
     weights) get grads whose strides differ from the params' on those dims only (the same memory
     order; DDP copies grads into its buckets either way): its warning about them is dropped.
 
-    `skips_steps`: some epochs leave weights out of the graph (egrr's depth warm-up). DDP then looks
+    `skips_weights`: the forward leaves weights out of the graph (hooks.skips_weights: egrr's depth
+    warm-up runs fewer recursion steps). DDP then looks
     for unused parameters after each forward (a walk over the autograd graph, small next to the
     step) and leaves their grads None, as a single process does. static_graph is not valid (the
     graph grows with the depth); a zero weight on the skipped steps would cost their compute and
     let weight decay move weights that a single process leaves alone."""
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=skips_steps)
+    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=skips_weights)
 
 
-def training_model(net: nn.Module, ddp: Dist, compiled: bool, skips_steps: bool = False) -> nn.Module:
+def training_model(net: nn.Module, ddp: Dist, compiled: bool, skips_weights: bool = False) -> nn.Module:
     """What the steps run: `net`, in DDP with several processes (looking for unused weights while
-    `skips_steps`; after egrr's depth warm-up it would find none, and walk the graph every step for
-    nothing), compiled with `compiled` (in the first batches; `net` keeps the plain weights)."""
-    model = data_parallel(net, skips_steps) if ddp.world_size > 1 else net
+    `skips_weights`; once the model uses them all it would find none, and walk the graph every step
+    for nothing), compiled with `compiled` (in the first batches; `net` keeps the plain weights)."""
+    model = data_parallel(net, skips_weights) if ddp.world_size > 1 else net
     return compile_model(model) if compiled else model

@@ -1,12 +1,14 @@
-"""Training a classifier: the step, the epoch, validation, and `fit` for a model and loaders of your own.
+"""Training a classifier: one loop for every caller, from a model and loaders of your own (`fit`)
+to a run folder trained by several processes (cnnscope.runs.train).
 
-Read top to bottom: the optimizer and its schedule -> egrr's per-epoch settings -> one step
-(forward, backward, clip, optimizer step) -> one epoch of steps -> validation -> the end of an
-epoch (its log row, the epoch-level schedule, the best epoch) -> `fit`, which runs them all in this
-process. `cnnscope.runs.train` runs the same functions with run folders, checkpoints and several
-processes around them.
+Read top to bottom: the optimizer and its schedule -> one step (forward, backward, clip, optimizer
+step) -> the loop's state and its callbacks -> one epoch of steps -> validation -> the end of an
+epoch (its log row, the epoch-level schedule, the best epoch) -> the loop over the epochs -> `fit`.
 
-Several processes: cnnscope.core.distributed (`Dist`, what the loop asks of the process group).
+What a caller adds around the loop (checkpoints, log files, console lines, progress bars, event
+logs) is a Callback, called at fixed points; what a model adds (its own schedule, weights without
+decay) it declares in hooks (cnnscope.core.hooks). Several processes: cnnscope.core.distributed
+(`Dist`, what the loop asks of the process group).
 """
 import dataclasses
 import math
@@ -19,26 +21,24 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from cnnscope.core.distributed import Dist
+from cnnscope.core import hooks
+from cnnscope.core.callbacks import Callback
+from cnnscope.core.distributed import Dist, training_model
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
+from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.core.metrics import predict
 from cnnscope.core.runtime import autocast, resolve_device
 
 REPORT_EVERY = 10  # batches between progress refreshes and stop checks; each one waits for the device
 
 
-# ---- optimizer, schedule, model settings ------------------------------------------------------
+# ---- optimizer and schedule -------------------------------------------------------------------
 
 def build_optimizer(model: nn.Module, recipe) -> torch.optim.Optimizer:
-    """SGD or AdamW as `recipe` (a cnnscope Recipe) says; soft-sharing coefficients (any SConv2d)
-    get no weight decay."""
-    from cnnscope.zoo.soft_sharing import SConv2d, coefficient_param_groups
-
-    if any(isinstance(m, SConv2d) for m in model.modules()):
-        groups = coefficient_param_groups(model, recipe.weight_decay)
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": recipe.weight_decay}]
+    """SGD or AdamW as `recipe` (a cnnscope Recipe) says, over the model's parameter groups
+    (hooks.param_groups: what its modules exempt from weight decay gets none)."""
+    groups = hooks.param_groups(model, recipe.weight_decay)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
@@ -69,47 +69,6 @@ def build_scheduler(optimizer, recipe, steps_per_epoch: int):
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
                                        patience=recipe.plateau_patience), False
     return None, False
-
-
-def model_settings(model: nn.Module, recipe, epoch: float) -> dict:
-    """egrr's settings at a point of training: recursion depth (warm-up 1 -> full) and gate
-    temperature tau. `epoch` counts fractions too (epoch + batch / batches): the trainer updates
-    the settings every batch, so a warm-up shorter than one epoch (a shortened --epochs) still
-    ramps; at whole epochs the values are the seed's per-epoch ones.
-
-    Depth ramps linearly over depth_warmup_epochs (None = every step); tau decays exponentially
-    from tau_start at epoch 0 to tau_end at the start of the last epoch (the whole last epoch of a
-    one-epoch run). Models without set_depth / set_tau get {}.
-    """
-    settings = {}
-    if recipe.depth_warmup_epochs > 0 and hasattr(model, "set_depth"):
-        full = max((m.steps for m in model.modules() if isinstance(getattr(m, "steps", None), int)), default=1)
-        w = recipe.depth_warmup_epochs
-        settings["depth"] = None if epoch >= w else 1 + int((full - 1) * epoch / w)
-    if recipe.tau_start > 0 and hasattr(model, "set_tau"):
-        progress = min(1.0, epoch / max(1, recipe.epochs - 1))
-        settings["tau"] = recipe.tau_start * (recipe.tau_end / recipe.tau_start) ** progress
-    return settings
-
-
-def apply_model_settings(model: nn.Module, settings: dict) -> None:
-    """Settings a trainer drives outside the weights (egrr's recursion depth and gate temperature)."""
-    if "depth" in settings:
-        model.set_depth(settings["depth"])
-    if "tau" in settings:
-        model.set_tau(settings["tau"])
-
-
-def follow_schedule(model: nn.Module, recipe, epoch: float) -> dict:
-    """model_settings at `epoch`, applied to `model`; returned for the checkpoints to keep."""
-    settings = model_settings(model, recipe, epoch)
-    apply_model_settings(model, settings)
-    return settings
-
-
-def reduced_depth(model: nn.Module, recipe, epoch: float) -> bool:
-    """Whether the model runs at a reduced depth at `epoch` (egrr's depth warm-up; see model_settings)."""
-    return model_settings(model, recipe, epoch).get("depth") is not None
 
 
 # ---- interruption -----------------------------------------------------------------------------
@@ -143,7 +102,7 @@ class NonFiniteLoss(Exception):
     pass
 
 
-# ---- the step and the epoch -------------------------------------------------------------------
+# ---- the step ---------------------------------------------------------------------------------
 
 @dataclass
 class TrainStep:
@@ -177,6 +136,16 @@ class TrainStep:
         return loss, logits
 
 
+def make_step(net: nn.Module, recipe, device: torch.device, amp=False, compiled=False) -> TrainStep:
+    """The step of `recipe` for `net` (on `device`): its optimizer, loss and gradient clipping, a
+    gradient scaler for `amp`; step.model is `net` until a caller wraps it (DDP, compiled)."""
+    return TrainStep(net, build_optimizer(net, recipe), nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+                     torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
+                     training_ops(device, compiled))
+
+
+# ---- the loop's state -------------------------------------------------------------------------
+
 @dataclass
 class LoopState:
     """Everything about the loop that a checkpoint needs besides weights, optimizer and RNG."""
@@ -193,6 +162,42 @@ class LoopState:
     train_seconds: float = 0.0
 
 
+@dataclass
+class Loop:
+    """What the loop trains with and where it stands: make_loop builds it, run_loop runs it, the
+    callbacks read it."""
+    net: nn.Module  # the weights; step.model runs them, wrapped from the first batch on (DDP, compiled)
+    step: TrainStep
+    train_loader: object  # (images, labels) batches on the device; set_epoch(epoch) first, where it has one
+    val_loader: object  # the selection split's batches, or None
+    recipe: object
+    scheduler: object = None
+    per_batch: bool = False  # the scheduler steps every batch (else every epoch)
+    ddp: Dist = field(default_factory=Dist)
+    compiled: bool = False  # the step runs torch.compile's version of the model
+    channels_last: bool = True  # the model takes channels_last batches, so validation's copy does (core.memory_format)
+    callbacks: list[Callback] = field(default_factory=list)
+    progress: object = None  # a rich Progress showing each epoch and each validation, or None
+    state: LoopState = field(default_factory=LoopState)
+    settings: dict = field(default_factory=dict)  # what the model's schedule set at the last batch (hooks)
+    skipping: bool | None = None  # step.model looks for weights the model leaves unused (None: not wrapped yet)
+    stopped: str = ""  # why it ended before the last epoch: "early" (early stopping), "request" (a stop request)
+
+
+def make_loop(net: nn.Module, train_loader, val_loader, recipe, device: torch.device, *, amp=False, ddp=None,
+              compiled=False, channels_last=True, callbacks=(), progress=None) -> Loop:
+    """The loop training `net` (on `device` already) with the step and schedule of `recipe`;
+    `channels_last`: whether the model runs on channels_last batches (False: contiguous ones, for a
+    model that needs them: core.memory_format)."""
+    step = make_step(net, recipe, device, amp, compiled)
+    scheduler, per_batch = build_scheduler(step.optimizer, recipe, len(train_loader))
+    step.batch_scheduler = scheduler if per_batch else None
+    return Loop(net, step, train_loader, val_loader, recipe, scheduler, per_batch, ddp or Dist(device=device),
+                compiled, channels_last, list(callbacks), progress)
+
+
+# ---- one epoch --------------------------------------------------------------------------------
+
 class _NoProgress:
     """A progress display that shows nothing (the part of rich's Progress that train_epoch uses)."""
 
@@ -202,29 +207,44 @@ class _NoProgress:
     update = remove_task = add_task
 
 
-def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, ddp: Dist, progress=None,
-                description="", before_batch=None) -> None:
+def follow_model(loop: Loop, epoch: float) -> None:
+    """Before a batch: the model's own schedule at `epoch` (hooks.on_progress, kept for the
+    checkpoints); the step's model wrapped at the first batch, and again when the model starts or
+    stops leaving weights out (DDP looks for unused ones only while it does: to the end of egrr's
+    depth warm-up, mid-epoch too)."""
+    loop.settings = hooks.on_progress(loop.net, epoch, loop.recipe)
+    skipping = loop.ddp.world_size > 1 and hooks.skips_weights(loop.net)
+    if skipping != loop.skipping:
+        loop.skipping = skipping
+        loop.step.model = training_model(loop.net, loop.ddp, loop.compiled, skipping)
+
+
+def train_epoch(loop: Loop, stop: StopRequest) -> None:
     """Train one epoch, or the rest of one after a mid-epoch resume (state.batch batches are done).
-    `before_batch(epoch)`, when given, is called with the fractional epoch before each batch.
 
     On return state.partial = [loss sum, correct, images, train seconds, lr of the last batch], summed
     over ranks. A stop request ends the epoch early, leaving state.batch > 0; ranks combine their
     requests (and their loss checks) every REPORT_EVERY batches, so they all stop at the same batch.
     """
-    progress = progress or _NoProgress()
-    step.model.train()
+    state, step, loader, ddp = loop.state, loop.step, loop.train_loader, loop.ddp
+    progress = loop.progress or _NoProgress()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(state.epoch)
+    loop.net.train()
     skip = state.batch
     resumed = state.partial if skip and ddp.is_main else [0.0, 0.0, 0.0, 0.0, 0.0]
     sums = torch.tensor(resumed[:3], dtype=torch.float64, device=step.device)  # loss sum, correct, images
-    task = progress.add_task(description, total=len(loader), completed=skip, stats="")
+    task = progress.add_task(f"epoch {state.epoch + 1}/{loop.recipe.epochs}", total=len(loader), completed=skip,
+                             stats="")
     started = time.perf_counter() - resumed[3]
     for i, (x, y) in enumerate(loader):
         if i < skip:  # already trained on before the stop; drawn anyway so the loader stays in step
             continue
-        if before_batch is not None:
-            before_batch(state.epoch + i / len(loader))
+        follow_model(loop, state.epoch + i / len(loader))
         state.lr_steps.append(step.optimizer.param_groups[0]["lr"])
         loss, logits = step(x, y)
+        for callback in loop.callbacks:
+            callback.on_step(loop, state.epoch * len(loader) + i + 1, loss.detach(), state.lr_steps[-1])
         sums[0] += loss.detach() * len(y)
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
@@ -246,11 +266,18 @@ def train_epoch(step: TrainStep, loader, state: LoopState, stop: StopRequest, dd
     state.partial = ddp.all_reduce(sums).tolist() + [time.perf_counter() - started, state.lr_steps[-1]]
 
 
-def validate(net, loader, device, amp, ddp: Dist, progress=None, hflip=False) -> tuple[float, float]:
-    """Loss and accuracy (percent) on the selection split; each rank takes its share, then they add
-    up. `hflip`: with the mirror images too (a recipe's tta_hflip)."""
-    loss_sum, preds, targets = predict(net, loader, device, amp=amp, hflip=hflip, progress=progress,
-                                       description="validating")
+def validate(loop: Loop) -> tuple[float, float]:
+    """Loss and accuracy (percent) on the selection split (nan without one), with rank 0's batch-norm
+    statistics on every rank (the model validated is the one checkpointed); each rank takes its
+    share, then they add up. With the mirror images too where the recipe says (tta_hflip); in the
+    loop's memory format (predict's channels_last)."""
+    if loop.val_loader is None:
+        return math.nan, math.nan
+    ddp, device = loop.ddp, loop.step.device
+    ddp.share_buffers(loop.net)
+    loss_sum, preds, targets = predict(loop.net, loop.val_loader, device, amp=loop.step.amp,
+                                       hflip=loop.recipe.tta_hflip, progress=loop.progress, description="validating",
+                                       channels_last=loop.channels_last)
     totals = ddp.all_reduce(torch.tensor([loss_sum, float((preds == targets).sum()), float(len(targets))],
                                          dtype=torch.float64, device=device)).tolist()
     return totals[0] / totals[2], 100.0 * totals[1] / totals[2]
@@ -282,6 +309,41 @@ def end_epoch(state: LoopState, scheduler, per_batch: bool, val_loss: float, val
     return row, improved
 
 
+# ---- the loop -----------------------------------------------------------------------------------
+
+def run_loop(loop: Loop, stop: StopRequest | None = None) -> Loop:
+    """Epochs until the recipe's last, an early stop (recipe.early_stop_patience epochs without a
+    lower selection loss) or a `stop` request (a StopRequest the caller installed: the epoch stops
+    after the batch at hand, every process at the same one), with the callbacks at their points.
+    -> `loop`; loop.stopped says why it ended."""
+    stop = stop or StopRequest()  # not installed: never requested
+    for callback in loop.callbacks:
+        callback.on_train_start(loop)
+    while loop.state.epoch < loop.recipe.epochs and not loop.stopped:
+        train_epoch(loop, stop)
+        if loop.state.batch:  # stopped mid-epoch: the checkpoint says where, so resuming replays exactly
+            loop.stopped = "request"
+            for callback in loop.callbacks:
+                callback.on_checkpoint(loop, False)
+            break
+        started = time.perf_counter()
+        val_loss, val_acc = validate(loop)
+        row, improved = end_epoch(loop.state, loop.scheduler, loop.per_batch, val_loss, val_acc,
+                                  time.perf_counter() - started)
+        for callback in loop.callbacks:
+            callback.on_checkpoint(loop, improved)
+        for callback in loop.callbacks:
+            callback.on_epoch_end(loop, row, improved)
+        patience = loop.recipe.early_stop_patience
+        if patience and loop.state.bad_epochs >= patience:
+            loop.stopped = "early"
+        elif loop.ddp.any_rank(stop.requested)[0]:  # Ctrl-C during validation or the callbacks
+            loop.stopped = "request"
+    for callback in loop.callbacks:
+        callback.on_train_end(loop)
+    return loop
+
+
 # ---- fit: all of it in this process -----------------------------------------------------------
 
 @dataclass
@@ -310,30 +372,26 @@ class _OnDevice:
 
 
 def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu", amp=False, channels_last=True,
-        progress=None, **settings) -> FitResult:
+        progress=None, callbacks=(), **settings) -> FitResult:
     """Train `model` in this process on the (images, labels) batches of `train_loader` with the
-    optimizer, schedule, loss and egrr settings of `recipe` (e.g. cnnscope.runs.recipes.get_recipe
+    optimizer, schedule, loss and early stopping of `recipe` (e.g. cnnscope.runs.recipes.get_recipe
     ("basic")), any of its fields overridden by `settings` (epochs=5, lr=0.05, ...); after each
-    epoch, loss and accuracy on `val_loader` (nan without one). `progress`: a rich Progress, or None.
+    epoch, loss and accuracy on `val_loader` (nan without one). A model's own schedule follows the
+    recipe through its hooks (cnnscope.core.hooks). `progress`: a rich Progress, or None;
+    `callbacks`: Callback objects, called at the loop's points. `channels_last`: the weights in
+    channels_last where the model gives the same logits so on the first training images
+    (core.memory_format), else contiguous.
     """
     recipe = dataclasses.replace(recipe, **settings)
     device = resolve_device(device)
     model.to(device)
     if channels_last:
+        with torch.random.fork_rng(devices=[]):  # the probe batch draws no sample of the run's order
+            probe = next(iter(train_loader))[0][:4].to(device)
+        channels_last = not channels_last_refusal(model, probe)  # a speed choice, never a correctness one
+    if channels_last:
         to_channels_last(model)
-    optimizer = build_optimizer(model, recipe)
-    scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
-    step = TrainStep(model, optimizer, nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-                     torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, compiled=False), scheduler if per_batch else None)
-    state, ddp = LoopState(), Dist(device=device)
-    train_batches = _OnDevice(train_loader, device)
     val_batches = _OnDevice(val_loader, device) if val_loader is not None else None
-    while state.epoch < recipe.epochs:
-        train_epoch(step, train_batches, state, StopRequest(), ddp, progress, f"epoch {state.epoch + 1}",
-                    lambda epoch: follow_schedule(model, recipe, epoch))
-        started = time.perf_counter()
-        val_loss, val_acc = (validate(model, val_batches, device, amp, ddp, progress, recipe.tta_hflip)
-                             if val_batches is not None else (math.nan, math.nan))
-        end_epoch(state, scheduler, per_batch, val_loss, val_acc, time.perf_counter() - started)
-    return FitResult(model, state.history, state.best_acc, state.best_epoch)
+    loop = run_loop(make_loop(model, _OnDevice(train_loader, device), val_batches, recipe, device, amp=amp,
+                              channels_last=channels_last, callbacks=callbacks, progress=progress))
+    return FitResult(model, loop.state.history, loop.state.best_acc, loop.state.best_epoch)

@@ -35,13 +35,12 @@ import torch.nn as nn
 from cnnscope.core import summary
 from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResult, median_seconds, sync,
                                  time_training, warm_up)
-from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
 from cnnscope.core.roofline import step_min_bytes
 from cnnscope.core.runtime import autocast, compile_errors, compile_model, resolve_device, split_batch
 from cnnscope.core.distributed import Dist, init_distributed, training_model
-from cnnscope.core.training import TrainStep, build_optimizer
+from cnnscope.core.training import make_step
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
 from cnnscope.runs import datasets, launch, loaders, machine, recipes
@@ -60,7 +59,8 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     """
     device, amp, procs = check_settings(batch_size, device, steps, compile, amp, procs)
     recipe = recipes.get_recipe(spec)
-    input_shape, flops, params, step_bytes = probe_model(spec, ctor, input_shape, batch_size, device, procs, recipe)
+    input_shape, flops, params, step_bytes, channels_last = probe_model(
+        spec, ctor, input_shape, batch_size, device, channels_last, reporter.step, procs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
@@ -126,19 +126,26 @@ def check_settings(batch_size, device, steps, compile, amp, procs):
     return device, amp, procs
 
 
-def probe_model(spec, ctor, input_shape, batch_size, device, procs, recipe) -> tuple[tuple, int, int, int]:
-    """Before any process starts or any batch is allocated: the model can train on this input here.
-    -> (input shape, forward FLOPs per image, parameters, the least bytes a training step of the
-    whole batch moves in all `procs` processes: cnnscope.core.roofline)."""
+def probe_model(spec, ctor, input_shape, batch_size, device, channels_last=False, say=None,
+                procs=1) -> tuple[tuple, int, int, int, bool]:
+    """Before any process starts or any batch is allocated: the model can train on this input here,
+    and, when `channels_last` is asked for, gives the same logits on channels_last batches (random
+    ones: loaders.contiguous_reason, which `say`s where not). -> (input shape, forward FLOPs per image,
+    parameters, the least bytes a training step of the whole batch moves in all `procs` processes
+    (cnnscope.core.roofline), whether the bench runs in channels_last)."""
     from cnnscope.runs.spec import build_model
 
     probe = build_model(spec, ctor or {})
     input_shape = check_input(probe, input_shape, spec, batch=batch_size, training=True, device=device)
     classifier_outputs(probe, input_shape, spec)
     flops = 2 * summary.summarize(probe, input_shape, spec).macs
+    recipe = recipes.get_recipe(spec)
     states = 2 if recipe.optimizer == "adamw" else int(recipe.momentum > 0)  # Adam's two moments, SGD's momentum
     step_bytes = procs * step_min_bytes(probe, input_shape, split_batch(batch_size, procs), states).total
-    return input_shape, flops, sum(p.numel() for p in probe.parameters()), step_bytes
+    if channels_last:
+        x = torch.randn(loaders.PROBE_IMAGES, *input_shape, generator=torch.Generator().manual_seed(0))
+        channels_last = not loaders.contiguous_reason(probe, x, spec, say)
+    return input_shape, flops, sum(p.numel() for p in probe.parameters()), step_bytes, channels_last
 
 
 def bench_model(spec, ctor, device, channels_last, seed=0) -> nn.Module:
@@ -161,10 +168,8 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
     with torch.no_grad():
         num_classes = model.eval()(x[:1]).shape[1]
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    step = TrainStep(training_model(model, ddp, compile), build_optimizer(model, recipe),
-                     nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-                     torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, compile))
+    step = make_step(model, recipe, device, amp, compile)
+    step.model = training_model(model, ddp, compile)
     model.train()
     return model, lambda: step(x, y)
 

@@ -1,9 +1,9 @@
 """`cnnscope train MODEL`: train a model with its recipe and write the run folder reports/<run>/.
 
 Read top to bottom: options -> launching (one process, or --procs data-parallel ones) -> the run's
-parts (data, model, optimizer and schedule) -> the epoch loop (cnnscope.core.training's epoch,
-validation, log, checkpoint) -> test evaluation of best.pth. The files of the run folder are
-written by cnnscope.runs.train_files.
+parts (data, model, and cnnscope.core.training's loop over them: a runs.training_run.TrainingRun)
+-> the loop, with the run's callbacks: its checkpoints (runs.train_state), files (runs.train_files)
+and console lines and bar (runs.train_console) -> test evaluation of best.pth.
 
 Reproducibility: an epoch's data order and augmentation are a function of (seed, epoch, rank);
 everything else random (dropout, Gumbel noise) draws from the global RNGs, which every checkpoint
@@ -15,7 +15,6 @@ trains on its shard of every epoch and validates its share with rank 0's batch-n
 CUDA SyncBatchNorm; on the CPU DDP broadcasts rank 0's before every forward); rank 0 writes and prints.
 """
 import dataclasses
-import json
 import os
 import time
 from contextlib import ExitStack
@@ -26,23 +25,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
-from cnnscope.core.probe import classifier_outputs, input_channels
-from cnnscope.core.runtime import capture_rng, compile_errors, resolve_device, seed_all, split_batch
-from cnnscope.core.distributed import Dist, init_distributed, training_model
-from cnnscope.core.training import (LoopState, NonFiniteLoss, StopRequest, TrainStep, build_optimizer,
-                                    build_scheduler, end_epoch, follow_schedule, reduced_depth, train_epoch, validate)
-from cnnscope.errors import CnnscopeError
+from cnnscope.core.probe import check_input, classifier_outputs, input_channels
+from cnnscope.core.runtime import compile_errors, resolve_device, seed_all, split_batch
+from cnnscope.core.distributed import Dist, init_distributed
+from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
+from cnnscope.errors import CnnscopeError, SpecError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
-from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
-from cnnscope.runs.train_console import RunBar, epoch_line, n_params, opening_line, run_eta, say
+from cnnscope.runs.checkpoint import load_checkpoint
+from cnnscope.runs.runfiles import RunMetrics
+from cnnscope.runs.train_console import Console, RunBar, closing_line, far_below, warn
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
-from cnnscope.runs.train_state import init_weights, restore_run
-from cnnscope.runs.train_files import (run_config, write_json, write_log_and_metrics,
-                                       write_model_texts)
+from cnnscope.runs.train_state import Checkpoints, init_weights, restore_run
+from cnnscope.runs.training_run import TrainingRun
+from cnnscope.runs.train_files import RunFiles, run_config, write_json, write_model_texts
 
 
 # ---- launching --------------------------------------------------------------------------------
@@ -90,9 +88,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
     """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
     for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
     from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
-
-    Returns (model, the constructor keywords actually used).
-    """
+    -> (model, the constructor keywords actually used)."""
     import inspect
 
     from cnnscope.runs.spec import build_model, resolve_target
@@ -110,10 +106,11 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
         ctor.setdefault("in_channels", input_shape[0])
     model = build_model(spec, ctor)
     shape = (input_channels(model) or input_shape[0], *input_shape[1:])
+    check_input(model, shape, opts.spec, batch=opts.recipe.batch_size, training=True)  # the estimate --input has
     with torch.random.fork_rng(devices=[]):
         outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:
-        raise CnnscopeError(
+        raise SpecError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
             f"classes: the model must return (batch, {num_classes}) logits. Give the ctor keyword "
             f"num_classes={num_classes} if its constructor takes another name for it.", arguments=("ctor",),
@@ -129,33 +126,6 @@ class TrainResult:
     metrics: dict
     interrupted: bool = False
     resume_command: str = ""
-
-
-@dataclass
-class RunParts:
-    """What one run trains with, made by the setup functions below and read by the epoch loop."""
-    opts: TrainOptions
-    run_dir: Path
-    ddp: Dist
-    device: torch.device
-    console: object
-    reporter: Reporter  # preparation lines (stderr) and the verbosity
-    amp: bool
-    ds: datasets.Dataset
-    train_loader: object
-    select_loader: object
-    net: nn.Module  # the weights; `step.model` may wrap them (DDP, compiled)
-    step: TrainStep
-    scheduler: object
-    per_batch: bool
-    skipping: bool = False  # DDP looks for the weights that egrr's depth warm-up leaves unused
-    state: LoopState = dataclasses.field(default_factory=LoopState)
-    settings: dict = dataclasses.field(default_factory=dict)  # egrr's depth and tau at the last batch
-    config: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def selected_on(self) -> str:
-        return "val" if self.ds.val is not None else "test"
 
 
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
@@ -187,7 +157,7 @@ def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Datas
     one_first = not datasets.loads_from_files(opts.recipe.dataset, opts.data_dir)
     if one_first and not ddp.is_main:
         ddp.barrier()
-    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
+    reporter.step(datasets.loading_line(opts.recipe.dataset, opts.data_dir, opts.recipe.image_size))
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
                                image_size=opts.recipe.image_size)
     if opts.train_subset:
@@ -210,15 +180,14 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    if opts.channels_last is not False:
-        to_channels_last(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return net, dataclasses.replace(opts, ctor=ctor), note
 
 
-def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> RunParts:
-    """Data, model, optimizer, schedule and the training step of the run."""
+def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> TrainingRun:
+    """Data, model (channels_last where it gives the same logits so: loaders.contiguous_reason),
+    optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
     ds = setup_data(opts, ddp, reporter)
@@ -226,26 +195,23 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     if note:
         console.print(note)
     ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    probe = loaders.first_images(ds.train, ds, device=device)  # the memory format: a speed choice only
+    contiguous_because = "asked for (channels_last off)" if opts.channels_last is False else \
+        loaders.contiguous_reason(net, probe, opts.spec, lambda line: console.print(line, markup=False))
+    if not contiguous_because:
+        to_channels_last(net)
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     reporter.detail(f"loaders: {opts.aug_backend} backend, {rank_batch} images per process and batch")
+    batches = dict(device=str(device), rank=ddp.rank, world_size=ddp.world_size, channels_last=not contiguous_because)
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
-                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                       rank=ddp.rank, world_size=ddp.world_size)
+                                       backend=opts.aug_backend, seed=opts.seed, **batches)
     select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                        batch_size=max(256, recipe.batch_size), device=str(device),
-                                        rank=ddp.rank, world_size=ddp.world_size)
-    optimizer = build_optimizer(net, recipe)
-    scheduler, per_batch = build_scheduler(optimizer, recipe, len(train_loader))
-    first_epoch = resume_ckpt["loop"]["epoch"] if resume_ckpt is not None else 0
-    skipping = ddp.world_size > 1 and reduced_depth(net, recipe, first_epoch)
-    step = TrainStep(training_model(net, ddp, opts.compile, skipping), optimizer,
-                     nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-                     torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, opts.compile), scheduler if per_batch else None)
+                                        batch_size=max(256, recipe.batch_size), **batches)
+    loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile,
+                     channels_last=not contiguous_because)
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
-    return RunParts(opts, run_dir, ddp, device, console, reporter, amp, ds, train_loader, select_loader, net, step,
-                    scheduler, per_batch, skipping)
+    return TrainingRun(opts, run_dir, console, reporter, ds, loop, contiguous_because=contiguous_because)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -258,118 +224,53 @@ def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, r
     ddp.barrier()
 
 
-def start_run(run: RunParts, resume_ckpt) -> None:
+def start_run(run: TrainingRun, resume_ckpt) -> None:
     """The resumed state (weights, optimizer, schedule, loop, RNG) or fresh RNGs; config.json and
-    the model texts; the run's opening lines."""
-    ddp = run.ddp
+    the model texts."""
+    ddp, step = run.loop.ddp, run.loop.step
     if resume_ckpt is not None:
-        restore_run(run, resume_ckpt)
+        restore_run(run.loop, resume_ckpt)
     else:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
         if ddp.is_main:  # a run of the user's own model keeps a copy of its source
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
-    run.config = run_config(run.opts, ddp, run.device, run.amp, run.opts.channels_last is not False, run.selected_on,
+    run.config = run_config(run.opts, ddp, step.device, step.amp, run.contiguous_because, run.selected_on,
                             datasets.describe(run.ds))
+    run.metrics = RunMetrics.read(run.run_dir) if resume_ckpt is not None else RunMetrics(run.run_dir)
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
             run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
-            write_model_texts(run.run_dir, run.net, run.ds.input_shape)
-    state = run.state
-    say(run, opening_line(run))
-    if state.epoch or state.batch:
-        say(run, f"Resuming at epoch {state.epoch + 1}" + (f", batch {state.batch + 1}" if state.batch else ""))
+            run.metrics.update(write_model_texts(run.run_dir, run.loop.net, run.ds.input_shape))
 
 
-def checkpoint_run(run: RunParts, names: list[str]) -> None:
-    """Checkpoint the current state as checkpoints/<name> for each name (every rank must call)."""
-    rng = run.ddp.gather(capture_rng())
-    if not run.ddp.is_main:
-        return
-    opts, ds, step = run.opts, run.ds, run.step
-    ckpt = {
-        "model_spec": opts.spec, "ctor": opts.ctor, "model": run.net.state_dict(),
-        "optimizer": step.optimizer.state_dict(), "scheduler": run.scheduler.state_dict() if run.scheduler else None,
-        "scaler": step.scaler.state_dict(), "epoch": run.state.epoch, "best_metric": run.state.best_acc,
-        "loop": dataclasses.asdict(run.state), "rng": rng, "config": run.config, "model_settings": run.settings,
-        "dataset": ds.name, "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
-        "input_shape": list(ds.input_shape),
-    }
-    for name in names:
-        save_checkpoint(ckpt, run.run_dir / "checkpoints" / name)
+# ---- the loop --------------------------------------------------------------------------------
 
-
-# ---- the epoch loop ---------------------------------------------------------------------------
-
-def run_epochs(run: RunParts) -> TrainResult:
-    """Epochs until the recipe's last, an early stop or a stop request; then the closing evaluation."""
-    stop, recipe = StopRequest(), run.opts.recipe
+def run_epochs(run: TrainingRun) -> TrainResult:
+    """The loop, with the run's checkpoints, files, console lines and bar as its callbacks, until the
+    recipe's last epoch, an early stop or a stop request; then the closing evaluation."""
+    stop, loop = StopRequest(), run.loop
     with stop.installed(), progress_bar(run.console, stats=True, quiet=run.reporter.verbosity == QUIET) as progress:
-        batches = len(run.train_loader)
-        run_bar = RunBar(progress, batches, recipe.epochs, run.state.epoch * batches + run.state.batch)
-        while run.state.epoch < recipe.epochs:
-            train_one_epoch(run, stop, run_bar.for_epoch(run.state.epoch))
-            if run.state.batch:  # stopped mid-epoch: the checkpoint says where, so resuming replays exactly
-                checkpoint_run(run, ["last.pth"])
-                return interrupted(run)
-            if not close_epoch(run, progress):
-                break
-            if run.ddp.any_rank(stop.requested)[0]:  # Ctrl-C during validation or saving
-                return interrupted(run)
-    return finish(run)
-
-
-def train_one_epoch(run: RunParts, stop: StopRequest, progress) -> None:
-    epoch, opts = run.state.epoch, run.opts
-    run.train_loader.set_epoch(epoch)
-
-    def before_batch(at: float):
-        """egrr's depth and tau, kept for the checkpoints (the inspections read them); once its depth
-        warm-up is over, mid-epoch too, a DDP that stops looking for unused weights (it finds none)."""
-        run.settings = follow_schedule(run.net, opts.recipe, at)
-        if run.skipping and run.settings.get("depth") is None:
-            run.skipping = False
-            run.step.model = training_model(run.net, run.ddp, opts.compile, skips_steps=False)
-    try:
-        with compile_errors(opts.compile):
-            train_epoch(run.step, run.train_loader, run.state, stop, run.ddp, progress,
-                        f"epoch {epoch + 1}/{opts.recipe.epochs}", before_batch)
-    except NonFiniteLoss as e:
-        kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
-        raise CnnscopeError(
-            f"Training stopped: the loss became {e} in epoch {epoch + 1}, so the weights are no longer "
-            f"usable and nothing from this epoch was saved{kept}. Lower lr, set grad_clip "
-            "(e.g. 5), or check the data.", arguments=("lr", "grad_clip"),
-        ) from None
-
-
-def close_epoch(run: RunParts, progress) -> bool:
-    """Validate, log, checkpoint and report the epoch just trained; False for an early stop."""
-    opts, state = run.opts, run.state
-    started = time.perf_counter()
-    run.ddp.share_buffers(run.net)  # the validated model is the one checkpointed
-    val_loss, val_acc = validate(run.net, run.select_loader, run.device, run.amp, run.ddp, progress,
-                                 run.opts.recipe.tta_hflip)
-    row, improved = end_epoch(state, run.scheduler, run.per_batch, val_loss, val_acc, time.perf_counter() - started)
-    names = ["last.pth"] + (["best.pth"] if improved else [])
-    if opts.save_every and state.epoch % opts.save_every == 0:
-        names.append(f"epoch_{state.epoch:03d}.pth")
-    checkpoint_run(run, names)
-    if run.ddp.is_main:
-        write_log_and_metrics(run.run_dir, opts, state, n_params(run.net), run.ds.name, run.selected_on)
-    say(run, epoch_line(row, opts.recipe.epochs, run.selected_on, improved, run_eta(state.history, opts.recipe.epochs)))
-    run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
-    patience = opts.recipe.early_stop_patience
-    if patience and state.bad_epochs >= patience:
-        say(run, f"Early stop: the {run.selected_on} loss has not improved for {state.bad_epochs} epochs.")
-        return False
-    return True
+        loop.progress = progress
+        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress)]
+        try:
+            with compile_errors(run.opts.compile):
+                run_loop(loop, stop)
+        except NonFiniteLoss as e:
+            epoch = loop.state.epoch
+            kept = f"; checkpoints/last.pth still holds epoch {epoch}" if epoch else ""
+            raise CnnscopeError(
+                f"Training stopped: the loss became {e} in epoch {epoch + 1}, so the weights are no longer "
+                f"usable and nothing from this epoch was saved{kept}. Lower lr, set grad_clip "
+                "(e.g. 5), or check the data.", arguments=("lr", "grad_clip"),
+            ) from None
+    return interrupted(run) if loop.stopped == "request" else finish(run)
 
 
 # ---- the end: stopped, or done ----------------------------------------------------------------
 
-def interrupted(run: RunParts) -> TrainResult:
-    state, ddp, batches = run.state, run.ddp, len(run.train_loader)
+def interrupted(run: TrainingRun) -> TrainResult:
+    state, ddp, batches = run.loop.state, run.loop.ddp, len(run.loop.train_loader)
     where = f"epoch {state.epoch + 1}, batch {state.batch}/{batches}" if state.batch else f"the end of epoch {state.epoch}"
     under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
     command = resume_command(run.run_dir, run.opts, ddp.world_size if under_torchrun else 0)
@@ -378,19 +279,18 @@ def interrupted(run: RunParts) -> TrainResult:
     return TrainResult(run.run_dir, {}, interrupted=True, resume_command=command)
 
 
-def finish(run: RunParts) -> TrainResult:
+def finish(run: TrainingRun) -> TrainResult:
     """The test evaluation of best.pth and the curves (rank 0), and the closing summary."""
     from cnnscope.runs.evaluate import evaluate_run
 
-    if not run.ddp.is_main:
+    if not run.loop.ddp.is_main:
         return TrainResult(run.run_dir, {})
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
-    result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.device), trust_spec=True,
-                          reporter=run.reporter, dataset=run.ds)
-    metrics = json.loads((run.run_dir / "metrics.json").read_text())
-    run.console.print(
-        f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
-        f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
-    )
+    result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
+                          reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
+                          channels_last=run.loop.channels_last)
+    metrics = run.metrics.values
+    warn(run, far_below(run))
+    run.console.print(closing_line(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

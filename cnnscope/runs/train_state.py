@@ -1,46 +1,85 @@
-"""Where a run's state comes from when it does not start from scratch: a resumed checkpoint (with
-its schedule re-planned when the run was extended to more epochs), or another run's weights
-(--init-from: transfer, with a new classifier head when the class count differs).
+"""A run's state across the lives of its processes: the checkpoints the loop saves (the Checkpoints
+callback), a resumed checkpoint restored (with its schedule re-planned when the run was extended to
+more epochs), or another run's weights (--init-from: transfer, with a new classifier head when the
+class count differs).
 """
+import dataclasses
 import warnings
 
 import torch
 import torch.nn as nn
 
-from cnnscope.core.runtime import restore_rng
-from cnnscope.core.training import LoopState
-from cnnscope.errors import CnnscopeError
-from cnnscope.runs.checkpoint import load_checkpoint
+from cnnscope.core.callbacks import Callback
+from cnnscope.core.runtime import capture_rng, restore_rng
+from cnnscope.core.training import Loop, LoopState
+from cnnscope.errors import RunError
+from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnscope.runs.training_run import TrainingRun
 
 
-def restore_run(run, ckpt: dict) -> None:
-    """Weights, optimizer, schedule, scaler, loop and this rank's RNG of a resumed run."""
-    run.net.load_state_dict(ckpt["model"])
-    run.step.optimizer.load_state_dict(ckpt["optimizer"])
-    run.step.scaler.load_state_dict(ckpt["scaler"])
-    run.state = LoopState(**ckpt["loop"])
+class Checkpoints(Callback):
+    """checkpoints/last.pth at every checkpoint of the loop; best.pth at the best epoch's;
+    epoch_<N>.pth every save_every epochs. Every rank hands its RNG state to rank 0, which writes."""
+
+    def __init__(self, run: TrainingRun):
+        self.run = run
+
+    def on_checkpoint(self, loop: Loop, improved: bool) -> None:
+        every, epoch = self.run.opts.save_every, loop.state.epoch
+        names = ["last.pth"] + (["best.pth"] if improved else [])
+        if every and not loop.state.batch and epoch % every == 0:
+            names.append(f"epoch_{epoch:03d}.pth")
+        save_run(self.run, names)
+        self.run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
+
+
+def save_run(run: TrainingRun, names: list[str]) -> None:
+    """Checkpoint the run's state as checkpoints/<name> for each name (every rank must call)."""
+    loop = run.loop
+    rng = loop.ddp.gather(capture_rng())
+    if not loop.ddp.is_main:
+        return
+    opts, ds, step, state = run.opts, run.ds, loop.step, loop.state
+    ckpt = {
+        "model_spec": opts.spec, "ctor": opts.ctor, "model": loop.net.state_dict(),
+        "optimizer": step.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict() if loop.scheduler else None,
+        "scaler": step.scaler.state_dict(), "epoch": state.epoch, "best_metric": state.best_acc,
+        "loop": dataclasses.asdict(state), "rng": rng, "config": run.config, "model_settings": loop.settings,
+        "dataset": ds.name, "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
+        "input_shape": list(ds.input_shape),
+    }
+    for name in names:
+        save_checkpoint(ckpt, run.run_dir / "checkpoints" / name)
+
+
+def restore_run(loop: Loop, ckpt: dict) -> None:
+    """Weights, optimizer, schedule, scaler, loop state and this rank's RNG of a resumed run."""
+    loop.net.load_state_dict(ckpt["model"])
+    loop.step.optimizer.load_state_dict(ckpt["optimizer"])
+    loop.step.scaler.load_state_dict(ckpt["scaler"])
+    loop.state = LoopState(**ckpt["loop"])
     planned = ckpt["config"]["options"]["recipe"]["epochs"]
-    if run.opts.recipe.epochs != planned:
-        run.state.bad_epochs = 0  # asked for more epochs: early stopping counts afresh
-    restore_schedule(run, ckpt["scheduler"], planned)
-    restore_rng(ckpt["rng"][run.ddp.rank % len(ckpt["rng"])])
+    if loop.recipe.epochs != planned:
+        loop.state.bad_epochs = 0  # asked for more epochs: early stopping counts afresh
+    restore_schedule(loop, ckpt["scheduler"], planned)
+    restore_rng(ckpt["rng"][loop.ddp.rank % len(ckpt["rng"])])
 
 
-def restore_schedule(run, saved_state, planned_epochs: int) -> None:
+def restore_schedule(loop: Loop, saved_state, planned_epochs: int) -> None:
     """The scheduler where the checkpoint left it. A run extended beyond the `planned_epochs` gets its
     schedule re-planned for the new length, as if it had been started with it, at the step it
     reached: a OneCycle or cosine LR returns to where the longer schedule is at that step, step
     milestones move with the length; a plateau schedule has no length and keeps its state. Step
     milestones saved by an older cnnscope counted epochs, not batches: those are replayed too."""
-    scheduler = run.scheduler
+    scheduler = loop.scheduler
     if scheduler is None:
         return
-    same_plan = (run.opts.recipe.epochs == planned_epochs
+    same_plan = (loop.recipe.epochs == planned_epochs
                  and dict(saved_state.get("milestones") or {}) == dict(getattr(scheduler, "milestones", {})))
     if same_plan or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.load_state_dict(saved_state)
         return
-    done = run.state.epoch * len(run.train_loader) + run.state.batch if run.per_batch else run.state.epoch
+    done = loop.state.epoch * len(loop.train_loader) + loop.state.batch if loop.per_batch else loop.state.epoch
     with warnings.catch_warnings():  # stepping before optimizer.step() is what a replay does
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(done):
@@ -65,7 +104,7 @@ def init_weights(model: nn.Module, checkpoint, num_classes: int) -> str:
         problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                     for what, keys in (("missing in the checkpoint", missing), ("not in the model", unexpected),
                                        ("of other shapes", differ)) if keys]
-        raise CnnscopeError(
+        raise RunError(
             f"The weights of {checkpoint} (model {ckpt['model_spec']!r}) do not fit this model: tensors "
             f"{'; '.join(problems)}. init_from takes the weights of the same architecture; only the "
             "classifier head may differ, in its number of classes.", arguments=("init_from",),
