@@ -67,7 +67,7 @@ def model_steps(name: str, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    plain, compiled = fastconv.CpuTrainingOps(False), fastconv.CpuTrainingOps(True)
+    plain, compiled = fastconv.CpuTrainingOps(model, False), fastconv.CpuTrainingOps(model, True)
     return {"plain": lambda: step(plain), "fused": lambda: step(compiled)}
 
 
@@ -88,11 +88,11 @@ def chain_calls(cls, shape) -> dict:
     if cls is DivisiveNorm:
         x, module = maps(), DivisiveNorm()
         plain, args = module, (x,)
-        compiled = lambda x: fused.fused_chain(DivisiveNorm)(x, module.eps)  # noqa: E731
+        compiled = lambda x: fused.fused_chain(DivisiveNorm.fusable_chain, "DivisiveNorm")(x, module.eps)  # noqa: E731
     else:
         n, _, h, w = shape
         args = (torch.softmax(torch.randn(n, 3, h, w), 1).requires_grad_(), maps(), maps(), maps())
-        plain, compiled = cls.chain, fused.fused_chain(cls)
+        plain, compiled = cls.fusable_chain, fused.fused_chain(cls.fusable_chain, cls.__name__)
     return {"plain": lambda: plain(*args).backward(g), "fused": lambda: compiled(*args).backward(g)}
 
 

@@ -1,21 +1,7 @@
-"""Layers shared by several model families, and `fusable`, the mark of a module whose forward holds a
-chain of elementwise and stencil operations that a trainer may run fused."""
+"""Layers shared by several model families."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-FUSABLE = []  # the classes marked by `fusable`, in the order they were defined
-
-
-def fusable(cls):
-    """Marks a module class whose forward computes what `cls.chain` computes (a static function of
-    tensors and numbers: the plain operations), or calls `cls.fused` instead where a trainer has set
-    it to a function computing the same numbers in fewer passes over memory. cnnscope's CPU training
-    step sets it while it trains; otherwise it is None and the analyses see the operations one by
-    one."""
-    cls.fused = None
-    FUSABLE.append(cls)
-    return cls
 
 
 class ConvBlock(nn.Module):
@@ -76,10 +62,11 @@ class BlurPool2d(nn.Module):
         return F.conv2d(x, self.kernel, stride=self.stride, padding=1, groups=x.shape[1])
 
 
-@fusable
 class DivisiveNorm(nn.Module):
     """Divisive normalisation (cortical gain control): y = x / (mean_3x3(|x|) + eps). No parameters.
-    The plain forward calls its `pool` module, so that analyses see it as a layer."""
+    The plain forward calls its `pool` module, so that analyses see it as a layer; a trainer may run
+    `fusable_chain` fused instead (cnnscope.core.hooks)."""
+    fused_chain = None
 
     def __init__(self, eps=1e-3):
         super().__init__()
@@ -87,10 +74,10 @@ class DivisiveNorm(nn.Module):
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)
 
     @staticmethod
-    def chain(x, eps: float):
+    def fusable_chain(x, eps: float):
         return x / (F.avg_pool2d(x.abs(), 3, stride=1, padding=1) + eps)
 
     def forward(self, x):
-        if DivisiveNorm.fused is not None:
-            return DivisiveNorm.fused(x, self.eps)
+        if self.fused_chain is not None:
+            return self.fused_chain(x, self.eps)
         return x / (self.pool(x.abs()) + self.eps)

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import fusable
 from .registry import register
 
 # (channels, recursion steps T, stride) per stage, from the seed README.
@@ -83,10 +82,11 @@ class EntropyGate(nn.Module):
         return probs, variance
 
 
-@fusable
 class GatedDilatedDepthwise(nn.Module):
     """ONE depthwise 3x3 kernel (no bias) applied at every dilation of EntropyGate.DILATIONS; the
-    outputs are mixed per pixel by the gate probabilities."""
+    outputs are mixed per pixel by the gate probabilities, which a trainer may run fused
+    (`fusable_chain`: cnnscope.core.hooks)."""
+    fused_chain = None
 
     def __init__(self, channels):
         super().__init__()
@@ -94,7 +94,7 @@ class GatedDilatedDepthwise(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     @staticmethod
-    def chain(probs, *branches):
+    def fusable_chain(probs, *branches):
         """The branches mixed per pixel: sum over i of probs[:, i] * branches[i]."""
         out = 0
         for i, branch in enumerate(branches):
@@ -104,7 +104,7 @@ class GatedDilatedDepthwise(nn.Module):
     def forward(self, x, probs):
         branches = [F.conv2d(x, self.weight, padding=dilation, dilation=dilation, groups=x.shape[1])
                     for dilation in EntropyGate.DILATIONS]
-        return (GatedDilatedDepthwise.fused or GatedDilatedDepthwise.chain)(probs, *branches)
+        return (self.fused_chain or self.fusable_chain)(probs, *branches)
 
 
 class ISNorm(nn.Module):

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from cnnscope import zoo
-from cnnscope.core import fastconv, fused
+from cnnscope.core import fastconv, fused, hooks
 from cnnscope.core.fold import to_channels_last
-from cnnscope.zoo.blocks import FUSABLE, DivisiveNorm
+from cnnscope.zoo.blocks import DivisiveNorm
 from cnnscope.zoo.egrr import GatedDilatedDepthwise
 
 
@@ -35,7 +35,7 @@ def test_compiled_weight_grad_equals_the_conv(compiled_ops):
 
 
 def chain_args(cls) -> tuple:
-    """Arguments for cls.chain: maps of 3 images, 6 channels, 9 x 7, and eps (DivisiveNorm) or gate
+    """Arguments for cls.fusable_chain: maps of 3 images, 6 channels, 9 x 7, and eps (DivisiveNorm) or gate
     probabilities and three branches (egrr's mixing)."""
     torch.manual_seed(0)
 
@@ -52,9 +52,10 @@ def test_a_compiled_chain_equals_the_plain_one(compiled_ops, cls):
     """Forward and the gradients of every tensor argument; DivisiveNorm's plain one is the module's
     forward (with its pool module)."""
     args = chain_args(cls)
-    want = DivisiveNorm(eps=args[1])(args[0]) if cls is DivisiveNorm else cls.chain(*args)
-    got = fused.fused_chain(cls)(*args)
-    assert not fused.fused_chain(cls).failed
+    want = DivisiveNorm(eps=args[1])(args[0]) if cls is DivisiveNorm else cls.fusable_chain(*args)
+    compiled = fused.fused_chain(cls.fusable_chain, cls.__name__)
+    got = compiled(*args)
+    assert not compiled.failed
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     g = torch.randn_like(want)
     inputs = [a for a in args if isinstance(a, torch.Tensor)]
@@ -63,17 +64,22 @@ def test_a_compiled_chain_equals_the_plain_one(compiled_ops, cls):
 
 
 def test_the_hooks_are_set_only_inside_the_training_step(monkeypatch):
+    """egrr's GatedDilatedDepthwise modules (one per recursive block) are found through the hook they
+    declare, and get their compiled chain only while the step's context is entered."""
     cpu = torch.device("cpu")
-    assert FUSABLE == [DivisiveNorm, GatedDilatedDepthwise]
+    model = zoo.build("egrr", stem_channels=8, stages=((8, 2, 1), (16, 2, 2)))
+    modules = hooks.fusable_modules(model)
+    assert len(modules) == 2 and all(isinstance(m, GatedDilatedDepthwise) for m in modules)
+    assert len(hooks.fusable_modules(zoo.build("ectied"))) == 1 and not hooks.fusable_modules(zoo.build("basic"))
     monkeypatch.setenv(fused.COMPILED_OPS_ENV, "1")
-    with fastconv.training_ops(cpu, compiled=False):
-        assert all(cls.fused is fused.fused_chain(cls) for cls in FUSABLE)
-    assert all(cls.fused is None for cls in FUSABLE)
+    with fastconv.training_ops(model, cpu, compiled=False):
+        assert all(m.fused_chain is fused.fused_chain(m.fusable_chain, "") for m in modules)
+    assert all(m.fused_chain is None for m in modules)
     monkeypatch.setenv(fused.COMPILED_OPS_ENV, "0")
-    ops = fastconv.training_ops(cpu, compiled=False)
+    ops = fastconv.training_ops(model, cpu, compiled=False)
     with ops:
-        assert all(cls.fused is None for cls in FUSABLE) and not ops.mode.compiled
-    assert isinstance(fastconv.training_ops(cpu, compiled=True), contextlib.nullcontext)  # a compiled model
+        assert all(m.fused_chain is None for m in modules) and not ops.mode.compiled
+    assert isinstance(fastconv.training_ops(model, cpu, compiled=True), contextlib.nullcontext)  # a compiled model
 
 
 def test_a_failing_compiler_leaves_the_plain_operations(monkeypatch):
@@ -104,12 +110,12 @@ def test_a_training_step_with_the_fused_passes_matches(compiled_ops):
 
     def loss_and_grads(compiled):
         torch.manual_seed(1)  # the same gate noise
-        with fastconv.CpuTrainingOps(compiled):
+        with fastconv.CpuTrainingOps(model, compiled):
             loss = model(x).logsumexp(1).sum()
         return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
 
     plain, compiled = loss_and_grads(False), loss_and_grads(True)
     assert not fused.tap_sums.failed
-    assert not fused.fused_chain(GatedDilatedDepthwise).failed
+    assert not fused.fused_chain(GatedDilatedDepthwise.fusable_chain, "").failed
     for a, b in zip(compiled, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

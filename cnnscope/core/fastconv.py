@@ -1,9 +1,9 @@
 """A fast backward for dilated depthwise convs, and the fused passes, for training on the CPU.
 
-`training_ops(device, compiled)` is what a training forward runs under: on the CPU, CpuTrainingOps:
-FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through DilatedDepthwiseConv,
-and the compiled fused passes of cnnscope.core.fused (its weight gradient; the chains of the zoo's
-fusable modules).
+`training_ops(net, device, compiled)` is what a training forward of `net` runs under: on the CPU,
+CpuTrainingOps: FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through
+DilatedDepthwiseConv, and the compiled fused passes of cnnscope.core.fused (its weight gradient;
+the chains of the modules that declare one: cnnscope.core.hooks).
 """
 from contextlib import nullcontext
 
@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from cnnscope.core import fused
+from cnnscope.core import fused, hooks
 from cnnscope.core.runtime import pair
-from cnnscope.zoo.blocks import FUSABLE
 
 
 class DilatedDepthwiseConv(torch.autograd.Function):
@@ -120,30 +119,31 @@ class FastDilatedDepthwise(TorchFunctionMode):
 
 class CpuTrainingOps:
     """FastDilatedDepthwise and, with `compiled`, the fused passes of cnnscope.core.fused: the
-    dilated depthwise weight gradient, and the chain of every module class the zoo marks fusable
-    (its `fused`, set only while this is entered). Entered once per training forward."""
+    dilated depthwise weight gradient, and the chain of every module of `net` that declares one
+    (hooks.fusable_modules: its `fused_chain`, set only while this is entered). Entered once per
+    training forward."""
 
-    def __init__(self, compiled: bool):
-        self.compiled = compiled
+    def __init__(self, net: torch.nn.Module, compiled: bool):
         self.mode = FastDilatedDepthwise(compiled)
+        self.chains = [(module, fused.fused_chain(module.fusable_chain, type(module).__name__))
+                       for module in hooks.fusable_modules(net)] if compiled else []
 
     def __enter__(self):
         self.mode.__enter__()
-        if self.compiled:
-            for cls in FUSABLE:
-                cls.fused = fused.fused_chain(cls)
+        for module, chain in self.chains:
+            module.fused_chain = chain
         return self
 
     def __exit__(self, *exc):
-        for cls in FUSABLE:
-            cls.fused = None
+        for module, _ in self.chains:
+            module.fused_chain = None
         return self.mode.__exit__(*exc)
 
 
-def training_ops(device: torch.device, compiled: bool):
-    """What a training forward runs under: on the CPU CpuTrainingOps, with the compiled fused passes
-    unless CNNSCOPE_COMPILED_OPS=0 (cuDNN has fast dilated depthwise kernels; a compiled model,
-    `compiled`, makes its own choices), else nothing."""
+def training_ops(net: torch.nn.Module, device: torch.device, compiled: bool):
+    """What a training forward of `net` runs under: on the CPU CpuTrainingOps, with the compiled
+    fused passes unless CNNSCOPE_COMPILED_OPS=0 (cuDNN has fast dilated depthwise kernels; a compiled
+    model, `compiled`, makes its own choices), else nothing."""
     if device.type != "cpu" or compiled:
         return nullcontext()
-    return CpuTrainingOps(fused.compiled_ops_enabled())
+    return CpuTrainingOps(net, fused.compiled_ops_enabled())

@@ -3,9 +3,9 @@ elementwise and stencil operations becomes one loop over memory instead of one p
 
 - `tap_sums`: the weight gradient of a dilated depthwise conv (cnnscope.core.fastconv), every tap's
   product of the shifted input and the output gradient summed in one kernel that writes no product;
-- `fused_chain(cls)`: the `chain` of a zoo module class marked `fusable` (cnnscope.zoo.blocks):
-  DivisiveNorm (ectied: |x|, its 3x3 mean, + eps and the division) and egrr's GatedDilatedDepthwise
-  (the gate's per-pixel mixing of three dilations), forward and backward.
+- `fused_chain(function, what)`: the `fusable_chain` a module declares (cnnscope.core.hooks): the
+  zoo's DivisiveNorm (ectied: |x|, its 3x3 mean, + eps and the division) and egrr's
+  GatedDilatedDepthwise (the gate's per-pixel mixing of three dilations), forward and backward.
 
 Not among them, because inductor's kernels measured no faster than aten's (benchmarks/README.md):
 batch norm + ReLU (its per-channel reductions), egrr's local variance (3x3 means that leave out
@@ -75,8 +75,8 @@ tap_sums = Compiled(_tap_sums, "the depthwise weight gradient")
 _chains = {}
 
 
-def fused_chain(cls) -> Compiled:
-    """The compiled `chain` of a fusable zoo class (one per class)."""
-    if cls not in _chains:
-        _chains[cls] = Compiled(cls.chain, cls.__name__)
-    return _chains[cls]
+def fused_chain(function, what: str) -> Compiled:
+    """The compiled `function`, a module's fusable_chain (one per function, named `what`)."""
+    if function not in _chains:
+        _chains[function] = Compiled(function, what)
+    return _chains[function]

@@ -116,7 +116,7 @@ class TrainStep:
     device: torch.device
     amp: bool = False
     grad_clip: float = 0.0
-    fast_ops: object = field(default_factory=nullcontext)  # training_ops(device, compiled)
+    fast_ops: object = field(default_factory=nullcontext)  # training_ops(model, device, compiled)
     batch_scheduler: object = None
 
     def __call__(self, x, y):
@@ -141,7 +141,7 @@ def make_step(net: nn.Module, recipe, device: torch.device, amp=False, compiled=
     gradient scaler for `amp`; step.model is `net` until a caller wraps it (DDP, compiled)."""
     return TrainStep(net, build_optimizer(net, recipe), nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
                      torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, compiled))
+                     training_ops(net, device, compiled))
 
 
 # ---- the loop's state -------------------------------------------------------------------------
