@@ -1,12 +1,12 @@
-"""The compiled fused passes of CPU training (cnnscope.core.fused), measured: one training step of
-each zoo model with them and without, in the same process, in alternating rounds (so both see the
-same load), and each fused operation on its own at the shapes where the zoo runs it.
+"""The compiled fused passes of CPU training with --compile (cnnscope.core.fused), measured: one
+training step of each zoo model with them and without, in the same process, in alternating rounds
+(so both see the same load), and each fused operation on its own at the shapes where the zoo runs it.
 
 A step is one process of `cnnscope train`'s data-parallel pair: --batch images (64: half of the
 recipes' 128) on --threads threads, channels_last, SGD, forward + backward + optimizer step under
-the training step's context (cnnscope.core.fastconv.CpuTrainingOps), with the compiled passes and
-without. The first calls compile (their time is printed, not counted); the median of --rounds
-timed calls is compared.
+the training step's context (cnnscope.core.fastconv.training_ops), with the compiled passes (as
+`cnnscope train --compile` runs on the CPU) and without. The first calls compile (their time is
+printed, not counted); the median of --rounds timed calls is compared.
 
     python benchmarks/fused_passes.py                       # every model (~10 min on 2 cores)
     python benchmarks/fused_passes.py --models ectied --rounds 9
@@ -67,7 +67,8 @@ def model_steps(name: str, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    plain, compiled = fastconv.CpuTrainingOps(model, False), fastconv.CpuTrainingOps(model, True)
+    cpu = torch.device("cpu")
+    plain, compiled = fastconv.training_ops(model, cpu, False), fastconv.training_ops(model, cpu, True)
     return {"plain": lambda: step(plain), "fused": lambda: step(compiled)}
 
 

@@ -5,10 +5,11 @@ into a temporary git worktree, imported from there) and then from this checkout,
 other, so that both see the machine in the same state; the table gives both, their ratio and the
 fractions of the machine's matmul peak and of the memory roofline (`cnnscope bench`'s yardsticks,
 cached per machine: `cnnscope bench basic --measure-peak` on a quiet machine first). Without
---before, only this checkout is measured.
+--before, only this checkout is measured. --compile: this checkout's bench with --compile (on the
+CPU the training step's compiled fused passes, cnnscope.core.fused).
 
     python benchmarks/zoo_speed.py --before 2e3a232          # before/after table (~10 min on 2 cores)
-    python benchmarks/zoo_speed.py --models tiny egrr --steps 3
+    python benchmarks/zoo_speed.py --models tiny egrr --steps 3 --compile
 """
 import argparse
 import json
@@ -23,11 +24,11 @@ MODELS = {"basic": [], "tiny": [], "dilated": [], "ectied": [], "egrr": [],
           "swrn": ["--ctor", "depth=16", "--ctor", "width=4"]}  # swrn at a size whose step fits the bench
 
 
-def bench(checkout: Path, model: str, steps: int) -> dict:
-    """`cnnscope bench MODEL` run with the code of `checkout`."""
+def bench(checkout: Path, model: str, steps: int, *options) -> dict:
+    """`cnnscope bench MODEL` (with `options`) run with the code of `checkout`."""
     env = dict(os.environ, PYTHONPATH=str(checkout))
     command = [sys.executable, "-m", "cnnscope", "bench", model, *MODELS[model], "--steps", str(steps),
-               "--format", "json", "--quiet"]
+               "--format", "json", "--quiet", *options]
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"bench {model} failed in {checkout}:\n{done.stderr}")
@@ -53,6 +54,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--json", type=Path, help="also write every bench result here")
+    parser.add_argument("--compile", action="store_true", help="this checkout's bench with --compile")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     results = {}
@@ -65,7 +67,8 @@ def main():
             for model in args.models:
                 model_load = os.getloadavg()[0]
                 before = bench(old, model, args.steps) if args.before else None
-                results[model] = {"before": before, "after": bench(ROOT, model, args.steps), "load": model_load}
+                after = bench(ROOT, model, args.steps, *(["--compile"] if args.compile else []))
+                results[model] = {"before": before, "after": after, "load": model_load}
                 print(row(model, before, results[model]["after"], model_load), flush=True)
         finally:
             if args.before:

@@ -10,15 +10,6 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_compiled_ops():
-    """Training steps run without the compiled fused passes (compiling takes seconds per shape and
-    process); tests/test_fused.py turns them on and checks them."""
-    from cnnscope.core import fused
-
-    os.environ[fused.COMPILED_OPS_ENV] = "0"
-
-
-@pytest.fixture(autouse=True, scope="session")
 def machine_cache(tmp_path_factory):
     """`cnnscope bench` reads the machine's peak and bandwidth from cnnscope's cache folder, measuring
     them (seconds) when they are not there: in tests a folder of the session's, holding made-up ones

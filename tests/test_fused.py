@@ -9,18 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from cnnscope import zoo
-from cnnscope.core import fastconv, fused, hooks
+from cnnscope.core import fastconv, fused, hooks, runtime, training
 from cnnscope.core.fold import to_channels_last
+from cnnscope.runs import recipes
 from cnnscope.zoo.blocks import DivisiveNorm
 from cnnscope.zoo.egrr import GatedDilatedDepthwise
 
 
-@pytest.fixture
-def compiled_ops(monkeypatch):
-    monkeypatch.setenv(fused.COMPILED_OPS_ENV, "1")
-
-
-def test_compiled_weight_grad_equals_the_conv(compiled_ops):
+def test_compiled_weight_grad_equals_the_conv():
     """A rectangular dilation, taps reaching past the map."""
     torch.manual_seed(0)
     n, c, hw, dilation = 3, 5, (12, 10), (3, 6)
@@ -48,7 +44,7 @@ def chain_args(cls) -> tuple:
 
 
 @pytest.mark.parametrize("cls", [DivisiveNorm, GatedDilatedDepthwise], ids=lambda cls: cls.__name__)
-def test_a_compiled_chain_equals_the_plain_one(compiled_ops, cls):
+def test_a_compiled_chain_equals_the_plain_one(cls):
     """Forward and the gradients of every tensor argument; DivisiveNorm's plain one is the module's
     forward (with its pool module)."""
     args = chain_args(cls)
@@ -63,23 +59,31 @@ def test_a_compiled_chain_equals_the_plain_one(compiled_ops, cls):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_the_hooks_are_set_only_inside_the_training_step(monkeypatch):
-    """egrr's GatedDilatedDepthwise modules (one per recursive block) are found through the hook they
-    declare, and get their compiled chain only while the step's context is entered."""
+def test_the_fused_passes_run_only_in_compiled_training():
+    """Without compile, the CPU step runs FastDilatedDepthwise with its eager weight gradient and every
+    module as it is; compiled, egrr's GatedDilatedDepthwise modules (one per recursive block), found
+    through the hook they declare, get their compiled chain only while the step's context is entered,
+    and the model itself stays eager. On CUDA compile means the whole model, and no passes."""
     cpu = torch.device("cpu")
     model = zoo.build("egrr", stem_channels=8, stages=((8, 2, 1), (16, 2, 2)))
     modules = hooks.fusable_modules(model)
     assert len(modules) == 2 and all(isinstance(m, GatedDilatedDepthwise) for m in modules)
     assert len(hooks.fusable_modules(zoo.build("ectied"))) == 1 and not hooks.fusable_modules(zoo.build("basic"))
-    monkeypatch.setenv(fused.COMPILED_OPS_ENV, "1")
-    with fastconv.training_ops(model, cpu, compiled=False):
+    plain = fastconv.training_ops(model, cpu, compiled=False)
+    assert type(plain) is fastconv.FastDilatedDepthwise and not plain.compiled
+    with plain:
+        assert all(m.fused_chain is None for m in modules)
+    compiled = fastconv.training_ops(model, cpu, compiled=True)
+    assert compiled.mode.compiled
+    with compiled:
         assert all(m.fused_chain is fused.fused_chain(m.fusable_chain, "") for m in modules)
     assert all(m.fused_chain is None for m in modules)
-    monkeypatch.setenv(fused.COMPILED_OPS_ENV, "0")
-    ops = fastconv.training_ops(model, cpu, compiled=False)
-    with ops:
-        assert all(m.fused_chain is None for m in modules) and not ops.mode.compiled
-    assert isinstance(fastconv.training_ops(model, cpu, compiled=True), contextlib.nullcontext)  # a compiled model
+    recipe = recipes.get_recipe("egrr")
+    loop = training.make_loop(model, [None], None, recipe, cpu, compiled=True)  # as train --compile builds it
+    assert not loop.compiled and type(loop.step.fast_ops) is fastconv.CompiledPasses
+    assert type(training.make_loop(model, [None], None, recipe, cpu).step.fast_ops) is fastconv.FastDilatedDepthwise
+    assert not runtime.compiles_whole_model(cpu, True) and runtime.compiles_whole_model(torch.device("cuda"), True)
+    assert isinstance(fastconv.training_ops(model, torch.device("cuda"), compiled=True), contextlib.nullcontext)
 
 
 def test_a_failing_compiler_leaves_the_plain_operations(monkeypatch):
@@ -101,7 +105,7 @@ def test_a_failing_compiler_leaves_the_plain_operations(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_training_step_with_the_fused_passes_matches(compiled_ops):
+def test_a_training_step_with_the_fused_passes_matches():
     """A whole forward and backward of a one-stage egrr (the gate's mixing, dilated depthwise convs
     at dilations 2 and 4) under the training step's context, compiled passes against plain ones:
     the same loss and gradients."""
@@ -110,7 +114,7 @@ def test_a_training_step_with_the_fused_passes_matches(compiled_ops):
 
     def loss_and_grads(compiled):
         torch.manual_seed(1)  # the same gate noise
-        with fastconv.CpuTrainingOps(model, compiled):
+        with fastconv.training_ops(model, torch.device("cpu"), compiled):
             loss = model(x).logsumexp(1).sum()
         return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
 

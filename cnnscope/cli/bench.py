@@ -15,7 +15,10 @@ from cnnscope.cli.common import (
 @device_option()
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed steps of each measurement (after 3 warm-up steps).")
-@click.option("--compile", "compile", is_flag=True, help="torch.compile the model (compiles during warm-up).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile as `cnnscope train --compile` does (on CUDA the model, on the CPU the training "
+                   "step's fused passes; the inference model on either): slower first batches, faster steps after. "
+                   "It compiles during the warm-up, which warmup_s includes.")
 @click.option("--amp/--no-amp", default=None, help="float16 autocast (CUDA only) [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and input in channels_last memory format.")
@@ -70,7 +73,7 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
     Examples:
       cnnscope bench basic
       cnnscope bench dilated --batch-size 256 --steps 10 --format json
-      cnnscope bench basic --compile --procs 1
+      cnnscope bench egrr --compile
       cnnscope bench tiny --measure-peak
       cnnscope bench swrn --ctor depth=16 --ctor width=4 --device cuda
     """

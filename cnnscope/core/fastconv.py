@@ -1,9 +1,10 @@
 """A fast backward for dilated depthwise convs, and the fused passes, for training on the CPU.
 
 `training_ops(net, device, compiled)` is what a training forward of `net` runs under: on the CPU,
-CpuTrainingOps: FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through
-DilatedDepthwiseConv, and the compiled fused passes of cnnscope.core.fused (its weight gradient;
-the chains of the modules that declare one: cnnscope.core.hooks).
+FastDilatedDepthwise, which routes every dilated depthwise F.conv2d through DilatedDepthwiseConv,
+and in compiled training CompiledPasses: that, and the compiled fused passes of
+cnnscope.core.fused (its weight gradient; the chains of the modules that declare one:
+cnnscope.core.hooks).
 """
 from contextlib import nullcontext
 
@@ -117,16 +118,15 @@ class FastDilatedDepthwise(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class CpuTrainingOps:
-    """FastDilatedDepthwise and, with `compiled`, the fused passes of cnnscope.core.fused: the
-    dilated depthwise weight gradient, and the chain of every module of `net` that declares one
-    (hooks.fusable_modules: its `fused_chain`, set only while this is entered). Entered once per
-    training forward."""
+class CompiledPasses:
+    """FastDilatedDepthwise with the fused passes of cnnscope.core.fused: the dilated depthwise
+    weight gradient, and the chain of every module of `net` that declares one (hooks.fusable_modules:
+    its `fused_chain`, set only while this is entered). Entered once per training forward."""
 
-    def __init__(self, net: torch.nn.Module, compiled: bool):
-        self.mode = FastDilatedDepthwise(compiled)
+    def __init__(self, net: torch.nn.Module):
+        self.mode = FastDilatedDepthwise(compiled=True)
         self.chains = [(module, fused.fused_chain(module.fusable_chain, type(module).__name__))
-                       for module in hooks.fusable_modules(net)] if compiled else []
+                       for module in hooks.fusable_modules(net)]
 
     def __enter__(self):
         self.mode.__enter__()
@@ -141,9 +141,9 @@ class CpuTrainingOps:
 
 
 def training_ops(net: torch.nn.Module, device: torch.device, compiled: bool):
-    """What a training forward of `net` runs under: on the CPU CpuTrainingOps, with the compiled
-    fused passes unless CNNSCOPE_COMPILED_OPS=0 (cuDNN has fast dilated depthwise kernels; a compiled
-    model, `compiled`, makes its own choices), else nothing."""
-    if device.type != "cpu" or compiled:
+    """What a training forward of `net` runs under: on the CPU FastDilatedDepthwise, and with
+    `compiled` CompiledPasses (the model stays eager there: runtime.compiles_whole_model); elsewhere
+    nothing (cuDNN has fast dilated depthwise kernels; `compiled` compiles the whole model)."""
+    if device.type != "cpu":
         return nullcontext()
-    return CpuTrainingOps(net, fused.compiled_ops_enabled())
+    return CompiledPasses(net) if compiled else FastDilatedDepthwise()

@@ -9,6 +9,9 @@ Everything runs on synthetic batches of the input size, so no dataset is read:
   with cores/N threads and 1/N of the batch; the gradient all-reduce is timed too);
 - inference: `torch.inference_mode`, batch norm folded into the convs, channels_last (what
   `cnnscope evaluate` and the per-epoch validation run);
+- with `compile`, as `cnnscope train --compile` trains: on CUDA the model compiled whole, on the
+  CPU the training step's fused passes compiled (cnnscope.core.fused; the model eager); the
+  inference model compiled whole on either;
 - the data path on its own: the training loader over a uint8 tensor with the recipe's AugmentSpec,
   for the in-process "batch" backend and for the seeds' albumentations backend (2 workers);
 - the achieved training FLOP/s, 3 x the forward FLOPs per image (forward, and a backward that costs
@@ -38,7 +41,8 @@ from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResu
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
 from cnnscope.core.roofline import step_min_bytes
-from cnnscope.core.runtime import autocast, compile_errors, compile_model, resolve_device, split_batch
+from cnnscope.core.runtime import (autocast, compile_errors, compile_model, compiles_whole_model, resolve_device,
+                                   split_batch)
 from cnnscope.core.distributed import Dist, init_distributed, training_model
 from cnnscope.core.training import make_step
 from cnnscope.errors import CnnscopeError
@@ -57,7 +61,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     bandwidth again (else the cached ones, measured the first time). `reporter` (render.progress)
     draws a bar over the five measurements and says each one; verbose, also what it measured.
     """
-    device, amp, procs = check_settings(batch_size, device, steps, compile, amp, procs)
+    device, amp, procs = check_settings(batch_size, device, steps, amp, procs)
     recipe = recipes.get_recipe(spec)
     input_shape, flops, params, step_bytes, channels_last = probe_model(
         spec, ctor, input_shape, batch_size, device, channels_last, reporter.step, procs)
@@ -110,7 +114,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     )
 
 
-def check_settings(batch_size, device, steps, compile, amp, procs):
+def check_settings(batch_size, device, steps, amp, procs):
     """(device, amp, process count), or a clear error where the settings do not go together."""
     if steps < 1 or batch_size < 1:
         raise CnnscopeError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}.",
@@ -120,10 +124,7 @@ def check_settings(batch_size, device, steps, compile, amp, procs):
         amp = device.type == "cuda"
     elif amp and device.type != "cuda":
         raise CnnscopeError("amp (float16 autocast) runs on CUDA only; leave it off on the CPU.", arguments=("amp",))
-    procs = launch.resolve_procs(str(procs), batch_size, device.type)
-    if procs > 1 and compile:
-        raise CnnscopeError("compile is benchmarked in one process: set procs to 1.", arguments=("compile", "procs"))
-    return device, amp, procs
+    return device, amp, launch.resolve_procs(str(procs), batch_size, device.type)
 
 
 def probe_model(spec, ctor, input_shape, batch_size, device, channels_last=False, say=None,
@@ -169,7 +170,7 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
         num_classes = model.eval()(x[:1]).shape[1]
     y = torch.randint(0, num_classes, (batch_size,), device=device)
     step = make_step(model, recipe, device, amp, compile)
-    step.model = training_model(model, ddp, compile)
+    step.model = training_model(model, ddp, compiles_whole_model(device, compile))
     model.train()
     return model, lambda: step(x, y)
 
