@@ -26,6 +26,8 @@ OUT/compare.md.
 
     python benchmarks/compare_training.py                    # basic, fashion-mnist, 5 epochs, seeds 0 1 2
     python benchmarks/compare_training.py --dataset fake --epochs 1 --seeds 0 --speed-seeds 0 --bench-steps 1
+    python benchmarks/compare_training.py --dataset fake --epochs 1 --train-subset 128 --seeds 0 --speed-seeds \
+        --bench-steps 0                                      # the least with a pause (tests/test_compare_training.py)
 """
 import argparse
 import csv
@@ -227,15 +229,17 @@ def load_average() -> float:
 
 
 def pair_loops(args, seed: int, out: Path) -> list[Loop]:
-    """cnnscope's loop and the seeds' loop for one seed, writing into `out`."""
+    """cnnscope's loop and the seeds' loop for one seed (on the same --train-subset, if any),
+    writing into `out`."""
     python = sys.executable
+    subset = ["--train-subset", str(args.train_subset)] if args.train_subset else []
     fast = Loop("cnnscope", [python, "-m", "cnnscope", "train", args.model, "--dataset", args.dataset,
                              "--data-dir", args.data_dir, "--epochs", str(args.epochs), "--val-split", "0",
-                             "--seed", str(seed), "--out", str(out), "--name", "cnnscope", "--overwrite"],
+                             "--seed", str(seed), *subset, "--out", str(out), "--name", "cnnscope", "--overwrite"],
                 r"^\s*epoch\s+\d+/\d+\s+train loss", out / "cnnscope.stderr.log")
     seed_loop = Loop("seed_style", [python, str(HERE / "seed_style.py"), "--model", args.model, "--dataset",
                                     args.dataset, "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                                    "--seed", str(seed)],
+                                    "--seed", str(seed), *subset],
                      r'^\{"loop": "seed_style"', out / "seed_style.stderr.log")
     return [fast, seed_loop]
 
@@ -427,6 +431,8 @@ def main(argv=None):
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--epochs", type=int, default=5, help="Epochs of each loop in a pair.")
+    parser.add_argument("--train-subset", type=int, default=0, metavar="N",
+                        help="Both loops of a pair train on the same random N training images (0: all).")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="One pair of loops per seed.")
     parser.add_argument("--speed-seeds", type=int, nargs="*", default=[0, 1, 2],
                         help="One `cnnscope train --speed` run per seed (none: no speed runs).")
@@ -437,7 +443,8 @@ def main(argv=None):
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "target": args.target,
+    report = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "train_subset": args.train_subset,
+              "target": args.target,
               "paused_cpu_limit_s": PAUSED_CPU_LIMIT_S, "bench": None, "pairs": [], "accuracy": [], "speed": []}
     if args.bench_steps:
         report["bench"] = run_bench(args, out)

@@ -6,7 +6,9 @@ A step is one process of `cnnscope train`'s data-parallel pair: --batch images (
 recipes' 128) on --threads threads, channels_last, SGD, forward + backward + optimizer step under
 the training step's context (cnnscope.core.fastconv.training_ops), with the compiled passes (as
 `cnnscope train --compile` runs on the CPU) and without. The first calls compile (their time is
-printed, not counted); the median of --rounds timed calls is compared.
+printed, not counted) and must give the plain call's numbers (outputs, and gradients, each within
+1e-3 of its largest value: float rounding in another order), else the script stops without timing;
+then the median of --rounds timed calls is compared.
 
     python benchmarks/fused_passes.py                       # every model (~10 min on 2 cores)
     python benchmarks/fused_passes.py --models ectied --rounds 9
@@ -14,6 +16,7 @@ printed, not counted); the median of --rounds timed calls is compared.
 import argparse
 import os
 import statistics
+import sys
 import time
 
 from cnnscope.core.runtime import tune_cpu_runtime
@@ -50,9 +53,10 @@ def interleaved(calls: dict, rounds: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def model_steps(name: str, batch: int) -> dict:
-    """{"plain": step, "fused": step} of one model (the same weights, learning rate 0, so that both
-    steps see the same model every round)."""
+def model_steps(name: str, batch: int) -> tuple[dict, list]:
+    """({"plain": step, "fused": step}, the compiled passes the fused one runs) of one model (the same
+    weights, learning rate 0, so that both steps see the same model every round; each step returns
+    its loss and gradients)."""
     torch.manual_seed(0)
     model = to_channels_last(zoo.build(name, **MODELS[name])).train()
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -61,47 +65,72 @@ def model_steps(name: str, batch: int) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, nesterov=True)
 
     def step(ops):
+        torch.manual_seed(1)  # the same random draws (egrr's gate noise) in both
         with ops:
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return [loss, *(p.grad for p in model.parameters() if p.grad is not None)]
 
     cpu = torch.device("cpu")
     plain, compiled = fastconv.training_ops(model, cpu, False), fastconv.training_ops(model, cpu, True)
-    return {"plain": lambda: step(plain), "fused": lambda: step(compiled)}
+    passes = [fused.tap_sums, *(chain for _, chain in compiled.chains)]
+    return {"plain": lambda: step(plain), "fused": lambda: step(compiled)}, passes
 
 
-def weight_grad_calls(shape, dilation) -> dict:
+def weight_grad_calls(shape, dilation) -> tuple[dict, list]:
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     g = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     args = (x, g, (dilation, dilation), (3, 3), (dilation, dilation))
-    return {"plain": lambda: fastconv.depthwise_weight_grad(*args), "fused": lambda: fastconv.compiled_weight_grad(*args)}
+    return {"plain": lambda: [fastconv.depthwise_weight_grad(*args)],
+            "fused": lambda: [fastconv.compiled_weight_grad(*args)]}, [fused.tap_sums]
 
 
-def chain_calls(cls, shape) -> dict:
-    """A fusable zoo module's chain, forward + backward, plain and compiled: DivisiveNorm's module
-    forward, or egrr's mixing of three branches by gate probabilities."""
+def chain_calls(cls, shape) -> tuple[dict, list]:
+    """A fusable zoo module's chain, forward + backward (output and input gradients), plain and
+    compiled: DivisiveNorm's module forward, or egrr's mixing of three branches by gate probabilities."""
     def maps():
         return torch.randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
 
     g = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    chain = fused.fused_chain(cls.fusable_chain, cls.__name__)
     if cls is DivisiveNorm:
-        x, module = maps(), DivisiveNorm()
-        plain, args = module, (x,)
-        compiled = lambda x: fused.fused_chain(DivisiveNorm.fusable_chain, "DivisiveNorm")(x, module.eps)  # noqa: E731
+        module, args = DivisiveNorm(), (maps(),)
+        plain, compiled = module, lambda x: chain(x, module.eps)  # noqa: E731
     else:
         n, _, h, w = shape
         args = (torch.softmax(torch.randn(n, 3, h, w), 1).requires_grad_(), maps(), maps(), maps())
-        plain, compiled = cls.fusable_chain, fused.fused_chain(cls.fusable_chain, cls.__name__)
-    return {"plain": lambda: plain(*args).backward(g), "fused": lambda: compiled(*args).backward(g)}
+        plain, compiled = cls.fusable_chain, chain
+
+    def forward_backward(function):
+        out = function(*args)
+        return [out, *torch.autograd.grad(out, args, g)]
+
+    return {"plain": lambda: forward_backward(plain), "fused": lambda: forward_backward(compiled)}, [chain]
 
 
-def measure(what: str, calls: dict, rounds: int) -> None:
+def check_equal(what: str, results: dict, passes: list) -> None:
+    """Stop, naming `what`, unless every compiled pass compiled and the fused call's tensors equal the
+    plain call's, each within 1e-3 of its largest value (summation in another order)."""
+    failed = [compiled.what for compiled in passes if compiled.failed]
+    if failed:
+        sys.exit(f"{what}: compiling {', '.join(failed)} failed, so there is nothing fused to time.")
+    for i, (plain, fused_one) in enumerate(zip(results["plain"], results["fused"], strict=True)):
+        difference, largest = (plain - fused_one).abs().max().item(), plain.abs().max().item()
+        if not difference <= 1e-3 * largest:  # NaN fails too
+            sys.exit(f"{what}: tensor {i} of the fused call differs from the plain one by up to {difference:.3g} "
+                     f"(its largest value {largest:.3g}); not timed.")
+
+
+def measure(what: str, calls_and_passes: tuple[dict, list], rounds: int) -> None:
+    """Warm up (the first fused call compiles), check the fused call against the plain one, then
+    time them in alternating rounds: one table row."""
+    calls, passes = calls_and_passes
     started = time.perf_counter()
-    for call in calls.values():  # warm-up; the first fused call compiles
-        call()
+    results = {name: call() for name, call in calls.items()}
     warm = time.perf_counter() - started
+    check_equal(what, results, passes)
     load = os.getloadavg()[0]
     seconds = interleaved(calls, rounds)
     print(f"| {what} | {seconds['plain'] * 1e3:,.1f} | {seconds['fused'] * 1e3:,.1f} | "
