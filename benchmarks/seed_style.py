@@ -15,6 +15,7 @@ Prints one JSON object per epoch on stdout, e.g.
     python benchmarks/seed_style.py --model basic --dataset fashion-mnist --epochs 5
 """
 import argparse
+import dataclasses
 import json
 import time
 
@@ -24,7 +25,7 @@ import torch.nn as nn
 from cnnscope import zoo
 from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, recipes
-from cnnscope.runs.loaders import AlbumentationsDataset
+from cnnscope.runs.loaders import AlbumentationsDataset, subset
 
 
 class SeedDataset(torch.utils.data.Dataset):
@@ -77,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the recipe's]")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-subset", type=int, default=0, metavar="N",
+                        help="Train on the random N-image subset `cnnscope train --train-subset N` takes.")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
 
@@ -86,6 +89,8 @@ def main(argv=None):
                           "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
     ds = datasets.load_dataset(recipe.dataset, args.data_dir, val_split=0, seed=args.seed)
+    if args.train_subset:
+        ds = dataclasses.replace(ds, train=subset(ds.train, args.train_subset, args.seed))
     train_loader = make_loader(ds.train, ds, recipe.augment, recipe.batch_size, args.workers, True, device)
     test_loader = make_loader(ds.test, ds, AugmentSpec(), recipe.batch_size, args.workers, False, device)
 

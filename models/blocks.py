@@ -63,12 +63,21 @@ class BlurPool2d(nn.Module):
 
 
 class DivisiveNorm(nn.Module):
-    """Divisive normalisation (cortical gain control): y = x / (mean_3x3(|x|) + eps). No parameters."""
+    """Divisive normalisation (cortical gain control): y = x / (mean_3x3(|x|) + eps). No parameters.
+    The plain forward calls its `pool` module, so that analyses see it as a layer; a trainer may run
+    `fusable_chain` fused instead (cnnscope.core.hooks)."""
+    fused_chain = None
 
     def __init__(self, eps=1e-3):
         super().__init__()
         self.eps = eps
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)
 
+    @staticmethod
+    def fusable_chain(x, eps: float):
+        return x / (F.avg_pool2d(x.abs(), 3, stride=1, padding=1) + eps)
+
     def forward(self, x):
+        if self.fused_chain is not None:
+            return self.fused_chain(x, self.eps)
         return x / (self.pool(x.abs()) + self.eps)

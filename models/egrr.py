@@ -84,19 +84,27 @@ class EntropyGate(nn.Module):
 
 class GatedDilatedDepthwise(nn.Module):
     """ONE depthwise 3x3 kernel (no bias) applied at every dilation of EntropyGate.DILATIONS; the
-    outputs are mixed per pixel by the gate probabilities."""
+    outputs are mixed per pixel by the gate probabilities, which a trainer may run fused
+    (`fusable_chain`: cnnscope.core.hooks)."""
+    fused_chain = None
 
     def __init__(self, channels):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, 1, 3, 3))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x, probs):
+    @staticmethod
+    def fusable_chain(probs, *branches):
+        """The branches mixed per pixel: sum over i of probs[:, i] * branches[i]."""
         out = 0
-        for i, dilation in enumerate(EntropyGate.DILATIONS):
-            branch = F.conv2d(x, self.weight, padding=dilation, dilation=dilation, groups=x.shape[1])
+        for i, branch in enumerate(branches):
             out = out + probs[:, i:i + 1] * branch
         return out
+
+    def forward(self, x, probs):
+        branches = [F.conv2d(x, self.weight, padding=dilation, dilation=dilation, groups=x.shape[1])
+                    for dilation in EntropyGate.DILATIONS]
+        return (self.fused_chain or self.fusable_chain)(probs, *branches)
 
 
 class ISNorm(nn.Module):

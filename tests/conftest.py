@@ -1,3 +1,5 @@
+import json
+import os
 import textwrap
 
 import pytest
@@ -5,6 +7,20 @@ import torch
 
 # Two cores are shared by the whole suite: one intra-op thread per test process keeps it predictable.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def machine_cache(tmp_path_factory):
+    """`cnnscope bench` reads the machine's peak and bandwidth from cnnscope's cache folder, measuring
+    them (seconds) when they are not there: in tests a folder of the session's, holding made-up ones
+    (tests/test_roofline.py measures and caches)."""
+    from cnnscope.runs import machine
+
+    folder = tmp_path_factory.mktemp("cache")
+    record = {"peak_flops_per_s": 1e11, "bandwidth_bytes_per_s": 2e10, "load_average": 0.5, "threads": 1,
+              "measured_at": "2026-01-01T00:00:00"}
+    (folder / machine.CACHE_FILE).write_text(json.dumps({machine.machine_key(torch.device("cpu")): record}))
+    os.environ[machine.CACHE_ENV] = str(folder)
 
 
 @pytest.fixture

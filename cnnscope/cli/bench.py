@@ -15,16 +15,23 @@ from cnnscope.cli.common import (
 @device_option()
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed steps of each measurement (after 3 warm-up steps).")
-@click.option("--compile", "compile", is_flag=True, help="torch.compile the model (compiles during warm-up).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile as `cnnscope train --compile` does (on CUDA the model, on the CPU the training "
+                   "step's fused passes; the inference model on either): slower first batches, faster steps after. "
+                   "It compiles during the warm-up, which warmup_s includes.")
 @click.option("--amp/--no-amp", default=None, help="float16 autocast (CUDA only) [default: on with CUDA].")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Model and input in channels_last memory format.")
 @procs_option
 @seed_option(used_for="of the weights and the synthetic batches")
+@click.option("--measure-peak", is_flag=True,
+              help="Measure the machine's matmul peak and memory bandwidth again (best on a quiet machine) and "
+                   "cache them, unless the cached peak is higher; without it the cached ones are used, measured "
+                   "the first time.")
 @format_option()
 @verbosity_options
-def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, seed, fmt,
-              reporter):
+def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, channels_last, procs, seed,
+              measure_peak, fmt, reporter):
     """Training and inference speed of SPEC on synthetic batches, against this machine's peak.
 
     Measures training images/s (forward + backward + the recipe's optimizer step), inference
@@ -32,31 +39,42 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
     (the batch augmentation backend and, for comparison, the seeds' albumentations one with 2
     workers, on a uint8 tensor with the recipe's augmentation), the forward FLOPs per image
     (2 x MACs), the achieved training FLOP/s (3 x forward FLOPs x images/s) and its fraction of
-    the peak, and the peak memory. Each step time is the median of --steps timed steps.
+    the peak, the memory roofline and its fraction, and the peak memory. Each step time is the
+    median of --steps timed steps. Training runs as `cnnscope train` runs it: on the CPU in
+    --procs data-parallel processes (DistributedDataParallel, gloo; the all-reduce is timed too).
 
-    The peak is measured now, in the same rounds as the training steps: every training process
-    multiplies two 2048 x 2048 float32 matrices on its own threads, all at once, so the peak is
-    what the same processes and threads get from this machine under the same load. The fraction
-    says how much of the machine's dense arithmetic the training uses; it counts a convolution's
-    nominal multiply-adds, so a convolution computed with fewer (Winograd) can exceed 1.
-    Training runs as `cnnscope train` runs it: on the CPU in --procs data-parallel processes
-    (DistributedDataParallel, gloo; the all-reduce is timed too).
+    Two yardsticks of the machine, measured the first time (and with --measure-peak) before any
+    training process starts, with the load average of that moment, and cached per machine in
+    $CNNSCOPE_CACHE_DIR (default ~/.cache/cnnscope; a lower peak measured again is not kept: load
+    only slows a measurement down): the peak, the fastest of 12 float32
+    2048 x 2048 matmuls on all cores; the memory bandwidth, the fastest of 10 STREAM triads
+    (a = b + s*c over 128 MiB arrays). The fraction of peak counts a convolution's nominal
+    multiply-adds, so one computed with fewer (Winograd) can exceed 1. The memory roofline is the
+    batch over the least bytes a training step moves (every tensor entering or leaving a leaf module
+    written once and read once; weights, gradients and optimizer state read and written once)
+    divided by the bandwidth: no implementation trains faster on this machine. The matmul is also
+    timed in every training process in the same rounds as the steps ("matmul now"): what the load
+    of the moment leaves of the peak.
 
     \b
     JSON: {model, device, threads (per training process), procs, omp_wait_policy, batch_size,
       steps, input_shape, compile,
       amp, channels_last, augment, params, flops_per_image, train_images_per_s,
       infer_images_per_s, data_images_per_s, data_albumentations_images_per_s,
-      train_gflop_per_s, peak_gflop_per_s, peak_fraction, matmul_size, folded_batchnorms,
+      train_gflop_per_s, peak_gflop_per_s, peak_fraction, peak_load_average,
+      peak_measured_at (ISO time), peak_cached, matmul_now_gflop_per_s, bandwidth_gb_per_s,
+      step_min_bytes (the whole batch, all processes), roofline_images_per_s, roofline_fraction,
+      matmul_size, folded_batchnorms,
       peak_memory_mb, peak_memory_source ("cuda_max_allocated" | "cpu_max_rss": the process's
       peak RSS), warmup_s (training warm-up seconds, compilation included)}
-    Rates are images/s, FLOPs per image forward (2 x MACs), peak_fraction a ratio (0.5 = 50%).
+    Rates are images/s, FLOPs per image forward (2 x MACs), fractions ratios (0.5 = 50%).
 
     \b
     Examples:
       cnnscope bench basic
       cnnscope bench dilated --batch-size 256 --steps 10 --format json
-      cnnscope bench basic --compile --procs 1
+      cnnscope bench egrr --compile
+      cnnscope bench tiny --measure-peak
       cnnscope bench swrn --ctor depth=16 --ctor width=4 --device cuda
     """
     from cnnscope.runs import bench
@@ -64,5 +82,5 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
 
     result = bench.bench(spec, parse_key_values(ctor), batch_size=batch_size, device=device, steps=steps,
                          compile=compile, amp=amp, channels_last=channels_last, input_shape=input_shape,
-                         procs=procs, seed=seed, reporter=reporter)
+                         procs=procs, seed=seed, measure_peak=measure_peak, reporter=reporter)
     emit(fmt, result)

@@ -68,7 +68,11 @@ DATASETS_HELP = (
                    "logits on channels_last batches (e.g. a forward's x.view(x.size(0), -1)) gets contiguous ones, "
                    "and the run says so [default: on].")
 @click.option("--compile/--no-compile", default=None,
-              help="torch.compile the model: slower first batches, faster steps after (see `cnnscope bench --compile`).")
+              help="torch.compile: slower first batches, faster steps after. On CUDA the whole model; on the CPU "
+                   "only the step's fused passes (DivisiveNorm, egrr's gate mixing, the dilated depthwise weight "
+                   "gradient; the model stays eager): minutes to compile the first time on a machine, 1.1-1.3x "
+                   "faster steps for ectied and egrr (`cnnscope bench --compile` measures it) [default: off; a "
+                   "resumed run keeps its own].")
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")

@@ -1,5 +1,6 @@
 """Timing a training or inference step: warm-up, the median of interleaved timed calls, this
-device's practical peak (a large float32 matmul), the peak memory, and BenchResult.
+device's practical peak (a large float32 matmul) and memory bandwidth (a STREAM triad), the peak
+memory, and BenchResult.
 
 Timing: warm-up steps are excluded, and a step's time is the median of the timed steps, so that a
 short burst of load from other processes does not decide the figure; the steps to compare (a
@@ -16,6 +17,9 @@ import torch
 from cnnscope.core.distributed import Dist
 
 WARMUP_STEPS = 3
+PEAK_ROUNDS = 12  # the fastest of these many matmuls is the peak: load only ever slows one down
+TRIAD_ROUNDS = 10
+TRIAD_ELEMENTS = 2**25  # 128 MiB per float32 array: far past any core's or socket's cache
 ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader, as the data path is benchmarked
 
 
@@ -40,8 +44,16 @@ class BenchResult:
     data_images_per_s: float  # batch backend
     data_albumentations_images_per_s: float
     train_gflop_per_s: float  # 3 x flops_per_image x train_images_per_s / 1e9
-    peak_gflop_per_s: float  # float32 matmuls in every training process at once, measured now
+    peak_gflop_per_s: float  # the machine's float32 matmul peak, measured when nothing else ran (cached)
     peak_fraction: float  # train_gflop_per_s / peak_gflop_per_s
+    peak_load_average: float  # the 1-minute load average when the peak and bandwidth were measured
+    peak_measured_at: str  # when (ISO time)
+    peak_cached: bool  # False: measured in this run
+    matmul_now_gflop_per_s: float  # float32 matmuls in every training process at once, in this run's load
+    bandwidth_gb_per_s: float  # the machine's memory bandwidth (STREAM triad), measured with the peak
+    step_min_bytes: int  # the least bytes a training step of the batch moves (cnnscope.core.roofline)
+    roofline_images_per_s: float  # batch_size x bandwidth / step_min_bytes: the memory roofline
+    roofline_fraction: float  # train_images_per_s / roofline_images_per_s
     matmul_size: int
     folded_batchnorms: int
     peak_memory_mb: float
@@ -90,6 +102,35 @@ def matmul_step(device, size=None):
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     return (lambda: a @ b), size, 2 * size**3
+
+
+def best_seconds(step, rounds, device) -> float:
+    """Seconds of the fastest of `rounds` timed calls of `step` (after one untimed call)."""
+    step()
+    sync(device)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_peak_flops(device, rounds=PEAK_ROUNDS) -> float:
+    """FLOP/s of the fastest of `rounds` matmul_steps, on all of this process's threads: the
+    machine's practical FMA peak, when nothing else runs."""
+    matmul, _, flops = matmul_step(device)
+    return flops / best_seconds(matmul, rounds, device)
+
+
+def triad_bytes_per_s(device, elements=TRIAD_ELEMENTS, rounds=TRIAD_ROUNDS) -> float:
+    """Memory bandwidth, STREAM's triad a = b + s * c over float32 arrays far larger than the caches,
+    the fastest of `rounds`, counted as STREAM counts it (3 arrays per pass: 2 read, 1 written)."""
+    b = torch.rand(elements, device=device)
+    c = torch.rand(elements, device=device)
+    a = torch.empty(elements, device=device)
+    return 3 * elements * 4 / best_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), rounds, device)
 
 
 def peak_memory_mb(device) -> tuple[float, str]:

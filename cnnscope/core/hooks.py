@@ -16,6 +16,12 @@ Every hook is optional: an nn.Module without any trains as it is.
     model.skips_weights() -> bool
         Whether a training forward at the present settings leaves some weights out of the graph
         (egrr in its depth warm-up): data-parallel training must then look for the unused ones.
+    module.fusable_chain(*tensors_and_numbers) -> tensor, with module.fused_chain = None
+        On any module in the model: a static function computing, with the plain operations, a chain
+        of elementwise and stencil operations of the module's forward (DivisiveNorm; egrr's gate
+        mixing), which the forward calls as `self.fused_chain` instead wherever that is set. The
+        trainer sets it, only while a training step runs, to a function computing the same numbers
+        in fewer passes over memory (cnnscope.core.fused); the analyses see the plain operations.
 """
 import torch.nn as nn
 
@@ -48,3 +54,8 @@ def load_settings(model: nn.Module, settings: dict) -> None:
 
 def skips_weights(model: nn.Module) -> bool:
     return bool(model.skips_weights()) if hasattr(model, "skips_weights") else False
+
+
+def fusable_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` that declare a fusable_chain, in model.modules() order."""
+    return [module for module in model.modules() if callable(getattr(module, "fusable_chain", None))]

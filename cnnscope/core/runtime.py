@@ -104,6 +104,14 @@ def compile_model(model):
                             arguments=("compile",)) from None
 
 
+def compiles_whole_model(device, compiled: bool) -> bool:
+    """Whether compiled training (`compiled`: train's and bench's --compile) compiles the whole model
+    on `device`: on CUDA. On the CPU the model runs eagerly and only the training step's fused
+    passes are compiled (cnnscope.core.fused): compiled whole, basic trained no faster there, a
+    BN + ReLU block ran 4-5x slower and egrr had not compiled after 8 minutes (benchmarks/README.md)."""
+    return compiled and device.type != "cpu"
+
+
 @contextmanager
 def compile_errors(enabled: bool = True):
     """Turn a torch.compile failure (raised at the first call of a compiled model) into a

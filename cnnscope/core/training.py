@@ -28,7 +28,7 @@ from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
 from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.core.metrics import predict
-from cnnscope.core.runtime import autocast, resolve_device
+from cnnscope.core.runtime import autocast, compiles_whole_model, resolve_device
 
 REPORT_EVERY = 10  # batches between progress refreshes and stop checks; each one waits for the device
 
@@ -116,7 +116,7 @@ class TrainStep:
     device: torch.device
     amp: bool = False
     grad_clip: float = 0.0
-    fast_ops: object = field(default_factory=nullcontext)  # training_ops(device, compiled)
+    fast_ops: object = field(default_factory=nullcontext)  # training_ops(model, device, compiled)
     batch_scheduler: object = None
 
     def __call__(self, x, y):
@@ -138,10 +138,11 @@ class TrainStep:
 
 def make_step(net: nn.Module, recipe, device: torch.device, amp=False, compiled=False) -> TrainStep:
     """The step of `recipe` for `net` (on `device`): its optimizer, loss and gradient clipping, a
-    gradient scaler for `amp`; step.model is `net` until a caller wraps it (DDP, compiled)."""
+    gradient scaler for `amp`, and the forward's training_ops (`compiled`: on the CPU with the
+    compiled fused passes); step.model is `net` until a caller wraps it (DDP, compiled)."""
     return TrainStep(net, build_optimizer(net, recipe), nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
                      torch.amp.GradScaler(device.type, enabled=amp), device, amp, recipe.grad_clip,
-                     training_ops(device, compiled))
+                     training_ops(net, device, compiled))
 
 
 # ---- the loop's state -------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class Loop:
     scheduler: object = None
     per_batch: bool = False  # the scheduler steps every batch (else every epoch)
     ddp: Dist = field(default_factory=Dist)
-    compiled: bool = False  # the step runs torch.compile's version of the model
+    compiled: bool = False  # the step runs torch.compile's version of the model (compiles_whole_model)
     channels_last: bool = True  # the model takes channels_last batches, so validation's copy does (core.memory_format)
     callbacks: list[Callback] = field(default_factory=list)
     progress: object = None  # a rich Progress showing each epoch and each validation, or None
@@ -188,12 +189,13 @@ def make_loop(net: nn.Module, train_loader, val_loader, recipe, device: torch.de
               compiled=False, channels_last=True, callbacks=(), progress=None) -> Loop:
     """The loop training `net` (on `device` already) with the step and schedule of `recipe`;
     `channels_last`: whether the model runs on channels_last batches (False: contiguous ones, for a
-    model that needs them: core.memory_format)."""
+    model that needs them: core.memory_format). `compiled`: the whole model compiled on CUDA, the
+    step's fused passes on the CPU (runtime.compiles_whole_model)."""
     step = make_step(net, recipe, device, amp, compiled)
     scheduler, per_batch = build_scheduler(step.optimizer, recipe, len(train_loader))
     step.batch_scheduler = scheduler if per_batch else None
     return Loop(net, step, train_loader, val_loader, recipe, scheduler, per_batch, ddp or Dist(device=device),
-                compiled, channels_last, list(callbacks), progress)
+                compiles_whole_model(device, compiled), channels_last, list(callbacks), progress)
 
 
 # ---- one epoch --------------------------------------------------------------------------------

@@ -9,11 +9,18 @@ Everything runs on synthetic batches of the input size, so no dataset is read:
   with cores/N threads and 1/N of the batch; the gradient all-reduce is timed too);
 - inference: `torch.inference_mode`, batch norm folded into the convs, channels_last (what
   `cnnscope evaluate` and the per-epoch validation run);
+- with `compile`, as `cnnscope train --compile` trains: on CUDA the model compiled whole, on the
+  CPU the training step's fused passes compiled (cnnscope.core.fused; the model eager); the
+  inference model compiled whole on either;
 - the data path on its own: the training loader over a uint8 tensor with the recipe's AugmentSpec,
   for the in-process "batch" backend and for the seeds' albumentations backend (2 workers);
 - the achieved training FLOP/s, 3 x the forward FLOPs per image (forward, and a backward that costs
-  about twice the forward) x images/s, against this machine's peak measured on the spot with a
-  large float32 matmul (cnnscope.core.bench says how steps are timed).
+  about twice the forward) x images/s, against this machine's float32 matmul peak, and the training
+  rate against the memory roofline: the least bytes a step moves (cnnscope.core.roofline) over the
+  machine's bandwidth (a STREAM triad). Both yardsticks are measured once when nothing else runs
+  and cached per machine (cnnscope.runs.machine); the matmul is also timed in the same rounds as the
+  training steps, which says how much of the peak the load of the moment leaves
+  (cnnscope.core.bench says how steps are timed).
 
 A data loader's rate is its images over the wall time of the timed batches (its workers run ahead,
 so single batches mean little).
@@ -33,34 +40,39 @@ from cnnscope.core.bench import (ALBUMENTATIONS_WORKERS, WARMUP_STEPS, BenchResu
                                  time_training, warm_up)
 from cnnscope.core.fold import inference_copy, to_channels_last
 from cnnscope.core.probe import check_input, classifier_outputs
-from cnnscope.core.runtime import autocast, compile_errors, compile_model, resolve_device, split_batch
+from cnnscope.core.roofline import step_min_bytes
+from cnnscope.core.runtime import (autocast, compile_errors, compile_model, compiles_whole_model, resolve_device,
+                                   split_batch)
 from cnnscope.core.distributed import Dist, init_distributed, training_model
 from cnnscope.core.training import make_step
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs import datasets, launch, loaders, recipes
+from cnnscope.runs import datasets, launch, loaders, machine, recipes
 
 DATA_MIN_BATCHES = 10  # a loader's rate needs more batches than its workers prefetch
 
 
 def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto", steps=20, compile=False,
-          amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", seed=0,
+          amp=None, channels_last=True, input_shape=(3, 32, 32), procs="auto", seed=0, measure_peak=False,
           reporter=SILENT) -> BenchResult:
     """Benchmark SPEC on `device` (see the module docstring). amp=None: on with CUDA. procs: the
     training processes, "auto" as `cnnscope train --procs auto` chooses (cnnscope.runs.launch).
-    `seed`: of the weights and the synthetic batches. `reporter` (render.progress) draws a bar over
-    the four measurements and says each one; verbose, also what it measured.
+    `seed`: of the weights and the synthetic batches. `measure_peak`: measure the machine's peak and
+    bandwidth again (else the cached ones, measured the first time). `reporter` (render.progress)
+    draws a bar over the five measurements and says each one; verbose, also what it measured.
     """
-    device, amp, procs = check_settings(batch_size, device, steps, compile, amp, procs)
+    device, amp, procs = check_settings(batch_size, device, steps, amp, procs)
     recipe = recipes.get_recipe(spec)
-    input_shape, flops, params, channels_last = probe_model(spec, ctor, input_shape, batch_size, device,
-                                                            channels_last, reporter.step)
+    input_shape, flops, params, step_bytes, channels_last = probe_model(
+        spec, ctor, input_shape, batch_size, device, channels_last, reporter.step, procs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     setup = dict(spec=spec, ctor=ctor or {}, batch_size=split_batch(batch_size, procs), device=str(device), amp=amp,
                  compile=compile, channels_last=channels_last, input_shape=list(input_shape), seed=seed)
-    with reporter.stages(4) as begin:
+    with reporter.stages(5) as begin:
+        begin("bench: the machine's peak and memory bandwidth")  # first, while no training process runs
+        yardsticks = machine.yardsticks(device, measure_peak)
         # the matmul peak is timed in the same rounds as the training steps: the same load for both
         begin("bench: training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
         if procs > 1:
@@ -83,7 +95,8 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
 
     train_rate = batch_size / timing["train"]
     achieved = 3 * flops * train_rate / 1e9
-    peak = timing["peak_flops_per_s"] / 1e9
+    peak = yardsticks["peak_flops_per_s"] / 1e9
+    roofline_rate = batch_size * yardsticks["bandwidth_bytes_per_s"] / step_bytes
     return BenchResult(
         model=spec, device=str(device), threads=threads, procs=procs,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), batch_size=batch_size, steps=steps,
@@ -92,12 +105,16 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
         train_images_per_s=train_rate, infer_images_per_s=batch_size / infer_seconds,
         data_images_per_s=data_rate, data_albumentations_images_per_s=album_rate,
         train_gflop_per_s=achieved, peak_gflop_per_s=peak, peak_fraction=achieved / peak,
+        peak_load_average=yardsticks["load_average"], peak_measured_at=yardsticks["measured_at"],
+        peak_cached=yardsticks["cached"], matmul_now_gflop_per_s=timing["peak_flops_per_s"] / 1e9,
+        bandwidth_gb_per_s=yardsticks["bandwidth_bytes_per_s"] / 1e9, step_min_bytes=step_bytes,
+        roofline_images_per_s=roofline_rate, roofline_fraction=train_rate / roofline_rate,
         matmul_size=timing["matmul_size"], folded_batchnorms=folded, peak_memory_mb=timing["memory_mb"],
         peak_memory_source=timing["memory_source"], warmup_s=timing["warmup_s"],
     )
 
 
-def check_settings(batch_size, device, steps, compile, amp, procs):
+def check_settings(batch_size, device, steps, amp, procs):
     """(device, amp, process count), or a clear error where the settings do not go together."""
     if steps < 1 or batch_size < 1:
         raise CnnscopeError(f"steps and batch_size must be at least 1, got {steps} and {batch_size}.",
@@ -107,28 +124,29 @@ def check_settings(batch_size, device, steps, compile, amp, procs):
         amp = device.type == "cuda"
     elif amp and device.type != "cuda":
         raise CnnscopeError("amp (float16 autocast) runs on CUDA only; leave it off on the CPU.", arguments=("amp",))
-    procs = launch.resolve_procs(str(procs), batch_size, device.type)
-    if procs > 1 and compile:
-        raise CnnscopeError("compile is benchmarked in one process: set procs to 1.", arguments=("compile", "procs"))
-    return device, amp, procs
+    return device, amp, launch.resolve_procs(str(procs), batch_size, device.type)
 
 
-def probe_model(spec, ctor, input_shape, batch_size, device, channels_last=False,
-                say=None) -> tuple[tuple, int, int, bool]:
+def probe_model(spec, ctor, input_shape, batch_size, device, channels_last=False, say=None,
+                procs=1) -> tuple[tuple, int, int, int, bool]:
     """Before any process starts or any batch is allocated: the model can train on this input here,
     and, when `channels_last` is asked for, gives the same logits on channels_last batches (random
     ones: loaders.contiguous_reason, which `say`s where not). -> (input shape, forward FLOPs per image,
-    parameters, whether the bench runs in channels_last)."""
+    parameters, the least bytes a training step of the whole batch moves in all `procs` processes
+    (cnnscope.core.roofline), whether the bench runs in channels_last)."""
     from cnnscope.runs.spec import build_model
 
     probe = build_model(spec, ctor or {})
     input_shape = check_input(probe, input_shape, spec, batch=batch_size, training=True, device=device)
     classifier_outputs(probe, input_shape, spec)
     flops = 2 * summary.summarize(probe, input_shape, spec).macs
+    recipe = recipes.get_recipe(spec)
+    states = 2 if recipe.optimizer == "adamw" else int(recipe.momentum > 0)  # Adam's two moments, SGD's momentum
+    step_bytes = procs * step_min_bytes(probe, input_shape, split_batch(batch_size, procs), states).total
     if channels_last:
         x = torch.randn(loaders.PROBE_IMAGES, *input_shape, generator=torch.Generator().manual_seed(0))
         channels_last = not loaders.contiguous_reason(probe, x, spec, say)
-    return input_shape, flops, sum(p.numel() for p in probe.parameters()), channels_last
+    return input_shape, flops, sum(p.numel() for p in probe.parameters()), step_bytes, channels_last
 
 
 def bench_model(spec, ctor, device, channels_last, seed=0) -> nn.Module:
@@ -152,7 +170,7 @@ def training_setup(spec, ctor, batch_size, device, amp, compile, channels_last, 
         num_classes = model.eval()(x[:1]).shape[1]
     y = torch.randint(0, num_classes, (batch_size,), device=device)
     step = make_step(model, recipe, device, amp, compile)
-    step.model = training_model(model, ddp, compile)
+    step.model = training_model(model, ddp, compiles_whole_model(device, compile))
     model.train()
     return model, lambda: step(x, y)
 

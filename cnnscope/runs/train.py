@@ -210,7 +210,8 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile,
                      channels_last=not contiguous_because)
     if opts.compile:
-        reporter.step("compiling the model with torch.compile: the first batches take longer")
+        what = "the model" if loop.compiled else "the step's fused passes"  # runtime.compiles_whole_model
+        reporter.step(f"compiling {what} with torch.compile: the first batches take longer")
     return TrainingRun(opts, run_dir, console, reporter, ds, loop, contiguous_because=contiguous_because)
 
 

@@ -34,7 +34,7 @@ class TrainOptions:
     device: str = "auto"
     amp: bool | None = None  # None: on with CUDA
     channels_last: bool | None = None  # None: on (faster on the CPU too; benchmarks/README.md)
-    compile: bool = False  # torch.compile the training model (opt-in)
+    compile: bool = False  # torch.compile the model on CUDA, the step's fused passes on the CPU (opt-in)
     save_every: int = 0
 
     def to_json(self) -> dict:
