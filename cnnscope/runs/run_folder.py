@@ -25,6 +25,7 @@ PLOTS = ("acc_curves.png", "loss_curves.png", "lr.png", "cm.png", "test_samples_
 CHECKPOINTS = ("last.pth", "best.pth", "epoch_*.pth")
 MODEL_SOURCE = ("**/*.py",)  # the copy of the user's model source (runs.model_source)
 EXPORTS = ("*.pt", "*.pt2", "*.onnx")  # cnnscope export
+EVENTS = ("events.out.tfevents.*",)  # TensorBoard's, in the run's default events folder (runs.tensorboard)
 
 
 def is_run(folder: Path) -> bool:
@@ -43,7 +44,7 @@ def run_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
     for sub, patterns in (("plots", PLOTS), ("checkpoints", CHECKPOINTS), ("model_source", MODEL_SOURCE),
-                          ("export", EXPORTS)):
+                          ("export", EXPORTS), ("tensorboard", EVENTS)):
         found += sorted(p for pattern in patterns for p in (folder / sub).glob(pattern) if p.is_file())
     return found
 

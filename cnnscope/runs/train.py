@@ -32,7 +32,7 @@ from cnnscope.core.distributed import Dist, init_distributed
 from cnnscope.core.training import Loop, NonFiniteLoss, StopRequest, make_loop, run_loop
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
-from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
+from cnnscope.runs import datasets, launch, loaders, model_source, run_folder, tensorboard
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.train_console import Console, RunBar
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
@@ -43,17 +43,26 @@ from cnnscope.runs.train_files import RunFiles, run_config, write_json, write_mo
 
 # ---- launching --------------------------------------------------------------------------------
 
+def training_options(model=None, *, resume=None, trust_spec=False, **settings):
+    """The options of a new run of `model` (a SPEC), or of the run `resume` continued; `settings`:
+    new_options'/resume_options' keywords. -> (options, the resumed checkpoint or None, its folder or None)."""
+    if resume:
+        return resume_options(resume, model, trust_spec=trust_spec, **settings)
+    if model is None:
+        raise CnnscopeError("Give the model to train (a SPEC, e.g. basic), or a run to resume.", arguments=("resume",))
+    return new_options(model, **settings), None, None
+
+
 def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", reporter=None,
-                 **settings) -> int:
+                 callbacks=(), **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, here or in `procs` data-parallel processes
     (runs.launch); `settings`: new_options'/resume_options' keywords; `reporter` (render.progress, default
-    NORMAL) says what is prepared. -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
-    if resume:
-        opts, ckpt, run_dir = resume_options(resume, model, trust_spec=trust_spec, **settings)
-    elif model is None:
-        raise CnnscopeError("Give the model to train (a SPEC) or a run to resume.")
-    else:
-        opts, ckpt, run_dir = new_options(model, **settings), None, None
+    NORMAL) says what is prepared; `callbacks`: more callbacks of the loop, as jobs each rank calls
+    (launch.call: {"target": "module:Class", "args": {...}}). -> exit code: 0 done,
+    launch.STOPPED_EXIT stopped and saved, or a rank's."""
+    opts, ckpt, run_dir = training_options(model, resume=resume, trust_spec=trust_spec, **settings)
+    if opts.tensorboard:
+        tensorboard.summary_writer()  # a missing package is said before anything starts
     reporter = reporter or Reporter(NORMAL)
     if not launch.launched():
         saved_world_size = ckpt["config"]["world_size"] if ckpt else None
@@ -63,19 +72,22 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
         if n > 1:
             run_dir = run_dir_of(opts, run_dir)
             args = dict(options=opts.to_json(), resume=str(resume_path(resume)) if resume else None,
-                        run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity)
+                        run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity,
+                        callbacks=list(callbacks))
             job = {"target": f"{__name__}:train_job", "args": args}
             reporter.step(f"starting {n} data-parallel training processes (each imports torch)")
             return launch.run_processes(job, n, after_loss=lambda: resume_hint(run_dir, opts))
-    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity)
+    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity,
+                   callbacks=callbacks)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
-def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL) -> int:
+def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL,
+              callbacks=()) -> int:
     """One rank of a --procs run (what run_training hands to the launcher): its exit code."""
     ckpt = load_checkpoint(resume) if resume else None
     result = train(TrainOptions.from_json(options), resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite,
-                   verbosity=verbosity)
+                   verbosity=verbosity, callbacks=callbacks)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
@@ -137,6 +149,7 @@ class RunParts:
     ds: datasets.Dataset
     loop: Loop  # the model, its step and schedule, the loaders, the process group, and where training stands
     config: dict = dataclasses.field(default_factory=dict)
+    callbacks: list = dataclasses.field(default_factory=list)  # the caller's, besides the run's own (run_epochs)
 
     @property
     def selected_on(self) -> str:
@@ -144,9 +157,9 @@ class RunParts:
 
 
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
-          console=None, verbosity=NORMAL) -> TrainResult:
+          console=None, verbosity=NORMAL, callbacks=()) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
-    `verbosity` (render.progress): QUIET prints the closing line alone."""
+    `verbosity` (render.progress): QUIET prints the closing line alone; `callbacks`: as run_training's."""
     from rich.console import Console
 
     ddp, device = init_distributed(opts.device)
@@ -157,6 +170,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             run = setup_run(opts, run_dir, ddp, device, console, reporter, resume_ckpt)
+            run.callbacks = [launch.call(job) for job in callbacks]
             # only now: a bad dataset or model leaves no half-made run folder behind
             prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
             start_run(run, resume_ckpt)
@@ -262,7 +276,9 @@ def run_epochs(run: RunParts) -> TrainResult:
     stop, loop = StopRequest(), run.loop
     with stop.installed(), progress_bar(run.console, stats=True, quiet=run.reporter.verbosity == QUIET) as progress:
         loop.progress = progress
-        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress)]
+        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress), *run.callbacks]
+        if run.opts.tensorboard:
+            loop.callbacks.append(tensorboard.TensorBoardEvents(run.run_dir, run.opts.tensorboard))
         try:
             with compile_errors(run.opts.compile):
                 run_loop(loop, stop)
@@ -300,6 +316,8 @@ def finish(run: RunParts) -> TrainResult:
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
                           reporter=run.reporter, dataset=run.ds)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    if run.opts.tensorboard:
+        tensorboard.write_results(run.run_dir, run.opts.to_json(), metrics, len(run.loop.state.lr_steps))
     run.console.print(
         f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
         f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"

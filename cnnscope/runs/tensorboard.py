@@ -1,0 +1,201 @@
+"""TensorBoard events of a run (`cnnscope train --tensorboard [DIR]`; the extra cnnscope[tensorboard]).
+
+Rank 0 writes, with torch's SummaryWriter, into the run's events folder (RUN/tensorboard, or DIR):
+  train/loss, train/lr    every optimizer step (the loss of rank 0's share of the batch)
+  epoch/<column>          every train_log.csv column, per epoch, at the epoch's last step
+  final/<metric>          best_val_acc, best_epoch, test_acc, test_loss, train_time_s of the finished run,
+                          and every recipe field (with model, seed, ctor) for the HParams view
+  figures/<name>          the run's figures (RUN/plots/*.png: curves, confusion matrix, sample grids, ERF)
+  texts/<name>            rf.md, model_summary.txt, classification_report.md
+Every step is the optimizer step, counted over the whole run. A resumed run's writer purges what
+was written after the checkpoint it resumes (purge_step), so a run killed between checkpoints has
+no step twice; events are flushed at every checkpoint, so none before it is missing.
+`cnnscope attribute|gates|sharing RUN --tensorboard` add their figures and tables under <command>/,
+at the run's last step.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnscope.core.callbacks import Callback
+from cnnscope.core.training import REPORT_EVERY, Loop
+from cnnscope.errors import CnnscopeError
+from cnnscope.files import make_dirs
+
+DEFAULT_FOLDER = "tensorboard"  # the events folder inside the run folder
+LOG_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
+FINAL_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_time_s")
+TEXTS = ("rf.md", "model_summary.txt", "classification_report.md")
+
+
+def summary_writer():
+    """torch's SummaryWriter class; a clear error when the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch.utils.tensorboard imports the tensorboard package
+        raise CnnscopeError(
+            "TensorBoard events need the tensorboard package, which is not installed. Install it with "
+            "cnnscope's extra: pip install 'cnnscope[tensorboard]' (or pip install tensorboard), or leave "
+            "out tensorboard.", arguments=("tensorboard",),
+        ) from None
+    return SummaryWriter
+
+
+def events_folder(run_dir, setting: str) -> Path:
+    """The events folder of a run: `setting` (a run's options.tensorboard) inside the run folder
+    when relative, else itself."""
+    path = Path(setting)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def open_writer(folder: Path, purge_step: int | None = None):
+    """A SummaryWriter appending a new event file to `folder` (made as needed; never through a
+    symlink). `purge_step`: TensorBoard drops the events of earlier files from this step on."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise CnnscopeError(
+            f"The TensorBoard folder {folder} is {'a symbolic link' if folder.is_symlink() else 'not a folder'}; "
+            "cnnscope writes events only into a real folder. Give another folder.", arguments=("tensorboard",))
+    make_dirs(folder)
+    return summary_writer()(str(folder), purge_step=purge_step)
+
+
+class TensorBoardEvents(Callback):
+    """Loss and lr per optimizer step, the log row per epoch (rank 0). The step values are read
+    from the device every REPORT_EVERY steps, as the loop itself does, not at every step."""
+
+    def __init__(self, run_dir, setting: str):
+        self.folder = events_folder(run_dir, setting)
+        self.writer, self.pending = None, []
+
+    def on_train_start(self, loop: Loop) -> None:
+        if loop.ddp.is_main:
+            done = loop.state.epoch * len(loop.train_loader) + loop.state.batch
+            self.writer = open_writer(self.folder, purge_step=done + 1)
+
+    def on_step(self, loop: Loop, step: int, loss, lr: float) -> None:
+        if self.writer is not None:
+            self.pending.append((step, loss, lr))
+            if len(self.pending) >= REPORT_EVERY:
+                self.write_steps()
+
+    def write_steps(self) -> None:
+        if self.pending:
+            losses = torch.stack([loss.float() for _, loss, _ in self.pending]).tolist()
+            for (step, _, lr), loss in zip(self.pending, losses):
+                self.writer.add_scalar("train/loss", loss, step)
+                self.writer.add_scalar("train/lr", lr, step)
+            self.pending = []
+        self.writer.flush()
+
+    def on_checkpoint(self, loop: Loop, improved: bool) -> None:
+        if self.writer is not None:
+            self.write_steps()
+
+    def on_epoch_end(self, loop: Loop, row: dict, improved: bool) -> None:
+        if self.writer is not None:
+            step = row["epoch"] * len(loop.train_loader)
+            for column in LOG_COLUMNS:
+                self.writer.add_scalar(f"epoch/{column}", row[column], step)
+            self.writer.flush()
+
+    def on_train_end(self, loop: Loop) -> None:
+        if self.writer is not None:
+            self.write_steps()
+            self.writer.close()
+            self.writer = None
+
+
+# ---- after the run: hyperparameters, final metrics, figures, texts ---------------------------
+
+def hyperparameters(options: dict) -> dict:
+    """The HParams view's columns from a run's options (TrainOptions.to_json()): model, seed,
+    val_split, train_subset, every recipe field (augment.<field>), ctor.<keyword>; values that are
+    not numbers, strings or booleans as text."""
+    recipe = dict(options["recipe"])
+    augment = recipe.pop("augment")
+    values = {"model": options["spec"], "seed": options["seed"], "val_split": options["val_split"],
+              "train_subset": options["train_subset"], **recipe,
+              **{f"augment.{k}": v for k, v in augment.items()},
+              **{f"ctor.{k}": v for k, v in options["ctor"].items()}}
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+
+
+def write_results(run_dir: Path, options: dict, metrics: dict, step: int) -> Path:
+    """A finished run's hyperparameters with its final metrics, its figures and texts, at `step`
+    (its last optimizer step), into its events folder. -> the folder."""
+    from torch.utils.tensorboard.summary import hparams
+
+    folder = events_folder(run_dir, options["tensorboard"])
+    final = {f"final/{k}": float(metrics[k]) for k in FINAL_METRICS if metrics.get(k) is not None}
+    writer = open_writer(folder)
+    try:
+        for summary in hparams(hyperparameters(options), final):
+            writer.file_writer.add_summary(summary, step)
+        for tag, value in final.items():
+            writer.add_scalar(tag, value, step)
+        add_figures(writer, "figures", sorted(Path(run_dir, "plots").glob("*.png")), step)
+        for name in TEXTS:
+            path = Path(run_dir) / name
+            if path.is_file():
+                add_text(writer, f"texts/{path.stem}", path.read_text(encoding="utf-8"), path.suffix == ".md", step)
+    finally:
+        writer.close()
+    return folder
+
+
+def add_figures(writer, group: str, paths, step: int) -> None:
+    """Each PNG of `paths` as the image <group>/<file stem>."""
+    from PIL import Image
+
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        writer.add_image(f"{group}/{Path(path).stem}", pixels, step, dataformats="HWC")
+
+
+def add_text(writer, tag: str, text: str, markdown: bool, step: int) -> None:
+    """Markdown as it is; plain text indented as a code block (TensorBoard renders markdown), so
+    its columns stay aligned."""
+    writer.add_text(tag, text if markdown else "\n".join("    " + line for line in text.splitlines()), step)
+
+
+# ---- inspections of a run ---------------------------------------------------------------------
+
+def log_inspection(target, setting: str | None, command: str, report) -> Path | None:
+    """With `setting` (--tensorboard: DIR absolute, or the default), `command`'s figures (the PNGs of
+    report.figures) and its table (markdown) under <command>/ in DIR, else in the run's own events
+    folder (its training's, or RUN/tensorboard), at the run's last step. -> the folder, or None."""
+    from cnnscope import render
+
+    if setting is None:
+        return None
+    folder = inspection_folder(target, setting)
+    step = last_step(target.label) if target.checkpoint is not None else 0
+    writer = open_writer(folder)
+    try:
+        add_figures(writer, command, [p for p in report.figures.values() if str(p).endswith(".png")], step)
+        add_text(writer, f"{command}/report", render.to_markdown(report), True, step)
+    finally:
+        writer.close()
+    return folder
+
+
+def inspection_folder(target, setting: str) -> Path:
+    if Path(setting).is_absolute():
+        return Path(setting)
+    if target.checkpoint is None:
+        raise CnnscopeError(
+            f"{target.label} is no run, so it has no events folder of its own: give a folder for its TensorBoard "
+            "events, or inspect a run.", arguments=("tensorboard",))
+    options = (target.checkpoint.get("config") or {}).get("options") or {}
+    return events_folder(target.label, options.get("tensorboard") or DEFAULT_FOLDER)
+
+
+def last_step(run_dir) -> int:
+    """The run's last optimizer step (its metrics.json lr_per_step: one lr per step), 0 if unknown."""
+    from cnnscope.runs import runfiles
+
+    path = Path(run_dir) / "metrics.json"
+    return len(runfiles.read_metrics(path).get("lr_per_step") or ()) if path.is_file() else 0
