@@ -20,7 +20,14 @@ setup(
         "matplotlib",
         "albumentations",
         "numpy",
+        "pyyaml",  # train --config FILE
     ],
-    extras_require={"dev": ["pytest", "hypothesis"], "onnx": ["onnx", "onnxruntime"]},
+    extras_require={
+        # CI installs dev and runs every test: the tensorboard and sweep tests need their packages
+        "dev": ["pytest", "hypothesis", "tensorboard", "optuna", "scikit-learn"],
+        "onnx": ["onnx", "onnxruntime"],
+        "tensorboard": ["tensorboard"],  # train --tensorboard
+        "sweep": ["optuna", "scikit-learn"],  # cnnscope sweep (scikit-learn: fANOVA parameter importances)
+    },
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},
 )

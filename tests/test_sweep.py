@@ -1,18 +1,19 @@
 """`cnnscope sweep`: Optuna trials as run folders, pruning, a study that resumes to its total,
 Optuna's figures, and bad params refused before anything trains."""
+import itertools
 import json
 import math
 import os
-import signal
+import sys
 
 import optuna
 import pytest
 import torch
 
 from cnnscope.cli import cli
-from cnnscope.runs import loaders
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.sweep_params import parse_param
+from conftest import LoaderAt, wrap_training_loaders
 
 # One searched value, a good lr and a useless one: the seeded TPE draws [0.1, 0.1, 1e-06, 0.1] for
 # trials 0-3 (asserted below). The 1e-06 trial scores below the two complete trials before it at
@@ -84,38 +85,14 @@ def test_a_sweep_prunes_the_bad_trial_and_every_trial_is_a_run(sweep4):
     assert "param_importances" not in table["figures"] and any("param_importances" in n for n in table["notes"])
 
 
-class InterruptingLoader:
-    """The second trial's training loader sends this process a SIGINT during its first epoch."""
-    made = 0
-
-    def __init__(self, loader):
-        InterruptingLoader.made += 1
-        self.loader, self.interrupt, self.epoch = loader, InterruptingLoader.made == 2, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.loader.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.interrupt and (self.epoch, i) == (0, 2):
-                os.kill(os.getpid(), signal.SIGINT)
-            yield batch
-
-
 def test_a_stopped_sweep_resumes_to_its_total_with_the_same_trials(runner, tmp_path, monkeypatch, tiny_spec, sweep4):
     """Stopped in its second trial, the same command takes that trial up from its checkpoint and
     runs the rest: the 3 trials are the uninterrupted sweep's first 3, weights included."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     args = sweep_args(tiny_spec, tmp_path, 3, "--storage", storage)
-    make_loader = loaders.make_loader
-    with monkeypatch.context() as m:
-        InterruptingLoader.made = 0
-        m.setattr(loaders, "make_loader", lambda split, dataset, **kw: (
-            InterruptingLoader(make_loader(split, dataset, **kw)) if kw["train"] else make_loader(split, dataset, **kw)))
+    made = itertools.count()
+    with monkeypatch.context() as m:  # Ctrl-C in the second trial's first epoch
+        wrap_training_loaders(m, lambda loader: LoaderAt(loader, 0, 2) if next(made) == 1 else loader)
         stopped = invoke(runner, args)
     assert stopped.exit_code == 130, stopped.output
     assert "Stopped. The study keeps its trials; the same command goes on" in stopped.output
@@ -185,6 +162,13 @@ def test_bad_sweep_commands_are_exit_2(runner, tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not any(tmp_path.rglob("trial-*"))
+
+
+def test_a_missing_optuna_is_exit_2_naming_the_extra(runner, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import fails as if not installed
+    result = invoke(runner, ["sweep", "--trials", "2", "--param", "lr=log:0.01:0.1", "--out", tmp_path, "basic"])
+    assert result.exit_code == 2 and "pip install 'cnnscope[sweep]'" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_params_become_optuna_distributions():

@@ -2,8 +2,8 @@
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, seed_option, trust_spec_option,
-    verbosity_options,
+    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, seed_option, tensorboard_option,
+    trust_spec_option, verbosity_options,
 )
 
 
@@ -12,6 +12,27 @@ out_option = click.option(
     "--out", type=click.Path(file_okay=False), default=None,
     help="Folder for the figures [default: RUN/plots; reports/<name>-untrained/plots for a SPEC].",
 )
+events_option = tensorboard_option(
+    "Also add the figures and the table to TensorBoard events (the extra cnnscope[tensorboard]): in DIR [default: "
+    "the RUN's own events folder, RUN/tensorboard unless its training named another], at the run's last step.")
+
+
+def events_folder(target, tensorboard):
+    """--tensorboard's folder for `target` (a runs.inspect.Target), None without it; checked before
+    the inspection runs."""
+    from cnnscope.runs.tensorboard import inspection_folder
+
+    return inspection_folder(target, tensorboard)
+
+
+def emit_inspection(fmt, report, target, events, command: str) -> None:
+    """Print the report and, with --tensorboard (`events`: its folder), add it to the events."""
+    if events is not None:
+        from cnnscope.runs.tensorboard import log_inspection
+
+        log_inspection(events, command, report, target)
+        click.echo(f"added the {command} figures and table to the TensorBoard events in {events}", err=True)
+    emit(fmt, report)
 
 
 def images_options(command):
@@ -40,11 +61,13 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @trust_spec_option()
 @images_options
 @out_option
+@events_option
 @format_option()
 @device_option()
 @untrained_seed_option
 @verbosity_options
-def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, fmt, device, seed, reporter):
+def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, out, tensorboard, fmt, device, seed,
+              reporter):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -70,10 +93,11 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
+    events = events_folder(tgt, tensorboard)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
     with reporter.bar() as bar:
         report = inspect_gates(tgt, images, progress=bar)
-    emit(fmt, report)
+    emit_inspection(fmt, report, tgt, events, "gates")
 
 
 @cli.command("sharing", epilog=SPEC_RUNS_CODE)
@@ -83,10 +107,11 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
               help="Layers whose |cosine similarity| is at least this are linked into fold groups.")
 @out_option
+@events_option
 @format_option()
 @untrained_seed_option
 @verbosity_options
-def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
+def sharing_cmd(target, ctor, trust_spec, threshold, out, tensorboard, fmt, seed, reporter):
     """Soft-sharing analysis of every TemplateBank (swrn, or any model with SConv2d layers).
 
     Per bank: the layers x layers |cosine similarity| of the SConv2d coefficient vectors
@@ -110,7 +135,8 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
     from cnnscope.runs.inspect import inspect_sharing, load_target
 
     tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=reporter)
-    emit(fmt, inspect_sharing(tgt, threshold))
+    events = events_folder(tgt, tensorboard)
+    emit_inspection(fmt, inspect_sharing(tgt, threshold), tgt, events, "sharing")
 
 
 # the short names of cnnscope.core.attribution_methods.METHODS (a test keeps them equal; importing the
@@ -154,12 +180,14 @@ def attribution_options(command):
 @images_options
 @attribution_options
 @out_option
+@events_option
 @format_option()
 @device_option()
 @seed_option(used_for="of a SPEC's untrained weights and of --sanity's re-initialised weights")
 @verbosity_options
 def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths, methods, target_class, layer,
-                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt, device, seed, reporter):
+                  list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, tensorboard, fmt, device,
+                  seed, reporter):
     """Captum attributions of N test images (or your --image files), and a sanity check of the methods.
 
     \b
@@ -206,6 +234,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
     from cnnscope.runs.inspect import inspect_attributions, inspect_sanity, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
+    events = events_folder(tgt, tensorboard)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
     if list_layers:
         return emit(fmt, layer_list(tgt.model, images.x[:1], tgt.label))
@@ -214,7 +243,11 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
         options.update(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed)
     with reporter.bar() as bar:
         report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
-    attributions = report.attribution if sanity else report
+    _warn(report.attribution if sanity else report)
+    emit_inspection(fmt, report, tgt, events, "attribute")
+
+
+def _warn(attributions) -> None:
+    """The methods an AttributionReport skipped, and its warnings, as warning lines on stderr."""
     for message in [*attributions.skipped.values(), *attributions.warnings]:
         click.echo(f"warning: {message}", err=True)
-    emit(fmt, report)

@@ -16,17 +16,19 @@ def _value(value) -> str:
 
 
 def _sections(result: SweepResult, title=None) -> list:
-    metric = f"best {result.metric}"
-    rows = [[str(r["trial"]), *(_value(r["params"].get(p)) for p in result.params), r["state"],
-             "-" if r["value"] is None else f"{r['value']:.2f}", str(r["epochs"]),
-             Path(r["run"]).name if r["run"] else "-"] for r in result.rows]
+    """One row per trial, headed by its run folder (the trial's number; "(elsewhere)" when another
+    machine trained it); the metric is the trial's best over its epochs."""
+    rows = [[Path(r["run"]).name if r["run"] else f"{r['trial']} (elsewhere)",
+             *(_value(r["params"].get(p)) for p in result.params), r["state"],
+             "-" if r["value"] is None else f"{r['value']:.2f}", str(r["epochs"])] for r in result.rows]
     done = sum(r["state"] in ("complete", "pruned", "failed") for r in result.rows)
-    notes = [f"{done} of {result.trials} trials done; study {result.study} in {result.storage}"]
+    notes = [f"{result.metric}: each trial's best epoch; {done} of {result.trials} trials done",
+             f"study {result.study} in {result.storage}"]
     if result.best is not None:
         best = next(r for r in result.rows if r["trial"] == result.best)
         notes.append(f"best: trial {best['trial']}, {result.metric} {best['value']:.2f} ({result.direction}d)")
     notes += result.notes
-    return [Section(title or f"Sweep {result.study}", ["trial", *result.params, "state", metric, "epochs", "run"],
+    return [Section(title or f"Sweep {result.study}", ["run", *result.params, "state", result.metric, "epochs"],
                     rows, notes)]
 
 
@@ -79,7 +81,8 @@ def study_figures(study, folder: Path, metric: str) -> tuple[dict, list]:
                 notes.append(f"{name}.png not drawn: {' '.join(str(e).split())[:200]}")
                 continue
         axes = axes.flat[0] if hasattr(axes, "flat") else axes
-        axes.figure.suptitle(title.format(study=study.study_name, metric=metric), fontsize=10)
-        axes.set_title("")
+        for loc in ("left", "center", "right"):  # Optuna's own title, at one of them
+            axes.set_title("", loc=loc)
+        axes.set_title(title.format(study=study.study_name, metric=metric), fontsize=10, loc="left")
         drawn[name] = str(plots.save(axes.figure, folder / f"{name}.png"))
     return drawn, notes

@@ -192,11 +192,19 @@ def trial_name(number: int) -> str:
 
 # ---- the trials ---------------------------------------------------------------------------------
 
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise CnnscopeError("A sweep runs on Optuna, which is not installed. Install it with cnnscope's extra: pip "
+                            "install 'cnnscope[sweep]' (or pip install optuna scikit-learn).") from None
+    return optuna
+
+
 def run_sweep(sweep: Sweep) -> tuple[SweepResult, int]:
     """Trials until the study holds `trials` of them (this process's and others'), or a stop.
     -> (the study's trials, exit code: 0, or launch.STOPPED_EXIT after a stop)."""
-    import optuna
-
+    optuna = require_optuna()
     with quiet_optuna():
         study = open_study(sweep)
         stop, code = StopRequest(), 0

@@ -125,4 +125,4 @@ def check_params(params: list[Param], settings: dict, recipe: Recipe) -> None:
             try:
                 recipes.resolve(recipe, {} if group else {field: value}, {field: value} if group else None)
             except CnnscopeError as e:
-                raise bad_param(param.text, f"{value!r} is not a value of {param.name}: {e}") from None
+                raise bad_param(param.text, f"{value!r} is not a value of {param.name}: {str(e).rstrip('.')}") from None

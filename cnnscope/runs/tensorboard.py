@@ -163,26 +163,13 @@ def add_text(writer, tag: str, text: str, markdown: bool, step: int) -> None:
 
 # ---- inspections of a run ---------------------------------------------------------------------
 
-def log_inspection(target, setting: str | None, command: str, report) -> Path | None:
-    """With `setting` (--tensorboard: DIR absolute, or the default), `command`'s figures (the PNGs of
-    report.figures) and its table (markdown) under <command>/ in DIR, else in the run's own events
-    folder (its training's, or RUN/tensorboard), at the run's last step. -> the folder, or None."""
-    from cnnscope import render
-
+def inspection_folder(target, setting: str | None) -> Path | None:
+    """Where `cnnscope <inspection> TARGET --tensorboard [DIR]` adds its events (`setting`): DIR
+    (absolute), else the run's own events folder (its training's, or RUN/tensorboard); None without
+    the option. Before the inspection runs: a SPEC has no folder of its own."""
     if setting is None:
         return None
-    folder = inspection_folder(target, setting)
-    step = last_step(target.label) if target.checkpoint is not None else 0
-    writer = open_writer(folder)
-    try:
-        add_figures(writer, command, [p for p in report.figures.values() if str(p).endswith(".png")], step)
-        add_text(writer, f"{command}/report", render.to_markdown(report), True, step)
-    finally:
-        writer.close()
-    return folder
-
-
-def inspection_folder(target, setting: str) -> Path:
+    summary_writer()  # a missing package is said before the inspection runs
     if Path(setting).is_absolute():
         return Path(setting)
     if target.checkpoint is None:
@@ -191,6 +178,20 @@ def inspection_folder(target, setting: str) -> Path:
             "events, or inspect a run.", arguments=("tensorboard",))
     options = (target.checkpoint.get("config") or {}).get("options") or {}
     return events_folder(target.label, options.get("tensorboard") or DEFAULT_FOLDER)
+
+
+def log_inspection(folder: Path, command: str, report, target) -> None:
+    """`command`'s figures (the PNGs of report.figures) and its table (markdown) under <command>/ in
+    the events `folder`, at the run's last step (0 for a SPEC)."""
+    from cnnscope import render
+
+    step = last_step(target.label) if target.checkpoint is not None else 0
+    writer = open_writer(folder)
+    try:
+        add_figures(writer, command, [p for p in report.figures.values() if str(p).endswith(".png")], step)
+        add_text(writer, f"{command}/report", render.to_markdown(report), True, step)
+    finally:
+        writer.close()
 
 
 def last_step(run_dir) -> int:
