@@ -4,7 +4,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -86,10 +88,10 @@ def test_a_sweep_prunes_the_bad_trial_and_every_trial_is_a_run(sweep4):
 
 
 def test_a_stopped_sweep_resumes_to_its_total_with_the_same_trials(runner, tmp_path, monkeypatch, tiny_spec, sweep4):
-    """Stopped in its second trial, the same command takes that trial up from its checkpoint and
-    runs the rest: the 3 trials are the uninterrupted sweep's first 3, weights included."""
+    """Stopped in its second trial, the same command takes that trial up from its checkpoint: the 2
+    trials are the uninterrupted sweep's first 2, weights included."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    args = sweep_args(tiny_spec, tmp_path, 3, "--storage", storage)
+    args = sweep_args(tiny_spec, tmp_path, 2, "--storage", storage)
     made = itertools.count()
     with monkeypatch.context() as m:  # Ctrl-C in the second trial's first epoch
         wrap_training_loaders(m, lambda loader: LoaderAt(loader, 0, 2) if next(made) == 1 else loader)
@@ -104,17 +106,17 @@ def test_a_stopped_sweep_resumes_to_its_total_with_the_same_trials(runner, tmp_p
     resumed = invoke(runner, args)
     assert resumed.exit_code == 0, resumed.output
     rows = json.loads((tmp_path / "s" / "trials.json").read_text())["rows"]
-    whole = sweep4[1]["rows"][:3]
+    whole = sweep4[1]["rows"][:2]
     strip = ("run",)
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == \
            [{k: v for k, v in r.items() if k not in strip} for r in whole]
     a = load_checkpoint(tmp_path / "s" / "trial-001" / "checkpoints" / "last.pth")["model"]
     b = load_checkpoint(sweep4[0] / "trial-001" / "checkpoints" / "last.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
 
     again = invoke(runner, args)  # the study is whole: nothing more to train
-    assert again.exit_code == 0 and "trial-003" not in again.output and not (tmp_path / "s" / "trial-003").exists()
+    assert again.exit_code == 0 and not (tmp_path / "s" / "trial-002").exists()
 
 
 def test_a_study_goes_on_only_with_its_own_search(runner, tiny_spec, sweep4):
@@ -193,3 +195,26 @@ def test_the_figures_of_a_study_with_spread(tmp_path):
     assert notes == [] and sorted(figures) == ["optimization_history", "parallel_coordinate", "param_importances"]
     for path in figures.values():
         assert (tmp_path / os.path.basename(path)).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_processes_run_one_study_against_one_storage(tmp_path, tiny_spec):
+    """Two sweeps started together on one --storage share the study: each asks for the next trial,
+    every trial is trained once, and the study stops at its total (each may add one as they end
+    together)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = [sys.executable, "-m", "cnnscope", "sweep", "--trials", "4", "--param", "lr=log:0.01:0.2", "--storage",
+            storage, "--out", str(tmp_path), "--name", "s", "--quiet", tiny_spec, "--dataset", "fake", "--epochs", "2",
+            "--batch-size", "32", "--train-subset", "256", "--device", "cpu"]
+    workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=400) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, out + err
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert 4 <= len(trials) <= 5 and [t.number for t in trials] == list(range(len(trials)))
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert {t.user_attrs["worker"]["pid"] for t in trials} == {w.pid for w in workers}  # both took trials
+    for t in trials:
+        assert len(read_log(tmp_path / "s" / f"trial-{t.number:03d}")) == max(t.intermediate_values)

@@ -15,6 +15,7 @@ its values, state, best metric and run folder) and Optuna's figures under <sweep
 import json
 import os
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,8 +142,7 @@ def open_study(sweep: Sweep):
                                 arguments=("out", "name"))
         make_dirs(sweep.folder)
     try:
-        study = optuna.create_study(study_name=sweep.folder.name, storage=sweep.storage_url, load_if_exists=True,
-                                    direction=sweep.direction, pruner=make_pruner(**sweep.pruner_args()))
+        study = create_study(sweep)
     except (ImportError, ValueError, RuntimeError, SQLAlchemyError) as e:  # a bad URL, no driver, a refusal
         raise CnnscopeError(f"Could not open the study {sweep.folder.name!r} in {sweep.storage_url}: "
                             f"{' '.join(str(e).split())[:300]}. Give a database URL Optuna takes (e.g. "
@@ -159,6 +159,22 @@ def open_study(sweep: Sweep):
             f"({', '.join(differ)} differ): a study goes on only with the model, options, params and metric it "
             "began with. Give the same ones, or start another sweep (another name).", arguments=("name",))
     return study
+
+
+def create_study(sweep: Sweep, tries: int = 5):
+    """The study, made or loaded. Processes that start together on a new database race to make its
+    tables (the loser's CREATE TABLE fails): it tries again once the other has."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(tries):
+        try:
+            return optuna.create_study(study_name=sweep.folder.name, storage=sweep.storage_url, load_if_exists=True,
+                                       direction=sweep.direction, pruner=make_pruner(**sweep.pruner_args()))
+        except OperationalError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def this_worker() -> dict:
