@@ -315,6 +315,10 @@ CASES = [
     ("attribute-ig-tolerance", ["attribute", "basic", "--ig-tolerance", "0"], "Invalid value for '--ig-tolerance'"),
     ("attribute-sanity-no-params", ["attribute", "{models}:NoParams", "--sanity", "--n", "1", *OUT],
      "no weights to randomise"),
+    # sweep
+    ("sweep-bad-param", ["sweep", "--trials", "2", "--param", "lr=log:0:1", "basic", "--dataset", "fake", *OUT],
+     "a log scale needs LOW > 0"),
+    ("sweep-no-param", ["sweep", "--trials", "2", "basic", *OUT], "A sweep needs at least one param"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),

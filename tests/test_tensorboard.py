@@ -121,10 +121,25 @@ def test_an_inspection_adds_its_figures_and_table_to_the_runs_events(runner, cra
         assert f"| {image['index']} | {image['class']} | {image['pred_class']} | {image['prob']:.3f} |" in text
 
 
+def test_the_erf_of_a_run_joins_its_events(runner, crashed_and_resumed):
+    run = crashed_and_resumed
+    result = runner.invoke(cli, ["rf", "--erf", str(run), "--erf-images", "4", "--tensorboard", "--trust-spec",
+                                 "--device", "cpu", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    acc = events(run / "tensorboard")
+    image = acc.Images("erf/erf")[0]
+    assert image.step == 45 and image.width > 100
+    text = acc.Tensors("erf/report/text_summary")[0].tensor_proto.string_val[0].decode()
+    erf = json.loads(result.stdout)["erf"]
+    assert f"lies within {erf['radius95']:.1f} px of the centre" in text and "| RF_out |" in text
+    no_run = runner.invoke(cli, ["rf", "basic", "--tensorboard"])
+    assert no_run.exit_code == 2 and "give the run with --erf RUN" in no_run.output
+
+
 def test_tensorboard_into_a_folder_of_ones_choice_and_spec_targets(runner, tmp_path, tiny_spec):
     result = runner.invoke(cli, ["sharing", "swrn", "--ctor", "depth=16", "--ctor", "width=1", "--tensorboard",
                                  "--format", "json", "--out", str(tmp_path / "plots")])
-    assert result.exit_code == 2 and "is no run, so it has no events folder of its own" in result.output
+    assert result.exit_code == 2 and "has no run, so no events folder of its own" in result.output
     assert not (tmp_path / "plots").exists()  # refused before it ran
     folder = tmp_path / "tb"
     result = runner.invoke(cli, ["sharing", "swrn", "--ctor", "depth=16", "--ctor", "width=1", "--tensorboard",

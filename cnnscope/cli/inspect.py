@@ -17,12 +17,17 @@ events_option = tensorboard_option(
     "the RUN's own events folder, RUN/tensorboard unless its training named another], at the run's last step.")
 
 
+def run_of(target):
+    """The run folder of a runs.inspect.Target, None for an untrained SPEC."""
+    return target.label if target.checkpoint is not None else None
+
+
 def events_folder(target, tensorboard):
     """--tensorboard's folder for `target` (a runs.inspect.Target), None without it; checked before
     the inspection runs."""
     from cnnscope.runs.tensorboard import inspection_folder
 
-    return inspection_folder(target, tensorboard)
+    return inspection_folder(run_of(target), tensorboard)
 
 
 def emit_inspection(fmt, report, target, events, command: str) -> None:
@@ -30,10 +35,9 @@ def emit_inspection(fmt, report, target, events, command: str) -> None:
     if events is not None:
         from cnnscope.runs.tensorboard import log_inspection
 
-        log_inspection(events, command, report, target)
+        log_inspection(events, command, report, report.figures.values(), run_of(target))
         click.echo(f"added the {command} figures and table to the TensorBoard events in {events}", err=True)
     emit(fmt, report)
-
 
 def images_options(command):
     """--n, --dataset, --data-dir, --image: which images an inspection command looks at."""

@@ -10,8 +10,8 @@ Rank 0 writes, with torch's SummaryWriter, into the run's events folder (RUN/ten
 Every step is the optimizer step, counted over the whole run. A resumed run's writer purges what
 was written after the checkpoint it resumes (purge_step), so a run killed between checkpoints has
 no step twice; events are flushed at every checkpoint, so none before it is missing.
-`cnnscope attribute|gates|sharing RUN --tensorboard` add their figures and tables under <command>/,
-at the run's last step.
+`cnnscope attribute|gates|sharing RUN --tensorboard` and `cnnscope rf --erf RUN --tensorboard` add
+their figures and tables under <command>/, at the run's last step.
 """
 from pathlib import Path
 
@@ -163,32 +163,38 @@ def add_text(writer, tag: str, text: str, markdown: bool, step: int) -> None:
 
 # ---- inspections of a run ---------------------------------------------------------------------
 
-def inspection_folder(target, setting: str | None) -> Path | None:
+def inspection_folder(run_dir, setting: str | None) -> Path | None:
     """Where `cnnscope <inspection> TARGET --tensorboard [DIR]` adds its events (`setting`): DIR
-    (absolute), else the run's own events folder (its training's, or RUN/tensorboard); None without
-    the option. Before the inspection runs: a SPEC has no folder of its own."""
+    (absolute), else the events folder of the run `run_dir` (its training's, or RUN/tensorboard);
+    None without the option. Said before the inspection runs: a SPEC (run_dir None) has no folder."""
     if setting is None:
         return None
     summary_writer()  # a missing package is said before the inspection runs
     if Path(setting).is_absolute():
         return Path(setting)
-    if target.checkpoint is None:
-        raise CnnscopeError(
-            f"{target.label} is no run, so it has no events folder of its own: give a folder for its TensorBoard "
-            "events, or inspect a run.", arguments=("tensorboard",))
-    options = (target.checkpoint.get("config") or {}).get("options") or {}
-    return events_folder(target.label, options.get("tensorboard") or DEFAULT_FOLDER)
+    if run_dir is None:
+        raise CnnscopeError("An untrained SPEC has no run, so no events folder of its own: give a folder for its "
+                            "TensorBoard events, or inspect a run.", arguments=("tensorboard",))
+    return events_folder(run_dir, run_option(run_dir, "tensorboard") or DEFAULT_FOLDER)
 
 
-def log_inspection(folder: Path, command: str, report, target) -> None:
-    """`command`'s figures (the PNGs of report.figures) and its table (markdown) under <command>/ in
-    the events `folder`, at the run's last step (0 for a SPEC)."""
+def run_option(run_dir, name: str):
+    """One of the options in the run's config.json (None when it has no such file or option)."""
+    from cnnscope.runs import runfiles
+
+    path = Path(run_dir) / "config.json"
+    return ((runfiles.read_json(path, "cnnscope train").get("options") or {}).get(name)) if path.is_file() else None
+
+
+def log_inspection(folder: Path, command: str, report, figures, run_dir=None) -> None:
+    """`command`'s `figures` (PNG paths) and its report's table (markdown) under <command>/ in the
+    events `folder`, at the run's last step (0 for a SPEC)."""
     from cnnscope import render
 
-    step = last_step(target.label) if target.checkpoint is not None else 0
+    step = last_step(run_dir) if run_dir is not None else 0
     writer = open_writer(folder)
     try:
-        add_figures(writer, command, [p for p in report.figures.values() if str(p).endswith(".png")], step)
+        add_figures(writer, command, [p for p in figures if str(p).endswith(".png")], step)
         add_text(writer, f"{command}/report", render.to_markdown(report), True, step)
     finally:
         writer.close()
