@@ -23,7 +23,8 @@ setup(
         "pyyaml",  # train --config FILE
     ],
     extras_require={
-        # CI installs dev and runs every test: the tensorboard and sweep tests need their packages
+        # CI installs dev and runs every test: the tensorboard and sweep tests need their packages;
+        # scikit-learn is also benchmarks/small_data.py's digits
         "dev": ["pytest", "hypothesis", "tensorboard", "optuna", "scikit-learn"],
         "onnx": ["onnx", "onnxruntime"],
         "tensorboard": ["tensorboard"],  # train --tensorboard

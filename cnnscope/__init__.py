@@ -36,7 +36,12 @@ _API = {  # public name -> module that defines it
     "build_model": "cnnscope.runs.spec",
     "get_recipe": "cnnscope.runs.recipes",
     "load_dataset": "cnnscope.runs.datasets",
+    # errors: every one a CnnscopeError (a ValueError); the kinds say which input was wrong
     "CnnscopeError": "cnnscope.errors",
+    "SpecError": "cnnscope.errors",
+    "TrustError": "cnnscope.errors",
+    "DataError": "cnnscope.errors",
+    "RunError": "cnnscope.errors",
 }
 __all__ = sorted(_API)
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from .registry import register
 from .blocks import BlurPool2d, DivisiveNorm
 
+MAX_ITERATIONS = 1000  # a bound: each iteration is a full-resolution block call (rf traces ~4 ms each)
+
 
 def gn_groups(channels, max_groups=16):
     """The largest divisor of `channels` that is <= max_groups (GroupNorm's group count)."""
@@ -52,6 +54,9 @@ class ECTiedNet(nn.Module):
     def __init__(self, num_classes=10, channels=64, iterations=6, expansion=4,
                  dilations=(1, 1, 2, 1, 2, 3)):
         super().__init__()
+        if iterations > MAX_ITERATIONS:
+            raise ValueError(f"iterations={iterations} is more than the {MAX_ITERATIONS} this model allows: each "
+                             "iteration calls the block once more at full resolution")
         self.iterations = iterations
         # The schedule is cycled when there are more iterations than entries.
         self.dilations = tuple(dilations[t % len(dilations)] for t in range(iterations))

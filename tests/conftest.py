@@ -16,6 +16,17 @@ def runner():
     return CliRunner()
 
 
+@pytest.fixture
+def error_of():
+    """error_of(result): the CnnscopeError a command of the CLI ended with (exit code 2), for a test
+    about which error it is (its kind, the arguments it names), not about its wording."""
+    def error_of(result):
+        assert result.exit_code == 2, result.output
+        return result.exception.__context__.error  # the runner caught click's exit from the UserError it showed
+
+    return error_of
+
+
 # A user model file (not a zoo model) for the training and run-folder tests.
 TINY_MODEL = textwrap.dedent('''
     import torch.nn as nn

@@ -37,3 +37,17 @@ def test_public_names_are_all_reachable_and_lazy():
     code = "import sys, cnnscope; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_errors_are_value_errors_of_a_few_kinds():
+    """A library user catches a standard type, or the kind of input that was wrong."""
+    import pytest
+
+    kinds = [getattr(cnnscope, name) for name in ("SpecError", "TrustError", "DataError", "RunError")]
+    assert all(issubclass(kind, cnnscope.CnnscopeError) for kind in kinds)
+    assert issubclass(cnnscope.CnnscopeError, ValueError)
+    with pytest.raises(ValueError) as unknown:
+        cnnscope.build_model("no_such_model")
+    assert isinstance(unknown.value, cnnscope.SpecError)
+    with pytest.raises(cnnscope.DataError):
+        cnnscope.load_dataset("no_such_dataset")

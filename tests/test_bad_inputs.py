@@ -1,11 +1,14 @@
-"""Every bad input is one clear paragraph and exit code 2, never a traceback (issue 11, section 2).
+"""Every bad input is one clear paragraph and exit code 2, never a traceback, never a hang (issues 11
+and 23); an input that is valid but suspicious is one `warning:` line and the command goes on.
 
-One table: (case, command, a fragment the message must hold). The bad files the commands read
-(model files whose forward raises or returns a tuple, corrupt run folders and checkpoints, broken
-dataset folders) are written once per module into `world`; `{name}` in a command is one of them.
+Two tables: (case, command, a fragment the message must hold), CASES for the refusals and WARNINGS
+for the warnings. The bad files the commands read (model files whose forward raises or returns a
+tuple, corrupt run folders and checkpoints, broken dataset folders) are written once per module into
+`world`; `{name}` in a command is one of them.
 """
 import gzip
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -55,6 +58,21 @@ class ExitsInInit(nn.Module):
 class NoParams(nn.Module):
     def forward(self, x):
         return x.mean((2, 3)).repeat(1, 4)[:, :10]
+
+
+class WrongBatch(Raises):
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)).reshape(1, -1)[:, :10]  # one row, whatever the batch
+
+
+class IntLogits(Raises):
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)).long()
+
+
+class ComplexLogits(Raises):
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)).to(torch.complex64)
 '''
 
 FASHION_FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
@@ -110,15 +128,24 @@ def write_run(folder: Path, metrics="{}", log=None, summary_bytes=b"model\n") ->
     return folder
 
 
-def write_checkpoint(folder: Path, dataset: str) -> Path:
-    """A checkpoint of the zoo's tiny model as `cnnscope train` writes it (untrained weights)."""
+def write_checkpoint(folder: Path, dataset: str, **spoil) -> Path:
+    """A checkpoint of the zoo's tiny model as `cnnscope train` writes it (untrained weights), with
+    the entries in `spoil` replaced."""
     from cnnscope import zoo
 
     folder.mkdir(parents=True)
     classes = [f"c{i}" for i in range(10)]
     torch.save({"model_spec": "tiny", "ctor": {}, "model": zoo.build("tiny").state_dict(), "dataset": dataset,
-                "mean": [0.5] * 3, "std": [0.25] * 3, "classes": classes}, folder / "best.pth")
+                "mean": [0.5] * 3, "std": [0.25] * 3, "classes": classes, **spoil}, folder / "best.pth")
     return folder / "best.pth"
+
+
+def nan_weights():
+    from cnnscope import zoo
+
+    state = zoo.build("tiny").state_dict()
+    next(t for t in state.values() if t.is_floating_point()).fill_(float("nan"))
+    return state
 
 
 def write_tree(root: Path, classes=("a", "b"), spoil=None) -> Path:
@@ -160,9 +187,13 @@ def world(tmp_path_factory):
                                   "epoch,train_loss,train_acc,val_loss,val_acc\n1,2.3,10,2.3,10\n2,2.2,11,2.2,abc\n"),
         "run_short_log": write_run(root / "runs" / "short_log", metrics_ok, "epoch,train_loss\n1,2.3\n"),
         "run_latin1": write_run(root / "runs" / "latin1", metrics_ok, summary_bytes=b"caf\xe9 model\n"),
+        "run_huge_int": write_run(root / "runs" / "huge_int", '{"test_acc": 1' + "0" * 5000 + "}"),
+        "run_huge_acc": write_run(root / "runs" / "huge_acc", '{"test_acc": 1' + "0" * 400 + "}"),
+        "run_deep": write_run(root / "runs" / "deep", "[" * 100_000 + "]" * 100_000),
     }
     fake_run = write_checkpoint(root / "fake_run" / "checkpoints", "fake").parent.parent
     (fake_run / "metrics.json").write_text('{"test_acc": 1')  # cut off, beside a good checkpoint
+    (fake_run / ".cnnscope.lock").touch()  # a run folder: evaluate writes into it
     data = root / "data"
     paths = {
         "models": root / "bad_models.py", "exits": root / "exits_at_import.py",
@@ -182,11 +213,19 @@ def world(tmp_path_factory):
         "tree_no_train": write_tree(data / "tree_no_train" / "test").parent,
         "tree_unknown_class": write_tree(data / "tree_unknown_class" / "train",
                                          spoil=lambda t: write_tree(t.parent / "val", classes=("a", "zebra"))).parent,
-        "readme_bad_json": readme(root, "bad_json.md", f"RUN_METRICS run={runs['run_bad_json']}"),
-        "readme_latin1": readme(root, "latin1.md", f"MODEL_SUMMARY run={runs['run_latin1']}"),
-        "readme_avg_list": readme(root, "avg_list.md", f"CLS_REPORT run={runs['run_avg_list']}"),
-        "readme_combined": readme(root, "combined.md",
-                                  f'COMBINED_SUMMARY_TABLE runs="{runs["run_ok"]} {runs["run_text_number"]}"'),
+        "tree_dangling": write_tree(data / "tree_dangling", spoil=lambda t: (t / "a" / "ghost.png").symlink_to("gone.png")),
+        "tree_fifo": write_tree(data / "tree_fifo", spoil=lambda t: os.mkfifo(t / "b" / "pipe.png")),
+        "ckpt_mean_text": write_checkpoint(root / "mean_text", "fake", mean="0.5"),
+        "ckpt_model_text": write_checkpoint(root / "model_text", "fake", model="weights"),
+        "ckpt_std_zero": write_checkpoint(root / "std_zero", "fake", std=[0.0, 0.25, 0.25]),
+        "ckpt_nan": write_checkpoint(root / "nan", "fake", model=nan_weights()),
+        "readme_long": readme(root, "long.md", "MODEL_SUMMARY run=" + "a" * 100_000),
+        "readme_ctor": readme(root, "ctor.md", "RF spec=basic ctor=width"),
+        "readme_folder": root / "runs",
+        "readme_bad_json": readme(root, "bad_json.md", "RUN_METRICS run=runs/bad_json"),
+        "readme_latin1": readme(root, "latin1.md", "MODEL_SUMMARY run=runs/latin1"),
+        "readme_avg_list": readme(root, "avg_list.md", "CLS_REPORT run=runs/avg_list"),
+        "readme_combined": readme(root, "combined.md", 'COMBINED_SUMMARY_TABLE runs="runs/ok runs/text_number"'),
         "out": root / "out",
         **runs,
     }
@@ -224,7 +263,7 @@ CASES = [
     ("bench-device-index", ["bench", "basic", "--device", "cuda:99"], "Device 'cuda:99' was asked for"),
     ("bench-quiet-verbose", ["bench", "basic", "--quiet", "--verbose"], "--quiet and --verbose exclude each other"),
     # train
-    ("train-lr-negative", ["train", "basic", "--recipe", "lr=-1", *TRAIN], "lr=-1 is not allowed: lr takes a number > 0"),
+    ("train-lr-negative", ["train", "basic", "--recipe", "lr=-1", *TRAIN], "lr=-1 is not allowed: lr takes a number in (0, 1e+06]"),
     ("train-batch-zero", ["train", "basic", "--recipe", "batch_size=0", *TRAIN], "batch_size=0 is not allowed"),
     ("train-hflip-text", ["train", "basic", "--augment", "hflip=abc", *TRAIN], "hflip='abc' is not allowed"),
     ("train-scale-number", ["train", "basic", "--augment", "scale=5", *TRAIN], "scale=5 is not allowed"),
@@ -253,7 +292,8 @@ CASES = [
     ("train-tree-unknown-class", ["train", "basic", *TRAIN, "--dataset", "{tree_unknown_class}"],
      "class folders that train/ lacks: zebra"),
     ("train-image-size-text", ["train", "basic", *TRAIN, "--image-size", "big"], "is not N or HxW"),
-    ("train-cutout-too-big", ["train", "basic", *TRAIN, "--image-size", "8"], "cutout=16 does not fit 8x8 images"),
+    ("train-cutout-too-big", ["train", "basic", *TRAIN, "--image-size", "8", "--augment", "cutout=16"],
+     "cutout=16 does not fit 8x8 images"),
     ("train-mnist-missing", ["train", "basic", *TRAIN, "--dataset", "mnist", "--data-dir", "{out}"],
      "never downloads it"),
     ("evaluate-empty", ["evaluate", "{empty_pth}"], "the file is empty"),
@@ -324,6 +364,70 @@ CASES = [
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),
     ("readme-avg-list", ["update-readme", "{readme_avg_list}", "--check"], "as macro_avg, which should be an object"),
     ("readme-combined", ["update-readme", "{readme_combined}"], "'high' as test_acc"),
+    # issue 23: a model output of the wrong batch size or dtype, in train and bench
+    ("train-wrong-batch", ["train", "{models}:WrongBatch", *TRAIN], "returns 1 rows of logits for a batch of 2 images"),
+    ("train-int-logits", ["train", "{models}:IntLogits", *TRAIN], "returns logits of dtype torch.int64"),
+    ("train-complex-logits", ["train", "{models}:ComplexLogits", *TRAIN], "returns logits of dtype torch.complex64"),
+    ("bench-wrong-batch", ["bench", "{models}:WrongBatch", "--procs", "1"], "one row per image"),
+    ("bench-int-logits", ["bench", "{models}:IntLogits", "--procs", "1"], "real floating-point scores"),
+    # numbers: seeds in [0, 2^63), finite ranged floats, bounded epochs and rates
+    ("train-seed-negative", ["train", "basic", *TRAIN, "--seed", "-1"], "-1 is not in the range 0<=x<=9223372036854775807"),
+    ("train-seed-23-digits", ["train", "basic", *TRAIN, "--seed", "1" * 23], "is not in the range 0<=x"),
+    ("attribute-seed-negative", ["attribute", "basic", "--seed", "-5", *OUT], "is not in the range 0<=x"),
+    ("sweep-sampler-seed-negative", ["sweep", "--trials", "2", "--param", "lr=log:0.01:0.1", "--sampler-seed", "-1",
+                                     "basic", *OUT], "is not in the range 0<=x"),
+    ("sweep-trial-seed-negative", ["sweep", "--trials", "2", "--param", "lr=log:0.01:0.1", "basic", "--seed", "-1",
+                                   *OUT], "is not in the range 0<=x"),
+    ("sweep-param-inf", ["sweep", "--trials", "2", "--param", "lr=float:0.1:1e999", "basic", "--dataset", "fake", *OUT],
+     "inf is not a value of lr"),
+    ("train-lr-huge", ["train", "basic", *TRAIN, "--lr", "1e300"], "lr=1e+300 is not allowed: lr takes a number in (0, 1e+06]"),
+    ("train-lr-inf", ["train", "basic", *TRAIN, "--lr", "inf"], "'inf' is not a finite number"),
+    ("train-epochs-huge", ["train", "basic", *TRAIN[:2], *TRAIN[4:], "--epochs", "99999999999999999999"],
+     "epochs=99999999999999999999 is not allowed: epochs takes a whole number in [1, 10000]"),
+    ("train-epochs-recipe", ["train", "basic", *TRAIN[:2], *TRAIN[4:], "--recipe", "epochs=10001"], "in [1, 10000]"),
+    ("train-val-split-nan", ["train", "basic", *TRAIN, "--val-split", "nan"], "'nan' is not a finite number"),
+    ("sharing-threshold-nan", ["sharing", "swrn", "--threshold", "nan"], "'nan' is not a finite number"),
+    ("attribute-ig-tolerance-nan", ["attribute", "basic", "--ig-tolerance", "nan"], "'nan' is not a finite number"),
+    ("attribute-sanity-threshold-nan", ["attribute", "basic", "--sanity-threshold", "nan"], "not a finite number"),
+    ("export-tolerance-nan", ["export", "{garbage_pth}", "--tolerance", "nan"], "'nan' is not a finite number"),
+    # sizes and costs: estimated before allocating, bounded before starting
+    ("train-image-size-huge", ["train", "basic", *TRAIN, "--image-size", "100000"],
+     "fake at 100000x100000 needs about 249,600.0 GB"),
+    ("rf-iterations-huge", ["rf", "ectied", "--ctor", "iterations=100000"], "more than the 1000 this model allows"),
+    # constructor keywords and run names
+    ("summary-num-classes-0", ["summary", "basic", "--ctor", "num_classes=0"], "num_classes=0 builds no classifier"),
+    ("summary-ctor-twice", ["summary", "basic", "--ctor", "width=2", "--ctor", "width=3"], "width is given twice"),
+    ("train-recipe-twice", ["train", "basic", *TRAIN, "--recipe", "momentum=0.5", "--recipe", "momentum=0.8"],
+     "momentum is given twice"),
+    ("train-name-empty", ["train", "basic", *TRAIN, "--name", ""], "name='' is no run folder name"),
+    ("train-name-dot", ["train", "basic", *TRAIN, "--name", "."], "name='.' is no run folder name"),
+    ("train-name-path", ["train", "basic", *TRAIN, "--name", "../escape"], "without slashes"),
+    # checkpoint entries of the wrong kind
+    ("evaluate-mean-text", ["evaluate", "{ckpt_mean_text}", *OUT], "mean: a list of numbers per channel"),
+    ("evaluate-model-text", ["evaluate", "{ckpt_model_text}", *OUT], "model: a state_dict of named tensors"),
+    # hostile run files
+    ("compare-huge-int", ["compare", "{run_huge_int}", *OUT], "holds a number cnnscope does not read"),
+    ("compare-huge-number", ["compare", "{run_huge_acc}", *OUT], "too large for a number cnnscope shows"),
+    ("compare-deep-nesting", ["compare", "{run_deep}", *OUT], "nests lists or objects deeper than cnnscope reads"),
+    # README: a 100,000-character marker value, a bad ctor= located, a folder given as README
+    ("readme-long-argument", ["update-readme", "{readme_long}", "--check"], "(100,000 characters) is no path"),
+    ("readme-ctor-located", ["update-readme", "{readme_ctor}", "--check"], "ctor.md:3: block RF: Bad ctor item 'width'"),
+    ("readme-folder", ["update-readme", "{readme_folder}"], "is a folder, not a file"),
+    ("attribute-image-device", ["attribute", "{fmnist_ckpt}", "--image", "/dev/null", *OUT],
+     "Image /dev/null is a character device, not an image file"),
+]
+
+# valid but suspicious: the command goes on, and says what is odd in one `warning:` line
+WARNINGS = [
+    ("evaluate-nan-weights", ["evaluate", "{ckpt_nan}", "--device", "cpu", *OUT], "holds weights that are NaN or infinite"),
+    ("evaluate-std-zero", ["evaluate", "{ckpt_std_zero}", "--device", "cpu", *OUT], "a std of 0 (or not finite)"),
+    ("summary-never-called", ["summary", "ectied", "--ctor", "iterations=-3"], "the forward pass never calls block"),
+    ("bench-never-called", ["bench", "ectied", "--ctor", "iterations=0", "--procs", "1", "--steps", "1",
+                            "--batch-size", "2"], "never calls block: 35,969 parameters take no part"),
+    ("augment-tree-dangling-link", ["augment", "basic", "--dataset", "{tree_dangling}", "--n", "2", *OUT],
+     "skipped 1 image name(s) that are not regular files: {tree_dangling}/a/ghost.png (broken symbolic link)"),
+    ("augment-tree-fifo", ["augment", "basic", "--dataset", "{tree_fifo}", "--n", "2", *OUT],
+     "{tree_fifo}/b/pipe.png (FIFO)"),
 ]
 
 
@@ -333,6 +437,15 @@ def test_bad_input_is_one_clear_paragraph_and_exit_2(runner, world, case, args, 
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output
     assert fragment in " ".join(result.output.split()), result.output  # rich may wrap lines
+
+
+@pytest.mark.parametrize("case, args, fragment", WARNINGS, ids=[c[0] for c in WARNINGS])
+def test_suspicious_input_is_a_warning_line(runner, world, case, args, fragment):
+    result = runner.invoke(cli, [a.format(**world) for a in args])
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines() if "warning:" in line]
+    assert any(fragment.format(**world) in line for line in lines), result.output
 
 
 def test_the_table_covers_every_command():

@@ -8,6 +8,7 @@ import pytest
 
 from cnnscope.core import metrics
 from cnnscope.cli import cli
+from cnnscope.errors import RunError
 
 TINY_MODEL = textwrap.dedent('''
     import torch.nn as nn
@@ -39,7 +40,8 @@ def runs(tmp_path_factory):
 
 
 def test_per_class_metrics_by_hand():
-    # class 2 never occurs and is never predicted: its precision, recall and F1 are 0
+    # class 2 never occurs and is never predicted: its precision, recall and F1 are 0, and the macro
+    # average is over the two classes that occur (as sklearn's report, which lists only those)
     cm = metrics.confusion_counts([0] * 6 + [1] * 4, [0] * 5 + [1] + [0, 0, 1, 1], 3)
     assert cm.tolist() == [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
     m = metrics.per_class_metrics(cm)
@@ -47,7 +49,7 @@ def test_per_class_metrics_by_hand():
     assert m["recall"] == pytest.approx([5 / 6, 1 / 2, 0])
     assert m["f1"] == pytest.approx([10 / 13, 4 / 7, 0])
     assert m["support"].tolist() == [6, 4, 0]
-    assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 3)
+    assert m["macro_avg"]["f1"] == pytest.approx((10 / 13 + 4 / 7) / 2)
     assert m["weighted_avg"]["precision"] == pytest.approx(0.6 * 5 / 7 + 0.4 * 2 / 3)
     assert m["weighted_avg"]["recall"] == pytest.approx(0.7)  # = accuracy
     top = metrics.top_confusions(cm, ["a", "b", "c"])
@@ -101,15 +103,14 @@ def test_evaluate_json_agrees_with_the_files(runner, runs):
         assert report["top_confusions"][0]["count"] == off_diagonal.max()
 
 
-def test_evaluate_markdown_and_checkpoint_file(runner, runs):
+def test_evaluate_markdown_and_checkpoint_file(runner, error_of, runs):
     result = runner.invoke(cli, ["evaluate", str(runs / "one" / "checkpoints" / "last.pth"), "--format", "markdown",
                                  "--device", "cpu", "--trust-spec"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((runs / "one" / "metrics.json").read_text())
     assert f"Test accuracy {metrics['test_acc']:.2f}% (128 images)" in result.output
     assert "| **macro avg** |" in result.output and "| **weighted avg** |" in result.output
-    missing = runner.invoke(cli, ["evaluate", str(runs / "nope")])
-    assert missing.exit_code == 2 and "neither a run folder nor a checkpoint" in missing.output
+    assert isinstance(error_of(runner.invoke(cli, ["evaluate", str(runs / "nope")])), RunError)  # no such run
 
 
 def test_compare_writes_the_summary_and_combined_plots(runner, runs, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError
 from cnnscope.runs import image_folder
 from cnnscope.runs.datasets import Split, fit_channels, load_dataset
 from cnnscope.runs.loaders import make_loader
@@ -80,8 +80,9 @@ def test_grey_tree_is_one_channel_and_repeats_for_rgb_models(tmp_path):
     assert rgb.input_shape == (3, 40, 40) and rgb.mean == ds.mean * 3
     batch = rgb.train.take(torch.tensor([4, 0]))
     assert batch.shape == (2, 3, 40, 40) and torch.equal(batch, ds.train.images[[4, 0]].expand(-1, 3, -1, -1))
-    with pytest.raises(CnnscopeError, match="takes 1-channel images but"):
+    with pytest.raises(DataError) as refused:  # a 1-channel model cannot take RGB images
         fit_channels(load_dataset(str(write_tree(tmp_path / "rgb")), tmp_path / "data"), 1)
+    assert refused.value.arguments == ("dataset", "ctor")
 
 
 def test_cache_is_reused_then_invalidated_by_a_change(tmp_path, monkeypatch):
@@ -158,7 +159,7 @@ def write_idx(path, array):
 @pytest.mark.parametrize("name, folder, first_class", [("mnist", "MNIST/raw", "0 - zero"),
                                                        ("kmnist", "kmnist", "o")])
 def test_mnist_and_kmnist_from_idx_files(tmp_path, name, folder, first_class):
-    with pytest.raises(CnnscopeError, match=f"train-images-idx3-ubyte.gz.*{folder.split('/')[0]}"):
+    with pytest.raises(DataError, match=f"train-images-idx3-ubyte.gz.*{folder.split('/')[0]}"):  # the files to place
         load_dataset(name, tmp_path)
     train = np.arange(6 * 28 * 28).reshape(6, 28, 28) % 251
     write_idx(tmp_path / folder / "train-images-idx3-ubyte", train)
@@ -175,7 +176,7 @@ def test_mnist_and_kmnist_from_idx_files(tmp_path, name, folder, first_class):
 
 def test_svhn_from_mat_files(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
-    with pytest.raises(CnnscopeError, match="train_32x32.mat and test_32x32.mat"):
+    with pytest.raises(DataError, match="train_32x32.mat and test_32x32.mat"):  # the files to place
         load_dataset("svhn", tmp_path)
     (tmp_path / "svhn").mkdir()
     x = np.arange(32 * 32 * 3 * 4, dtype=np.int64).reshape(32, 32, 3, 4) % 256
@@ -237,3 +238,13 @@ def test_own_model_on_a_tree_then_evaluate_attribute_export_from_elsewhere(tmp_p
     result = runner.invoke(cli, ["export", run, "--trust-spec", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 2  # the tree's test split: round(24 * 0.1)
+
+
+def test_a_cache_deleted_mid_run_is_a_clear_error(tmp_path):
+    tree = write_tree(tmp_path / "tree")
+    ds = load_dataset(str(tree), tmp_path / "data")
+    assert ds.train.take(torch.tensor([0, 1])).shape[0] == 2
+    for u8 in (tree / image_folder.CACHE_FOLDER).glob("*.u8"):
+        u8.unlink()  # another process (or a user) removes the cache while a run reads it
+    with pytest.raises(CnnscopeError, match="was deleted while this command read it. Run the command again"):
+        ds.train.take(torch.tensor([0, 1]))

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from cnnscope.cli import cli
+from cnnscope.errors import RunError, TrustError
 
 BLOCKS = textwrap.dedent('''
     import torch.nn as nn
@@ -107,10 +108,9 @@ def test_run_works_after_its_model_moved_changed_and_the_run_moved(own_run, runn
         (project / "mypkg" / "blocks.py").write_text(BLOCKS)
 
 
-def test_a_run_copy_is_still_code_the_user_must_trust(own_run, runner, tmp_path):
+def test_a_run_copy_is_still_code_the_user_must_trust(own_run, runner, error_of, tmp_path):
     result = invoke(runner, ["evaluate", str(own_run[2])], tmp_path)
-    assert result.exit_code == 2
-    assert "not a zoo model" in result.stderr and "mypkg/net.py:Net" in result.stderr
+    assert isinstance(error_of(result), TrustError) and "mypkg/net.py:Net" in result.stderr  # what would run
 
 
 def test_a_package_named_models_resumes_from_its_own_folder_and_a_different_one_is_named(runner, tmp_path,
@@ -155,7 +155,7 @@ def one_cycle_lrs(recipe, total):
     return out
 
 
-def test_resume_extends_a_finished_run_with_a_replanned_schedule(tiny_spec, runner, tmp_path):
+def test_resume_extends_a_finished_run_with_a_replanned_schedule(tiny_spec, runner, error_of, tmp_path):
     from cnnscope.runs.recipes import get_recipe
 
     args = ["train", tiny_spec, *QUICK, "--out", str(tmp_path), "--name", "ext"]
@@ -175,9 +175,9 @@ def test_resume_extends_a_finished_run_with_a_replanned_schedule(tiny_spec, runn
     assert float(rows[2]["lr"]) == pytest.approx(replanned[3 * steps - 2], rel=1e-4)
     assert replanned[2 * steps - 2] != pytest.approx(one_cycle_lrs(recipe, 2 * steps)[2 * steps - 2], rel=1e-2)
     assert json.loads((tmp_path / "ext" / "config.json").read_text())["epochs"] == 3
-    shorter = runner.invoke(cli, ["train", "--resume", str(tmp_path / "ext"), "--epochs", "2", "--trust-spec"])
-    assert shorter.exit_code == 2
-    assert "is a run of 3 epochs (3 done); resume can extend a run to more epochs, not shorten it" in shorter.stderr
+    shorter = error_of(runner.invoke(cli, ["train", "--resume", str(tmp_path / "ext"), "--epochs", "2",
+                                           "--trust-spec"]))
+    assert isinstance(shorter, RunError) and shorter.arguments == ("epochs",)  # extended, never shortened
 
 
 def test_init_from_copies_the_weights_and_replaces_a_head_of_another_class_count(own_run):
@@ -200,12 +200,10 @@ def test_init_from_copies_the_weights_and_replaces_a_head_of_another_class_count
     assert torch.equal(model.fc.weight, fresh_head)
 
 
-def test_init_from_refuses_another_architecture(own_run, runner, tmp_path):
+def test_init_from_refuses_another_architecture(own_run, runner, error_of, tmp_path):
     result = runner.invoke(cli, ["train", "basic", *QUICK, "--epochs", "1", "--out", str(tmp_path),
                                  "--init-from", str(own_run[2])])
-    assert result.exit_code == 2
-    assert "do not fit this model" in result.stderr and "init_from takes the weights of the same architecture" in \
-        result.stderr.replace("\n", " ")
+    assert isinstance(error_of(result), RunError) and error_of(result).arguments == ("init_from",)
     assert not (tmp_path / "basic").exists()
 
 
@@ -270,7 +268,7 @@ def test_user_images_are_resized_and_normalised_as_the_run_was_trained(tmp_path)
     assert x1.shape == (1, 1, 16, 16) and pixels1.shape == (1, 16, 16, 3)  # drawn as RGB
 
 
-def test_attribute_and_erf_on_the_users_images(own_run, runner, tmp_path):
+def test_attribute_and_erf_on_the_users_images(own_run, runner, error_of, tmp_path):
     run = own_run[2]
     for i in range(2):
         Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(tmp_path / f"img{i}.png")
@@ -282,7 +280,7 @@ def test_attribute_and_erf_on_the_users_images(own_run, runner, tmp_path):
     assert [i["file"] for i in report["images"]] == [str(tmp_path / "img0.png"), str(tmp_path / "img1.png")]
     assert (tmp_path / "plots" / "attributions.png").is_file()
     result = runner.invoke(cli, ["attribute", str(run), "--trust-spec", "--image", str(tmp_path), "--target", "true"])
-    assert result.exit_code == 2 and "image files come without them" in result.stderr
+    assert error_of(result).arguments == ("target_class",)  # image files have no labels
     erf = runner.invoke(cli, ["rf", "--erf", str(run), "--trust-spec", "--image", str(tmp_path / "img1.png"),
                               "--format", "json"])
     assert erf.exit_code == 0, erf.output

@@ -123,7 +123,7 @@ def test_sigint_to_the_launcher_alone_stops_and_saves(tmp_path):
     assert proc.returncode == 130, out + err
     assert "Resume with:" in out and "cnnscope train --resume" in out
     said = [line.split(" ")[0] for line in err.strip().splitlines()]
-    assert said == ["starting", "loading", "building", "writing"], err  # no line from torch's agent
+    assert said == ["starting", "generating", "building", "writing"], err  # no line from torch's agent
     assert 1 <= load_checkpoint(tmp_path / "tiny" / "checkpoints" / "last.pth")["epoch"] < EPOCHS
     assert wait_gone(ranks) == []
 
@@ -140,7 +140,7 @@ def test_a_rank_killed_from_outside_is_said_in_one_line(tmp_path, victim):
     *preparation, said = err.strip().splitlines()
     assert said == (f"Process {victim} of 2 was killed by SIGKILL; the others were stopped. "
                     f"Resume with: cnnscope train --resume {run} --device cpu")
-    assert [line.split(" ")[0] for line in preparation] == ["starting", "loading", "building", "writing"], err
+    assert [line.split(" ")[0] for line in preparation] == ["starting", "generating", "building", "writing"], err
     assert wait_gone(ranks) == []
 
 

@@ -78,9 +78,17 @@ def test_run_blocks_show_the_run_numbers(site):
                 "| images/s | 2,346 |", "| dataset | fake |"):
         assert row in metrics.splitlines()
     assert body_of(text, "CLS_REPORT_BASIC") == (
-        "| avg | precision | recall | f1 |\n|---|---|---|---|\n"
+        "| avg | precision | recall | f1 |\n|:---|---:|---:|---:|\n"
         "| macro avg | 0.586 | 0.585 | 0.580 |\n| weighted avg | 0.601 | 0.585 | 0.588 |\n"
     )
+
+
+def test_every_block_kind_is_filled_by_a_method_named_in_the_table():
+    from cnnscope.runs.readme.blocks import Renderer
+    from cnnscope.runs.readme.kinds import COMBINED_PLOTS, KINDS, RUN_IMAGES
+
+    assert sorted([*Renderer.FILLS, *RUN_IMAGES, *COMBINED_PLOTS]) == sorted(KINDS)
+    assert all(callable(fill) for fill in Renderer.FILLS.values())
 
 
 def test_model_summary_of_a_run_survives_fences_markers_and_backslashes(site):
@@ -117,12 +125,105 @@ def test_image_blocks_point_at_the_png_relative_to_the_readme(site, marker, src,
 
 
 def test_readme_in_a_subfolder_gets_paths_relative_to_its_folder(site):
+    """A README reads only inside its own tree, or inside the reports folder the user names: there
+    ../reports/basic from docs/ is allowed, and the image paths are relative to docs/."""
     docs = site / "docs"
     docs.mkdir(exist_ok=True)
-    text = update_text("<!-- SHARING run=../reports/basic -->\n<!-- /SHARING -->\n", Renderer(docs))
+    text = update_text("<!-- SHARING run=../reports/basic -->\n<!-- /SHARING -->\n",
+                       Renderer(docs, reports=site / "reports"))
     srcs = re.findall(r'src="([^"]+)"', text)
     assert srcs == ["../reports/basic/plots/sharing_stage1.png", "../reports/basic/plots/sharing_stage2.png"]
     assert all((docs / s).is_file() for s in srcs)
+    guide = site / "guide"  # a README folder with its own runs: needs nothing named
+    if not guide.exists():
+        write_run(guide / "reports" / "basic")
+    text = update_text("<!-- CM run=reports/basic -->\n<!-- /CM -->\n", Renderer(guide))
+    assert re.findall(r'src="([^"]+)"', text) == ["reports/basic/plots/cm.png"]
+
+
+# ---- a README reads only inside its own tree --------------------------------------------------------
+
+SECRET = "secret line of another file\n"
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A README folder (repo/) with a real run, and outside it a folder of files the README must not
+    read: elsewhere/ holds a run's files (metrics.json, model_summary.txt, a PNG) and a secret."""
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    write_run(repo / "reports" / "basic")
+    (repo / "reports" / "basic" / "train_log.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc\n")
+    write_run(elsewhere)
+    for name in ("model_summary.txt", "rf.md"):
+        (elsewhere / name).write_text(SECRET)
+    (elsewhere / "secret.txt").write_text(SECRET)
+    (repo / "reports" / "out").symlink_to(elsewhere)  # a folder inside the tree that leads out
+    (repo / "reports" / "linked").mkdir()
+    (repo / "reports" / "linked" / "model_summary.txt").symlink_to(elsewhere / "secret.txt")
+    (repo / "reports" / "linked" / "metrics.json").symlink_to(elsewhere / "metrics.json")
+    (repo / "reports" / "linked" / "plots").mkdir()
+    (repo / "reports" / "linked" / "plots" / "cm.png").symlink_to(elsewhere / "plots" / "cm.png")
+    return repo, elsewhere
+
+
+OUTSIDE_MARKERS = {
+    "absolute run": ("MODEL_SUMMARY run={elsewhere}", "is an absolute path"),
+    "absolute image": ("IMAGE src={elsewhere}/plots/cm.png", "is an absolute path"),
+    "run up and out": ("MODEL_SUMMARY run=../elsewhere", "leads outside the README's folder"),
+    "image up and out": ("IMAGE src=../elsewhere/secret.txt", "leads outside the README's folder"),
+    "linked folder": ("RF run=reports/out", "leads outside the README's folder"),
+    "linked text file": ("MODEL_SUMMARY run=reports/linked", "leads outside the README's folder"),
+    "linked metrics": ("RUN_METRICS run=reports/linked", "leads outside the README's folder"),
+    "linked image": ("CM run=reports/linked", "leads outside the README's folder"),
+    "linked combined": ('COMBINED_SUMMARY_TABLE runs="reports/basic reports/out"', "leads outside the README's folder"),
+    "a model file out": ("RF spec=../elsewhere/model.py:Net", "leads outside the README's folder"),
+    "100,000 characters": ("MODEL_SUMMARY run=" + "a" * 100_000, "100,000 characters"),
+}
+
+
+@pytest.mark.parametrize("case", OUTSIDE_MARKERS)
+def test_a_marker_reads_nothing_outside_the_readme_tree(runner, planted, case):
+    repo, elsewhere = planted
+    marker, fragment = OUTSIDE_MARKERS[case]
+    name = marker.split()[0]
+    readme = repo / "README.md"
+    text = f"# r\n<!-- {marker.format(elsewhere=elsewhere)} -->\n<!-- /{name} -->\n"
+    readme.write_text(text)
+
+    for mode in ((), ("--check",), ("--diff",)):
+        result = run_cli(runner, readme, *mode)
+        assert result.exit_code == 2, (mode, result.output)
+        assert "Traceback" not in result.output and fragment in " ".join(result.output.split())
+        assert "secret line" not in result.output and f"{readme}:2" in result.output
+    assert readme.read_text() == text
+
+
+def test_check_prints_only_the_blocks_own_text(runner, planted):
+    repo, _ = planted
+    readme = repo / "README.md"
+    readme.write_text("# r\n<!-- MODEL_SUMMARY run=reports/basic -->\nold\n<!-- /MODEL_SUMMARY -->\ntail\n")
+    result = run_cli(runner, readme, "--check")
+    assert result.exit_code == 1
+    added = [line[1:] for line in result.stdout.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert "".join(f"{line}\n" for line in added[3:-2]) == SUMMARY_TEXT  # the run's own text, in its fence
+    assert [line for line in result.stdout.splitlines() if line.startswith("-") and not line.startswith("---")] == [
+        "-old"]
+
+
+def test_a_bom_on_line_1_and_a_bad_ctor_are_located(runner, site, tmp_path):
+    bom = tmp_path / "BOM.md"
+    bom.write_bytes("\ufeff<!-- RUN_METRICS run=reports/basic -->\n<!-- /RUN_METRICS -->\n".encode())
+    result = run_cli(runner, bom, "--reports", site / "reports", "--check")
+    assert result.exit_code == 2 and "leads outside" not in result.output  # line 1 is read as a marker ...
+    assert f"{bom}:1: block RUN_METRICS: run folder reports/basic does not exist" in " ".join(result.output.split())
+    (tmp_path / "reports").symlink_to(site / "reports", target_is_directory=True)
+    assert run_cli(runner, bom, "--reports", site / "reports").exit_code == 0  # ... and filled, BOM kept
+    assert bom.read_bytes().startswith("\ufeff<!-- RUN_METRICS".encode()) and b"| params | 84,322 |" in bom.read_bytes()
+
+    ctor = tmp_path / "CTOR.md"
+    ctor.write_text("# x\n\n<!-- RF spec=basic ctor=width -->\n<!-- /RF -->\n")
+    result = run_cli(runner, ctor)
+    assert result.exit_code == 2 and f"{ctor}:3: block RF: Bad ctor item 'width'" in " ".join(result.output.split())
 
 
 def test_zoo_table(site, monkeypatch):
@@ -321,13 +422,12 @@ def test_content_that_would_break_the_blocks_is_refused(site, runner):
     assert readme.read_text() == data
 
 
-def test_missing_readme_and_unused_rf_are_errors(site, runner):
-    missing = run_cli(runner, site / "NOPE.md")
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+def test_missing_readme_and_unused_rf_are_errors(site, runner, error_of):
+    error_of(run_cli(runner, site / "NOPE.md"))  # no such README
     readme = site / "RF.md"
     readme.write_text(GOOD)
     unused = run_cli(runner, readme, "--rf", "model.py:Net")
-    assert unused.exit_code == 2 and "fills no block" in unused.output and "RF_NET" in unused.output
+    assert error_of(unused).arguments == ("rf_models",) and "RF_NET" in unused.output  # the block it would fill
     assert readme.read_text() == GOOD
 
 

@@ -531,9 +531,9 @@ def test_cli_table_format(runner):
     assert "RF exceeds the input from layer 20 (block#5:conv2d)" in text  # 19 + 2*2*2 at jump 2 > 32
 
 
-def test_cli_without_spec_or_run_is_a_clean_error(runner):
+def test_cli_without_spec_or_run_is_a_clean_error(runner, error_of):
     result = runner.invoke(cli, ["rf"])
-    assert result.exit_code == 2 and "Give a SPEC" in result.stderr and "Traceback" not in result.output
+    assert error_of(result).arguments == ("erf_run",) and "Traceback" not in result.output
 
 
 def test_cli_erf_heatmap_and_radius(runner, tmp_path):
@@ -543,6 +543,7 @@ def test_cli_erf_heatmap_and_radius(runner, tmp_path):
     save_checkpoint({"model_spec": "basic", "ctor": {}, "model": zoo.build("basic").state_dict(),
                      "dataset": "fake", "classes": fake.classes, "mean": fake.mean, "std": fake.std},
                     run / "checkpoints" / "last.pth")
+    (run / ".cnnscope.lock").touch()  # a run folder: the commands write into it
     result = runner.invoke(cli, ["rf", "basic", "--erf", str(run), "--erf-images", "4", "--format", "json"])
     assert result.exit_code == 0, result.output
     erf = json.loads(result.stdout)["erf"]

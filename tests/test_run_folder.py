@@ -16,7 +16,7 @@ from cnnscope import files
 from cnnscope.runs import run_folder, train
 from cnnscope.files import atomic_write_bytes, atomic_write_text
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ HOLD_LOCK = "import sys\nfrom cnnscope.runs.run_folder import locked\nwith locke
             "    print('locked', flush=True)\n    sys.stdin.read()\n"
 
 
-def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runner, tiny_spec, run_copy):
+def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runner, error_of, tiny_spec, run_copy):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_copy)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -74,7 +74,7 @@ def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runn
         for args in (train_args(tiny_spec, run_copy.parent, "--overwrite"),
                      ["train", "--resume", run_copy, "--trust-spec"]):
             refused = invoke(runner, *args)
-            assert refused.exit_code == 2, refused.output
+            assert error_of(refused).arguments == ("name", "out")
             assert f"is in use: process {holder.pid} is training into it" in text_of(refused)
         assert files_of(run_copy) == before
     finally:
@@ -89,26 +89,25 @@ def test_a_run_in_use_is_refused_with_the_holders_pid_until_the_holder_dies(runn
 def test_the_lock_is_taken_once_and_given_back(tmp_path):
     with run_folder.locked(tmp_path / "run"):
         # flock locks belong to an open file, so a second open in this same process is refused too
-        with pytest.raises(CnnscopeError, match=f"process {os.getpid()} is training into it"):
+        with pytest.raises(RunError) as refused:
             with run_folder.locked(tmp_path / "run"):
                 pass
+        assert refused.value.arguments == ("name", "out")
     with run_folder.locked(tmp_path / "run"):
         pass
 
 
 # ---- --overwrite replaces cnnscope runs only, and only their files -------------------------------
 
-def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(runner, tiny_spec, tmp_path):
+def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(runner, error_of, tiny_spec, tmp_path):
     folder = tmp_path / "Tiny"
     folder.mkdir()
     (folder / "config.json").write_text('{"learning_rate": 0.1}\n')  # someone else's config
     (folder / "notes.txt").write_text("my notes\n")
     before = files_of(folder)
     for extra in ([], ["--overwrite"]):
-        refused = invoke(runner, *train_args(tiny_spec, tmp_path, *extra))
-        assert refused.exit_code == 2, refused.output
-        text = text_of(refused)
-        assert "is not a cnnscope run" in text and "config.json" in text and "does not replace files" in text
+        refused = error_of(invoke(runner, *train_args(tiny_spec, tmp_path, *extra)))
+        assert isinstance(refused, RunError) and refused.arguments == ("overwrite", "name", "out")
         assert files_of(folder) == before and sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt"]
 
 
@@ -122,11 +121,13 @@ def test_a_folder_without_run_files_takes_a_run_beside_the_users_files(runner, t
 
 
 def test_overwrite_removes_only_what_cnnscope_writes(run_copy):
-    mine = {"notes.txt": b"notes", "plots/my_figure.png": b"png", "checkpoints/keep.pt": b"mine", "data/x": b"x"}
+    mine = {"notes.txt": b"notes", "plots/my_figure.png": b"png", "checkpoints/keep.pt": b"mine", "data/x": b"x",
+            "tensorboard/notes.txt": b"mine"}
     for name, data in mine.items():
         (run_copy / name).parent.mkdir(exist_ok=True)
         (run_copy / name).write_bytes(data)
-    for name in ("plots/erf.png", "plots/sharing_stage1.png", "checkpoints/epoch_001.pth"):  # inspection, --save-every
+    for name in ("plots/erf.png", "plots/sharing_stage1.png", "checkpoints/epoch_001.pth",  # inspection, --save-every
+                 "tensorboard/events.out.tfevents.1.host.2.0"):  # --tensorboard
         (run_copy / name).write_bytes(b"old")
     with ExitStack() as held:
         note = run_folder.claim(run_copy, held, resuming=False, overwrite=True)
@@ -134,9 +135,9 @@ def test_overwrite_removes_only_what_cnnscope_writes(run_copy):
     assert files_of(run_copy) == {**mine, run_folder.LOCK_NAME: f"{os.getpid()}\n".encode()}
 
 
-def test_a_finished_run_needs_overwrite(runner, tiny_spec, run_copy):
-    again = invoke(runner, *train_args(tiny_spec, run_copy.parent))
-    assert again.exit_code == 2 and "already holds a run" in text_of(again) and "--overwrite" in again.output
+def test_a_finished_run_needs_overwrite(runner, error_of, tiny_spec, run_copy):
+    again = error_of(invoke(runner, *train_args(tiny_spec, run_copy.parent)))
+    assert isinstance(again, RunError) and again.arguments == ("resume", "name", "overwrite")
     assert (run_copy / "checkpoints" / "last.pth").is_file()
 
 
@@ -224,9 +225,10 @@ def test_every_file_of_a_run_folder_is_renamed_into_place(runner, tiny_spec, tmp
     renamed = set()
     replace = os.replace
 
-    def recording(src, dst, *args, **kwargs):
-        renamed.add(Path(dst))
-        return replace(src, dst, *args, **kwargs)
+    def recording(src, dst, *, dst_dir_fd=None, **kwargs):  # names relative to a folder's descriptor
+        folder = Path(os.readlink(f"/proc/self/fd/{dst_dir_fd}")) if dst_dir_fd is not None else Path()
+        renamed.add(folder / dst)
+        return replace(src, dst, dst_dir_fd=dst_dir_fd, **kwargs)
 
     monkeypatch.setattr(os, "replace", recording)
     result = invoke(runner, *train_args(tiny_spec, tmp_path))
@@ -254,19 +256,51 @@ def test_writes_keep_the_mode_and_give_new_files_the_umask(tmp_path):
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
 
 
-def test_a_symlink_is_written_through_and_a_read_only_file_is_refused(tmp_path):
+def test_a_symlink_is_never_written_through_and_a_read_only_file_is_refused(tmp_path):
     target = tmp_path / "docs" / "real.md"
     target.parent.mkdir()
     target.write_text("old")
     link = tmp_path / "link.md"
     link.symlink_to(Path("docs") / "real.md")
-    atomic_write_text(link, "new")
-    assert link.is_symlink() and target.read_text() == "new"
+    with pytest.raises(CnnscopeError, match="link.md is a symbolic link \\(to docs/real.md\\), so cnnscope leaves it"):
+        atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "link.md"]
 
     target.chmod(0o444)
     with pytest.raises(CnnscopeError, match="real.md is read-only, so it is left as it is"):
-        atomic_write_text(link, "newer")
-    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["real.md"]
+        atomic_write_text(target, "newer")
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["real.md"]
+
+
+def test_a_linked_folder_below_the_output_folder_is_refused_and_nothing_written(tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    run.mkdir()
+    victim.mkdir()
+    (run / "plots").symlink_to(victim)
+    with files.writing_into(run), pytest.raises(CnnscopeError, match=f"{run / 'plots'} is a symbolic link"):
+        atomic_write_text(run / "plots" / "cm.png", "x")
+    with files.writing_into(run), pytest.raises(CnnscopeError, match="is a symbolic link"):
+        files.remove(run / "plots" / "cm.png")
+    assert list(victim.iterdir()) == []
+    atomic_write_text(run / "plots" / "cm.png", "x")  # outside writing_into the folder is the user's: followed
+    assert (victim / "cm.png").read_text() == "x"
+
+
+def test_a_read_only_file_system_is_named(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    statvfs = os.fstatvfs
+
+    def read_only(fd):
+        real = statvfs(fd)
+        return os.statvfs_result((*real[:8], real.f_flag | os.ST_RDONLY, real.f_namemax))
+
+    monkeypatch.setattr(os, "fstatvfs", read_only)
+    with pytest.raises(CnnscopeError) as refused:
+        atomic_write_text(target, "new")
+    assert f"Could not write {target}: Read-only file system" in str(refused.value)
+    assert "mounted read-only" in str(refused.value) and "chmod" not in str(refused.value)
 
 
 # ---- disk faults --------------------------------------------------------------------------------------

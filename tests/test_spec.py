@@ -8,7 +8,7 @@ import pytest
 import torch.nn as nn
 
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import SpecError
 from cnnscope.runs.spec import build_model, parse_key_values
 
 
@@ -19,7 +19,7 @@ def test_parse_key_values_literals_and_bare_words():
 
 @pytest.mark.parametrize("bad", ["num_classes", "=3", "1x=2", "x=[1,2"])
 def test_parse_key_values_rejects_malformed_naming_the_argument_not_a_flag(bad):
-    with pytest.raises(CnnscopeError, match="Bad recipe item") as e:
+    with pytest.raises(SpecError) as e:
         parse_key_values([bad], argument="recipe")
     assert e.value.arguments == ("recipe",) and "--" not in str(e.value)
 
@@ -69,41 +69,46 @@ def test_file_spec_imports_its_neighbours(model_file):
     assert isinstance(build_model(f"{model_file}:make_tiny", {}), nn.Module)
 
 
-def _assert_clean_error(result, *needles):
-    assert result.exit_code == 2, result.output
+def _assert_spec_error(error, result, arguments=(), *named):
+    """A SpecError (`error`: error_of(result)) naming `arguments`, no traceback; its message holds each
+    of `named` (what it suggests or lists)."""
+    assert isinstance(error, SpecError) and error.arguments == arguments
     assert "Traceback" not in result.output
-    for needle in needles:
+    for needle in named:
         assert needle in result.output, result.output
 
 
-def test_unknown_name_suggests_closest(runner):
-    _assert_clean_error(runner.invoke(cli, ["summary", "basci"]), "Unknown model 'basci'", "Did you mean basic")
+def check(runner, error_of, args, arguments=(), *named):
+    result = runner.invoke(cli, args)
+    _assert_spec_error(error_of(result), result, arguments, *named)
 
 
-def test_missing_file(runner, tmp_path):
-    _assert_clean_error(runner.invoke(cli, ["summary", f"{tmp_path}/nope.py:Net"]), "does not exist")
+def test_unknown_name_suggests_closest(runner, error_of):
+    check(runner, error_of, ["summary", "basci"], (), "Did you mean basic")
 
 
-def test_missing_attribute_lists_module_classes(runner, model_file):
-    _assert_clean_error(runner.invoke(cli, ["summary", f"{model_file}:Nope"]),
-                        "no attribute 'Nope'", "Other, Tiny")
+def test_missing_file(runner, error_of, tmp_path):
+    check(runner, error_of, ["summary", f"{tmp_path}/nope.py:Net"])
 
 
-def test_constructor_missing_arguments(runner, model_file):
-    _assert_clean_error(runner.invoke(cli, ["summary", f"{model_file}:Tiny"]),
-                        "Cannot construct Tiny", "width=...", "ctor is --ctor K=V")
+def test_missing_attribute_lists_module_classes(runner, error_of, model_file):
+    check(runner, error_of, ["summary", f"{model_file}:Nope"], (), "Other, Tiny")
 
 
-def test_malformed_ctor(runner):
-    _assert_clean_error(runner.invoke(cli, ["summary", "basic", "--ctor", "num_classes"]), "Bad ctor item")
+def test_constructor_missing_arguments(runner, error_of, model_file):
+    check(runner, error_of, ["summary", f"{model_file}:Tiny"], ("ctor",), "width=...", "ctor is --ctor K=V")
 
 
-def test_unknown_ctor_keyword(runner):
-    _assert_clean_error(runner.invoke(cli, ["summary", "basic", "--ctor", "widht=2"]), "Cannot construct basic")
+def test_malformed_ctor(runner, error_of):
+    check(runner, error_of, ["summary", "basic", "--ctor", "num_classes"], ("ctor",))
 
 
-def test_attribute_that_is_not_a_model(runner, model_file):
-    _assert_clean_error(runner.invoke(cli, ["summary", f"{model_file}:NOT_A_MODEL"]), "not a class or function")
+def test_unknown_ctor_keyword(runner, error_of):
+    check(runner, error_of, ["summary", "basic", "--ctor", "widht=2"], ("ctor",))
+
+
+def test_attribute_that_is_not_a_model(runner, error_of, model_file):
+    check(runner, error_of, ["summary", f"{model_file}:NOT_A_MODEL"])
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in sorted(cli.commands)])
@@ -172,36 +177,36 @@ def test_same_package_name_in_two_folders_is_not_served_from_the_cache(runner, t
     assert _final_rf(runner, f"{tmp_path}/d2/pkg/net.py:Net") == 5
 
 
-def test_broken_relative_import_says_what_was_tried(runner, tmp_path, monkeypatch, clean_import_path):
+def test_broken_relative_import_says_what_was_tried(runner, error_of, tmp_path, monkeypatch, clean_import_path):
     _write_package(tmp_path)
     (tmp_path / "pkg" / "net.py").write_text(NET.format(dots=".", depth=2).replace(".blocks", ".bloks"))
     monkeypatch.chdir(tmp_path)
-    _assert_clean_error(runner.invoke(cli, ["rf", "pkg/net.py:Net"]),
+    check(runner, error_of, ["rf", "pkg/net.py:Net"], (),
                         "as the module pkg.net", f"package root {tmp_path / 'pkg'}", f"imported from {tmp_path}",
                         "No module named 'pkg.bloks'", "Relative imports")
-    _assert_clean_error(runner.invoke(cli, ["rf", "pkg.net:Net"]), "No module named 'pkg.bloks'",
+    check(runner, error_of, ["rf", "pkg.net:Net"], (), "No module named 'pkg.bloks'",
                         "an import inside it failed")
 
 
-def test_relative_import_outside_a_package_advises_an_init_file(runner, tmp_path, clean_import_path):
+def test_relative_import_outside_a_package_advises_an_init_file(runner, error_of, tmp_path, clean_import_path):
     (tmp_path / "blocks.py").write_text(BLOCKS)
     (tmp_path / "loose_net.py").write_text(NET.format(dots=".", depth=2))
-    _assert_clean_error(runner.invoke(cli, ["rf", f"{tmp_path}/loose_net.py:Net"]),
+    check(runner, error_of, ["rf", f"{tmp_path}/loose_net.py:Net"], (),
                         "relative import", "has no __init__.py")
 
 
-def test_module_spec_not_found_says_where_it_looked(runner, tmp_path, monkeypatch, clean_import_path):
+def test_module_spec_not_found_says_where_it_looked(runner, error_of, tmp_path, monkeypatch, clean_import_path):
     monkeypatch.chdir(tmp_path)
-    _assert_clean_error(runner.invoke(cli, ["rf", "nopkg_i13.net:Net"]), "No module named 'nopkg_i13'",
+    check(runner, error_of, ["rf", "nopkg_i13.net:Net"], (), "No module named 'nopkg_i13'",
                         f"current folder {tmp_path.resolve()}", "path/to/nopkg_i13/net.py:Net")
 
 
-def test_package_named_like_an_imported_module_is_refused_not_shadowed(runner, tmp_path, clean_import_path):
+def test_package_named_like_an_imported_module_is_refused_not_shadowed(runner, error_of, tmp_path, clean_import_path):
     (tmp_path / "click").mkdir()
     (tmp_path / "click" / "__init__.py").write_text("")
     (tmp_path / "click" / "blocks.py").write_text(BLOCKS)
     (tmp_path / "click" / "net.py").write_text(NET.format(dots=".", depth=2))
-    _assert_clean_error(runner.invoke(cli, ["rf", f"{tmp_path}/click/net.py:Net"]),
+    check(runner, error_of, ["rf", f"{tmp_path}/click/net.py:Net"], (),
                         "as the package 'click'", "Rename the package folder")
     import click
     assert hasattr(click, "ClickException")  # the real click is still the one imported

@@ -6,6 +6,8 @@ a function is still an arrow. It is tested below on a small package written to t
 checks on the real package cannot pass because the checker sees nothing.
 """
 import ast
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -271,3 +273,36 @@ def test_checker_finds_each_problem(tmp_path):
 def test_checker_finds_a_cycle_through_a_package(tmp_path):
     write(tmp_path, {"cnnscope/__init__.py": "from cnnscope import x\n", "cnnscope/x.py": "import cnnscope\n"})
     assert import_cycles(import_graph(module_files(tmp_path))) == ["import cycle: cnnscope -> cnnscope.x -> cnnscope"]
+
+
+# ---- what a command imports -----------------------------------------------------------------------
+
+def test_rf_and_summary_import_no_data_checkpoint_or_other_family():
+    """`rf SPEC` and `summary SPEC` load the model's code and their own analysis and renderers: no
+    dataset, checkpoint, attribution or inspection code (rf's --erf and the other commands use those),
+    and rendering a result imports its own family of renderers alone."""
+    code = ("import sys\nfrom cnnscope.cli import cli\n"
+            "for args in (['rf', 'basic'], ['summary', 'basic']):\n"
+            "    cli.main(args, standalone_mode=False)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('cnnscope'))), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(out.stderr.split())
+    assert {"cnnscope.runs.rf", "cnnscope.core.summary", "cnnscope.render.rf", "cnnscope.render.summary"} <= loaded
+    unused = {"cnnscope.runs.datasets", "cnnscope.runs.image_folder", "cnnscope.runs.checkpoint",
+              "cnnscope.runs.inspect", "cnnscope.core.attribution", "cnnscope.core.training",
+              "cnnscope.render.inspect", "cnnscope.render.evaluate", "cnnscope.render.plots"}
+    assert not loaded & unused, sorted(loaded & unused)
+
+
+def test_render_families_name_the_module_of_every_result_type():
+    """render.FAMILIES (result type -> the module registering its renderers) is complete and right:
+    rendering a result imports that module alone."""
+    import importlib
+    import pkgutil
+
+    from cnnscope import render
+
+    for info in pkgutil.iter_modules(render.__path__):
+        importlib.import_module(f"cnnscope.render.{info.name}")
+    registered = {cls.__name__: table.__module__ for cls, (table, _) in render._RENDERERS.items()}
+    assert registered == {name: f"cnnscope.render.{module}" for name, module in render.FAMILIES.items()}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cnnscope.cli import cli
+from cnnscope.errors import RunError
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.sweep_params import parse_param
 from conftest import LoaderAt, wrap_training_loaders
@@ -164,6 +165,25 @@ def test_bad_sweep_commands_are_exit_2(runner, tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not any(tmp_path.rglob("trial-*"))
+
+
+@pytest.mark.parametrize("entry", ["trials.md", "study.db", "plots", "trial-000"])
+def test_a_link_in_the_sweep_folder_is_refused_before_anything_trains(runner, error_of, tmp_path, entry):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / entry).symlink_to(victim)
+    result = invoke(runner, ["sweep", "--trials", "1", "--param", "lr=log:0.01:0.1", "--out", tmp_path, "--name", "s",
+                             "basic", "--dataset", "fake"])
+    assert isinstance(error_of(result), RunError) and f"{tmp_path / 's' / entry} -> {victim}" in result.output
+    assert list(victim.iterdir()) == [] and sorted(p.name for p in (tmp_path / "s").iterdir()) == [entry]
+
+
+def test_a_sweep_name_is_one_folder_name(runner, error_of, tmp_path):
+    result = invoke(runner, ["sweep", "--trials", "1", "--param", "lr=log:0.01:0.1", "--out", tmp_path, "--name",
+                             "../elsewhere", "basic", "--dataset", "fake"])
+    assert isinstance(error_of(result), RunError) and error_of(result).arguments == ("name",)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_optuna_is_exit_2_naming_the_extra(runner, tmp_path, monkeypatch):

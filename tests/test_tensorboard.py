@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,30 @@ def test_tensorboard_into_a_folder_of_ones_choice_and_spec_targets(runner, tmp_p
     acc = events(folder)
     assert acc.Tags()["images"] and all(t.startswith("sharing/") for t in acc.Tags()["images"])
     assert acc.Images(acc.Tags()["images"][0])[0].step == 0  # untrained: no steps
+
+
+def test_events_are_never_written_through_a_link_below_the_run_folder(crashed_and_resumed, tmp_path):
+    """TensorBoard's writer opens its files itself: a linked folder on the way to the events folder
+    is refused before it opens one, and a planted link among the events stops a new run in the folder."""
+    from contextlib import ExitStack
+
+    from cnnscope.errors import RunError
+    from cnnscope.runs import run_folder
+    from cnnscope.runs.tensorboard import open_writer
+
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    shutil.copytree(crashed_and_resumed, run)
+    victim.mkdir()
+    (run / "tb").symlink_to(victim)
+    with pytest.raises(RunError, match="The TensorBoard folder .*/tb is a symbolic link"):
+        open_writer(run / "tb" / "events", run)
+    assert list(victim.iterdir()) == []
+    event_file = next((run / "tensorboard").glob("events.out.tfevents.*"))
+    event_file.unlink()
+    event_file.symlink_to(victim / "theirs")
+    with ExitStack() as held, pytest.raises(RunError, match=f"tensorboard/{event_file.name} -> {victim / 'theirs'}"):
+        run_folder.claim(run, held, resuming=False, overwrite=True)
+    assert event_file.is_symlink() and (run / "checkpoints" / "last.pth").is_file()  # nothing removed
 
 
 def test_a_missing_tensorboard_package_is_exit_2_naming_the_extra(runner, tmp_path, monkeypatch):

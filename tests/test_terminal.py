@@ -55,12 +55,11 @@ def test_quiet_and_verbose_exclude_each_other(runner):
 def test_devices_are_named_as_torch_names_them():
     assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    for name, message in (("tpu", "Unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps."),
-                          ("cpu:1", "Unknown device 'cpu:1'"), ("cuda:x", "Unknown device 'cuda:x'"),
-                          ("cuda:99", "Device 'cuda:99' was asked for but this machine has")):
-        with pytest.raises(CnnscopeError, match=re.escape(message)) as caught:
+    for name in ("tpu", "cpu:1", "cuda:x", "cuda:99"):
+        with pytest.raises(CnnscopeError) as caught:
             resolve_device(name)
         assert caught.value.arguments == ("device",)
+    assert str(caught.value).startswith("Device 'cuda:99' was asked for but this machine has")  # not an unknown name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -82,7 +81,7 @@ def test_gates_says_what_it_loads_only_when_verbose_and_its_seed_draws_the_weigh
                                                                                    ["--seed", "2"]))
     assert all(r.exit_code == 0 for r in (verbose, normal, quiet, seed_2)), verbose.output
     assert verbose.stderr.splitlines() == ["building egrr with untrained weights (seed 0) on cpu",
-                                           "loading fake (data) for the first 1 test images"]
+                                           "generating fake: synthetic images, in memory: the first 1 test images"]
     assert normal.stderr == quiet.stderr == ""  # off a terminal no bar is drawn
     assert json.loads(quiet.stdout) == json.loads(verbose.stdout) == json.loads(normal.stdout)  # seed 0 each time
     assert json.loads(seed_2.stdout)["steps"] != json.loads(normal.stdout)["steps"]
@@ -94,8 +93,11 @@ def test_train_prints_its_preparation_unless_quiet(runner, tmp_path):
             "--procs", "1", "--device", "cpu"]
     verbose = runner.invoke(cli, [*args, "--out", str(tmp_path / "v"), "--verbose"])
     assert verbose.exit_code == 0, verbose.output
-    assert verbose.stderr.splitlines() == [
-        "loading fake from data/ (the first time: download or decode, mean/std)",
+    said = verbose.stderr.splitlines()
+    # 2 steps of a fresh model: its validation ends far below its training accuracy, and the run says why
+    assert said[-1].startswith("warning: the val accuracy ended at ") and "in 2 optimizer steps batch norm" in said[-1]
+    assert said[:-1] == [
+        "generating fake: synthetic images, in memory",
         "building basic (10 classes, seed 0) on cpu",
         "loaders: batch backend, 32 images per process and batch",
         "writing model_summary.txt and rf.md (the receptive-field analysis)",
@@ -204,7 +206,8 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     texts = "\n".join(help_texts(runner))
     made = {run_dir_of(new_options(name)).as_posix() for name in zoo.list_models()}
     made |= {f"reports/{name}" for name in re.findall(r"--name (\S+)", texts)} | {"reports/combined"}
-    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*"}
+    placeholders = {"reports/<run>", "reports/<name>", "reports/<model>", "reports/<name>-untrained", "reports/*",
+                    "reports/<checkpoint>-checkpoint"}
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))
     assert "reports/basic" in named and "reports/combined" in named
     assert named - made - placeholders == set()

@@ -21,7 +21,7 @@ from cnnscope.core.augment import AugmentSpec
 from cnnscope.runs import datasets, launch, loaders, recipes
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.cli import cli
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, DataError, RunError
 from conftest import LoaderAt, sigint, wrap_training_loaders
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
@@ -90,6 +90,16 @@ def test_train_log_and_metrics_agree(basic_run):
     # OneCycle (max_lr 0.1, div 10, final div 100) ends at 1e-4 on the last batch
     assert rows[-1]["lr"] == pytest.approx(0.1 / 10 / 100, rel=0.02)
     assert f"test acc {metrics['test_acc']:.2f}%" in " ".join(output.split())
+    # one file, its values handed in by the model texts, each epoch, then the test evaluation
+    assert list(metrics) == ["macs", "rf", "run", "model", "params", "dataset", "selected_on", "best_val_acc",
+                             "best_epoch", "epochs", "train_time_s", "images_per_s", "lr_per_step", "test_acc",
+                             "test_loss", "macro_avg", "weighted_avg"]
+    assert metrics["macs"] == 13728256 and metrics["rf"] == 55
+    done = output.splitlines()[-1]
+    # the whole command's seconds (test_true_lines), then the training's, and the metrics held in memory
+    assert done.startswith("Done in ") and (f"s (training {metrics['train_time_s']:.0f}s): best val acc "
+                                            f"{metrics['best_val_acc']:.2f}% (epoch {metrics['best_epoch']}), test acc "
+                                            f"{metrics['test_acc']:.2f}%") in done, done
 
 
 def test_lr_recorded_per_step_shows_the_onecycle_warm_up(basic_run):
@@ -245,18 +255,19 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(runner, tmp_path, mo
            [{k: v for k, v in r.items() if k not in timing} for r in log_b]
     metrics_a, metrics_b = (json.loads((r / "metrics.json").read_text()) for r in (tiny_run, run))
     assert metrics_a["test_acc"] == metrics_b["test_acc"] and metrics_a["test_loss"] == metrics_b["test_loss"]
+    assert (metrics_b["macs"], metrics_b["rf"]) == (metrics_a["macs"], metrics_a["rf"])  # written once, kept
     assert len(metrics_b["lr_per_step"]) == 2 * 15 and metrics_a["lr_per_step"] == metrics_b["lr_per_step"]
 
 
-def test_resume_refuses_another_model_and_changed_settings(runner, tiny_spec, tiny_run):
-    other = invoke(runner, ["train", "basic", "--resume", tiny_run])
-    assert other.exit_code == 2 and "is a checkpoint of model" in other.output and "'basic'" in other.output
+def test_resume_refuses_another_model_and_changed_settings(runner, error_of, tiny_spec, tiny_run):
+    other = error_of(invoke(runner, ["train", "basic", "--resume", tiny_run]))
+    assert isinstance(other, RunError) and other.arguments == ("resume",)
     changed = invoke(runner, ["train", "--resume", tiny_run, "--trust-spec", "--lr", "0.5", "--seed", "7",
                               "--ctor", "width=4"])
-    assert changed.exit_code == 2
+    assert isinstance(error_of(changed), RunError)  # and it names what would change:
     assert "recipe.lr" in changed.output and "seed" in changed.output and "ctor.width" in changed.output
-    again = invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS))
-    assert again.exit_code == 2 and "already holds a run" in again.output and "--overwrite" in again.output
+    again = error_of(invoke(runner, train_args(tiny_spec, tiny_run.parent, *RESUME_ARGS)))
+    assert isinstance(again, RunError) and again.arguments == ("resume", "name", "overwrite")
 
 
 def test_missing_and_corrupt_checkpoints_are_clear_errors(runner, tmp_path):
@@ -273,7 +284,7 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(runner, tmp_path):
     assert result.exit_code == 2 and "cannot be resumed" in result.output
 
 
-def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, monkeypatch):
+def test_unreachable_download_is_exit_2_without_a_run_folder(runner, error_of, tmp_path, monkeypatch):
     import urllib.request
 
     def refuse(*args, **kwargs):
@@ -282,7 +293,7 @@ def test_unreachable_download_is_exit_2_without_a_run_folder(runner, tmp_path, m
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     result = invoke(runner, ["train", "basic", "--dataset", "cifar10", "--data-dir", tmp_path / "data",
                              "--out", tmp_path / "reports", "--device", "cpu", "--procs", "1"])
-    assert result.exit_code == 2 and "cifar-10-python.tar.gz" in result.output
+    assert isinstance(error_of(result), DataError) and "cifar-10-python.tar.gz" in result.output  # the file to place
     assert not (tmp_path / "reports" / "basic").exists()
 
 
@@ -406,10 +417,11 @@ def test_resolve_procs():
     assert launch.resolve_procs("auto", 128, "cuda") == 1
     assert launch.resolve_procs("auto", 128, "cpu", saved_world_size=3) == 3  # a resumed run keeps its count
     assert launch.resolve_procs("4", 128, "cpu") == 4
-    for procs, device, message in (("3", "cpu", "does not split evenly"), ("0", "cpu", "whole number"),
-                                   ("two", "cpu", "whole number"), ("2", "cuda", "torchrun")):
-        with pytest.raises(CnnscopeError, match=message):
+    for procs, device, arguments in (("3", "cpu", ("procs", "batch_size")), ("0", "cpu", ("procs",)),
+                                     ("two", "cpu", ("procs",)), ("2", "cuda", ("procs",))):
+        with pytest.raises(CnnscopeError) as refused:
             launch.resolve_procs(procs, 128, device)
+        assert refused.value.arguments == arguments
 
 
 def test_bad_procs_is_a_clear_error(tmp_path):
@@ -422,14 +434,14 @@ def test_bad_procs_is_a_clear_error(tmp_path):
 
 RANKS = textwrap.dedent('''
     import os, sys, time
-    from cnnscope.errors import CnnscopeError
+    from cnnscope.errors import RunError
 
     def run(codes, seconds, user_error=False):
         """Rank r sleeps seconds[r], then fails with a user error or exits with codes[r]."""
         rank = int(os.environ["RANK"])
         time.sleep(seconds[rank])
         if user_error:
-            raise CnnscopeError(f"bad input seen by rank {rank}")
+            raise RunError(f"bad input seen by rank {rank}", arguments=("resume",))
         print(f"rank {rank} ends with {codes[rank]}")
         return codes[rank]
 ''')
@@ -456,8 +468,9 @@ def test_a_crashed_rank_ends_the_others_at_once(ranks_module, capsys):
 def test_a_user_error_on_rank_1_waits_for_rank_0_to_say_it(ranks_module, capfd):
     # rank 0's error (not rank 1's, which came first) is raised in the launcher's process, for the caller
     # to say (the CLI: in terms of its flags); the ranks say nothing on the terminal
-    with pytest.raises(CnnscopeError, match="^bad input seen by rank 0$"):
+    with pytest.raises(RunError) as raised:  # its kind and arguments too
         launch.run_processes(ranks_module(codes=[0, 0], seconds=[2, 0], user_error=True), 2)
+    assert str(raised.value) == "bad input seen by rank 0" and raised.value.arguments == ("resume",)
     assert capfd.readouterr().err.strip() == ""
 
 
@@ -489,17 +502,17 @@ def test_recipes_follow_the_models_table():
     assert recipes.get_recipe("some/file.py:Net") == recipes.get_recipe("basic")
 
 
-def test_the_speed_recipe_is_opt_in_and_basic_only(runner):
+def test_the_speed_recipe_is_opt_in_and_basic_only(runner, error_of):
     speed = recipes.get_recipe("basic", speed=True)
     assert (speed.epochs, speed.image_size, speed.lr, speed.label_smoothing, speed.tta_hflip, speed.augment) == \
            (2, (28, 28), 0.2, 0.1, True, AugmentSpec(hflip=0.5))
     assert dataclasses.replace(speed, epochs=25, image_size=(32, 32), lr=0.1, label_smoothing=0.0, tta_hflip=False,
                                augment=recipes.get_recipe("basic").augment) == recipes.get_recipe("basic")
     assert not recipes.get_recipe("basic").tta_hflip  # the seeds' recipes stay the defaults
-    with pytest.raises(CnnscopeError, match="tiny has no speed recipe; the models with one are: basic"):
+    with pytest.raises(CnnscopeError) as refused:
         recipes.get_recipe("tiny", speed=True)
-    result = runner.invoke(cli, ["train", "--resume", "reports/basic", "--speed"])
-    assert result.exit_code == 2 and "keeps its own recipe" in result.output
+    assert refused.value.arguments == ("speed",)
+    assert error_of(runner.invoke(cli, ["train", "--resume", "reports/basic", "--speed"])).arguments == ("speed", "resume")
 
 
 def test_short_runs_shrink_epoch_schedules_unless_given():
@@ -508,10 +521,9 @@ def test_short_runs_shrink_epoch_schedules_unless_given():
     assert (short.epochs, short.warmup_epochs, short.depth_warmup_epochs) == (20, 0.5, 2.0)
     given = recipes.resolve(egrr, {"epochs": 20, "warmup_epochs": 3}, {"cutout": 16})
     assert (given.warmup_epochs, given.augment.cutout, given.augment.autoaugment) == (3.0, 16, True)
-    with pytest.raises(Exception, match="Unknown recipe field"):
-        recipes.resolve(egrr, {"warmup": 3})
-    with pytest.raises(Exception, match="epochs takes a whole number >= 1"):
-        recipes.resolve(egrr, {"epochs": "many"})
+    for overrides in ({"warmup": 3}, {"epochs": "many"}):  # no such field; not a whole number
+        with pytest.raises(CnnscopeError):
+            recipes.resolve(egrr, overrides)
     assert recipes.recipe_from_json(given.to_json()) == given
 
 

@@ -4,6 +4,7 @@ Nothing here imports torch at module level, so `cnnscope --help` answers at once
 imports what it needs when it runs.
 """
 import functools
+import math
 import os
 import sys
 import warnings
@@ -16,12 +17,28 @@ from cnnscope.errors import CnnscopeError, CnnscopeWarning
 
 
 FORMATS = ("table", "markdown", "json")
+SEED_RANGE = click.IntRange(0, 2**63 - 1)  # what torch.manual_seed and numpy's generators take
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange without nan and inf/-inf, which pass its comparisons but are no setting."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class UserError(click.ClickException):
-    """A CnnscopeError as Click shows it: one paragraph on stderr, exit code 2."""
+    """A CnnscopeError as Click shows it: one paragraph on stderr, exit code 2; `error` is the
+    library's error itself."""
 
     exit_code = 2
+
+    def __init__(self, message: str, error: CnnscopeError):
+        super().__init__(message)
+        self.error = error
 
 
 class CnnscopeGroup(click.Group):
@@ -31,7 +48,7 @@ class CnnscopeGroup(click.Group):
                 warnings.showwarning = _show_warning(warnings.showwarning)
                 return super().invoke(ctx)
         except CnnscopeError as e:
-            raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or ""))) from None
+            raise UserError(_user_message(e, self.get_command(ctx, ctx.invoked_subcommand or "")), e) from None
 
 
 def _show_warning(show_others):
@@ -118,7 +135,7 @@ def device_option(default="auto", used_for=""):
 
 
 def seed_option(default=0, used_for="of the random numbers the command draws"):
-    return click.option("--seed", type=int, default=default, show_default=default is not None,
+    return click.option("--seed", type=SEED_RANGE, default=default, show_default=default is not None,
                         help=f"Seed {used_for}; the same seed gives the same output.")
 
 

@@ -16,8 +16,8 @@ from cnnscope.cli.common import SPEC_RUNS_CODE, cli, emit, format_option, seed_o
 @click.option("--aug-backend", type=click.Choice(("batch", "albumentations")), default=None,
               help="Augmentation backend [default: the run's, else batch].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder that gets plots/augmented_samples_grid.png [default: the run folder for RUN, "
-                   "reports/<model> for MODEL].")
+              help="Folder that gets plots/augmented_samples_grid.png [default: the run folder for RUN (a "
+                   "checkpoint outside any run: reports/<checkpoint>-checkpoint), reports/<model> for MODEL].")
 @seed_option(default=None, used_for="of the batch drawn and of its augmentation [default: the run's, else 0]")
 @format_option()
 @verbosity_options
@@ -36,7 +36,7 @@ def augment_cmd(target, dataset, data_dir, n_images, aug_backend, out, seed, fmt
       cnnscope augment basic --dataset fashion-mnist
       cnnscope augment reports/egrr --n 16 --aug-backend albumentations --seed 1
     """
-    from cnnscope.runs.augment import augment_grid
+    from cnnscope.runs.augment import augment_into_folder
 
-    emit(fmt, augment_grid(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend, out=out,
-                           seed=seed, reporter=reporter))
+    emit(fmt, augment_into_folder(target, dataset=dataset, data_dir=data_dir, n=n_images, backend=aug_backend,
+                                  out=out, seed=seed, reporter=reporter))

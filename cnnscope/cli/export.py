@@ -1,7 +1,7 @@
 """export: a run's model as a TorchScript, torch.export or ONNX file."""
 import click
 
-from cnnscope.cli.common import cli, emit, format_option, trust_spec_option, verbosity_options
+from cnnscope.cli.common import FloatRange, cli, emit, format_option, trust_spec_option, verbosity_options
 
 
 @cli.command("export")
@@ -9,9 +9,10 @@ from cnnscope.cli.common import cli, emit, format_option, trust_spec_option, ver
 @click.option("--to", "to", type=click.Choice(("export", "torchscript", "onnx")), default="export",
               show_default=True, help="export (torch.export, .pt2), torchscript (torch.jit.trace; deprecated by "
                                       "PyTorch), onnx (needs the onnx and onnxruntime packages).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="File to write [default: RUN/export/<run>.<format>].")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="File to write [default: RUN/export/<run>.<format>; a checkpoint outside "
+                                                                   "any run: reports/<checkpoint>-checkpoint/export/].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--tolerance", type=FloatRange(min=0), default=1e-4, show_default=True,
               help="Largest output difference from the checkpoint accepted on the test images.")
 @trust_spec_option()
 @format_option()
@@ -37,4 +38,5 @@ def export_cmd(run, to, out, data_dir, tolerance, trust_spec, fmt, reporter):
     from cnnscope.runs.export import export_run
 
     reporter.detail(f"exporting {run} ({to}), then checking the program on the run's test images")
-    emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec))
+    emit(fmt, export_run(run, to, out, data_dir=data_dir, tolerance=tolerance, trust_spec=trust_spec,
+                         reporter=reporter))

@@ -2,15 +2,16 @@
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, seed_option, tensorboard_option,
-    trust_spec_option, verbosity_options,
+    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, seed_option,
+    tensorboard_option, trust_spec_option, verbosity_options,
 )
 
 
 target_argument = click.argument("target", metavar="RUN|SPEC")
 out_option = click.option(
     "--out", type=click.Path(file_okay=False), default=None,
-    help="Folder for the figures [default: RUN/plots; reports/<name>-untrained/plots for a SPEC].",
+    help="Folder for the figures [default: RUN/plots (a checkpoint outside any run: "
+         "reports/<checkpoint>-checkpoint/plots); reports/<name>-untrained/plots for a SPEC].",
 )
 events_option = tensorboard_option(
     "Also add the figures and the table to TensorBoard events (the extra cnnscope[tensorboard]): in DIR [default: "
@@ -38,6 +39,7 @@ def emit_inspection(fmt, report, target, events, command: str) -> None:
         log_inspection(events, command, report, report.figures.values(), run_of(target))
         click.echo(f"added the {command} figures and table to the TensorBoard events in {events}", err=True)
     emit(fmt, report)
+
 
 def images_options(command):
     """--n, --dataset, --data-dir, --image: which images an inspection command looks at."""
@@ -99,7 +101,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
     require_gates(tgt.model)  # before any images are loaded
     events = events_folder(tgt, tensorboard)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter)
-    with reporter.bar() as bar:
+    with reporter.bar() as bar, tgt.writing():
         report = inspect_gates(tgt, images, progress=bar)
     emit_inspection(fmt, report, tgt, events, "gates")
 
@@ -108,7 +110,7 @@ def gates_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_paths
 @target_argument
 @ctor_option
 @trust_spec_option()
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+@click.option("--threshold", type=FloatRange(0.0, 1.0), default=0.95, show_default=True,
               help="Layers whose |cosine similarity| is at least this are linked into fold groups.")
 @out_option
 @events_option
@@ -140,7 +142,9 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, tensorboard, fmt, seed
 
     tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=reporter)
     events = events_folder(tgt, tensorboard)
-    emit_inspection(fmt, inspect_sharing(tgt, threshold), tgt, events, "sharing")
+    with tgt.writing():
+        report = inspect_sharing(tgt, threshold)
+    emit_inspection(fmt, report, tgt, events, "sharing")
 
 
 # the short names of cnnscope.core.attribution_methods.METHODS (a test keeps them equal; importing the
@@ -161,13 +165,13 @@ def attribution_options(command):
                           "--list-layers shows the candidates."),
         click.option("--list-layers", is_flag=True,
                      help="List the conv layers with their output sizes (which --layer can take) and stop."),
-        click.option("--ig-tolerance", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+        click.option("--ig-tolerance", type=FloatRange(min=0, min_open=True), default=0.05, show_default=True,
                      help="Integrated Gradients doubles its steps (32 to 512) until |delta| <= this x "
                           "|F(x) - F(baseline)|."),
         click.option("--sanity", is_flag=True,
                      help="Also run the sanity check: randomise the weights layer by layer from the output "
                           "down and measure how much each method's maps change; flag those that do not."),
-        click.option("--sanity-threshold", type=click.FloatRange(-1.0, 1.0), default=0.5, show_default=True,
+        click.option("--sanity-threshold", type=FloatRange(-1.0, 1.0), default=0.5, show_default=True,
                      help="Flag a method whose mean rank correlation with every layer random is above this."),
         click.option("--sanity-stages", type=click.IntRange(min=1), default=None,
                      help="Randomise consecutive layers together so there are at most this many stages "
@@ -245,7 +249,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, dataset, data_dir, image_p
     options = dict(methods=methods or DEFAULTS, target_class=target_class, layer=layer, ig_tolerance=ig_tolerance)
     if sanity:
         options.update(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed)
-    with reporter.bar() as bar:
+    with reporter.bar() as bar, tgt.writing():
         report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
     _warn(report.attribution if sanity else report)
     emit_inspection(fmt, report, tgt, events, "attribute")

@@ -3,7 +3,7 @@ import sys
 
 import click
 
-from cnnscope.cli.common import cli, emit, format_option, verbosity_options
+from cnnscope.cli.common import SEED_RANGE, cli, emit, format_option, verbosity_options
 from cnnscope.errors import CnnscopeError
 
 # train's options that the sweep sets itself for each trial, or that do not make a trial
@@ -25,7 +25,7 @@ NOT_FOR_TRIALS = ("resume", "out", "name", "overwrite", "print_config")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder of the sweep folder.")
 @click.option("--name", help="The sweep folder's and the study's name [default: sweep-MODEL].")
-@click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (the trial's draws) [default: random].")
+@click.option("--sampler-seed", type=SEED_RANGE, help="Seed of the TPE sampler (the trial's draws) [default: random].")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="Stop a trial whose metric is below the median of the complete trials' at the same epoch.")
 @click.option("--prune-startup", type=click.IntRange(min=0), default=5, show_default=True,
@@ -68,9 +68,6 @@ def sweep_cmd(ctx, trials, params, metric, storage, out, name, sampler_seed, pru
       cnnscope sweep basic --trials 20 --param lr=log:0.01:0.5 --param weight_decay=log:1e-5:1e-3 \\
           --dataset fashion-mnist --epochs 3 --storage postgresql://user@db/sweeps --name fmnist
     """
-    from cnnscope.runs.sweep import Sweep, run_sweep
-    from cnnscope.runs.sweep_params import parse_params
-
     from cnnscope.cli.training import training_settings
     from cnnscope.runs.launch import command_line
     from cnnscope.runs.sweep import Sweep, run_sweep

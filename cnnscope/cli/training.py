@@ -5,7 +5,7 @@ import sys
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
+    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, procs_option, resolve_format,
     seed_option, tensorboard_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
@@ -18,7 +18,9 @@ DATASETS_HELP = (
     "fixed 10% of the training images (a permutation fixed by the files, not by --seed) is the test split; "
     "without val/, the next --val-split share of the rest is the validation split. Grey trees train 1-channel "
     "models, or are repeated over RGB for 3-channel ones. Images are decoded once, resized to --image-size, "
-    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again.")
+    "into FOLDER/.cnnscope-cache/, which later runs read from disk; a changed tree is decoded again. A small tree "
+    "(fewer than 30 optimizer steps an epoch at the recipe's batch) gets a smaller batch, down to 32, unless "
+    "--batch-size is given.")
 
 
 @cli.command("train", epilog=f"{DATASETS_HELP}\n\n{SPEC_RUNS_CODE}")
@@ -34,13 +36,13 @@ DATASETS_HELP = (
               help="Epochs [default: the recipe's]; with --resume, a larger count extends the run (see below).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Batch size, split between the processes [default: the recipe's].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
+@click.option("--lr", type=FloatRange(min=0, min_open=True), help="Peak learning rate (OneCycle max_lr).")
 @click.option("--optimizer", type=click.Choice(("sgd", "adamw")), help="Optimizer [default: the recipe's].")
 @click.option("--scheduler", type=click.Choice(("onecycle", "cosine", "plateau", "step", "none")),
               help="Learning-rate schedule [default: the recipe's].")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
+@click.option("--weight-decay", type=FloatRange(min=0), help="Weight decay (never on soft-sharing coefficients).")
+@click.option("--label-smoothing", type=FloatRange(0, 1, max_open=True), help="Label smoothing of the loss.")
+@click.option("--grad-clip", type=FloatRange(min=0), help="Max global gradient norm; 0 turns it off.")
 @click.option("--speed", is_flag=True,
               help="Train with the model's speed recipe (basic: 2 epochs at 28x28, peak LR 0.2, mirror images, "
                    "label smoothing 0.1, mirror images again at evaluation) instead of its seed's: the shortest "
@@ -49,7 +51,7 @@ DATASETS_HELP = (
               help="Any other recipe field, e.g. --recipe warmup_epochs=2 --recipe early_stop_patience=0; repeatable.")
 @click.option("--augment", "augment", multiple=True, metavar="K=V",
               help="Augmentation field, e.g. --augment cutout=16 --augment cutout_p=1.0 --augment hflip=0; repeatable.")
-@click.option("--val-split", type=float, help="Fraction of the training set held out for selection; 0 selects on "
+@click.option("--val-split", type=FloatRange(0, 1, max_open=True), help="Fraction of the training set held out for selection; 0 selects on "
                                                "the test set [default: 0.1]. An image folder's is fixed by its files.")
 @seed_option(default=None, used_for="of the split, data order, augmentation and initial weights [default: 0; a resumed "
                                    "run keeps its own]")
@@ -62,7 +64,10 @@ DATASETS_HELP = (
 @click.option("--name", help="Run folder name [default: the model name].")
 @device_option(default=None, used_for="to train on [default: auto; a resumed run keeps its own]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only) [default: on with CUDA].")
-@click.option("--channels-last/--no-channels-last", default=None, help="channels_last weights (the batches always are) [default: on].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last weights and batches (faster); off: both contiguous. A model that gives other "
+                   "logits on channels_last batches (e.g. a forward's x.view(x.size(0), -1)) gets contiguous ones, "
+                   "and the run says so [default: on].")
 @click.option("--compile/--no-compile", default=None,
               help="torch.compile the model: slower first batches, faster steps after (see `cnnscope bench --compile`).")
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
@@ -102,7 +107,7 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, confi
                       crop, hflip, AutoAugment, cutout 8
       swrn            nesterov lr 0.1, x0.2 at 30/60/80%, 200 epochs, no wd on coefficients
     Every value can be overridden: the common ones by name, the rest with --recipe K=V and
-    --augment K=V. A shorter --epochs shrinks the warm-ups in proportion.
+    --augment K=V. A shorter --epochs shrinks the warm-ups; another --image-size, cutout and crop pad.
 
     Ctrl-C stops after the current batches, saves checkpoints/last.pth and prints the resume
     command; the resumed run ends with exactly the weights of an uninterrupted one (CPU).
@@ -187,16 +192,20 @@ def _recipe_overrides(options: dict, recipe_items) -> dict:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset folder [default: the run's].")
 @device_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder to write into [default: the run folder; for a checkpoint outside any run, "
+                   "reports/<checkpoint>-checkpoint].")
 @trust_spec_option()
 @format_option()
 @verbosity_options
-def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
+def evaluate_cmd(run, data_dir, device, batch_size, out, trust_spec, fmt, reporter):
     """Test-set metrics of RUN (a run folder: its best.pth; or a checkpoint file).
 
     Writes into the run folder classification_report.csv/.md (per-class precision, recall, F1,
     support; macro and weighted averages), confusion_matrix.csv (rows true, columns predicted),
     plots/cm.png, plots/test_samples_grid.png, plots/misclassified_grid.png, and merges test_acc,
-    test_loss, macro_avg, weighted_avg into metrics.json.
+    test_loss, macro_avg, weighted_avg into metrics.json. A checkpoint whose folder is no cnnscope
+    run gets a new folder instead (--out): its own folder is left as it is.
 
     \b
     JSON (--format json): {"run", "model", "test_loss", "test_acc" (percent), "num_test",
@@ -212,7 +221,7 @@ def evaluate_cmd(run, data_dir, device, batch_size, trust_spec, fmt, reporter):
     from cnnscope.runs import evaluate
 
     emit(fmt, evaluate.evaluate_run(run, data_dir=data_dir, device=device, batch_size=batch_size,
-                                    reporter=reporter, trust_spec=trust_spec))
+                                    reporter=reporter, trust_spec=trust_spec, out=out))
 
 
 @cli.command("compare")

@@ -9,6 +9,7 @@ predicted / never present are 0, as in sklearn's zero_division=0.
     result.test_acc, result.per_class, result.to_json()
 """
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnscope.core.fold import inference_copy
+from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.core.runtime import autocast
 
 TOP_CONFUSIONS = 5
@@ -28,23 +30,27 @@ def class_name(classes, index: int) -> str:
     return classes[index] if 0 <= index < len(classes) else str(index)
 
 
-def predict(model, loader, device, *, amp=False, hflip=False, progress=None, description=""):
-    """Run `model` over `loader` -> (summed cross-entropy, predictions, targets), both on the CPU.
+def predict(model, loader, device, *, amp=False, hflip=False, progress=None, description="", channels_last=True):
+    """Run `model` over `loader` -> (summed cross-entropy, predictions, targets), both on the CPU
+    (empty for a loader without batches: a rank's share of a tiny split may be none).
 
-    The batches go through fuse.inference_copy(model) on `device`: an eval-mode copy with batch norm
-    folded into the convs, in channels_last; `model` itself is left as it is. `hflip`: the logits
-    are the mean of the image's and its mirror image's (test-time augmentation).
-    With a rich `progress`, a task labelled `description` follows the batches.
+    The batches go through fuse.inference_copy(model) on `device`, made for the first batch's shape:
+    an eval-mode copy with batch norm folded into the convs, in channels_last (contiguous with
+    `channels_last=False`, for a model that needs it: core.memory_format); `model` itself is left as
+    it is. `hflip`: the logits are the mean of the image's and its mirror image's (test-time
+    augmentation). With a rich `progress`, a task labelled `description` follows the batches.
     """
-    model = inference_copy(model).to(device)
+    folded = None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     preds, targets = [], []
     task = progress.add_task(description, total=len(loader), stats="") if progress is not None else None
     for x, y in loader:
+        if folded is None:
+            folded = inference_copy(model, tuple(x.shape[1:]), channels_last).to(device)
         with torch.no_grad(), autocast(device, amp):  # no graph: it would hold every batch's activations
-            logits = model(x)
+            logits = folded(x)
             if hflip:
-                logits = (logits + model(x.flip(3))) / 2
+                logits = (logits + folded(x.flip(3))) / 2
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         preds.append(logits.argmax(1))
         targets.append(y)
@@ -52,6 +58,8 @@ def predict(model, loader, device, *, amp=False, hflip=False, progress=None, des
             progress.advance(task)
     if task is not None:
         progress.remove_task(task)
+    if not preds:
+        return 0.0, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     return loss_sum.item(), torch.cat(preds).cpu(), torch.cat(targets).cpu()
 
 
@@ -69,20 +77,23 @@ def _ratio(num, den):
 
 
 def per_class_metrics(cm: np.ndarray) -> dict:
-    """Precision, recall, F1 and support per class, and their macro and support-weighted averages."""
+    """Precision, recall, F1 and support per class, and their macro and support-weighted averages.
+    The macro average is over the classes that occur (as a true or a predicted label), as sklearn's
+    report: a class without test images that is never predicted has no precision or recall to average."""
     tp = np.diag(cm)
     support = cm.sum(axis=1)
     precision = _ratio(tp, cm.sum(axis=0))
     recall = _ratio(tp, support)
     f1 = _ratio(2 * precision * recall, precision + recall)
     weights = support / max(support.sum(), 1)
+    occurs = (support + cm.sum(axis=0)) > 0
 
     def averages(w):
         return {"precision": float(precision @ w), "recall": float(recall @ w), "f1": float(f1 @ w)}
 
     return {
         "precision": precision, "recall": recall, "f1": f1, "support": support,
-        "macro_avg": averages(np.full(len(cm), 1 / len(cm))),
+        "macro_avg": averages(occurs / max(occurs.sum(), 1)),
         "weighted_avg": averages(weights),
     }
 
@@ -144,20 +155,31 @@ def evaluate(model, images, labels=None, *, classes=None, device="cpu", batch_si
     `images` is a float tensor (N, C, H, W), prepared as the model expects it, with `labels` an int
     tensor (N,); or, without `labels`, any iterable of (images, labels) batches (a loader).
     `classes` names the classes (default: "0", "1", ... up to the largest class seen).
-    `model` is left as it is: an eval-mode copy with batch norm folded runs on `device`. `hflip`:
-    each image's logits are averaged with its mirror image's (test-time augmentation).
+    `model` is left as it is: an eval-mode copy with batch norm folded runs on `device`, in
+    channels_last where the model gives the same logits on the first images so (core.memory_format).
+    `hflip`: each image's logits are averaged with its mirror image's (test-time augmentation).
     """
     device = torch.device(device)
     if labels is not None:
         batches = zip(torch.as_tensor(images).split(batch_size), torch.as_tensor(labels).split(batch_size))
     else:
         batches = images
-    on_device = ((x.to(device), y.to(device)) for x, y in batches)
-    loss_sum, preds, targets = predict(model, on_device, device, hflip=hflip)
+    batches = iter(batches)
+    first = next(batches, None)
+    channels_last = first is not None and not channels_last_refusal(model, _on_model_device(model, first[0][:4]))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    on_device = ((x.to(device).contiguous(memory_format=memory_format), y.to(device))
+                 for x, y in itertools.chain([first] if first is not None else [], batches))
+    loss_sum, preds, targets = predict(model, on_device, device, hflip=hflip, channels_last=channels_last)
     if classes is None:
         classes = [str(i) for i in range(int(max(preds.max(), targets.max())) + 1)]
     name = type(model).__name__
     return EvalResult.from_predictions(loss_sum, preds, targets, classes, run=name, model=name)
+
+
+def _on_model_device(model, x):
+    param = next(model.parameters(), None)
+    return x.to(param.device) if param is not None else x
 
 
 @dataclass

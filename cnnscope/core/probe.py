@@ -5,19 +5,22 @@ through here, so a model that cannot be probed gets the same clear message every
 
 - a forward that raises: the exception and the SPEC;
 - a forward that does not return one logits tensor, where a command needs logits (train, bench,
-  attribute): what it returned, and the wrapper that fixes it;
-- a model without parameters, where a command trains it (train, bench);
+  attribute): what it returned, and the wrapper that fixes it; logits that are not floating point,
+  or whose rows are not one per image of the batch;
+- a model without parameters, where a command trains it (train, bench); a model whose forward never
+  calls a block that holds parameters (a warning: legal, but those weights learn nothing);
 - an input shape that is not C H W >= 1, or that would not fit in memory: the estimate, made
   before anything of that size is allocated.
 """
 import math
 import os
+import warnings
 from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, CnnscopeWarning
 
 # Above this many pixels per batch the memory estimate runs a probe at this area and scales it.
 PROBE_PIXELS = 256 * 256
@@ -67,22 +70,33 @@ def run_forward(model: nn.Module, x: torch.Tensor, spec=None, mode=None):
         raise forward_error(model, spec, tuple(x.shape[1:]), e) from None
 
 
-def probe_forward(model: nn.Module, input_shape, mode=None, spec=None):
-    """One no-grad forward of a (1, *input_shape) zero batch in eval mode (see run_forward); the
+def probe_forward(model: nn.Module, input_shape, mode=None, spec=None, batch=1):
+    """One no-grad forward of a (batch, *input_shape) zero batch in eval mode (see run_forward); the
     model's training flag is restored after."""
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        return run_forward(model, torch.zeros(1, *input_shape, device=device), spec, mode)
+        return run_forward(model, torch.zeros(batch, *input_shape, device=device), spec, mode)
     finally:
         model.train(was_training)
 
 
-def logits(output, model, spec=None) -> torch.Tensor:
-    """`output` if it is one (batch, classes) tensor; else an error saying what cnnscope needs."""
+def logits(output, model, spec=None, batch=None) -> torch.Tensor:
+    """`output` if it is one (batch, classes) tensor of floating-point scores, with `batch` rows when
+    given; else an error saying what cnnscope needs."""
     if isinstance(output, torch.Tensor) and output.dim() == 2:
+        if not output.is_floating_point():
+            raise CnnscopeError(
+                f"The forward of {_name(model, spec)} returns logits of dtype {output.dtype}; the loss and the "
+                "predictions need real floating-point scores (float32, float16 or bfloat16). Return them as such "
+                "(e.g. `.float()` of integer scores, `.abs()` or `.real` of complex ones).")
+        if batch is not None and output.shape[0] != batch:
+            raise CnnscopeError(
+                f"The forward of {_name(model, spec)} returns {output.shape[0]} rows of logits for a batch of "
+                f"{batch} images; it must return one row per image, shape (batch, classes). Check how it flattens "
+                "its features: x.flatten(1) keeps the batch, x.view(-1, n) or x.view(1, -1) may not.")
         return output
     if isinstance(output, torch.Tensor):
         got = f"a tensor of shape {tuple(output.shape)}"
@@ -97,6 +111,24 @@ def logits(output, model, spec=None) -> torch.Tensor:
     )
 
 
+def uncalled(model: nn.Module, called) -> str | None:
+    """What a forward that called the modules in `called` left out: the outermost modules holding
+    parameters that no called module holds, and their parameter count, in words (None: nothing)."""
+    used = {id(p) for m in called for p in m.parameters(recurse=False)}
+    names = []
+    for name, module in model.named_modules():
+        if module in called or any(name.startswith(n + ".") for n in names):
+            continue
+        if any(id(p) not in used for p in module.parameters()):
+            names.append(name)
+    if not names:
+        return None
+    count = sum(p.numel() for n in names for p in model.get_submodule(n).parameters() if id(p) not in used)
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"the forward pass never calls {shown}: {count:,} parameters take no part, and training leaves them as "
+            "they are. Check the constructor keywords (a count of 0 or less, say).")
+
+
 def require_parameters(model: nn.Module, spec=None):
     if not any(p.requires_grad for p in model.parameters()):
         raise CnnscopeError(
@@ -107,9 +139,19 @@ def require_parameters(model: nn.Module, spec=None):
 
 def classifier_outputs(model: nn.Module, input_shape, spec=None) -> int:
     """Probe `model` as a classifier about to be trained: it has parameters and its forward returns
-    one logits tensor; returns its number of outputs (classes)."""
+    one logits tensor, a row per image of a batch of two; returns its number of outputs (classes)."""
     require_parameters(model, spec)
-    return logits(probe_forward(model, input_shape, spec=spec), model, spec).shape[1]
+    called = set()
+    handles = [m.register_forward_pre_hook(lambda module, args: called.add(module)) for m in model.modules()]
+    try:
+        output = probe_forward(model, input_shape, spec=spec, batch=2)
+    finally:
+        for h in handles:
+            h.remove()
+    left_out = uncalled(model, called)
+    if left_out:
+        warnings.warn(f"{_name(model, spec)}: {left_out}", CnnscopeWarning, stacklevel=2)
+    return logits(output, model, spec, batch=2).shape[1]
 
 
 # ---- the input shape ----------------------------------------------------------------------------

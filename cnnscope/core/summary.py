@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from cnnscope.core.macs import MacCounter, uncounted_warnings
-from cnnscope.core.probe import check_input, probe_forward
+from cnnscope.core.probe import check_input, probe_forward, uncalled
 
 
 @dataclass
@@ -130,4 +130,7 @@ def summarize(model: nn.Module, input_shape=(3, 32, 32), spec=None) -> SummaryRe
     result.params_per_call = sum(c.params for c in result.layers)
     result.macs = sum(c.macs for c in calls)
     result.warnings = uncounted_warnings(counter.uncounted)
+    left_out = uncalled(model, counts)
+    if left_out:
+        result.warnings.append(left_out)
     return result

@@ -26,6 +26,7 @@ from cnnscope.core.callbacks import Callback
 from cnnscope.core.distributed import Dist, training_model
 from cnnscope.core.fastconv import training_ops
 from cnnscope.core.fold import to_channels_last
+from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.core.metrics import predict
 from cnnscope.core.runtime import autocast, resolve_device
 
@@ -174,6 +175,7 @@ class Loop:
     per_batch: bool = False  # the scheduler steps every batch (else every epoch)
     ddp: Dist = field(default_factory=Dist)
     compiled: bool = False  # the step runs torch.compile's version of the model
+    channels_last: bool = True  # the model takes channels_last batches, so validation's copy does (core.memory_format)
     callbacks: list[Callback] = field(default_factory=list)
     progress: object = None  # a rich Progress showing each epoch and each validation, or None
     state: LoopState = field(default_factory=LoopState)
@@ -185,13 +187,15 @@ class Loop:
 
 
 def make_loop(net: nn.Module, train_loader, val_loader, recipe, device: torch.device, *, amp=False, ddp=None,
-              compiled=False, callbacks=(), progress=None) -> Loop:
-    """The loop training `net` (on `device` already) with the step and schedule of `recipe`."""
+              compiled=False, channels_last=True, callbacks=(), progress=None) -> Loop:
+    """The loop training `net` (on `device` already) with the step and schedule of `recipe`;
+    `channels_last`: whether the model runs on channels_last batches (False: contiguous ones, for a
+    model that needs them: core.memory_format)."""
     step = make_step(net, recipe, device, amp, compiled)
     scheduler, per_batch = build_scheduler(step.optimizer, recipe, len(train_loader))
     step.batch_scheduler = scheduler if per_batch else None
     return Loop(net, step, train_loader, val_loader, recipe, scheduler, per_batch, ddp or Dist(device=device),
-                compiled, list(callbacks), progress)
+                compiled, channels_last, list(callbacks), progress)
 
 
 # ---- one epoch --------------------------------------------------------------------------------
@@ -267,13 +271,15 @@ def train_epoch(loop: Loop, stop: StopRequest) -> None:
 def validate(loop: Loop) -> tuple[float, float]:
     """Loss and accuracy (percent) on the selection split (nan without one), with rank 0's batch-norm
     statistics on every rank (the model validated is the one checkpointed); each rank takes its
-    share, then they add up. With the mirror images too where the recipe says (tta_hflip)."""
+    share, then they add up. With the mirror images too where the recipe says (tta_hflip); in the
+    loop's memory format (predict's channels_last)."""
     if loop.val_loader is None:
         return math.nan, math.nan
     ddp, device = loop.ddp, loop.step.device
     ddp.share_buffers(loop.net)
     loss_sum, preds, targets = predict(loop.net, loop.val_loader, device, amp=loop.step.amp,
-                                       hflip=loop.recipe.tta_hflip, progress=loop.progress, description="validating")
+                                       hflip=loop.recipe.tta_hflip, progress=loop.progress, description="validating",
+                                       channels_last=loop.channels_last)
     totals = ddp.all_reduce(torch.tensor([loss_sum, float((preds == targets).sum()), float(len(targets))],
                                          dtype=torch.float64, device=device)).tolist()
     return totals[0] / totals[2], 100.0 * totals[1] / totals[2]
@@ -374,14 +380,20 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, recipe, device="cpu"
     ("basic")), any of its fields overridden by `settings` (epochs=5, lr=0.05, ...); after each
     epoch, loss and accuracy on `val_loader` (nan without one). A model's own schedule follows the
     recipe through its hooks (cnnscope.core.hooks). `progress`: a rich Progress, or None;
-    `callbacks`: Callback objects, called at the loop's points.
+    `callbacks`: Callback objects, called at the loop's points. `channels_last`: the weights in
+    channels_last where the model gives the same logits so on the first training images
+    (core.memory_format), else contiguous.
     """
     recipe = dataclasses.replace(recipe, **settings)
     device = resolve_device(device)
     model.to(device)
     if channels_last:
+        with torch.random.fork_rng(devices=[]):  # the probe batch draws no sample of the run's order
+            probe = next(iter(train_loader))[0][:4].to(device)
+        channels_last = not channels_last_refusal(model, probe)  # a speed choice, never a correctness one
+    if channels_last:
         to_channels_last(model)
     val_batches = _OnDevice(val_loader, device) if val_loader is not None else None
     loop = run_loop(make_loop(model, _OnDevice(train_loader, device), val_batches, recipe, device, amp=amp,
-                              callbacks=callbacks, progress=progress))
+                              channels_last=channels_last, callbacks=callbacks, progress=progress))
     return FitResult(model, loop.state.history, loop.state.best_acc, loop.state.best_epoch)

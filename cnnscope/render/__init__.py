@@ -7,14 +7,29 @@ One convention for every result the library returns:
     to_json(result)                  the stable JSON object: result.to_json()
 
 Each family module here (rf, summary, inspect, ...) registers the table and markdown renderers of
-its result types with `register`; figures are drawn by `plots`.
+its result types with `register`; FAMILIES says which module that is, so that rendering a result
+imports its family alone. Figures are drawn by `plots`.
 """
 import importlib
-import pkgutil
 
 _RENDERERS = {}  # result type -> (table, markdown)
-_families_loaded = False
-_NOT_RENDERERS = {"plots", "attribution_plots", "progress", "tables"}  # helpers, not families (plots would import matplotlib)
+
+FAMILIES = {  # result type name -> the module here that registers its renderers
+    "AugmentResult": "augment",
+    "BenchResult": "bench",
+    "CompareResult": "compare",
+    "EvalResult": "evaluate",
+    "ExportResult": "export",
+    "AttributionReport": "inspect",
+    "GateReport": "inspect",
+    "LayerList": "inspect",
+    "SanityReport": "inspect",
+    "SharingReport": "inspect",
+    "RFResult": "rf",
+    "SummaryResult": "summary",
+    "SweepResult": "sweep",
+    "ZooTable": "zoo",
+}
 
 
 def register(result_type, *, table, markdown):
@@ -23,14 +38,9 @@ def register(result_type, *, table, markdown):
 
 
 def _renderers(result):
-    global _families_loaded
-    # every family once, even where one was imported (and so registered) on its own before
-    if not _families_loaded:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name not in _NOT_RENDERERS:
-                importlib.import_module(f"{__name__}.{info.name}")
-        _families_loaded = True
     for cls in type(result).__mro__:
+        if cls not in _RENDERERS and cls.__name__ in FAMILIES:
+            importlib.import_module(f"{__name__}.{FAMILIES[cls.__name__]}")
         if cls in _RENDERERS:
             return _RENDERERS[cls]
     raise TypeError(f"no renderer for {type(result).__name__}; register one in cnnscope.render")

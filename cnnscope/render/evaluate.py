@@ -19,6 +19,9 @@ def markdown(result: EvalResult, title=None) -> str:
         lines.append(f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
     for name, avg in _averages(result):
         lines.append(f"| **{name}** | {avg['precision']:.3f} | {avg['recall']:.3f} | {avg['f1']:.3f} | {result.num_test} |")
+    absent = _without_test_images(result)
+    if absent:
+        lines += ["", f"No test images of {absent}: recall and F1 undefined (shown as 0)."]
     if result.top_confusions:
         lines += ["", "Top confusions (true -> predicted):", ""]
         lines += [f"- {c['true']} -> {c['pred']}: {c['count']} ({100 * c['rate']:.1f}% of {c['true']})"
@@ -39,10 +42,18 @@ def table(result: EvalResult, title=None):
     for name, avg in _averages(result):
         table.add_row(f"[bold]{name}[/]", f"{avg['precision']:.3f}", f"{avg['recall']:.3f}", f"{avg['f1']:.3f}",
                       str(result.num_test))
+    absent = _without_test_images(result)
+    captions = [f"No test images of {absent}."] if absent else []
     if result.top_confusions:
-        table.caption = "Top confusions: " + ", ".join(
-            f"{c['true']} -> {c['pred']} ({c['count']})" for c in result.top_confusions)
+        captions.append("Top confusions: " + ", ".join(
+            f"{c['true']} -> {c['pred']} ({c['count']})" for c in result.top_confusions))
+    table.caption = "\n".join(captions) or None
     return table
+
+
+def _without_test_images(result: EvalResult) -> str:
+    """The classes with no test image, named (", "-joined), or ""."""
+    return ", ".join(r["class"] for r in result.per_class if r["support"] == 0)
 
 
 register(EvalResult, table=table, markdown=markdown)

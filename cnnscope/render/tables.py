@@ -38,16 +38,22 @@ def sections_markdown(sections) -> str:
     """Markdown: a `###` heading, a table and the notes per section."""
     lines = []
     for section in sections:
-        right = section.align_right()
         lines += [f"### {section.title}", ""]
         if section.rows:
-            lines += ["| " + " | ".join(section.columns) + " |",
-                      "|" + "|".join("---:" if i < len(right) and right[i] else ":---"
-                                     for i in range(len(section.columns))) + "|"]
-            lines += ["| " + " | ".join(row) + " |" for row in section.rows] + [""]
+            lines += [markdown_table(section.columns, section.rows), ""]
         if section.notes:
             lines += [f"{note}  " for note in section.notes] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def markdown_table(columns, rows) -> str:
+    """A markdown table (no final newline), each cell shown with str(); numeric columns (no letters
+    in the first row's cell) right-aligned."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    right = Section("", list(columns), rows).align_right()
+    return "\n".join(["| " + " | ".join(columns) + " |",
+                      "|" + "|".join("---:" if i < len(right) and right[i] else ":---" for i in range(len(columns))) + "|",
+                      *("| " + " | ".join(row) + " |" for row in rows)])
 
 
 def fmt_float(value, digits=3) -> str:

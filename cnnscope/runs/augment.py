@@ -5,7 +5,7 @@ from pathlib import Path
 from cnnscope.core.augment import AugmentResult
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs import checkpoint, recipes, spec
+from cnnscope.runs import checkpoint, recipes, run_folder, spec
 from cnnscope.runs.datasets import load_dataset
 from cnnscope.runs.loaders import augmented_samples
 
@@ -36,6 +36,18 @@ def augment_grid(target, *, dataset=None, data_dir="data", n=32, backend=None, o
         title=f"{model} on {ds.name}, {backend} backend: {recipe.augment.describe()}")
     return AugmentResult(target=target, model=model, dataset=ds.name, backend=backend, augment=recipe.augment,
                          n=len(labels), figure=str(figure))
+
+
+def augment_into_folder(target, *, out=None, **options) -> AugmentResult:
+    """augment_grid into its output folder: `out`, else a RUN's folder (run_folder.output_folder: a
+    checkpoint outside any run gets a folder of its own) or reports/<model>; a run folder with
+    linked entries is refused, and no write below the folder follows a link."""
+    if out is None and Path(target).exists():
+        out = run_folder.output_folder(*checkpoint.resolve_run(target))
+        run_folder.refuse_links(out)
+    out_dir = Path(out or Path("reports") / spec.resolve_target(target)[1])
+    with run_folder.writing_into(out_dir):
+        return augment_grid(target, out=out_dir, **options)
 
 
 def _trained_with(target, out):

@@ -53,7 +53,8 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     """
     device, amp, procs = check_settings(batch_size, device, steps, compile, amp, procs)
     recipe = recipes.get_recipe(spec)
-    input_shape, flops, params = probe_model(spec, ctor, input_shape, batch_size, device)
+    input_shape, flops, params, channels_last = probe_model(spec, ctor, input_shape, batch_size, device,
+                                                            channels_last, reporter.step)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
@@ -112,16 +113,22 @@ def check_settings(batch_size, device, steps, compile, amp, procs):
     return device, amp, procs
 
 
-def probe_model(spec, ctor, input_shape, batch_size, device) -> tuple[tuple, int, int]:
-    """Before any process starts or any batch is allocated: the model can train on this input here.
-    -> (input shape, forward FLOPs per image, parameters)."""
+def probe_model(spec, ctor, input_shape, batch_size, device, channels_last=False,
+                say=None) -> tuple[tuple, int, int, bool]:
+    """Before any process starts or any batch is allocated: the model can train on this input here,
+    and, when `channels_last` is asked for, gives the same logits on channels_last batches (random
+    ones: loaders.contiguous_reason, which `say`s where not). -> (input shape, forward FLOPs per image,
+    parameters, whether the bench runs in channels_last)."""
     from cnnscope.runs.spec import build_model
 
     probe = build_model(spec, ctor or {})
     input_shape = check_input(probe, input_shape, spec, batch=batch_size, training=True, device=device)
     classifier_outputs(probe, input_shape, spec)
     flops = 2 * summary.summarize(probe, input_shape, spec).macs
-    return input_shape, flops, sum(p.numel() for p in probe.parameters())
+    if channels_last:
+        x = torch.randn(loaders.PROBE_IMAGES, *input_shape, generator=torch.Generator().manual_seed(0))
+        channels_last = not loaders.contiguous_reason(probe, x, spec, say)
+    return input_shape, flops, sum(p.numel() for p in probe.parameters()), channels_last
 
 
 def bench_model(spec, ctor, device, channels_last, seed=0) -> nn.Module:

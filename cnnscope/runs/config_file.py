@@ -5,7 +5,8 @@ config.json (TrainOptions), any of them: the model (spec) and its ctor keywords,
 over the model's own recipe; augment's fields too), and the run's settings (seed, val_split,
 train_subset, data_dir, out, name, ...). A run's whole config.json is such a file: its options replay
 the run, with as many processes as it trained with on the CPU (its world_size), so the replay ends
-with the same weights bit for bit. Values given on the command line override the file's.
+with the same weights bit for bit; a batch the run fitted to its image tree (its options' adapted)
+is fitted again as it was (recipes.fit_to_tree). Values given on the command line override the file's.
 
 A file's model that is no zoo model is code from elsewhere: it is built only when the user trusts
 it (trust_spec) or names the model on the command line (spec.check_file_spec).
@@ -52,11 +53,11 @@ class Maybe:
         return f"{self.rule.describe()}, or null"
 
 
-# every TrainOptions field (a test keeps them in step); `source` is what a run records, not read
+# every TrainOptions field (a test keeps them in step); `source` and `adapted` are what a run records, not read
 OPTION_RULES = {
     "spec": Text(), "ctor": Mapping(), "recipe": Mapping(), "val_split": Number(float, 0, 1, hi_open=True),
-    "seed": Number(int), "aug_backend": Choice(("batch", "albumentations")), "train_subset": Number(int, 0),
-    "init_from": Text(), "source": Maybe(Mapping()), "data_dir": Text(), "out": Text(), "name": Text(),
+    "seed": Number(int, 0, 2**63 - 1), "aug_backend": Choice(("batch", "albumentations")), "train_subset": Number(int, 0),
+    "init_from": Text(), "source": Maybe(Mapping()), "adapted": Text(), "data_dir": Text(), "out": Text(), "name": Text(),
     "device": Text(), "amp": Maybe(Flag()), "channels_last": Maybe(Flag()), "compile": Flag(),
     "save_every": Number(int, 0), "tensorboard": Maybe(Text()),
 }
@@ -142,6 +143,8 @@ def with_config(path, settings: dict, trust_spec: bool = False) -> dict:
         merged["model"] = options["spec"]
     recipe = dict(options.get("recipe") or {})
     augment = recipe.pop("augment", None) or {}
+    if options.get("adapted"):  # its batch was fitted to its image tree, not given: fitted again, to the same
+        recipe.pop("batch_size", None)
     given = {k: v for k, v in (settings.get("recipe_overrides") or {}).items() if v is not None}
     merged["recipe_overrides"] = {**recipe, **given}
     merged["augment_overrides"] = {**augment, **(settings.get("augment_overrides") or {})}

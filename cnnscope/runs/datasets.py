@@ -22,13 +22,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from cnnscope.errors import CnnscopeError
+from cnnscope import files
+from cnnscope.errors import DataError, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import file_datasets, image_folder
 
 DATASETS = (*file_datasets.NAMES, "fake")
 DEFAULT_IMAGE_SIZE = (file_datasets.NATIVE_SIZE, file_datasets.NATIVE_SIZE)
 CHUNK = 512  # images per step of the statistics and resizing passes
+FAKE_BYTES_PER_VALUE = 13  # `fake` is made as float32 (its stripes, colours and noise at once), then uint8
 
 
 # ---- data types ---------------------------------------------------------------------------------
@@ -89,19 +91,21 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
     `fake`, which is generated in memory). `fake_size` = (train, test) image counts.
     """
     if not 0.0 <= val_split < 1.0:
-        raise CnnscopeError(f"val_split is a fraction of the training set in [0, 1), got {val_split}.")
+        raise DataError(f"val_split is a fraction of the training set in [0, 1), got {val_split}.")
     size = tuple(image_size or DEFAULT_IMAGE_SIZE)
     if is_folder(str(name)):
         return _load_folder(Path(name), Path(data_dir), val_split, size)
     if name not in DATASETS:
-        raise CnnscopeError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give the path of "
+        raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give the path of "
                             "an image-folder tree (one subfolder per class).", arguments=("dataset",))
     data_dir = Path(data_dir)
     if name == "fake":
+        image_folder.check_fits(name, sum(fake_size), 3, size, FAKE_BYTES_PER_VALUE)
         classes, train, test = _make_fake(*fake_size, size)
     else:
         classes, train, test = file_datasets.load_named(name, data_dir)
         train, test = Split(*train), Split(*test)
+        image_folder.check_fits(name, len(train) + len(test), train.input_shape[0], size, 1)
         for part, split in (("training", train), ("test", test)):
             _check_labels(split, classes, f"{name}'s {part} split in {data_dir}")
         train, test = _resize(train, size, name), _resize(test, size, name)
@@ -111,7 +115,7 @@ def load_dataset(name, data_dir="data", *, val_split=0.1, seed=0, image_size=Non
     else:
         at = "" if size == DEFAULT_IMAGE_SIZE else f"_{size[0]}x{size[1]}"
         at += "-unpadded" if _unpads(name, size) else ""
-        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train)
+        mean, std = _cached_stats(data_dir / "stats" / f"{name}_{val_split:g}_{seed}{at}.json", train, data_dir)
     return Dataset(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std)
 
 
@@ -121,6 +125,21 @@ def loads_from_files(name, data_dir) -> bool:
     if is_folder(str(name)):
         return False
     return name == "fake" or (name in DATASETS and file_datasets.on_disk(name, Path(data_dir)))
+
+
+def loading_line(name, data_dir, image_size=None) -> str:
+    """What loading `name` (at `image_size`, when given) reads, in one line: the folder that holds its
+    files (a named dataset's may be Debian's), an image-folder tree's own folder, or none: `fake` is
+    generated."""
+    if is_folder(str(name)):
+        at = f" at {image_size[0]}x{image_size[1]}" if image_size else ""
+        return (f"loading the image-folder tree {Path(name).expanduser().resolve()}/{at} (the first time at this "
+                "size: decoding it into its cache, and its mean/std)")
+    if name == "fake":
+        return "generating fake: synthetic images, in memory"
+    if name not in file_datasets.NAMES:
+        return f"loading {name}"
+    return f"loading {name} from {file_datasets.source(name, Path(data_dir))} (and its mean/std, the first time)"
 
 
 def describe(ds: Dataset) -> dict:
@@ -135,7 +154,7 @@ def run_dataset(ckpt: dict, data_dir=None) -> Dataset:
     training; `data_dir` replaces the run's data folder."""
     options = (ckpt.get("config") or {}).get("options", {})
     if "dataset" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             "This checkpoint does not say which dataset it was trained on (no 'dataset' entry); "
             "evaluate a checkpoint written by `cnnscope train`."
         )
@@ -147,9 +166,9 @@ def run_dataset(ckpt: dict, data_dir=None) -> Dataset:
 
 def _load_folder(root: Path, data_dir: Path, val_split, size) -> Dataset:
     """An image-folder tree (cnnscope.runs.image_folder), its splits views of the cache file."""
-    classes, splits, stem = image_folder.load(root, size, val_split, data_dir)
+    classes, splits, stem, owner = image_folder.load(root, size, val_split, data_dir)
     train, val, test = (None if splits[k] is None else Split(*splits[k]) for k in ("train", "val", "test"))
-    mean, std = _cached_stats(stem.parent / f"{stem.name}.stats-{val_split:g}.json", train)
+    mean, std = _cached_stats(stem.parent / f"{stem.name}.stats-{val_split:g}.json", train, owner)
     return Dataset(name=str(root.resolve()), classes=classes, train=train, val=val, test=test, mean=mean, std=std)
 
 
@@ -160,7 +179,7 @@ def fit_channels(ds: Dataset, channels: int) -> Dataset:
     if channels == have:
         return ds
     if have != 1 or channels != 3:
-        raise CnnscopeError(
+        raise DataError(
             f"The model takes {channels}-channel images but {ds.name} has {have}-channel images. Train a model whose "
             f"first convolution takes {have} channels (e.g. the ctor keyword in_channels={have}), or convert the "
             "images.", arguments=("dataset", "ctor"))
@@ -176,7 +195,7 @@ def _check_labels(split: Split, classes, where: str):
     """Every label names one of the classes (a label out of range would fail in the middle of training)."""
     bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
     if len(bad):
-        raise CnnscopeError(f"{where} has labels {bad.min().item()}..{bad.max().item()} outside the "
+        raise DataError(f"{where} has labels {bad.min().item()}..{bad.max().item()} outside the "
                             f"{len(classes)} classes (labels 0..{len(classes) - 1}). Replace the dataset's files with "
                             "the original ones.")
 
@@ -228,15 +247,19 @@ def channel_stats(split: Split):
     return tuple((mean / 255).tolist()), tuple((var.sqrt() / 255).tolist())
 
 
-def _cached_stats(path: Path, split: Split):
-    """channel_stats of the train split, cached in `path`; a cache that is unreadable, corrupt or for
-    another split is computed again and replaced (atomically: ranks may write it at once)."""
+def _cached_stats(path: Path, split: Split, owner: Path):
+    """channel_stats of the train split, cached in `path` below the folder `owner` (written by
+    files.writing_into it: never through a link); a cache that is unreadable, corrupt or for another
+    split is computed again and replaced (atomically: ranks may write it at once)."""
+    if path.is_symlink():  # the cache is cnnscope's: a link there is not read, nor written through
+        raise files.linked(path, owner)
     cached = _read_stats(path, len(split), split.input_shape[0])
     if cached is not None:
         return cached
     mean, std = channel_stats(split)
     text = json.dumps({"n_train": len(split), "mean": mean, "std": std}, indent=2)
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    with files.writing_into(owner):
+        atomic_write_bytes(path, lambda f: f.write(text.encode()))
     return mean, std
 
 

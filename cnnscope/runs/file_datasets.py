@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import DataError
 
 NATIVE_SIZE = 32  # the side of every named dataset's images as loaded (before --image-size resizes them)
 IDX_SIZE = 28  # the side of the IDX datasets' own images, zero-padded to NATIVE_SIZE
@@ -72,9 +72,24 @@ def on_disk(name, data_dir: Path) -> bool:
 
         return (data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder).is_dir()
     if name == "fashion-mnist":
-        folders = [data_dir / folder for folder in IDX_DATASETS[name].folders] + [FASHION_MNIST_SYSTEM_DIR]
-        return any(_idx_files(folder) for folder in folders)
+        return _idx_folder(name, data_dir) is not None
     return True  # the others are never downloaded
+
+
+def source(name, data_dir: Path) -> str:
+    """Where loading the named dataset `name` reads it from (the folder that has its files), or that
+    it is downloaded first, in words: what the line announcing the load says."""
+    if name in IDX_DATASETS:
+        folder = _idx_folder(name, data_dir)
+        if folder is None and name == "fashion-mnist":
+            return f"{data_dir / 'FashionMNIST' / 'raw'}/ after downloading it"
+        return f"{folder or data_dir}/"
+    if name == "svhn":
+        return f"{_svhn_folder(data_dir) or data_dir}/"
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    folder = data_dir / (CIFAR10 if name == "cifar10" else CIFAR100).base_folder
+    return f"{folder}/" if folder.is_dir() else f"{folder}/ after downloading or extracting it"
 
 
 def _split(images: np.ndarray, labels: np.ndarray):
@@ -104,8 +119,10 @@ def _load_cifar(name, data_dir: Path):
             if labels.shape != images.shape[:1]:
                 raise ValueError(f"{len(images)} images but {labels.size} labels")
             splits.append(_split(images, labels))
+    except DataError:  # a missing or unreadable batch file, said as such
+        raise
     except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
-        raise CnnscopeError(f"{folder} does not hold {name} batches in the python format "
+        raise DataError(f"{folder} does not hold {name} batches in the python format "
                             f"({type(e).__name__}: {e}). {redo}") from None
     return classes, splits[0], splits[1]
 
@@ -139,15 +156,15 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _read_pickle(path: Path, redo: str) -> dict:
     if not path.is_file():
-        raise CnnscopeError(f"{path} is missing: the dataset folder {path.parent} is incomplete. {redo}")
+        raise DataError(f"{path} is missing: the dataset folder {path.parent} is incomplete. {redo}")
     try:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="latin1").load()
     except Exception as e:  # a garbage file fails in any of pickle's ways
-        raise CnnscopeError(f"{path} is not a CIFAR batch: {type(e).__name__}: {str(e)[:200]}. cnnscope only "
+        raise DataError(f"{path} is not a CIFAR batch: {type(e).__name__}: {str(e)[:200]}. cnnscope only "
                             f"unpickles numpy arrays and plain data from a dataset folder. {redo}") from None
     if not isinstance(batch, dict):
-        raise CnnscopeError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}, not a dict. {redo}")
+        raise DataError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}, not a dict. {redo}")
     return batch
 
 
@@ -162,13 +179,13 @@ def _fetch_archive(name, url, data_dir: Path, filename, md5, folder_name):
         else:
             download_and_extract_archive(url, str(data_dir), filename=filename, md5=md5)
     except (OSError, RuntimeError, EOFError) as e:
-        raise CnnscopeError(
+        raise DataError(
             f"Could not get {name}: {type(e).__name__}: {e}. Without internet access, place {filename} "
             f"(from {url}) or its extracted folder {folder_name}/ in {data_dir}/ by hand and run again; "
             f"or train offline on real data with the dataset fashion-mnist."
         ) from None
     if not (data_dir / folder_name).is_dir():
-        raise CnnscopeError(f"{archive} did not contain the folder {folder_name}/. Replace it with the "
+        raise DataError(f"{archive} did not contain the folder {folder_name}/. Replace it with the "
                             f"original archive from {url}.")
 
 
@@ -177,14 +194,12 @@ def _load_idx(name, data_dir: Path):
     Fashion-MNIST, Debian's package, else torchvision's download). 28x28 grey images are zero-padded
     by 2 to 32x32 and repeated over 3 channels."""
     info = IDX_DATASETS[name]
-    candidates = [data_dir / folder for folder in info.folders]
-    if name == "fashion-mnist":
-        candidates.append(FASHION_MNIST_SYSTEM_DIR)
-    folder = next((d for d in candidates if _idx_files(d)), None)
+    candidates = _idx_candidates(name, data_dir)
+    folder = _idx_folder(name, data_dir)
     if folder is None and name == "fashion-mnist":
         folder = _download_fashion_mnist(data_dir, candidates)
     if folder is None:
-        raise CnnscopeError(
+        raise DataError(
             f"{name} is not in {data_dir}: cnnscope reads it from files and never downloads it. Place "
             f"{', '.join(stem + '.gz' for stem in IDX_FILES.values())} (gzipped or not) in "
             f"{candidates[0]}/ (or torchvision's {candidates[1]}/).", arguments=("data_dir",))
@@ -194,7 +209,7 @@ def _load_idx(name, data_dir: Path):
         images = read_idx(files[f"{part}_images"])
         labels = read_idx(files[f"{part}_labels"])
         if images.shape[1:] != (IDX_SIZE, IDX_SIZE) or labels.ndim != 1 or len(images) != len(labels):
-            raise CnnscopeError(f"{files[f'{part}_images']} and its labels file are not {name}: it needs "
+            raise DataError(f"{files[f'{part}_images']} and its labels file are not {name}: it needs "
                                 f"28x28 images and one label each, they hold images {tuple(images.shape)} and labels "
                                 f"{tuple(labels.shape)}. Replace them with the original files.")
         pad = (NATIVE_SIZE - IDX_SIZE) // 2
@@ -202,6 +217,17 @@ def _load_idx(name, data_dir: Path):
         padded[:, :, pad:NATIVE_SIZE - pad, pad:NATIVE_SIZE - pad] = images[:, None]
         splits.append(_split(padded, labels))
     return list(info.classes), splits[0], splits[1]
+
+
+def _idx_candidates(name, data_dir: Path) -> list:
+    """The folders an IDX dataset is looked for in, in order (Fashion-MNIST's last: Debian's)."""
+    candidates = [data_dir / folder for folder in IDX_DATASETS[name].folders]
+    return candidates + [FASHION_MNIST_SYSTEM_DIR] if name == "fashion-mnist" else candidates
+
+
+def _idx_folder(name, data_dir: Path):
+    """The first of _idx_candidates that holds the four IDX files, or None."""
+    return next((d for d in _idx_candidates(name, data_dir) if _idx_files(d)), None)
 
 
 def _download_fashion_mnist(data_dir: Path, candidates):
@@ -213,7 +239,7 @@ def _download_fashion_mnist(data_dir: Path, candidates):
         for train in (True, False):
             FashionMNIST(str(data_dir), train=train, download=True)
     except (OSError, RuntimeError) as e:
-        raise CnnscopeError(
+        raise DataError(
             f"Could not get fashion-mnist: no IDX files in {', '.join(map(str, candidates))} and the download "
             f"failed ({type(e).__name__}: {str(e).splitlines()[0]}). Install Debian's dataset-fashion-mnist "
             f"package, or place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -236,17 +262,17 @@ def _idx_files(folder: Path):
 def _load_svhn(data_dir: Path):
     """SVHN's train_32x32.mat and test_32x32.mat (MATLAB files: X (32, 32, 3, N), y (N, 1) with 10
     for the digit 0), read with scipy.io.loadmat, which builds arrays only."""
-    candidates = [data_dir / "svhn", data_dir / "SVHN", data_dir]
-    folder = next((d for d in candidates if all((d / f).is_file() for f in SVHN_FILES.values())), None)
+    candidates = _svhn_candidates(data_dir)
+    folder = _svhn_folder(data_dir)
     if folder is None:
-        raise CnnscopeError(
+        raise DataError(
             f"svhn is not in {data_dir}: cnnscope reads it from files and never downloads it. Place "
             f"{' and '.join(SVHN_FILES.values())} (from http://ufldl.stanford.edu/housenumbers/) in "
             f"{candidates[0]}/ (or {data_dir}/).", arguments=("data_dir",))
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise CnnscopeError("Reading SVHN's .mat files needs scipy, which is not installed: pip install scipy.") from None
+        raise DataError("Reading SVHN's .mat files needs scipy, which is not installed: pip install scipy.") from None
     splits = []
     for file_name in SVHN_FILES.values():
         path = folder / file_name
@@ -256,10 +282,19 @@ def _load_svhn(data_dir: Path):
             if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.shape[3] != len(labels):
                 raise ValueError(f"X has the shape {images.shape} for {len(labels)} labels, not (32, 32, 3, N)")
         except Exception as e:  # a garbage file fails in any of scipy's ways
-            raise CnnscopeError(f"{path} is not SVHN's {file_name}: {type(e).__name__}: {str(e)[:200]}. "
+            raise DataError(f"{path} is not SVHN's {file_name}: {type(e).__name__}: {str(e)[:200]}. "
                                 "Replace it with the original file.") from None
         splits.append(_split(images.transpose(3, 2, 0, 1), labels % 10))  # label 10 is the digit 0
     return [str(i) for i in range(10)], splits[0], splits[1]
+
+
+def _svhn_candidates(data_dir: Path) -> list:
+    return [data_dir / "svhn", data_dir / "SVHN", data_dir]
+
+
+def _svhn_folder(data_dir: Path):
+    """The first of _svhn_candidates that holds both SVHN files, or None."""
+    return next((d for d in _svhn_candidates(data_dir) if all((d / f).is_file() for f in SVHN_FILES.values())), None)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -270,15 +305,15 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise CnnscopeError(f"Cannot read {path}: {e}. Replace it with the original file.") from None
+        raise DataError(f"Cannot read {path}: {e}. Replace it with the original file.") from None
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise CnnscopeError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
-        raise CnnscopeError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}. "
+        raise DataError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}. "
                             "Replace it with the original file.")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(dims):
-        raise CnnscopeError(f"{path} is truncated: header says {dims}, found {data.size} bytes of data.")
+        raise DataError(f"{path} is truncated: header says {dims}, found {data.size} bytes of data.")
     return data.reshape(dims)

@@ -25,7 +25,9 @@ from cnnscope.core import attribution, gates, metrics, sanity, sharing
 from cnnscope.core.attribution_methods import DEFAULT_METHODS, IG_TOLERANCE, METHODS
 from cnnscope.core.runtime import resolve_device, seed_all
 from cnnscope.errors import CnnscopeError
+from cnnscope.files import writing_into
 from cnnscope.render.progress import SILENT
+from cnnscope.runs import run_folder
 from cnnscope.runs.user_images import UNKNOWN_LABEL, load_images
 
 
@@ -36,6 +38,12 @@ class Target:
     plots_dir: Path  # where figures go
     checkpoint: Optional[dict] = None  # None for an untrained SPEC
     device: torch.device = torch.device("cpu")  # where the model is
+    out_dir: Optional[Path] = None  # the run or output folder that holds plots_dir (None: plots_dir)
+
+    def writing(self):
+        """The context of an inspection's drawing: writes below out_dir never follow a link
+        (cnnscope.files.writing_into)."""
+        return writing_into(self.out_dir or self.plots_dir)
 
 
 @dataclass
@@ -80,17 +88,20 @@ def load_target(target: str, ctor=(), out=None, trust_spec=False, *, device="cpu
                 "from its checkpoint. Drop the ctor keywords, or give a SPEC to inspect an untrained model.",
                 arguments=("ctor",),
             )
+        out_dir = Path(out) if out else run_folder.output_folder(*checkpoint.resolve_run(target))
+        if not out:  # a run folder: refused before any work when it holds links
+            run_folder.refuse_links(out_dir)
         reporter.detail(f"loading the run {target} onto {device}")
         model, ckpt, run_dir = checkpoint.load_run_model(target, trust_spec=trust_spec)
-        plots_dir = Path(out) if out else run_dir / "plots"
-        return Target(model.to(device), str(run_dir), plots_dir, ckpt, device)
+        return Target(model.to(device), str(run_dir), out_dir if out else out_dir / "plots", ckpt, device, out_dir)
     reporter.detail(f"building {target} with untrained weights (seed {seed}) on {device}")
     seed_all(seed)
     model = spec.build_model(target, spec.parse_key_values(ctor))
     model.eval()
     _, name = spec.resolve_target(target)
-    plots_dir = Path(out) if out else Path("reports") / f"{name}-untrained" / "plots"
-    return Target(model.to(device), f"{name} (untrained)", plots_dir, device=device)
+    out_dir = Path(out) if out else Path("reports") / f"{name}-untrained"
+    return Target(model.to(device), f"{name} (untrained)", out_dir if out else out_dir / "plots", device=device,
+                  out_dir=out_dir)
 
 
 def load_test_images(target: Target, n: int, dataset=None, data_dir="data", image_paths=(),
@@ -101,14 +112,14 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
-    from cnnscope.runs.datasets import load_dataset, run_dataset
+    from cnnscope.runs.datasets import load_dataset, loading_line, run_dataset
     from cnnscope.runs.loaders import normalize, pixels
 
     ckpt = target.checkpoint or {}
     if image_paths:
         return _image_files(target, image_paths)
     name = dataset or ckpt.get("dataset") or "fake"
-    reporter.detail(f"loading {name} ({data_dir}) for the first {n} test images")
+    reporter.detail(f"{loading_line(name, data_dir)}: the first {n} test images")
     data = run_dataset(ckpt, data_dir) if name == ckpt.get("dataset") else load_dataset(name, data_dir)
     # The model expects inputs normalised with the statistics it was trained with.
     mean = ckpt.get("mean") or data.mean

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnnscope.core.runtime import cpu_cores, split_batch
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import KINDS, CnnscopeError
 
 MIN_BATCH_PER_PROCESS = 64  # below this, batch-norm statistics get noisy and the kernels slow per image
 MAX_AUTO_PROCS = 8  # --procs auto never starts more (a batch of 4096 is not 64 processes)
@@ -50,8 +50,10 @@ STOPPED_EXIT = 130  # Ctrl-C: an orderly stop, rank 0 saves and prints the resum
 GRACE_S = 10.0  # how long a rank > 0 that met a user error waits for rank 0 to meet and say it
 PARENT_PID_VAR = "CNNSCOPE_LAUNCHER_PID"
 COMMAND_VAR = "CNNSCOPE_COMMAND"  # the command line the user typed (a rank's own argv is the job file)
+STARTED_VAR = "CNNSCOPE_STARTED"  # when that command's process started (time.time(); a rank starts later)
 ERROR_FILE = "error.json"  # beside the job file: rank 0's CnnscopeError, for the launcher to raise
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IMPORTED = time.time()
 PARENT_POLL_S = 1.0
 
 
@@ -61,6 +63,19 @@ def command_line() -> str:
     import shlex
 
     return os.environ.get(COMMAND_VAR) or shlex.join(["cnnscope", *sys.argv[1:]])
+
+
+def command_started() -> float:
+    """When the command this process runs for the user started (time.time() units, the interpreter's
+    start-up included): in a rank that run_processes started, the launching command's start."""
+    if STARTED_VAR in os.environ:
+        return float(os.environ[STARTED_VAR])
+    try:  # Linux: the process's start in clock ticks after boot (field 22 of /proc/self/stat)
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED  # elsewhere: when this module was imported (torch's import, the bulk of start-up, is not in)
 
 
 def launched() -> bool:
@@ -115,7 +130,7 @@ def run_processes(job: dict, procs: int, after_loss=lambda: "") -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     settings = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // procs)), "CNNSCOPE_PROCS": str(procs),
-                PARENT_PID_VAR: str(os.getpid()), COMMAND_VAR: command_line()}
+                PARENT_PID_VAR: str(os.getpid()), COMMAND_VAR: command_line(), STARTED_VAR: repr(command_started())}
     with tempfile.TemporaryDirectory(prefix="cnnscope-procs-") as tmp, _environment(settings), _quiet_agent():
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
@@ -181,7 +196,8 @@ def _outcome(codes: dict, procs: int, tmp: Path, after_loss) -> int:
         said = tmp / ERROR_FILE  # rank 0's CnnscopeError, raised here for the caller to word
         if said.is_file():
             error = json.loads(said.read_text())
-            raise CnnscopeError(error["message"], arguments=error["arguments"]) from None
+            kind = KINDS.get(error.get("kind"), CnnscopeError)
+            raise kind(error["message"], arguments=error["arguments"]) from None
         return USER_ERROR_EXIT  # rank 0 said why
     if STOPPED_EXIT in codes.values() and set(codes.values()) <= {STOPPED_EXIT, -signal.SIGTERM}:
         return STOPPED_EXIT  # a stop, and the agent ended the ranks that had not yet ended by themselves
@@ -238,11 +254,11 @@ def lost_connection(error: RuntimeError) -> bool:
     return "gloo/transport/" in str(error)
 
 
-def call(job: dict):
-    """{"target": "package.module:function", "args": {...}} (a job, or a callback a rank makes) ->
-    function(**args)."""
+def call(job: dict, *first):
+    """{"target": "package.module:function", "args": {...}} (a job, or a training run's callback,
+    which each rank makes with its runs.training_run.TrainingRun first) -> function(*first, **args)."""
     module, function = job["target"].split(":")
-    return getattr(importlib.import_module(module), function)(**job["args"])
+    return getattr(importlib.import_module(module), function)(*first, **job["args"])
 
 
 def worker(job_file: str) -> int:
@@ -278,7 +294,8 @@ def _hand_over(error: CnnscopeError, path: Path) -> None:
     """Rank 0's user error goes to the launcher, which raises it again in the caller's process (so that
     the caller words it, e.g. the CLI in terms of its flags); said here if it cannot be handed over."""
     try:
-        path.write_text(json.dumps({"message": str(error), "arguments": list(error.arguments)}))
+        path.write_text(json.dumps({"kind": type(error).__name__, "message": str(error),
+                                    "arguments": list(error.arguments)}))
     except OSError:
         print(f"Error: {error}", file=sys.stderr)
 

@@ -1,4 +1,5 @@
-"""Loaders: batches of a dataset split, normalized, in channels_last, on a device.
+"""Loaders: batches of a dataset split, normalized, in channels_last (or contiguous, for a model that
+needs it: core.memory_format), on a device.
 
 Two augmentation backends draw from the same distribution (cnnscope.core.augment):
 
@@ -16,10 +17,12 @@ import numpy as np
 import torch
 
 from cnnscope.core.augment import AugmentSpec, BatchAugment, autoaugment, check_fits
+from cnnscope.core.memory_format import channels_last_refusal
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.datasets import Dataset, Split
 
 BACKENDS = ("batch", "albumentations")
+PROBE_IMAGES = 4  # the batch on which the memory-format check runs a model both ways
 
 
 class AlbumentationsDataset(torch.utils.data.Dataset):
@@ -94,7 +97,8 @@ def _mix_seed(*parts) -> int:
 class Loader:
     """Batches of one split: `set_epoch(e)`, `len()`, iteration yields (x, y) on `device`.
 
-    x is float32 normalized (N, C, H, W) in channels_last memory format, y int64.
+    x is float32 normalized (N, C, H, W) in channels_last memory format (contiguous with
+    channels_last=False), y int64.
     Training loaders shuffle (one permutation per (seed, epoch), shared by all ranks) and augment
     (randomness per (seed, epoch, rank)). With world_size > 1, a training epoch is cut to a multiple
     of world_size and rank r takes every world_size-th sample from r (disjoint, equal sizes, as
@@ -103,13 +107,14 @@ class Loader:
     """
 
     def __init__(self, split: Split, dataset: Dataset, *, batch_size, train, augment, device, seed, rank,
-                 world_size, drop_last):
+                 world_size, drop_last, channels_last=True):
         if not 0 <= rank < world_size:
             raise CnnscopeError(f"rank {rank} is outside world_size {world_size}.")
         self.split, self.batch_size, self.train = split, batch_size, train
         self.augment = augment if train and augment is not None and augment != AugmentSpec() else None
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         self.mean = torch.tensor(dataset.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1)
@@ -145,11 +150,11 @@ class Loader:
         return idx.split(self.batch_size)
 
     def _finish(self, x, y):
-        """float [0, 1] or uint8 images on device -> normalized float32 channels_last."""
+        """float [0, 1] or uint8 images on device -> normalized float32 in the loader's memory format."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last), y
+        return x.contiguous(memory_format=self.memory_format), y
 
 
 class BatchLoader(Loader):
@@ -197,9 +202,10 @@ class AlbumentationsLoader(Loader):
 
 
 def make_loader(split, dataset, *, batch_size, train, augment=None, backend="batch", device="cpu",
-                seed=0, rank=0, world_size=1, drop_last=False, workers=2):
+                seed=0, rank=0, world_size=1, drop_last=False, workers=2, channels_last=True):
     """A Loader over `split` (see Loader). `train` shuffles and applies `augment`; `backend` is
-    "batch" (in-process, whole batches) or "albumentations" (per sample, `workers` processes)."""
+    "batch" (in-process, whole batches) or "albumentations" (per sample, `workers` processes);
+    `channels_last`: the batches' memory format (False: contiguous)."""
     if backend not in BACKENDS:
         raise CnnscopeError(f"Unknown augmentation backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if split is None:
@@ -207,7 +213,7 @@ def make_loader(split, dataset, *, batch_size, train, augment=None, backend="bat
     if train and augment is not None:
         check_fits(augment, split.input_shape[1:])
     kw = dict(batch_size=batch_size, train=train, augment=augment, device=device, seed=seed, rank=rank,
-              world_size=world_size, drop_last=drop_last)
+              world_size=world_size, drop_last=drop_last, channels_last=channels_last)
     if backend == "batch":
         return BatchLoader(split, dataset, **kw)
     return AlbumentationsLoader(split, dataset, workers=workers, **kw)
@@ -226,6 +232,23 @@ def normalize(images, mean, std):
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean) / std
+
+
+def first_images(split: Split, dataset: Dataset, n: int = PROBE_IMAGES, device="cpu") -> torch.Tensor:
+    """The first `n` images of `split` on `device`, normalised as the loaders normalise them (contiguous);
+    by default the memory-format check's probe batch (contiguous_reason)."""
+    images = split.take(torch.arange(min(n, len(split)))).to(device)
+    return normalize(images.float() / 255, dataset.mean, dataset.std)
+
+
+def contiguous_reason(model, x, spec=None, say=None) -> str:
+    """Why `model` needs contiguous batches (core.memory_format, on the probe batch `x`), or "" when
+    channels_last batches give the same logits; where it needs them, `say` gets one line saying so."""
+    reason = channels_last_refusal(model, x, spec)
+    if reason and say is not None:
+        say(f"{spec or type(model).__name__} runs on contiguous batches and weights: {reason}; "
+            "channels_last would only have been faster.")
+    return reason
 
 
 def denormalize(x, mean, std):

@@ -9,7 +9,8 @@ folder: it works from any folder, after the original file moved or changed (with
 changed), and after the run folder itself was moved or copied.
 
 Building from the copy is still building a SPEC read from a file: the trust rule
-(spec.check_file_spec) applies to it exactly as to the SPEC it was copied from.
+(spec.check_file_spec) applies to it, and names the copy, which is what would run. A copy that is not
+the code recorded at training (each file's SHA-256) is never built, trusted or not.
 """
 import hashlib
 import importlib.machinery
@@ -18,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError, CnnscopeWarning
+from cnnscope.errors import CnnscopeWarning, RunError
 from cnnscope.files import atomic_write_bytes
 from cnnscope.runs import spec as specs
 
@@ -91,30 +92,82 @@ def save_source(run_dir: Path, spec: str) -> dict | None:
             "origin_spec": f"{main}:{attr}", "files": hashes}
 
 
-def spec_to_build(run_dir: Path, spec: str, source: dict | None) -> str:
-    """The SPEC that rebuilds a run's model: its copy in run_dir/model_source/ when the run kept one
-    (warning when the original files changed since), else the SPEC it was trained from."""
-    if not source or specs.is_registry_name(spec):  # a zoo model is built by name, never from a file
+def copy_spec(run_dir: Path, spec: str, source: dict | None) -> str:
+    """The SPEC that rebuilds a run's model, as the trust rule must name it: its copy in
+    run_dir/model_source/ when the run kept one, else the SPEC it was trained from (also when the
+    copy is missing). A copy that is not the code recorded at training (a file whose SHA-256
+    differs, a file missing, a file added) is refused, whether the user trusts the run or not:
+    what runs is what was recorded."""
+    if not isinstance(spec, str) or not source or specs.is_registry_name(spec):  # a zoo model: built by name
         return spec
     run_dir = Path(run_dir).resolve()
-    copy_file, _, attr = source["spec"].rpartition(":")
+    record = _checked_record(run_dir, source)
+    copy_file, _, attr = record["spec"].rpartition(":")
     copy = (run_dir / copy_file).resolve()
     if not copy.is_relative_to(run_dir / SOURCE_DIR):
-        raise CnnscopeError(
-            f"The run {run_dir} records its model source as {source['spec']!r}, which lies outside its "
-            f"{SOURCE_DIR}/ folder: the run's files were not written by `cnnscope train`."
-        )
+        raise _not_cnnscopes(run_dir, f"records its model source as {record['spec']!r}, which lies outside its "
+                                      f"{SOURCE_DIR}/ folder")
     if not copy.is_file():
-        warnings.warn(f"The run folder {run_dir} has no copy of its model source ({copy}); building "
-                      f"{source['origin_spec']} instead.", CnnscopeWarning, stacklevel=2)
-        return source["origin_spec"]
+        return record["origin_spec"]
+    _check_copy(run_dir, record["files"])
+    return f"{copy}:{attr}"
+
+
+def _checked_record(run_dir: Path, source) -> dict:
+    """The run's record of its model source, when it has the shape save_source gives it."""
+    fields = ("spec", "base", "origin_spec")
+    if not (isinstance(source, dict) and all(isinstance(source.get(k), str) for k in fields)
+            and isinstance(source.get("files"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in source["files"].items())):
+        raise _not_cnnscopes(run_dir, "has a record of its model source that is not the one `cnnscope train` writes")
+    return source
+
+
+def _not_cnnscopes(run_dir: Path, what: str) -> RunError:
+    return RunError(f"The run {run_dir} {what}: the run's files were not written by `cnnscope train`. Use "
+                         "another checkpoint of the run, or train it again.")
+
+
+def _check_copy(run_dir: Path, recorded: dict) -> None:
+    """A RunError unless run_dir/model_source/ holds exactly the recorded files, each with its
+    recorded SHA-256, none of them a link."""
+    folder = run_dir / SOURCE_DIR
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")}
+    problems = []
+    for name, digest in sorted(recorded.items()):
+        path = folder / name
+        if name not in present or path.is_symlink() or not path.is_file():
+            problems.append(f"{path} is missing (or is no regular file)")
+        elif (found := _sha256(path)) != digest:
+            problems.append(f"{path} has SHA-256 {found}, but {digest} was recorded when the run was trained")
+    problems += [f"{folder / name} was added after training" for name in sorted(present - set(recorded))]
+    if problems:
+        raise RunError(
+            f"The run's copy of its model source is not the code recorded when the run was trained: "
+            f"{'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}. Such a copy is never built, trust_spec "
+            "or not: restore the run's model_source/ folder, or train the run again.", arguments=("trust_spec",))
+
+
+def spec_to_build(run_dir: Path, spec: str, source: dict | None) -> str:
+    """copy_spec, saying what the user should know: that the copy is missing (the original is
+    built), that the original files changed since the run was trained (the copy is built), or that
+    the copy's package hides another one of its name."""
+    built = copy_spec(run_dir, spec, source)
+    if built == spec:
+        return spec
+    run_dir = Path(run_dir).resolve()
+    if built == source["origin_spec"]:
+        warnings.warn(f"The run folder {run_dir} has no copy of its model source "
+                      f"({run_dir / source['spec'].rpartition(':')[0]}); "
+                      f"building {source['origin_spec']} instead.", CnnscopeWarning, stacklevel=2)
+        return built
     changed = _differing(Path(source["base"]), source["files"])
     if changed:
         warnings.warn(f"The model source changed since the run was trained ({', '.join(changed)} in "
                       f"{source['base']}); the run's own copy in {run_dir / SOURCE_DIR} is used.",
                       CnnscopeWarning, stacklevel=2)
-    _warn_if_shadowing(run_dir, copy, source)
-    return f"{copy}:{attr}"
+    _warn_if_shadowing(run_dir, Path(built.rpartition(":")[0]), source)
+    return built
 
 
 def _differing(base: Path, files: dict) -> list[str]:

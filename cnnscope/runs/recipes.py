@@ -5,9 +5,12 @@ registry name gets basic's); `resolve(recipe, overrides)` applies the command li
 
 Schedules measured in epochs (warm-up, depth warm-up) are written for the recipe's own epoch count;
 when a run is shorter they shrink in proportion, so `--epochs 5` still gets a warm-up instead of
-spending the whole run in it.
+spending the whole run in it. Likewise the augmentation's sizes in pixels (cutout, crop padding) are
+written for the recipe's 32x32 images and follow another image size. An image-folder tree's recipe is
+fitted to its size (`fit_to_tree`: a small tree's batch).
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,19 +37,21 @@ class DatasetRule:
 
 _POSITIVE = Number(float, 0, lo_open=True)
 _NON_NEGATIVE = Number(float, 0)
+MAX_EPOCHS = 10_000  # a bound, so that a typo (99999999999999999999) is refused, not started
+MAX_RATE = 1e6  # lr and weight decay above this overflow float32 weights in the first step
 _FRACTION = Number(float, 0, 1, lo_open=True, hi_open=True)
 # The rule of every Recipe field but `augment` (an AugmentSpec, which checks its own: augment.AUGMENT_RULES);
 # as strict as the train command's options where it has one (--lr > 0, --label-smoothing in [0, 1), ...).
 RECIPE_RULES = {
     "dataset": DatasetRule(),
     "image_size": Numbers(Number(int, 1), count=2, example="image_size=(64,64)"),
-    "epochs": Number(int, 1),
+    "epochs": Number(int, 1, MAX_EPOCHS),
     "batch_size": Number(int, 1),
     "optimizer": Choice(OPTIMIZERS),
-    "lr": _POSITIVE,
+    "lr": Number(float, 0, MAX_RATE, lo_open=True),
     "momentum": Number(float, 0, 1, hi_open=True),
     "nesterov": Flag(),
-    "weight_decay": _NON_NEGATIVE,
+    "weight_decay": Number(float, 0, MAX_RATE),
     "scheduler": Choice(SCHEDULERS),
     "pct_start": _FRACTION,
     "div_factor": _POSITIVE,
@@ -166,27 +171,80 @@ def get_recipe(spec: str, speed: bool = False) -> Recipe:
     return _COMPACT
 
 
+# A small image-folder tree: the recipes' batch of 128 was chosen for 50,000 images (390 optimizer steps an
+# epoch); on 1,200 images it leaves 10, too few for the schedule and for batch norm's running statistics
+# (which evaluation uses) to follow the weights. A tree's batch is halved, down to SMALL_TREE_BATCH, until an
+# epoch has SMALL_TREE_STEPS steps; more steps with the same peak LR train such a tree better (on scikit-learn's
+# digits, 5 epochs: 81% test at batch 128, 96% at 32; benchmarks/README.md), and a smaller batch is not a
+# smaller learning rate: at 32 with a quarter of the LR, 86%.
+SMALL_TREE_STEPS = 30
+SMALL_TREE_BATCH = 32
+MIN_RUN_STEPS = 300  # fewer optimizer steps in all: a tree's run warns that they may not be enough
+
+
+def fit_to_tree(recipe: Recipe, train_images: int) -> tuple[Recipe, str]:
+    """The recipe for an image-folder tree of `train_images` training images (its batch no larger
+    than the split, and halved while an epoch has fewer than SMALL_TREE_STEPS steps), and one line
+    saying what changed ("" when nothing did)."""
+    batch = min(recipe.batch_size, max(1, train_images))
+    while batch > SMALL_TREE_BATCH and math.ceil(train_images / batch) < SMALL_TREE_STEPS:
+        batch = max(SMALL_TREE_BATCH, batch // 2)
+    if batch == recipe.batch_size:
+        return recipe, ""
+    steps, before = math.ceil(train_images / batch), math.ceil(train_images / recipe.batch_size)
+    why = f"so that an epoch has {steps} optimizer steps, not {before}" if steps > before else "the whole split"
+    return dataclasses.replace(recipe, batch_size=batch), (
+        f"A small tree ({train_images:,} training images): batch {batch} instead of the recipe's {recipe.batch_size}, "
+        f"{why} (a batch size given by hand is kept).")
+
+
+def too_few_steps(recipe: Recipe, train_images: int) -> str:
+    """A warning when a run of `recipe` over `train_images` images takes fewer than MIN_RUN_STEPS
+    optimizer steps in all, with the epochs that would give that many; "" otherwise."""
+    per_epoch = math.ceil(train_images / recipe.batch_size)
+    if per_epoch * recipe.epochs >= MIN_RUN_STEPS:
+        return ""
+    return (f"{recipe.epochs} epochs of {per_epoch} batches are {recipe.epochs * per_epoch} optimizer steps in all: "
+            "likely too few for the learning-rate schedule, and for batch norm's running statistics (which "
+            f"evaluation uses) to settle. Train {math.ceil(MIN_RUN_STEPS / per_epoch)} epochs or more.")
+
+
 _EPOCH_SCHEDULES = ("warmup_epochs", "depth_warmup_epochs")
+_PIXEL_SIZES = ("cutout", "crop_pad")  # augmentation fields in pixels of the recipe's image size
 
 
 def resolve(recipe: Recipe, overrides: dict, augment_overrides: dict | None = None) -> Recipe:
     """Apply command-line values (None = not given) to `recipe`; every value is checked by its rule
     (RECIPE_RULES, augment.AUGMENT_RULES).
 
-    A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too.
+    A shorter --epochs shrinks the epoch-measured schedules in proportion unless they are given too;
+    another image size scales the augmentation's sizes in pixels (_PIXEL_SIZES) with it unless they
+    are given too (a 16-pixel cutout hides half the side of a 32x32 image, all of a 16x16 one).
     """
     _check_names("recipe", overrides, Recipe, exclude={"augment"})
     _check_names("augmentation", augment_overrides or {}, AugmentSpec)
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(given.get("dataset"), str) and is_folder(given["dataset"]):  # a run finds its tree from anywhere
         given["dataset"] = str(Path(given["dataset"]).expanduser().resolve())
-    augment = dataclasses.replace(recipe.augment, **(augment_overrides or {}))
+    augment = dataclasses.replace(recipe.augment, **_scaled_pixels(recipe, given.get("image_size"),
+                                                                   augment_overrides or {}))
     resolved = dataclasses.replace(recipe, augment=augment, **given)
     if resolved.epochs < recipe.epochs:
         scaled = {name: getattr(recipe, name) * resolved.epochs / recipe.epochs
                   for name in _EPOCH_SCHEDULES if name not in given}
         resolved = dataclasses.replace(resolved, **scaled)
     return resolved
+
+
+def _scaled_pixels(recipe: Recipe, image_size, augment_overrides: dict) -> dict:
+    """The augmentation fields to set: `augment_overrides`, and the recipe's sizes in pixels scaled
+    from its image size to `image_size` (by the shorter side; a size that was on stays at least 1)."""
+    if image_size is None or tuple(image_size) == tuple(recipe.image_size):
+        return dict(augment_overrides)
+    ratio = min(image_size) / min(recipe.image_size)
+    scaled = {name: max(1, round(getattr(recipe.augment, name) * ratio)) for name in _PIXEL_SIZES
+              if getattr(recipe.augment, name) and name not in augment_overrides}
+    return {**scaled, **augment_overrides}
 
 
 def _check_names(what, values: dict, cls, exclude=()):

@@ -9,8 +9,6 @@ from cnnscope.core.rf.trace import meta_tensors_loaded
 from cnnscope.core.runtime import resolve_device
 from cnnscope.errors import CnnscopeError
 from cnnscope.render.progress import SILENT
-from cnnscope.runs.checkpoint import load_run_model
-from cnnscope.runs.inspect import Target, load_test_images
 from cnnscope.runs.spec import build_model, resolve_target
 
 
@@ -65,12 +63,18 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
     """(model, result) of the run's weights (in SPEC's architecture when SPEC is given), with
     result.erf measured on `images` = (n, paths): n of its test images, or the image files at paths,
     and drawn to RUN/plots/erf.png."""
+    from cnnscope.runs import run_folder  # a run's weights, images and folder: only for the ERF
+    from cnnscope.runs.checkpoint import load_run_model, resolve_run
+    from cnnscope.runs.inspect import Target, load_test_images
+
     if ctor and spec is None:
         raise CnnscopeError("ctor applies to a SPEC; with erf_run alone the run's checkpoint gives the constructor "
                             "keywords. Leave out ctor, or give the SPEC it belongs to.", arguments=("ctor", "erf_run"))
+    out_dir = run_folder.output_folder(*resolve_run(run))
+    run_folder.refuse_links(out_dir)  # before any work
     reporter.detail(f"loading the run {run}")
     model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, spec=spec, ctor=ctor)
-    images = load_test_images(Target(model, str(run_dir), run_dir / "plots", ckpt, device), images[0],
+    images = load_test_images(Target(model, str(run_dir), out_dir / "plots", ckpt, device, out_dir), images[0],
                               data_dir=data_dir, image_paths=images[1], reporter=reporter)
     shape = tuple(images.x.shape[1:])
     if tuple(input_shape) != shape:
@@ -83,7 +87,8 @@ def _measure_erf(run, spec, ctor, input_shape, images, data_dir, trust_spec, dev
     erf = effective_receptive_field(model, images.x, result,
                                     on_batch=(lambda k: progress.advance(task, k)) if progress else None)
     erf = replace(erf, dataset=images.dataset, run=str(run_dir))
-    result.erf = replace(erf, figure=str(_draw_erf(result, erf, run_dir)))
+    with run_folder.writing_into(out_dir):
+        result.erf = replace(erf, figure=str(_draw_erf(result, erf, out_dir)))
     return model, result
 
 

@@ -15,9 +15,10 @@ import importlib.util
 import inspect
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, CnnscopeWarning, SpecError, TrustError
 
 
 def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> dict:
@@ -31,7 +32,7 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise CnnscopeError(
+            raise SpecError(
                 f"Bad {argument} item {item!r}: expected KEY=VALUE with KEY a Python identifier, e.g. {example}.",
                 arguments=(argument,),
             )
@@ -40,18 +41,22 @@ def parse_key_values(items, *, argument="ctor", example="num_classes=100") -> di
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             if not raw.isidentifier():
-                raise CnnscopeError(
+                raise SpecError(
                     f"Bad {argument} item {item!r}: {raw!r} is not a Python literal. Use numbers, quoted strings, "
                     f"True/False/None, lists, tuples or dicts, e.g. {example}.", arguments=(argument,),
                 ) from None
             value = raw  # a bare word such as mode=fast reads as the string 'fast'
+        if key in out:
+            raise SpecError(f"Bad {argument} items: {key} is given twice ({key}={out[key]!r} and {item!r}). "
+                                "Give each key once.", arguments=(argument,))
         out[key] = value
     return out
 
 
-# Top-level packages that cnnscope imported from a user's folder (a package root's parent, or the
-# current folder), by name -> the folder they came from. A later SPEC that names a package of the same
-# name in another folder must not get the cached one: those entries are dropped from sys.modules first.
+# Top-level packages that cnnscope imported from a user's folder (a package root's parent, the current
+# folder, or a folder on the import path that is not an installation's), by name -> the folder they came
+# from. A later SPEC that names a package of the same name in another folder must not get the cached
+# one: those entries are dropped from sys.modules first.
 _USER_PACKAGES: dict[str, Path] = {}
 
 
@@ -115,7 +120,7 @@ def _make_room(top: str, wanted: Path | None, what: str) -> None:
     if loaded is None and top not in _USER_PACKAGES:  # not imported yet: would this import shadow another?
         other = _spec_origin(importlib.machinery.PathFinder.find_spec(top, sys.path))
         if other is not None and other != wanted and installed(other):
-            raise CnnscopeError(
+            raise SpecError(
                 f"Cannot import {what} as the package {top!r}: an installed module of that name is on the "
                 f"import path ({other}), and cnnscope or your code may need it. Rename the package folder {top!r}."
             )
@@ -125,7 +130,7 @@ def _make_room(top: str, wanted: Path | None, what: str) -> None:
         _forget(top)
         return
     if wanted is not None:
-        raise CnnscopeError(
+        raise SpecError(
             f"Cannot import {what} as the package {top!r}: a module of that name is already imported from "
             f"{_origin(loaded) or 'a built-in location'}. Rename the package folder {top!r}."
         )
@@ -154,7 +159,7 @@ def _load_plain_file(path: Path):
                       "that package), or import its neighbours by name (from x import y).")
         elif not isinstance(e, ImportError):
             advice = "The file raised while it was imported; fix the error it names."
-        raise CnnscopeError(f"Importing {path} failed: {type(e).__name__}: {e}. {advice}") from None
+        raise SpecError(f"Importing {path} failed: {type(e).__name__}: {e}. {advice}") from None
     return module
 
 
@@ -186,7 +191,7 @@ def _load_package_file(path: Path, root: Path):
                       "the error names.")
         else:
             advice = "The package raised while it was imported; fix the error it names."
-        raise CnnscopeError(
+        raise SpecError(
             f"Importing {path} as the module {dotted} (package root {root}, imported from {base}) failed: "
             f"{type(e).__name__}: {e}. {advice}"
         ) from None
@@ -194,7 +199,7 @@ def _load_package_file(path: Path, root: Path):
         for p in added:
             sys.path.remove(p)
     if _origin(module) != path:
-        raise CnnscopeError(
+        raise SpecError(
             f"Importing {path} as the module {dotted} gave {_origin(module)} instead. Another module named "
             f"{dotted!r} comes first on the import path; rename the package folder {top!r}."
         )
@@ -203,7 +208,7 @@ def _load_package_file(path: Path, root: Path):
 
 def _load_file(path: Path):
     if not path.is_file():
-        raise CnnscopeError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
+        raise SpecError(f"Model file {path} does not exist. Check the path in SPEC (file.py:Name).")
     root = package_root(path.resolve())
     return _load_plain_file(path) if root is None else _load_package_file(path, root)
 
@@ -243,14 +248,16 @@ def _import_module(where: str, spec: str):
                       "are installed or lie in its package.")
         else:
             advice = f"{where} raised while it was imported; fix the error it names."
-        raise CnnscopeError(
+        raise SpecError(
             f"Cannot import module {where!r} from SPEC {spec!r}: {type(e).__name__}: {e}. {advice}"
         ) from None
     finally:
         if added:
             sys.path.remove(str(cwd))
-    if fresh and from_cwd is not None and top in sys.modules:
-        _USER_PACKAGES[top] = cwd
+    found = _spec_origin(from_path or from_cwd)
+    if fresh and top in sys.modules and found is not None and (from_cwd is not None or not installed(found)):
+        # the user's own package: a run's copy of it may replace it later (the test after training)
+        _USER_PACKAGES[top] = found.parents[1] if found.name == "__init__.py" else found.parent
     return module
 
 
@@ -270,10 +277,8 @@ def _registry_entry(name: str):
         return zoo.get_entry(name)
     close = difflib.get_close_matches(name, zoo.list_models(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise CnnscopeError(
-        f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
-        "A SPEC can also be path/to/file.py:ClassName or package.module:attr."
-    )
+    raise SpecError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(zoo.list_models())}. "
+                    "A SPEC can also be path/to/file.py:ClassName or package.module:attr.")
 
 
 def is_registry_name(spec: str) -> bool:
@@ -298,17 +303,15 @@ def _what_would_run(spec: str, ctor: dict) -> str:
 def check_file_spec(spec, ctor, read_from: str, trust_spec: bool = False) -> None:
     """Refuse to build a SPEC read from a file (`read_from` says which) when building it would import
     code, unless the user trusts it (`trust_spec`: --trust-spec, or they named that SPEC themselves).
-
-    Runs before anything is imported: importing a model file executes it.
-    """
+    Runs before anything is imported: importing a model file executes it."""
     if not isinstance(spec, str) or not isinstance(ctor, dict) or not all(isinstance(k, str) for k in ctor):
-        raise CnnscopeError(
+        raise SpecError(
             f"{read_from} names the model {spec!r} with constructor keywords {ctor!r}, which is not a SPEC "
             "string and a dict of keywords: it was not written by `cnnscope train`. Use a checkpoint of a run."
         )
     if trust_spec or is_registry_name(spec):
         return
-    raise CnnscopeError(
+    raise TrustError(
         f"{read_from} asks to build the model {spec!r} with constructor keywords {ctor}, which is not a zoo "
         f"model: building it would {_what_would_run(spec, ctor)}, which runs code. cnnscope builds only zoo "
         "models from files it is handed; if you trust that code, allow it with trust_spec.",
@@ -323,7 +326,7 @@ def resolve_target(spec: str):
         return entry.builder, spec
     where, _, attr = spec.rpartition(":")
     if not attr or not where:
-        raise CnnscopeError(f"Bad SPEC {spec!r}: expected NAME, path/file.py:Name or package.module:attr.")
+        raise SpecError(f"Bad SPEC {spec!r}: expected NAME, path/file.py:Name or package.module:attr.")
     if names_file(where):
         module = _load_file(Path(where))
     else:
@@ -332,7 +335,7 @@ def resolve_target(spec: str):
         classes = _module_classes(module)
         listing = f" It defines these nn.Module classes: {', '.join(classes)}." if classes else (
             " It defines no nn.Module class.")
-        raise CnnscopeError(f"{where} has no attribute {attr!r}.{listing}")
+        raise SpecError(f"{where} has no attribute {attr!r}.{listing}")
     return getattr(module, attr), attr
 
 
@@ -352,7 +355,7 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
     target, name = resolve_target(spec)
     ctor = dict(ctor)
     if not callable(target):
-        raise CnnscopeError(f"{spec!r} is not a class or function (it is a {type(target).__name__}).")
+        raise SpecError(f"{spec!r} is not a class or function (it is a {type(target).__name__}).")
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -369,18 +372,28 @@ def build_model(spec: str, ctor: dict | None = None, device=None, *, read_from: 
             accepted = ", ".join(p.name for p in params) or "none"
             need = f" Give the required ones as ctor keywords, e.g. {', '.join(f'{r}=...' for r in required)}." \
                 if required else ""
-            raise CnnscopeError(f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}",
+            raise SpecError(f"Cannot construct {name}: {e}. It accepts: {accepted}.{need}",
                                 arguments=("ctor",)) from None
+    count = ctor.get("num_classes", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SpecError(f"num_classes={count!r} builds no classifier: num_classes is a whole number of at least "
+                            "1 (the classes the model tells apart).", arguments=("ctor",))
     try:
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext(), \
+                warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
             model = target(**ctor)
+        for warning in said:  # one `warning:` line each, without the source line of the library that warned
+            warnings.warn(warning.message if issubclass(warning.category, CnnscopeWarning) else
+                          f"Constructing {name}: {warning.category.__name__}: {warning.message}",
+                          CnnscopeWarning, stacklevel=2)
     except CnnscopeError:
         raise
     except (Exception, SystemExit) as e:  # a constructor that calls sys.exit() is a broken model too
-        raise CnnscopeError(
+        raise SpecError(
             f"Constructing {name}({', '.join(f'{k}={v!r}' for k, v in ctor.items())}) failed: "
             f"{type(e).__name__}: {e}. Check the ctor keywords.", arguments=("ctor",),
         ) from None
     if not isinstance(model, nn.Module):
-        raise CnnscopeError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+        raise SpecError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
     return model

@@ -23,16 +23,17 @@ from pathlib import Path
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.sweep import SweepResult
 from cnnscope.core.training import Loop, StopRequest
-from cnnscope.errors import CnnscopeError
-from cnnscope.files import atomic_write_text, make_dirs
+from cnnscope.errors import CnnscopeError, RunError
+from cnnscope.files import atomic_write_text, make_dirs, writing_into
 from cnnscope.render.progress import SILENT
-from cnnscope.runs import launch, runfiles
+from cnnscope.runs import launch, run_folder, runfiles
 from cnnscope.runs.sweep_params import Param, check_params, with_values
 from cnnscope.runs.train import run_training, training_options
 
 # options that may differ between the processes of one sweep (where and how, not what is trained)
 RUNTIME_OPTIONS = ("data_dir", "device", "amp", "channels_last", "compile", "save_every", "tensorboard")
 WHERE = ("out", "name", "source")  # each trial's own
+SWEEP_ENTRIES = ("study.db", "trials.md", "trials.json", "plots")  # what the sweep writes into its folder
 
 
 @dataclass
@@ -90,10 +91,13 @@ def quiet_optuna():
 
 
 class TrialReport(Callback):
-    """Each epoch's metric to the study's trial, from rank 0; the pruner's answer to every rank. A
-    pruned trial ends after that epoch (loop.stopped = "pruned"), marked with user attr pruned_at."""
+    """Each epoch's metric of the trial's runs.training_run.TrainingRun `run` to the study's trial,
+    from rank 0; the pruner's answer to every rank. A pruned trial ends after that epoch
+    (loop.stopped = "pruned"), marked with user attr pruned_at. Made on each rank by launch.call
+    from the job run_trial gives run_training."""
 
-    def __init__(self, storage: str, study: str, trial_id: int, metric: str, pruner: dict):
+    def __init__(self, run, storage: str, study: str, trial_id: int, metric: str, pruner: dict):
+        self.epochs = run.opts.recipe.epochs
         self.storage, self.study, self.trial_id, self.metric, self.pruner = storage, study, trial_id, metric, pruner
         self.trial = None
 
@@ -109,7 +113,7 @@ class TrialReport(Callback):
         prune = False
         if self.trial is not None:
             self.trial.report(row[self.metric], row["epoch"])
-            prune = loop.state.epoch < loop.recipe.epochs and self.trial.should_prune()
+            prune = loop.state.epoch < self.epochs and self.trial.should_prune()
             if prune:
                 self.trial.set_user_attr("pruned_at", row["epoch"])
         if loop.ddp.any_rank(prune)[0]:
@@ -125,21 +129,18 @@ def what_is_trained(sweep: Sweep) -> dict:
     settings = {k: v for k, v in sweep.settings.items() if k not in ("procs", "reporter")}
     opts, _, _ = training_options(trust_spec=sweep.trust_spec, **settings)
     check_params(sweep.params, sweep.settings, opts.recipe)
-    sweep.name = sweep.name or f"sweep-{opts.name}"
+    sweep.name = run_folder.checked_name(sweep.name) if sweep.name is not None else f"sweep-{opts.name}"
     options = {k: v for k, v in opts.to_json().items() if k not in RUNTIME_OPTIONS + WHERE}
     return {"options": options, "params": [p.text for p in sweep.params], "metric": sweep.metric}
 
 
 def open_study(sweep: Sweep):
     """The sweep's study, made on first use; one made by another search is refused."""
-    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     agreed = json.loads(json.dumps(what_is_trained(sweep)))  # as the storage gives it back
+    refuse_links(sweep.folder)
     if sweep.storage is None:
-        if sweep.folder.is_symlink():
-            raise CnnscopeError(f"{sweep.folder} is a symbolic link; a sweep writes only into a real folder.",
-                                arguments=("out", "name"))
         make_dirs(sweep.folder)
     try:
         study = create_study(sweep)
@@ -154,11 +155,26 @@ def open_study(sweep: Sweep):
         differ = [k for k in ("params", "metric") if saved.get(k) != agreed[k]]
         differ += [k for k in sorted(set(saved["options"]) | set(agreed["options"]))
                    if saved["options"].get(k) != agreed["options"].get(k)]
-        raise CnnscopeError(
+        raise RunError(
             f"The study {sweep.folder.name!r} in {sweep.storage_url} was started with other settings "
             f"({', '.join(differ)} differ): a study goes on only with the model, options, params and metric it "
             "began with. Give the same ones, or start another sweep (another name).", arguments=("name",))
     return study
+
+
+def refuse_links(folder: Path) -> None:
+    """A RunError naming the symbolic links where the sweep writes: its folder, the entries of
+    SWEEP_ENTRIES, the figures in plots/ and its trial folders (whose own entries each trial's run
+    refuses: run_folder.refuse_links). SQLite writes study.db itself, so a link there is refused first."""
+    entries = [folder, *(folder / name for name in SWEEP_ENTRIES), *folder.glob("plots/*"), *folder.glob("trial-*")] \
+        if folder.is_dir() and not folder.is_symlink() else [folder]
+    links = [path for path in entries if path.is_symlink()]
+    if links:
+        raise RunError(
+            f"The sweep folder {folder} holds symbolic links where a sweep writes: "
+            f"{', '.join(f'{p} -> {os.readlink(p)}' for p in links[:8])}. A sweep writes only regular files it made "
+            "inside real folders, never through a link: remove the links, or give the sweep another name or out.",
+            arguments=("out", "name"))
 
 
 def create_study(sweep: Sweep, tries: int = 5):
@@ -354,8 +370,9 @@ def write_results(study, sweep: Sweep) -> SweepResult:
 
     result = sweep_result(study, sweep)
     make_dirs(sweep.folder)
-    figures, notes = study_figures(study, sweep.folder / "plots", sweep.metric)
-    result.figures, result.notes = figures, result.notes + notes
-    atomic_write_text(sweep.folder / "trials.md", render.to_markdown(result))
-    atomic_write_text(sweep.folder / "trials.json", json.dumps(render.to_json(result), indent=2) + "\n")
+    with writing_into(sweep.folder):  # never through a link below it
+        figures, notes = study_figures(study, sweep.folder / "plots", sweep.metric)
+        result.figures, result.notes = figures, result.notes + notes
+        atomic_write_text(sweep.folder / "trials.md", render.to_markdown(result))
+        atomic_write_text(sweep.folder / "trials.json", json.dumps(render.to_json(result), indent=2) + "\n")
     return result

@@ -13,6 +13,7 @@ no step twice; events are flushed at every checkpoint, so none before it is miss
 `cnnscope attribute|gates|sharing RUN --tensorboard` and `cnnscope rf --erf RUN --tensorboard` add
 their figures and tables under <command>/, at the run's last step.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.training import REPORT_EVERY, Loop
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import CnnscopeError, RunError
 from cnnscope.files import make_dirs
 
 DEFAULT_FOLDER = "tensorboard"  # the events folder inside the run folder
@@ -49,30 +50,39 @@ def events_folder(run_dir, setting: str) -> Path:
     return path if path.is_absolute() else Path(run_dir) / path
 
 
-def open_writer(folder: Path, purge_step: int | None = None):
-    """A SummaryWriter appending a new event file to `folder` (made as needed; never through a
-    symlink). `purge_step`: TensorBoard drops the events of earlier files from this step on."""
-    folder = Path(folder)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise CnnscopeError(
-            f"The TensorBoard folder {folder} is {'a symbolic link' if folder.is_symlink() else 'not a folder'}; "
-            "cnnscope writes events only into a real folder. Give another folder.", arguments=("tensorboard",))
+def open_writer(folder: Path, run_dir=None, purge_step: int | None = None):
+    """A SummaryWriter appending a new event file to `folder` (made as needed). TensorBoard's writer
+    opens its files itself, so the folder is checked first: neither it nor a folder between the run
+    folder `run_dir` and it may be a symbolic link, as the run's other entries may not
+    (run_folder.refuse_links). `purge_step`: TensorBoard drops the events of earlier files from this
+    step on."""
+    folder = Path(os.path.abspath(folder))
+    root = Path(os.path.abspath(run_dir)) if run_dir is not None else None
+    inside = root is not None and folder.is_relative_to(root)
+    below = folder.relative_to(root).parts if inside else ()
+    for path in [root.joinpath(*below[:i + 1]) for i in range(len(below))] or [folder]:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            what = "a symbolic link" if path.is_symlink() else "not a folder"
+            raise (RunError if inside else CnnscopeError)(
+                f"The TensorBoard folder {path} is {what}; cnnscope writes events only into a real folder, never "
+                f"through a link. Remove it, or give another folder.", arguments=("tensorboard",))
     make_dirs(folder)
     return summary_writer()(str(folder), purge_step=purge_step)
 
 
 class TensorBoardEvents(Callback):
-    """Loss and lr per optimizer step, the log row per epoch (rank 0). The step values are read
-    from the device every REPORT_EVERY steps, as the loop itself does, not at every step."""
+    """Loss and lr per optimizer step, the log row per epoch, into the events folder of the
+    runs.training_run.TrainingRun `run` (rank 0). The step values are read from the device every
+    REPORT_EVERY steps, as the loop itself does, not at every step."""
 
-    def __init__(self, run_dir, setting: str):
-        self.folder = events_folder(run_dir, setting)
+    def __init__(self, run):
+        self.run_dir, self.folder = run.run_dir, events_folder(run.run_dir, run.opts.tensorboard)
         self.writer, self.pending = None, []
 
     def on_train_start(self, loop: Loop) -> None:
         if loop.ddp.is_main:
             done = loop.state.epoch * len(loop.train_loader) + loop.state.batch
-            self.writer = open_writer(self.folder, purge_step=done + 1)
+            self.writer = open_writer(self.folder, self.run_dir, purge_step=done + 1)
 
     def on_step(self, loop: Loop, step: int, loss, lr: float) -> None:
         if self.writer is not None:
@@ -122,14 +132,16 @@ def hyperparameters(options: dict) -> dict:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
 
 
-def write_results(run_dir: Path, options: dict, metrics: dict, step: int) -> Path:
-    """A finished run's hyperparameters with its final metrics, its figures and texts, at `step`
-    (its last optimizer step), into its events folder. -> the folder."""
+def write_results(run, metrics: dict) -> Path:
+    """A finished runs.training_run.TrainingRun's hyperparameters with its final `metrics` (the run's
+    metrics.json values, in memory), its figures and texts, at its last optimizer step, into its
+    events folder. -> the folder."""
     from torch.utils.tensorboard.summary import hparams
 
+    run_dir, options, step = Path(run.run_dir), run.opts.to_json(), len(run.loop.state.lr_steps)
     folder = events_folder(run_dir, options["tensorboard"])
     final = {f"final/{k}": float(metrics[k]) for k in FINAL_METRICS if metrics.get(k) is not None}
-    writer = open_writer(folder)
+    writer = open_writer(folder, run_dir)
     try:
         for summary in hparams(hyperparameters(options), final):
             writer.file_writer.add_summary(summary, step)
@@ -192,7 +204,7 @@ def log_inspection(folder: Path, command: str, report, figures, run_dir=None) ->
     from cnnscope import render
 
     step = last_step(run_dir) if run_dir is not None else 0
-    writer = open_writer(folder)
+    writer = open_writer(folder, run_dir)
     try:
         add_figures(writer, command, [p for p in figures if str(p).endswith(".png")], step)
         add_text(writer, f"{command}/report", render.to_markdown(report), True, step)

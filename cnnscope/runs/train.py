@@ -1,9 +1,9 @@
 """`cnnscope train MODEL`: train a model with its recipe and write the run folder reports/<run>/.
 
 Read top to bottom: options -> launching (one process, or --procs data-parallel ones) -> the run's
-parts (data, model, and cnnscope.core.training's loop over them) -> the loop, with the run's
-callbacks: its checkpoints (runs.train_state), files (runs.train_files) and console lines and bar
-(runs.train_console) -> test evaluation of best.pth.
+parts (data, model, and cnnscope.core.training's loop over them: a runs.training_run.TrainingRun)
+-> the loop, with the run's callbacks: its checkpoints (runs.train_state), files (runs.train_files)
+and console lines and bar (runs.train_console) -> test evaluation of best.pth.
 
 Reproducibility: an epoch's data order and augmentation are a function of (seed, epoch, rank);
 everything else random (dropout, Gumbel noise) draws from the global RNGs, which every checkpoint
@@ -15,8 +15,8 @@ trains on its shard of every epoch and validates its share with rank 0's batch-n
 CUDA SyncBatchNorm; on the CPU DDP broadcasts rank 0's before every forward); rank 0 writes and prints.
 """
 import dataclasses
-import json
 import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +26,20 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnscope.core.fold import to_channels_last
-from cnnscope.core.probe import classifier_outputs, input_channels
+from cnnscope.core.probe import check_input, classifier_outputs, input_channels
 from cnnscope.core.runtime import compile_errors, resolve_device, seed_all, split_batch
 from cnnscope.core.distributed import Dist, init_distributed
-from cnnscope.core.training import Loop, NonFiniteLoss, StopRequest, make_loop, run_loop
-from cnnscope.errors import CnnscopeError
+from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
+from cnnscope.errors import CnnscopeError, SpecError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
 from cnnscope.runs import datasets, launch, loaders, model_source, run_folder, tensorboard
 from cnnscope.runs.checkpoint import load_checkpoint
-from cnnscope.runs.train_console import Console, RunBar
+from cnnscope.runs.runfiles import RunMetrics
+from cnnscope.runs.train_console import Console, RunBar, closing_line, far_below, warn
 from cnnscope.runs.train_options import (TrainOptions, check_shares, new_options, resume_command, resume_hint,
                                          resume_options, resume_path, run_dir_of)
 from cnnscope.runs.train_state import Checkpoints, init_weights, restore_run
+from cnnscope.runs.training_run import TrainingRun
 from cnnscope.runs.train_files import RunFiles, run_config, write_json, write_model_texts
 
 
@@ -57,9 +59,9 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
                  callbacks=(), **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, here or in `procs` data-parallel processes
     (runs.launch); `settings`: new_options'/resume_options' keywords; `reporter` (render.progress, default
-    NORMAL) says what is prepared; `callbacks`: more callbacks of the loop, as jobs each rank calls
-    (launch.call: {"target": "module:Class", "args": {...}}). -> exit code: 0 done,
-    launch.STOPPED_EXIT stopped and saved, or a rank's."""
+    NORMAL) says what is prepared; `callbacks`: more callbacks of the loop, as jobs each rank makes with
+    its TrainingRun (launch.call(job, run): {"target": "module:Class", "args": {...}} -> Class(run, **args)).
+    -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
     opts, ckpt, run_dir = training_options(model, resume=resume, trust_spec=trust_spec, **settings)
     if opts.tensorboard:
         tensorboard.summary_writer()  # a missing package is said before anything starts
@@ -98,9 +100,7 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
     """The run's model, with `num_classes` outputs (passed as num_classes= when the builder takes it)
     for the data's (C, H, W) `input_shape` (C passed as in_channels= when the builder takes it), built
     from `spec` (default: the run's SPEC; a resumed run's copy of its source: model_source).
-
-    Returns (model, the constructor keywords actually used).
-    """
+    -> (model, the constructor keywords actually used)."""
     import inspect
 
     from cnnscope.runs.spec import build_model, resolve_target
@@ -118,10 +118,11 @@ def build_run_model(opts: TrainOptions, num_classes: int, input_shape,
         ctor.setdefault("in_channels", input_shape[0])
     model = build_model(spec, ctor)
     shape = (input_channels(model) or input_shape[0], *input_shape[1:])
+    check_input(model, shape, opts.spec, batch=opts.recipe.batch_size, training=True)  # the estimate --input has
     with torch.random.fork_rng(devices=[]):
         outputs = classifier_outputs(model, shape, opts.spec)
     if outputs != num_classes:
-        raise CnnscopeError(
+        raise SpecError(
             f"{opts.spec} returns {outputs} logits per image but {opts.recipe.dataset} has {num_classes} "
             f"classes: the model must return (batch, {num_classes}) logits. Give the ctor keyword "
             f"num_classes={num_classes} if its constructor takes another name for it.", arguments=("ctor",),
@@ -139,23 +140,6 @@ class TrainResult:
     resume_command: str = ""
 
 
-@dataclass
-class RunParts:
-    """What one run trains with, made by the setup functions below and read by its callbacks."""
-    opts: TrainOptions
-    run_dir: Path
-    console: object
-    reporter: Reporter  # preparation lines (stderr) and the verbosity
-    ds: datasets.Dataset
-    loop: Loop  # the model, its step and schedule, the loaders, the process group, and where training stands
-    config: dict = dataclasses.field(default_factory=dict)
-    callbacks: list = dataclasses.field(default_factory=list)  # the caller's, besides the run's own (run_epochs)
-
-    @property
-    def selected_on(self) -> str:
-        return "val" if self.ds.val is not None else "test"
-
-
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
           console=None, verbosity=NORMAL, callbacks=()) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
@@ -170,7 +154,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             run = setup_run(opts, run_dir, ddp, device, console, reporter, resume_ckpt)
-            run.callbacks = [launch.call(job) for job in callbacks]
+            run.callback_jobs = list(callbacks)
             # only now: a bad dataset or model leaves no half-made run folder behind
             prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
             start_run(run, resume_ckpt)
@@ -186,7 +170,7 @@ def setup_data(opts: TrainOptions, ddp: Dist, reporter=SILENT) -> datasets.Datas
     one_first = not datasets.loads_from_files(opts.recipe.dataset, opts.data_dir)
     if one_first and not ddp.is_main:
         ddp.barrier()
-    reporter.step(f"loading {opts.recipe.dataset} from {opts.data_dir}/ (the first time: download or decode, mean/std)")
+    reporter.step(datasets.loading_line(opts.recipe.dataset, opts.data_dir, opts.recipe.image_size))
     ds = datasets.load_dataset(opts.recipe.dataset, opts.data_dir, val_split=opts.val_split, seed=opts.seed,
                                image_size=opts.recipe.image_size)
     if opts.train_subset:
@@ -209,15 +193,14 @@ def setup_model(opts: TrainOptions, ds: datasets.Dataset, ddp: Dist, device, run
     if ddp.world_size > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    if opts.channels_last is not False:
-        to_channels_last(net)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return net, dataclasses.replace(opts, ctor=ctor), note
 
 
-def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> RunParts:
-    """Data, model, optimizer, schedule and the training step of the run."""
+def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, reporter, resume_ckpt) -> TrainingRun:
+    """Data, model (channels_last where it gives the same logits so: loaders.contiguous_reason),
+    optimizer, schedule and the training step of the run."""
     recipe = opts.recipe
     amp = device.type == "cuda" and opts.amp is not False
     ds = setup_data(opts, ddp, reporter)
@@ -225,18 +208,23 @@ def setup_run(opts: TrainOptions, run_dir: Path, ddp: Dist, device, console, rep
     if note:
         console.print(note)
     ds = datasets.fit_channels(ds, input_channels(net) or ds.input_shape[0])
+    probe = loaders.first_images(ds.train, ds, device=device)  # the memory format: a speed choice only
+    contiguous_because = "asked for (channels_last off)" if opts.channels_last is False else \
+        loaders.contiguous_reason(net, probe, opts.spec, lambda line: console.print(line, markup=False))
+    if not contiguous_because:
+        to_channels_last(net)
     rank_batch = split_batch(recipe.batch_size, ddp.world_size)  # the recipe's batch is the global one
     reporter.detail(f"loaders: {opts.aug_backend} backend, {rank_batch} images per process and batch")
+    batches = dict(device=str(device), rank=ddp.rank, world_size=ddp.world_size, channels_last=not contiguous_because)
     train_loader = loaders.make_loader(ds.train, ds, batch_size=rank_batch, train=True, augment=recipe.augment,
-                                       backend=opts.aug_backend, device=str(device), seed=opts.seed,
-                                       rank=ddp.rank, world_size=ddp.world_size)
+                                       backend=opts.aug_backend, seed=opts.seed, **batches)
     select_loader = loaders.make_loader(ds.val if ds.val is not None else ds.test, ds, train=False,
-                                        batch_size=max(256, recipe.batch_size), device=str(device),
-                                        rank=ddp.rank, world_size=ddp.world_size)
-    loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile)
+                                        batch_size=max(256, recipe.batch_size), **batches)
+    loop = make_loop(net, train_loader, select_loader, recipe, device, amp=amp, ddp=ddp, compiled=opts.compile,
+                     channels_last=not contiguous_because)
     if opts.compile:
         reporter.step("compiling the model with torch.compile: the first batches take longer")
-    return RunParts(opts, run_dir, console, reporter, ds, loop)
+    return TrainingRun(opts, run_dir, console, reporter, ds, loop, contiguous_because=contiguous_because)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, run_lock: ExitStack, console) -> None:
@@ -249,7 +237,7 @@ def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, ddp: Dist, r
     ddp.barrier()
 
 
-def start_run(run: RunParts, resume_ckpt) -> None:
+def start_run(run: TrainingRun, resume_ckpt) -> None:
     """The resumed state (weights, optimizer, schedule, loop, RNG) or fresh RNGs; config.json and
     the model texts."""
     ddp, step = run.loop.ddp, run.loop.step
@@ -259,26 +247,27 @@ def start_run(run: RunParts, resume_ckpt) -> None:
         seed_all(run.opts.seed + ddp.rank)  # distinct dropout / Gumbel noise on each rank
         if ddp.is_main:  # a run of the user's own model keeps a copy of its source
             run.opts = dataclasses.replace(run.opts, source=model_source.save_source(run.run_dir, run.opts.spec))
-    run.config = run_config(run.opts, ddp, step.device, step.amp, run.opts.channels_last is not False,
-                            run.selected_on, datasets.describe(run.ds))
+    run.config = run_config(run.opts, ddp, step.device, step.amp, run.contiguous_because, run.selected_on,
+                            datasets.describe(run.ds))
+    run.metrics = RunMetrics.read(run.run_dir) if resume_ckpt is not None else RunMetrics(run.run_dir)
     if ddp.is_main:
         write_json(run.run_dir / "config.json", run.config)
         if resume_ckpt is None:
             run.reporter.step("writing model_summary.txt and rf.md (the receptive-field analysis)")
-            write_model_texts(run.run_dir, run.loop.net, run.ds.input_shape)
+            run.metrics.update(write_model_texts(run.run_dir, run.loop.net, run.ds.input_shape))
 
 
 # ---- the loop --------------------------------------------------------------------------------
 
-def run_epochs(run: RunParts) -> TrainResult:
+def run_epochs(run: TrainingRun) -> TrainResult:
     """The loop, with the run's checkpoints, files, console lines and bar as its callbacks, until the
     recipe's last epoch, an early stop or a stop request; then the closing evaluation."""
     stop, loop = StopRequest(), run.loop
     with stop.installed(), progress_bar(run.console, stats=True, quiet=run.reporter.verbosity == QUIET) as progress:
         loop.progress = progress
-        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress), *run.callbacks]
-        if run.opts.tensorboard:
-            loop.callbacks.append(tensorboard.TensorBoardEvents(run.run_dir, run.opts.tensorboard))
+        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress),
+                          *([tensorboard.TensorBoardEvents(run)] if run.opts.tensorboard else []),
+                          *(launch.call(job, run) for job in run.callback_jobs)]
         try:
             with compile_errors(run.opts.compile):
                 run_loop(loop, stop)
@@ -295,7 +284,7 @@ def run_epochs(run: RunParts) -> TrainResult:
 
 # ---- the end: stopped, or done ----------------------------------------------------------------
 
-def interrupted(run: RunParts) -> TrainResult:
+def interrupted(run: TrainingRun) -> TrainResult:
     state, ddp, batches = run.loop.state, run.loop.ddp, len(run.loop.train_loader)
     where = f"epoch {state.epoch + 1}, batch {state.batch}/{batches}" if state.batch else f"the end of epoch {state.epoch}"
     under_torchrun = ddp.world_size > 1 and "CNNSCOPE_PROCS" not in os.environ
@@ -305,7 +294,7 @@ def interrupted(run: RunParts) -> TrainResult:
     return TrainResult(run.run_dir, {}, interrupted=True, resume_command=command)
 
 
-def finish(run: RunParts) -> TrainResult:
+def finish(run: TrainingRun) -> TrainResult:
     """The test evaluation of best.pth and the curves (rank 0), and the closing summary."""
     from cnnscope.runs.evaluate import evaluate_run
 
@@ -314,12 +303,11 @@ def finish(run: RunParts) -> TrainResult:
     # trusted: this process trained it from the SPEC the user gave (or trusted on --resume); it draws the curves
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
-                          reporter=run.reporter, dataset=run.ds)
-    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+                          reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
+                          channels_last=run.loop.channels_last)
+    metrics = run.metrics.values
     if run.opts.tensorboard:
-        tensorboard.write_results(run.run_dir, run.opts.to_json(), metrics, len(run.loop.state.lr_steps))
-    run.console.print(
-        f"Done in {metrics['train_time_s']:.0f}s: best {metrics['selected_on']} acc {metrics['best_val_acc']:.2f}% "
-        f"(epoch {metrics['best_epoch']}), test acc {result.test_acc:.2f}% (loss {result.test_loss:.4f}) -> {run.run_dir}"
-    )
+        tensorboard.write_results(run, metrics)
+    warn(run, far_below(run))
+    run.console.print(closing_line(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

@@ -1,6 +1,6 @@
-"""The files of a training run's folder: config.json, train_log.csv and metrics.json (after every
-epoch: the RunFiles callback), the model texts (model_summary.txt, rf.md) and the curves. Rank 0
-writes them; every write is atomic.
+"""The files of a training run's folder: config.json, train_log.csv and the values of metrics.json
+(after every epoch: the RunFiles callback; the run's runfiles.RunMetrics writes the file), the model
+texts (model_summary.txt, rf.md) and the curves. Rank 0 writes them; every write is atomic.
 """
 import json
 import subprocess
@@ -12,9 +12,10 @@ import torch.nn as nn
 
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.distributed import Dist
-from cnnscope.core.training import Loop, LoopState
+from cnnscope.core.training import Loop
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs import launch
+from cnnscope.runs.training_run import TrainingRun
 
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
@@ -36,9 +37,9 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: dict) -> dict:
-    """config.json: the resolved options, the data (datasets.describe), where the run ran, and the
-    versions that ran it."""
+def run_config(opts, ddp: Dist, device, amp, contiguous_because, selected_on, data: dict) -> dict:
+    """config.json: the resolved options, the data (datasets.describe), where the run ran (channels_last
+    or contiguous weights and batches, and why: `contiguous_because`), and the versions that ran it."""
     import platform
 
     import torchvision
@@ -49,7 +50,8 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: d
         "model": opts.spec, "ctor": opts.ctor, "dataset": opts.recipe.dataset, "seed": opts.seed,
         "epochs": opts.recipe.epochs, "selected_on": selected_on,
         "options": opts.to_json(), "data": data,
-        "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": channels_last,
+        "device": str(device), "world_size": ddp.world_size, "amp": amp, "channels_last": not contiguous_because,
+        **({"contiguous_because": contiguous_because} if contiguous_because else {}),
         "versions": {"cnnscope": cnnscope.__version__, "torch": str(torch.__version__),
                      "torchvision": str(torchvision.__version__), "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -58,9 +60,9 @@ def run_config(opts, ddp: Dist, device, amp, channels_last, selected_on, data: d
     }
 
 
-def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
-    """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put;
-    its MACs and final receptive field into metrics.json (`compare`'s table shows them)."""
+def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> dict:
+    """model_summary.txt and rf.md, from a copy of the model so the run's RNG and weights stay put.
+    -> its MACs and final receptive field, for metrics.json (`compare`'s table shows them)."""
     import copy
 
     from cnnscope import render
@@ -73,41 +75,39 @@ def write_model_texts(run_dir: Path, net: nn.Module, input_shape) -> None:
         summary, rf = summarize(probe, input_shape), receptive_field(probe, input_shape)
     atomic_write_text(run_dir / "model_summary.txt", model_summary_text(summary))
     atomic_write_text(run_dir / "rf.md", render.to_markdown(rf))
-    merge_metrics(run_dir, {"macs": summary.macs, "rf": rf.final_rf})
-
-
-def merge_metrics(run_dir: Path, values: dict) -> None:
-    """`values` into the run's metrics.json (this run's own file), the other entries kept."""
-    path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**metrics, **values})
+    return {"macs": summary.macs, "rf": rf.final_rf}
 
 
 class RunFiles(Callback):
-    """train_log.csv and metrics.json after every epoch, by rank 0."""
+    """train_log.csv and the training's values of metrics.json after every epoch, by rank 0."""
 
-    def __init__(self, run):
-        self.run = run  # a runs.train.RunParts
+    def __init__(self, run: TrainingRun):
+        self.run = run
 
     def on_epoch_end(self, loop: Loop, row: dict, improved: bool) -> None:
-        run = self.run
         if loop.ddp.is_main:
-            write_log_and_metrics(run.run_dir, run.opts, loop.state, sum(p.numel() for p in loop.net.parameters()),
-                                  run.ds.name, run.selected_on)
+            write_log(self.run.run_dir, loop.state.history)
+            self.run.metrics.update(epoch_metrics(self.run, loop))
 
 
-def write_log_and_metrics(run_dir: Path, opts, state: LoopState, n_params, dataset, selected_on) -> None:
-    """train_log.csv (one row per epoch, from the checkpointed history) and metrics.json."""
+def write_log(run_dir: Path, history: list) -> None:
+    """train_log.csv: one row per epoch, from the checkpointed history."""
     # the whole log again each epoch (a few hundred rows at most), so a kill never leaves half a row
     atomic_write_csv(run_dir / "train_log.csv", [LOG_COLUMNS] + [
-        [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in state.history])
-    merge_metrics(run_dir, {
-        "run": run_dir.name, "model": opts.spec, "params": n_params, "dataset": dataset,
-        "selected_on": selected_on, "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
-        "epochs": state.epoch, "train_time_s": sum(r["epoch_time_s"] for r in state.history),
+        [round(v, 6) if isinstance(v, float) else v for v in (row[k] for k in LOG_COLUMNS)] for row in history])
+
+
+def epoch_metrics(run: TrainingRun, loop: Loop) -> dict:
+    """What metrics.json says of the training so far."""
+    state = loop.state
+    return {
+        "run": run.run_dir.name, "model": run.opts.spec, "params": sum(p.numel() for p in loop.net.parameters()),
+        "dataset": run.ds.name, "selected_on": run.selected_on, "best_val_acc": state.best_acc,
+        "best_epoch": state.best_epoch, "epochs": state.epoch,
+        "train_time_s": sum(r["epoch_time_s"] for r in state.history),
         "images_per_s": state.train_images / state.train_seconds,
         "lr_per_step": [float(f"{lr:.6g}") for lr in state.lr_steps],
-    })
+    }
 
 
 def lr_series(history: list, lr_steps) -> tuple[list, list, str]:

@@ -7,8 +7,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnscope.errors import CnnscopeError
-from cnnscope.runs import datasets, recipes, run_folder
+from cnnscope.errors import CnnscopeError, DataError, RunError
+from cnnscope.runs import datasets, model_source, recipes, run_folder
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.recipes import Recipe
 from cnnscope.runs.spec import check_file_spec, is_registry_name
@@ -26,6 +26,7 @@ class TrainOptions:
     train_subset: int = 0  # train on this many images of the training split (0: all of it)
     init_from: str = ""  # the checkpoint whose weights the run started from (runs.transfer)
     source: dict | None = None  # the copy of the user's model source in the run folder (runs.model_source)
+    adapted: str = ""  # what the recipe changed to fit the data (a small tree's batch), said at the start
     # how and where: may change when resuming without changing the result
     data_dir: str = "data"
     out: str = "reports"
@@ -58,10 +59,23 @@ def new_options(spec, *, ctor=None, recipe_overrides=None, augment_overrides=Non
         init_from = str(resolve_run(init_from)[1].resolve())
     recipe = recipes.resolve(recipes.get_recipe(spec, speed), recipe_overrides or {}, augment_overrides)
     if recipe.dataset not in datasets.DATASETS and not datasets.is_folder(recipe.dataset):
-        raise CnnscopeError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
+        raise DataError(f"Unknown dataset {recipe.dataset!r}; choose one of {', '.join(datasets.DATASETS)}.")
     given = {k: v for k, v in dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                                    init_from=init_from, **runtime).items() if v is not None}
-    return TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=name or display_name, **given)
+    opts = TrainOptions(spec=spec, ctor=dict(ctor or {}), recipe=recipe, name=display_name if name is None else run_folder.checked_name(name), **given)
+    if datasets.is_folder(recipe.dataset) and (recipe_overrides or {}).get("batch_size") is None:
+        fitted, adapted = recipes.fit_to_tree(recipe, tree_train_images(opts))
+        opts = dataclasses.replace(opts, recipe=fitted, adapted=adapted)
+    return opts
+
+
+def tree_train_images(opts: TrainOptions) -> int:
+    """The training images of the run's image-folder tree (its train_subset, if smaller), counted
+    from the file listing."""
+    from cnnscope.runs.image_folder import split_sizes
+
+    count = split_sizes(opts.recipe.dataset, opts.val_split)["train"]
+    return min(count, opts.train_subset) if opts.train_subset else count
 
 
 def check_shares(train_images: int, world_size: int) -> None:
@@ -100,18 +114,20 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
     path = resume_path(resume)
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} holds model weights but no training state (optimizer, epoch); it cannot be resumed. "
             "Resume from a run's checkpoints/last.pth, or start a new run."
         )
     saved = TrainOptions.from_json(ckpt["config"]["options"])
     if spec is not None and spec != saved.spec:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a checkpoint of model {saved.spec!r}, not {spec!r}. Resume it with resume={resume!r} "
             f"and no model (the run knows its model), or train {spec!r} as a new run, without resume.",
             arguments=("resume",),
         )
-    check_file_spec(saved.spec, saved.ctor, f"The training configuration in {path}", trust_spec or spec is not None)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    check_file_spec(model_source.copy_spec(run_dir, saved.spec, saved.source), saved.ctor,
+                    f"The training configuration in {path}", trust_spec or spec is not None)
     asked = dict(val_split=val_split, seed=seed, aug_backend=aug_backend, train_subset=train_subset,
                  init_from=init_from)
     asked_recipe = recipes.resolve(saved.recipe, recipe_overrides or {}, augment_overrides)
@@ -122,14 +138,13 @@ def resume_options(resume, spec=None, *, ctor=None, recipe_overrides=None, augme
                 if f.name != "epochs" and getattr(asked_recipe, f.name) != getattr(saved.recipe, f.name)]
     changed += [k for k, v in dict(out=out, name=name).items() if v is not None]
     if changed:
-        raise CnnscopeError(
+        raise RunError(
             f"resume continues a run with the settings it was started with, in its own folder; these "
             f"settings would change it: {', '.join(changed)}. Leave them out, or start a new run (without "
             f"resume) under another name.", arguments=("resume", "name"),
         )
     runtime = {k: v for k, v in runtime.items() if v is not None}
     opts = dataclasses.replace(saved, recipe=recipe, **runtime)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return opts, ckpt, run_dir
 
 
@@ -138,7 +153,7 @@ def extend_epochs(recipe: Recipe, epochs: int, done: int, path) -> Recipe:
     it planned extends it (its schedule is then re-planned: runs.train_state.restore_schedule);
     fewer than it planned is refused."""
     if epochs < recipe.epochs:
-        raise CnnscopeError(
+        raise RunError(
             f"{path} is a run of {recipe.epochs} epochs ({done} done); resume can extend a run to more epochs, "
             f"not shorten it. Ask for {recipe.epochs} or more epochs, or leave epochs out.", arguments=("epochs",),
         )

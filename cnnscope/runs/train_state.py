@@ -12,16 +12,17 @@ import torch.nn as nn
 from cnnscope.core.callbacks import Callback
 from cnnscope.core.runtime import capture_rng, restore_rng
 from cnnscope.core.training import Loop, LoopState
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import RunError
 from cnnscope.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnscope.runs.training_run import TrainingRun
 
 
 class Checkpoints(Callback):
     """checkpoints/last.pth at every checkpoint of the loop; best.pth at the best epoch's;
     epoch_<N>.pth every save_every epochs. Every rank hands its RNG state to rank 0, which writes."""
 
-    def __init__(self, run):
-        self.run = run  # a runs.train.RunParts
+    def __init__(self, run: TrainingRun):
+        self.run = run
 
     def on_checkpoint(self, loop: Loop, improved: bool) -> None:
         every, epoch = self.run.opts.save_every, loop.state.epoch
@@ -32,7 +33,7 @@ class Checkpoints(Callback):
         self.run.reporter.detail(f"saved checkpoints/{', '.join(names)}")
 
 
-def save_run(run, names: list[str]) -> None:
+def save_run(run: TrainingRun, names: list[str]) -> None:
     """Checkpoint the run's state as checkpoints/<name> for each name (every rank must call)."""
     loop = run.loop
     rng = loop.ddp.gather(capture_rng())
@@ -103,7 +104,7 @@ def init_weights(model: nn.Module, checkpoint, num_classes: int) -> str:
         problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                     for what, keys in (("missing in the checkpoint", missing), ("not in the model", unexpected),
                                        ("of other shapes", differ)) if keys]
-        raise CnnscopeError(
+        raise RunError(
             f"The weights of {checkpoint} (model {ckpt['model_spec']!r}) do not fit this model: tensors "
             f"{'; '.join(problems)}. init_from takes the weights of the same architecture; only the "
             "classifier head may differ, in its number of classes.", arguments=("init_from",),

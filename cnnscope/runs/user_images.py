@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnscope.errors import CnnscopeError
+from cnnscope.errors import DataError
+from cnnscope.files import kind_of
 from cnnscope.runs.image_folder import read_pixels
 from cnnscope.runs.loaders import normalize
 
@@ -24,15 +25,17 @@ def image_files(paths) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # regular
             if not inside:
-                raise CnnscopeError(f"The folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                raise DataError(f"The folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}). "
                                     "Point image to image files or a folder of them.", arguments=("image_paths",))
             found += inside
         elif path.is_file():
             found.append(path)
         else:
-            raise CnnscopeError(f"Image {path} does not exist. Give an image file or a folder of images.",
+            kind = kind_of(path)
+            what = "does not exist" if kind == "missing" else f"is a {kind}, not an image file"
+            raise DataError(f"Image {path} {what}. Give an image file or a folder of images.",
                                 arguments=("image_paths",))
     return found
 
@@ -42,7 +45,7 @@ def load_images(paths, input_shape, mean, std) -> tuple[torch.Tensor, np.ndarray
     images at `paths` for a model of `input_shape` (C, H, W) trained with `mean` and `std`."""
     channels, height, width = input_shape
     if channels not in (1, 3):
-        raise CnnscopeError(f"The model takes {channels}-channel images; image files can be given to models of 1 "
+        raise DataError(f"The model takes {channels}-channel images; image files can be given to models of 1 "
                             "(grayscale) or 3 (RGB) channels only.", arguments=("image_paths",))
     files = image_files(paths)
     mode = "L" if channels == 1 else "RGB"

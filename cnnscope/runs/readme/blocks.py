@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
+from cnnscope.render.tables import markdown_table
 from cnnscope.runs import runfiles
 from cnnscope.runs.readme.figures import STALE, UNKNOWN, figure_state
 from cnnscope.runs.readme.kinds import COMBINED_PLOTS, CURVES, KINDS, RUN_IMAGES, SEED_PREFIXES
 from cnnscope.runs.readme.markers import Block
+
+MAX_PATH = 4096  # PATH_MAX: a longer marker value names no file
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,6 @@ def _fenced(text: str) -> str:
     return f"{fence}\n{text.rstrip()}\n{fence}\n"
 
 
-def _md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _num(value, spec: str) -> str:
     return "N/A" if value is None else format(value, spec)
 
@@ -74,6 +71,11 @@ class Renderer:
     run folders (default <readme_dir>/reports). runs: {X: run folder} for the seed names (`--run`).
     rf_entries / rf_input / rf_ctor: the seed's `--rf`, `--rf-input`, `--rf-ctor`. trust_spec: build
     a marker's spec= even when it is no zoo model (spec.check_file_spec; `--rf` models are the user's).
+
+    A README may come from anyone (a pull request), so what it reads stays inside its own tree: a
+    path in a marker is relative and resolves, symbolic links followed, below the README's folder,
+    and so does every file a block reads (below the folders named by `reports` and `runs` too:
+    those the user named). Anything else is refused before it is read.
     """
 
     def __init__(self, readme_dir, *, reports=None, runs=None, rf_entries=(), rf_input=(3, 32, 32),
@@ -86,6 +88,9 @@ class Renderer:
         self.rf_ctor = dict(rf_ctor or {})
         self.used_rf_entries = set()
         self.trust_spec = trust_spec
+        # the folders whose files blocks may read: the README's tree and the folders the user named
+        self.trees = [Path(os.path.realpath(p)) for p in (self.readme_dir, *([reports] if reports is not None else ()),
+                                                          *self.runs.values())]
         # the figures shown whose drawing code has changed since they were drawn, and those that do not say
         self.stale_figures, self.unstamped_figures = [], []
 
@@ -106,7 +111,7 @@ class Renderer:
             return self._run_image(kind, args)
         if kind in COMBINED_PLOTS:
             return self._combined_plot(kind, args)
-        return getattr(self, kind.lower())(args)
+        return self.FILLS[kind](self, args)
 
     def _resolve(self, block: Block, where: str) -> tuple[str, dict]:
         """Block -> (kind, args); the seed's <PREFIX>_<X> names get the run (or --rf model) of X."""
@@ -152,7 +157,24 @@ class Renderer:
         raise CnnscopeError(f"{self.where}: block {self.block_name}: {message}", arguments=arguments)
 
     def _path(self, value: str) -> Path:
-        return self.readme_dir / value
+        """A path named in a marker: relative to the README's folder, and inside its tree."""
+        if len(value) > MAX_PATH or "\0" in value:
+            self._fail(f"the path {value[:60]!r}... ({len(value):,} characters) is no path a README block can name. "
+                       "Name a run or image inside the README's folder.")
+        if Path(value).is_absolute():
+            self._fail(f"{value} is an absolute path; paths in markers are relative to the README's folder and stay "
+                       f"inside it ({self.readme_dir}).")
+        return self._inside(self.readme_dir / value, value)
+
+    def _inside(self, path: Path, shown=None) -> Path:
+        """`path` when it resolves (links followed) inside the README's tree or a folder the user named;
+        else the block fails, and nothing there is read."""
+        real = Path(os.path.realpath(path))
+        if not any(real.is_relative_to(tree) for tree in self.trees):
+            self._fail(f"{shown or path} leads outside the README's folder {self.readme_dir} (to {real}). A README "
+                       "block reads only files inside the README's own tree (or the runs and reports folders named "
+                       "on the command line), so that a README from elsewhere cannot read other files.")
+        return path
 
     def _run_dir(self, args) -> Path:
         if "run" not in args:
@@ -164,13 +186,13 @@ class Renderer:
         return run
 
     def _run_file(self, run: Path, name: str, made_by: str) -> Path:
-        path = run / name
+        path = self._inside(run / name)
         if not path.is_file():
             self._fail(f"{path} does not exist; `{made_by.format(run=run)}` writes it.")
         return path
 
     def _read(self, read, *args):
-        """runfiles' `read(*args)`; its error located at the block."""
+        """`read(*args)` (a runfiles reader, or the parse of a marker's ctor=); its error located at the block."""
         try:
             return read(*args)
         except CnnscopeError as e:
@@ -190,7 +212,7 @@ class Renderer:
     def _image(self, path: Path, title: str, args, made_by=None) -> str:
         """The block body showing the figure at `path`; a figure cnnscope makes (`made_by` says how) is
         checked against the code that would draw it now."""
-        src = self._rel(path)
+        src = self._rel(self._inside(path))
         self._check_figure(path, src, made_by)
         title = html.escape(args.get("title", title), quote=False)
         width = args.get("width", "800")
@@ -219,7 +241,7 @@ class Renderer:
             where, sep, attr = spec.rpartition(":")
             if sep and (where.endswith(".py") or "/" in where):
                 spec = f"{self._path(where)}:{attr}"  # a model file named in a marker: relative to the README
-            ctor = parse_key_values(args.get("ctor", "").split())
+            ctor = self._read(parse_key_values, args.get("ctor", "").split())
         try:
             return build_model(spec, ctor, read_from=read_from, trust_spec=self.trust_spec)
         except CnnscopeError as e:
@@ -231,7 +253,7 @@ class Renderer:
             self._fail("give exactly one of spec=SPEC (computed from the model) or run=PATH (read from a run).")
         return "spec" in args
 
-    # -- block kinds (one method per kind, named after it)
+    # -- block kinds: one method per kind (FILLS, below), the image families (RUN_IMAGES, COMBINED_PLOTS) apart
 
     def zoo_table(self, args) -> str:
         from cnnscope import zoo
@@ -248,7 +270,7 @@ class Renderer:
             final_rf = receptive_field(zoo.build(row["name"]), (3, 32, 32)).final_rf
             table.append((f"`{row['name']}`", row["class"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M",
                           final_rf, row["dataset"]))
-        return _md_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table)
+        return markdown_table(("Model", "Class", "Params", "MACs (3x32x32)", "RF", "Dataset"), table) + "\n"
 
     def model_summary(self, args) -> str:
         if self._spec_or_run(args):
@@ -291,7 +313,7 @@ class Renderer:
             ("train time (s)", _num(m.get("train_time_s"), ".1f")),
             ("images/s", _num(m.get("images_per_s"), ",.0f")),
         ]
-        return _md_table(("metric", "value"), rows)
+        return markdown_table(("metric", "value"), rows) + "\n"
 
     def cls_report(self, args) -> str:
         m = self._metrics(self._run_dir(args))
@@ -299,7 +321,7 @@ class Renderer:
         for key in ("macro_avg", "weighted_avg"):
             avg = m.get(key) or {}
             rows.append((key.replace("_", " "), *(_num(avg.get(k), ".3f") for k in ("precision", "recall", "f1"))))
-        return _md_table(("avg", "precision", "recall", "f1"), rows)
+        return markdown_table(("avg", "precision", "recall", "f1"), rows) + "\n"
 
     def curves(self, args) -> str:
         kind = args.get("kind", "acc")
@@ -328,7 +350,9 @@ class Renderer:
             from cnnscope import render
             from cnnscope.runs import compare
 
-            folders = [compare.run_folder(self._run_dir({"run": r})) for r in args["runs"].split()]
+            folders = [self._read(compare.run_folder, self._run_dir({"run": r})) for r in args["runs"].split()]
+            for folder in folders:
+                self._inside(folder / "metrics.json")
             return render.to_markdown(self._read(compare.comparison, folders))
         return self._text(self._run_file(self._combined_dir(args), "summary.md", "cnnscope compare RUN..."),
                           "cnnscope compare RUN...")
@@ -340,6 +364,11 @@ class Renderer:
         if not path.is_file():
             self._fail(f"image {args['src']} does not exist (looked for {path}).")
         return self._image(path, path.stem.replace("_", " "), args)
+
+    # kind -> the method that fills its block
+    FILLS = {"ZOO_TABLE": zoo_table, "MODEL_SUMMARY": model_summary, "RF": rf, "RUN_METRICS": run_metrics,
+             "CLS_REPORT": cls_report, "CURVES": curves, "SHARING": sharing,
+             "COMBINED_SUMMARY_TABLE": combined_summary_table, "IMAGE": image}
 
     def _run_image(self, kind: str, args) -> str:
         name, title, made_by = RUN_IMAGES[kind]

@@ -4,12 +4,13 @@ Markers inside fenced code (``` or ~~~) are text, not markers. An HTML comment l
 not a block kind and that has no `<!-- /NAME -->` partner is an ordinary comment and is left alone.
 """
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.files import atomic_write_bytes
+from cnnscope.files import atomic_write_bytes, kind_of
 from cnnscope.runs.readme.kinds import KINDS, SEED_PREFIXES, is_known
 
 # A marker is a whole line; the name is upper case. Args are parsed separately (ARG_RE).
@@ -41,7 +42,7 @@ def _marker_lines(lines):
     """(index, is_close, name, raw args) for every marker-shaped line outside fenced code."""
     fence = None  # the opening fence's characters while inside fenced code
     for i, line in enumerate(lines):
-        bare = line.rstrip("\r\n")
+        bare = line.rstrip("\r\n").removeprefix("\ufeff" if i == 0 else "")  # a byte-order mark opens line 1
         if fence:
             if re.fullmatch(rf"[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*", bare):
                 fence = None
@@ -188,13 +189,19 @@ class Update:
         ))
 
     def write(self) -> None:
+        """Replace the README the user named (through a link the user's README may be: it is theirs)."""
         data = self.new.encode("utf-8", "surrogateescape")
-        atomic_write_bytes(self.path, lambda f: f.write(data))
+        atomic_write_bytes(Path(os.path.realpath(self.path)), lambda f: f.write(data))
 
 
 def read_readme(path) -> str:
     path = Path(path)
-    if not path.is_file():
-        raise CnnscopeError(f"README {path} does not exist. Pass the README to update: cnnscope update-readme PATH.")
+    kind = kind_of(path)
+    if kind == "folder":
+        raise CnnscopeError(f"README {path} is a folder, not a file. Pass the README file to update: cnnscope "
+                            f"update-readme {path / 'README.md'}.")
+    if kind != "file":
+        what = "does not exist" if kind == "missing" else f"is a {kind}, not a file"
+        raise CnnscopeError(f"README {path} {what}. Pass the README to update: cnnscope update-readme PATH.")
     # surrogateescape: bytes that are not UTF-8 pass through unchanged.
     return path.read_bytes().decode("utf-8", "surrogateescape")
