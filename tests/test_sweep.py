@@ -72,6 +72,7 @@ def test_a_sweep_prunes_the_bad_trial_and_every_trial_is_a_run(sweep4):
         assert row["value"] == pytest.approx(max(r["val_acc"] for r in log), abs=1e-6)
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["epochs"] == row["epochs"] and "test_acc" in metrics  # a finished run, evaluated
+        assert sorted(p.name for p in (run / "plots").iterdir()) == ["cm.png"]  # no curves, no grids
     good = [r["value"] for r in rows if r["state"] == "complete"]
     assert len(set(good)) == 1 and rows[2]["value"] < good[0]
     assert table["best"] == 0 and table["metric"] == "val_acc" and table["direction"] == "maximize"
@@ -86,6 +87,14 @@ def test_a_sweep_prunes_the_bad_trial_and_every_trial_is_a_run(sweep4):
         assert (folder / "plots" / f"{name}.png").stat().st_size > 10_000
     # the complete trials share one lr: no spread to explain, and the sweep says so
     assert "param_importances" not in table["figures"] and any("param_importances" in n for n in table["notes"])
+
+
+def test_evaluate_draws_the_figures_a_trial_left_out(runner, sweep4):
+    run = sweep4[0] / "trial-000"
+    result = invoke(runner, ["evaluate", run, "--device", "cpu", "--trust-spec", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in ("acc_curves", "loss_curves", "lr", "cm", "test_samples_grid", "misclassified_grid"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 10_000
 
 
 def test_a_stopped_sweep_resumes_to_its_total_with_the_same_trials(runner, tmp_path, monkeypatch, tiny_spec, sweep4):

@@ -46,7 +46,9 @@ def sweep_cmd(ctx, trials, params, metric, storage, out, name, sampler_seed, pru
     --procs, --config, --tensorboard, ...), for every trial; each trial draws its --param values
     on top (TPE sampler: random for its first 10 trials, then guided by those before). Each
     epoch's metric goes to a median pruner. Every trial is an ordinary run folder,
-    SWEEP/trial-NNN (SWEEP: --out/--name); a pruned one ends after the epoch it was pruned at.
+    SWEEP/trial-NNN (SWEEP: --out/--name), evaluated on test without the curves and sample
+    grids (`cnnscope evaluate SWEEP/trial-NNN` draws them); a pruned one ends after the epoch it
+    was pruned at.
 
     The study lives in SWEEP/study.db (or --storage): --trials is the study's total, so the same
     command after Ctrl-C finishes the trials left (a stopped trial resumes from its checkpoint),

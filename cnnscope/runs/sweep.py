@@ -7,7 +7,8 @@ the same command after a stop finishes what is left. A trial of this folder that
 whose process died) is taken up again first: resumed from its checkpoint, or started again.
 
 Every trial is an ordinary run folder, <sweep>/trial-NNN, trained by runs.train with the trial's
-values over the sweep's training options. Each epoch's metric goes to the study (TrialReport, a
+values over the sweep's training options, and evaluated on test without the curves and sample grids
+(seconds a trial that few look at; `cnnscope evaluate` draws them). Each epoch's metric goes to the study (TrialReport, a
 callback on rank 0 of the trial's processes); a trial the pruner stops ends after that epoch as a
 finished run and is recorded as pruned. The sweep writes trials.md and trials.json (every trial:
 its values, state, best metric and run folder) and Optuna's figures under <sweep>/plots/.
@@ -318,9 +319,9 @@ def train_trial(sweep: Sweep, folder: Path, values: dict, resume: bool, report: 
     if resume and (folder / "checkpoints" / "last.pth").is_file():
         runtime = {k: settings.get(k) for k in RUNTIME_OPTIONS}
         return run_training(settings["model"], resume=str(folder), trust_spec=True, procs=settings["procs"],
-                            reporter=settings["reporter"], callbacks=[report], **runtime)
+                            reporter=settings["reporter"], callbacks=[report], figures=False, **runtime)
     return run_training(**{**with_values(settings, values), "out": str(sweep.folder), "name": folder.name},
-                        trust_spec=sweep.trust_spec, overwrite=folder.exists(), callbacks=[report])
+                        trust_spec=sweep.trust_spec, overwrite=folder.exists(), callbacks=[report], figures=False)
 
 
 def tell_outcome(study, sweep: Sweep, number: int, folder: Path) -> None:

@@ -56,11 +56,12 @@ def training_options(model=None, *, resume=None, trust_spec=False, **settings):
 
 
 def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", reporter=None,
-                 callbacks=(), **settings) -> int:
+                 callbacks=(), figures=True, **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, here or in `procs` data-parallel processes
     (runs.launch); `settings`: new_options'/resume_options' keywords; `reporter` (render.progress, default
     NORMAL) says what is prepared; `callbacks`: more callbacks of the loop, as jobs each rank makes with
-    its TrainingRun (launch.call(job, run): {"target": "module:Class", "args": {...}} -> Class(run, **args)).
+    its TrainingRun (launch.call(job, run): {"target": "module:Class", "args": {...}} -> Class(run, **args));
+    `figures`: False draws only the confusion matrix at the end, no curves or sample grids (evaluate_run).
     -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
     opts, ckpt, run_dir = training_options(model, resume=resume, trust_spec=trust_spec, **settings)
     if opts.tensorboard:
@@ -75,21 +76,21 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
             run_dir = run_dir_of(opts, run_dir)
             args = dict(options=opts.to_json(), resume=str(resume_path(resume)) if resume else None,
                         run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity,
-                        callbacks=list(callbacks))
+                        callbacks=list(callbacks), figures=figures)
             job = {"target": f"{__name__}:train_job", "args": args}
             reporter.step(f"starting {n} data-parallel training processes (each imports torch)")
             return launch.run_processes(job, n, after_loss=lambda: resume_hint(run_dir, opts))
     result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity,
-                   callbacks=callbacks)
+                   callbacks=callbacks, figures=figures)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
 def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL,
-              callbacks=()) -> int:
+              callbacks=(), figures=True) -> int:
     """One rank of a --procs run (what run_training hands to the launcher): its exit code."""
     ckpt = load_checkpoint(resume) if resume else None
     result = train(TrainOptions.from_json(options), resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite,
-                   verbosity=verbosity, callbacks=callbacks)
+                   verbosity=verbosity, callbacks=callbacks, figures=figures)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
@@ -141,9 +142,10 @@ class TrainResult:
 
 
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
-          console=None, verbosity=NORMAL, callbacks=()) -> TrainResult:
+          console=None, verbosity=NORMAL, callbacks=(), figures=True) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
-    `verbosity` (render.progress): QUIET prints the closing line alone; `callbacks`: as run_training's."""
+    `verbosity` (render.progress): QUIET prints the closing line alone; `callbacks`, `figures`: as
+    run_training's."""
     from rich.console import Console
 
     ddp, device = init_distributed(opts.device)
@@ -154,7 +156,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             run = setup_run(opts, run_dir, ddp, device, console, reporter, resume_ckpt)
-            run.callback_jobs = list(callbacks)
+            run.callback_jobs, run.figures = list(callbacks), figures
             # only now: a bad dataset or model leaves no half-made run folder behind
             prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
             start_run(run, resume_ckpt)
@@ -304,7 +306,7 @@ def finish(run: TrainingRun) -> TrainResult:
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
                           reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
-                          channels_last=run.loop.channels_last)
+                          channels_last=run.loop.channels_last, figures=run.figures)
     metrics = run.metrics.values
     if run.opts.tensorboard:
         tensorboard.write_results(run, metrics)

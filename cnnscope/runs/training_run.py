@@ -24,6 +24,7 @@ class TrainingRun:
     metrics: RunMetrics | None = None  # metrics.json, from runs.train.start_run on
     # the caller's loop callbacks (run_training's), as jobs each rank makes: launch.call(job, run)
     callback_jobs: list = field(default_factory=list)
+    figures: bool = True  # False: the confusion matrix alone at the end, no curves or grids (a sweep's trials)
 
     @property
     def selected_on(self) -> str:
