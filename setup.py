@@ -20,11 +20,15 @@ setup(
         "matplotlib",
         "albumentations",
         "numpy",
+        "pyyaml",  # train --config FILE
     ],
     extras_require={
-        # scikit-learn: benchmarks/small_data.py's digits; never needed to run cnnscope
-        "dev": ["pytest", "hypothesis", "scikit-learn"],
+        # CI installs dev and runs every test: the tensorboard and sweep tests need their packages;
+        # scikit-learn is also benchmarks/small_data.py's digits
+        "dev": ["pytest", "hypothesis", "tensorboard", "optuna", "scikit-learn"],
         "onnx": ["onnx", "onnxruntime"],
+        "tensorboard": ["tensorboard"],  # train --tensorboard
+        "sweep": ["optuna", "scikit-learn"],  # cnnscope sweep (scikit-learn: fANOVA parameter importances)
         "benchmark": ["timm"],  # benchmarks/timm_rf.py
     },
     entry_points={"console_scripts": ["cnnscope = cnnscope.cli:main"]},

@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import textwrap
 
 import pytest
@@ -66,3 +67,44 @@ def tiny_spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny_model.py"
     path.write_text(TINY_MODEL)
     return f"{path}:Tiny"
+
+
+# ---- interrupting a training run at a batch -------------------------------------------------------
+
+def sigint():
+    """A real Ctrl-C to this process (the training loop's stop request)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+class LoaderAt:
+    """Wraps a training loader; calls `action()` before batch `batch` of epoch `epoch` (e.g. sigint,
+    or raising an error: a crash)."""
+
+    def __init__(self, loader, epoch, batch, action=sigint):
+        self.loader, self.at, self.action, self.epoch = loader, (epoch, batch), action, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.loader.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if (self.epoch, i) == self.at:
+                self.action()
+            yield batch
+
+
+def wrap_training_loaders(monkeypatch, wrap):
+    """Every training loader that runs.loaders.make_loader makes comes wrapped: wrap(loader)."""
+    from cnnscope.runs import loaders
+
+    make_loader = loaders.make_loader
+
+    def patched(split, dataset, **kw):
+        loader = make_loader(split, dataset, **kw)
+        return wrap(loader) if kw["train"] else loader
+
+    monkeypatch.setattr(loaders, "make_loader", patched)

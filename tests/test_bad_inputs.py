@@ -355,6 +355,10 @@ CASES = [
     ("attribute-ig-tolerance", ["attribute", "basic", "--ig-tolerance", "0"], "Invalid value for '--ig-tolerance'"),
     ("attribute-sanity-no-params", ["attribute", "{models}:NoParams", "--sanity", "--n", "1", *OUT],
      "no weights to randomise"),
+    # sweep
+    ("sweep-bad-param", ["sweep", "--trials", "2", "--param", "lr=log:0:1", "basic", "--dataset", "fake", *OUT],
+     "a log scale needs LOW > 0"),
+    ("sweep-no-param", ["sweep", "--trials", "2", "basic", *OUT], "A sweep needs at least one param"),
     # update-readme
     ("readme-bad-json", ["update-readme", "{readme_bad_json}"], "metrics.json is not valid JSON"),
     ("readme-not-utf8", ["update-readme", "{readme_latin1}"], "model_summary.txt is not UTF-8 text (byte 0xe9"),
@@ -370,6 +374,12 @@ CASES = [
     ("train-seed-negative", ["train", "basic", *TRAIN, "--seed", "-1"], "-1 is not in the range 0<=x<=9223372036854775807"),
     ("train-seed-23-digits", ["train", "basic", *TRAIN, "--seed", "1" * 23], "is not in the range 0<=x"),
     ("attribute-seed-negative", ["attribute", "basic", "--seed", "-5", *OUT], "is not in the range 0<=x"),
+    ("sweep-sampler-seed-negative", ["sweep", "--trials", "2", "--param", "lr=log:0.01:0.1", "--sampler-seed", "-1",
+                                     "basic", *OUT], "is not in the range 0<=x"),
+    ("sweep-trial-seed-negative", ["sweep", "--trials", "2", "--param", "lr=log:0.01:0.1", "basic", "--seed", "-1",
+                                   *OUT], "is not in the range 0<=x"),
+    ("sweep-param-inf", ["sweep", "--trials", "2", "--param", "lr=float:0.1:1e999", "basic", "--dataset", "fake", *OUT],
+     "inf is not a value of lr"),
     ("train-lr-huge", ["train", "basic", *TRAIN, "--lr", "1e300"], "lr=1e+300 is not allowed: lr takes a number in (0, 1e+06]"),
     ("train-lr-inf", ["train", "basic", *TRAIN, "--lr", "inf"], "'inf' is not a finite number"),
     ("train-epochs-huge", ["train", "basic", *TRAIN[:2], *TRAIN[4:], "--epochs", "99999999999999999999"],

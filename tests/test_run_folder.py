@@ -121,11 +121,13 @@ def test_a_folder_without_run_files_takes_a_run_beside_the_users_files(runner, t
 
 
 def test_overwrite_removes_only_what_cnnscope_writes(run_copy):
-    mine = {"notes.txt": b"notes", "plots/my_figure.png": b"png", "checkpoints/keep.pt": b"mine", "data/x": b"x"}
+    mine = {"notes.txt": b"notes", "plots/my_figure.png": b"png", "checkpoints/keep.pt": b"mine", "data/x": b"x",
+            "tensorboard/notes.txt": b"mine"}
     for name, data in mine.items():
         (run_copy / name).parent.mkdir(exist_ok=True)
         (run_copy / name).write_bytes(data)
-    for name in ("plots/erf.png", "plots/sharing_stage1.png", "checkpoints/epoch_001.pth"):  # inspection, --save-every
+    for name in ("plots/erf.png", "plots/sharing_stage1.png", "checkpoints/epoch_001.pth",  # inspection, --save-every
+                 "tensorboard/events.out.tfevents.1.host.2.0"):  # --tensorboard
         (run_copy / name).write_bytes(b"old")
     with ExitStack() as held:
         note = run_folder.claim(run_copy, held, resuming=False, overwrite=True)

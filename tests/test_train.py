@@ -23,6 +23,7 @@ from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.train_console import duration
 from cnnscope.cli import cli
 from cnnscope.errors import CnnscopeError, DataError, RunError
+from conftest import LoaderAt, sigint, wrap_training_loaders
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
 FAKE_TEST = 128  # datasets.load_dataset("fake") default: 512 train (461 + 51 val), 128 test
@@ -198,34 +199,15 @@ def test_val_split_zero_selects_on_test(runner, tmp_path, tiny_spec):
 
 # ---- resume -----------------------------------------------------------------------------------
 
-class InterruptingLoader:
+class InterruptingLoader(LoaderAt):
     """Wraps the training loader; sends this process a real SIGINT before batch `batch` of `epoch`."""
 
     def __init__(self, loader, epoch, batch):
-        self.loader, self.at, self.epoch = loader, (epoch, batch), 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.loader.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if (self.epoch, i) == self.at:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield batch
+        super().__init__(loader, epoch, batch, sigint)
 
 
 def interrupt_training_at(monkeypatch, epoch, batch):
-    make_loader = loaders.make_loader
-
-    def patched(split, dataset, **kw):
-        loader = make_loader(split, dataset, **kw)
-        return InterruptingLoader(loader, epoch, batch) if kw["train"] else loader
-
-    monkeypatch.setattr(loaders, "make_loader", patched)
+    wrap_training_loaders(monkeypatch, lambda loader: InterruptingLoader(loader, epoch, batch))
 
 
 RESUME_ARGS = ["--seed", 3, "--recipe", "warmup_epochs=0"]

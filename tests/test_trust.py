@@ -269,7 +269,7 @@ WRITING_COMMANDS = {
 }
 RUN_ENTRIES = ["classification_report.md", "classification_report.csv", "confusion_matrix.csv", "metrics.json",
                "config.json", "train_log.csv", "model_summary.txt", "rf.md", ".cnnscope.lock", "plots",
-               "plots/cm.png", "checkpoints", "checkpoints/last.pth", "model_source", "export"]
+               "plots/cm.png", "checkpoints", "checkpoints/last.pth", "model_source", "export", "tensorboard"]
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +297,7 @@ def plant(run, entry, victims):
         victim.parent.mkdir(parents=True, exist_ok=True)
         if entry.endswith((".pth", ".png")) and path.is_file():
             shutil.copy(path, victim)
-        elif entry in ("model_source", "export"):
+        elif entry in ("model_source", "export", "tensorboard"):
             victim.mkdir()
         else:
             victim.write_text("the victim's own file\n")

@@ -3,7 +3,7 @@
 Nothing here imports torch at module level, so `cnnscope --help` answers at once; each command
 imports what it needs when it runs. One file per command group; common.py holds what they share.
 """
-from cnnscope.cli import bench, data, export, inspect, readme, training, zoo  # noqa: F401  (registers the commands)
+from cnnscope.cli import bench, data, export, inspect, readme, sweep, training, zoo  # noqa: F401  (registers the commands)
 from cnnscope.cli.common import cli
 from cnnscope.core.runtime import tune_cpu_runtime
 

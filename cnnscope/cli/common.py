@@ -5,6 +5,7 @@ imports what it needs when it runs.
 """
 import functools
 import math
+import os
 import sys
 import warnings
 
@@ -106,6 +107,21 @@ procs_option = click.option(
          "(at most 8), on any machine, since batch norm sees each process's share and so the count changes the "
          "weights; a resumed run keeps its count.",
 )
+
+
+EVENTS_FOLDER = "tensorboard"  # runs.tensorboard.DEFAULT_FOLDER (importing it would import torch for --help)
+
+
+def tensorboard_option(help_text):
+    """--tensorboard [DIR]: None without it, the default folder (relative: inside the run folder)
+    alone, else DIR as an absolute path."""
+    def folder(ctx, param, value):
+        if value is None:
+            return None
+        return EVENTS_FOLDER if value == "" else os.path.abspath(value)
+
+    return click.option("--tensorboard", is_flag=False, flag_value="", default=None, metavar="[DIR]", callback=folder,
+                        help=help_text)
 
 
 def device_option(default="auto", used_for=""):

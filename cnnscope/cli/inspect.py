@@ -2,8 +2,8 @@
 import click
 
 from cnnscope.cli.common import (
-    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, seed_option, trust_spec_option,
-    verbosity_options,
+    SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, seed_option,
+    tensorboard_option, trust_spec_option, verbosity_options,
 )
 
 
@@ -13,6 +13,33 @@ out_option = click.option(
     help="Folder for the figures [default: RUN/plots (a checkpoint outside any run: "
          "reports/<checkpoint>-checkpoint/plots); reports/<name>-untrained/plots for a SPEC].",
 )
+events_option = tensorboard_option(
+    "Also add the figures and the table to TensorBoard events (the extra cnnscope[tensorboard]): in DIR [default: "
+    "the RUN's own events folder, RUN/tensorboard unless its training named another], at the run's last step.")
+
+
+def run_of(target):
+    """The run folder of a runs.inspect.Target, None for an untrained SPEC."""
+    return target.label if target.checkpoint is not None else None
+
+
+def events_folder(target, tensorboard):
+    """--tensorboard's folder for `target` (a runs.inspect.Target), None without it; checked before
+    the inspection runs."""
+    from cnnscope.runs.tensorboard import inspection_folder
+
+    return inspection_folder(run_of(target), tensorboard)
+
+
+def emit_inspection(fmt, report, target, events, command: str, **emitted) -> None:
+    """Print the report (`emitted`: emit's wrote and warnings) and, with --tensorboard (`events`: its
+    folder), add it to the events."""
+    emit(fmt, report, **emitted)
+    if events is not None:
+        from cnnscope.runs.tensorboard import log_inspection
+
+        log_inspection(events, command, report, report.figures.values(), run_of(target))
+        click.echo(f"added the {command} figures and table to the TensorBoard events in {events}", err=True)
 
 
 def images_options(command):
@@ -43,11 +70,13 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @trust_spec_option()
 @images_options
 @out_option
+@events_option
 @format_option()
 @device_option()
 @untrained_seed_option
 @verbosity_options
-def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, out, fmt, device, seed,
+def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, out, tensorboard, fmt, device,
+              seed, reporter):
               reporter):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
@@ -74,10 +103,11 @@ def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, im
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
     require_gates(tgt.model)  # before any images are loaded
+    events = events_folder(tgt, tensorboard)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter, indices)
     with reporter.bar() as bar, tgt.writing():
         report = inspect_gates(tgt, images, progress=bar)
-    emit(fmt, report, wrote=report.figures.values())
+    emit_inspection(fmt, report, tgt, events, "gates", wrote=report.figures.values())
 
 
 @cli.command("sharing", epilog=SPEC_RUNS_CODE)
@@ -87,10 +117,11 @@ def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, im
 @click.option("--threshold", type=FloatRange(0.0, 1.0), default=0.95, show_default=True,
               help="Layers whose |cosine similarity| is at least this are linked into fold groups.")
 @out_option
+@events_option
 @format_option()
 @untrained_seed_option
 @verbosity_options
-def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
+def sharing_cmd(target, ctor, trust_spec, threshold, out, tensorboard, fmt, seed, reporter):
     """Soft-sharing analysis of every TemplateBank (swrn, or any model with SConv2d layers).
 
     Per bank: the layers x layers |cosine similarity| of the SConv2d coefficient vectors
@@ -114,9 +145,10 @@ def sharing_cmd(target, ctor, trust_spec, threshold, out, fmt, seed, reporter):
     from cnnscope.runs.inspect import inspect_sharing, load_target
 
     tgt = load_target(target, ctor, out, trust_spec, seed=seed, reporter=reporter)
+    events = events_folder(tgt, tensorboard)
     with tgt.writing():
         report = inspect_sharing(tgt, threshold)
-    emit(fmt, report, wrote=report.figures.values())
+    emit_inspection(fmt, report, tgt, events, "sharing", wrote=report.figures.values())
 
 
 # the short names of cnnscope.core.attribution_methods.METHODS (a test keeps them equal; importing the
@@ -166,13 +198,14 @@ def attribution_options(command):
 @images_options
 @attribution_options
 @out_option
+@events_option
 @format_option()
 @device_option()
 @seed_option(used_for="of a SPEC's untrained weights and of --sanity's re-initialised weights")
 @verbosity_options
 def attribute_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, methods, target_class,
-                  scale, overlay, layer, list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out, fmt,
-                  device, seed, reporter):
+                  scale, overlay, layer, list_layers, ig_tolerance, sanity, sanity_threshold, sanity_stages, out,
+                  tensorboard, fmt, device, seed, reporter):
     """Captum attributions of N test images (or your --image files), and a sanity check of the methods.
 
     \b
@@ -219,6 +252,7 @@ def attribute_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir
     from cnnscope.runs.inspect import inspect_attributions, inspect_sanity, load_target, load_test_images
 
     tgt = load_target(target, ctor, out, trust_spec, device=device, seed=seed, reporter=reporter)
+    events = events_folder(tgt, tensorboard)
     images = load_test_images(tgt, n_images, dataset, data_dir, image_paths, reporter, indices)
     if list_layers:
         return emit(fmt, layer_list(tgt.model, images.x[:1], tgt.label))
@@ -228,5 +262,6 @@ def attribute_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir
     with reporter.bar() as bar, tgt.writing():
         report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
     attributions = report.attribution if sanity else report
-    emit(fmt, report, wrote=[*attributions.figures.values(), *(report.figures.values() if sanity else ())],
-         warnings=[*attributions.skipped.values(), *attributions.warnings])
+    emit_inspection(fmt, report, tgt, events, "attribute",
+                    wrote=[*attributions.figures.values(), *(report.figures.values() if sanity else ())],
+                    warnings=[*attributions.skipped.values(), *attributions.warnings])

@@ -1,11 +1,12 @@
 """Training, evaluation, comparison: train, evaluate, compare."""
+import json
 import sys
 
 import click
 
 from cnnscope.cli.common import (
     SPEC_RUNS_CODE, FloatRange, cli, ctor_option, device_option, emit, format_option, procs_option,
-    seed_option, trust_spec_option, verbosity_options,
+    seed_option, tensorboard_option, trust_spec_option, verbosity_options,
 )
 from cnnscope.errors import CnnscopeError
 
@@ -74,6 +75,13 @@ DATASETS_HELP = (
                    "faster steps for ectied and egrr (`cnnscope bench --compile` measures it) [default: off; a "
                    "resumed run keeps its own].")
 @click.option("--save-every", type=click.IntRange(min=0), help="Also keep checkpoints/epoch_NNN.pth every N epochs.")
+@tensorboard_option("Also write TensorBoard events (the extra cnnscope[tensorboard]): loss and lr per step, the log "
+                    "per epoch, the hyperparameters with the final metrics, the figures and the RF table, into DIR "
+                    "[default: RUN/tensorboard]. A resumed run goes on writing them.")
+@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Options from a YAML or JSON file: the fields of a run's config.json options (a run's own "
+                   "config.json replays it); options given here override the file's.")
+@click.option("--print-config", is_flag=True, help="Print the resolved options (JSON, a --config file) and stop.")
 @procs_option
 @click.option("--resume", metavar="RUN|CHECKPOINT", help="Continue a run from its checkpoints/last.pth (or a file).")
 @click.option("--init-from", metavar="RUN|CHECKPOINT",
@@ -84,7 +92,7 @@ DATASETS_HELP = (
               help="Replace an earlier cnnscope run in the same folder (not one in use); only the files a run "
                    "writes are removed.")
 @verbosity_options
-def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs, **options):
+def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, config, print_config, **options):
     """Train MODEL with its recipe; write reports/<name>/.
 
     MODEL is a zoo name, path/file.py:Class or package.module:attr (see SPEC in `cnnscope --help`);
@@ -133,17 +141,32 @@ def train_cmd(model, ctor, recipe, augment, resume, trust_spec, overwrite, procs
       cnnscope train basic --procs 1
       torchrun --nproc_per_node=2 -m cnnscope train basic --device cuda
     """
-    from cnnscope.runs.spec import parse_key_values
-    from cnnscope.runs.train import run_training
+    from cnnscope.runs.train import run_training, training_options
 
-    if model is None and not resume:
-        raise CnnscopeError("Name the MODEL to train (e.g. `cnnscope train basic`), or continue a run with --resume RUN.")
-    code = run_training(model, resume=resume, trust_spec=trust_spec, overwrite=overwrite, procs=procs,
-                        ctor=parse_key_values(ctor), recipe_overrides=_recipe_overrides(options, recipe),
-                        augment_overrides=parse_key_values(augment, argument="augment", example="cutout=16"),
-                        **options)  # reporter and the run options
+    if config and resume:
+        raise CnnscopeError("--config starts a new run; --resume continues a run with its own options. Give one.")
+    settings = training_settings(model, ctor, recipe, augment, config, trust_spec, options)
+    if print_config:  # the options alone: procs and the reporter are how it would run
+        opts, _, _ = training_options(resume=resume, trust_spec=trust_spec, **_without(settings, "procs", "reporter"))
+        return click.echo(json.dumps(opts.to_json(), indent=2))
+    code = run_training(resume=resume, trust_spec=trust_spec, overwrite=overwrite, **settings)
     if code:
         sys.exit(code)
+
+
+def training_settings(model, ctor, recipe, augment, config, trust_spec, options: dict) -> dict:
+    """run_training's keywords from the train command's values (`options`: the rest of them, with
+    procs and the reporter), laid over the --config file's."""
+    from cnnscope.runs.config_file import with_config
+    from cnnscope.runs.spec import parse_key_values
+
+    settings = dict(model=model, ctor=parse_key_values(ctor), recipe_overrides=_recipe_overrides(options, recipe),
+                    augment_overrides=parse_key_values(augment, argument="augment", example="cutout=16"), **options)
+    return with_config(config, settings, trust_spec) if config else settings
+
+
+def _without(settings: dict, *keys) -> dict:
+    return {k: v for k, v in settings.items() if k not in keys}
 
 
 def parse_image_size(value):

@@ -5,8 +5,9 @@ import click
 
 from cnnscope.cli.common import (
     SPEC_RUNS_CODE, cli, ctor_option, device_option, emit, format_option, input_option, spec_argument,
-    trust_spec_option, verbosity_options,
+    tensorboard_option, trust_spec_option, verbosity_options,
 )
+from cnnscope.errors import CnnscopeError
 
 
 @cli.command("models")
@@ -74,9 +75,11 @@ def summary_cmd(spec, ctor, input_shape, fmt, reporter):
               help="Where --erf finds the run's dataset.")
 @trust_spec_option()
 @device_option(used_for="of --erf's gradients")
+@tensorboard_option("With --erf: also add erf.png and the table to TensorBoard events: in DIR [default: the RUN's own "
+                    "events folder, RUN/tensorboard unless its training named another], at the run's last step.")
 @verbosity_options
 def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_scale, erf_image_paths, data_dir,
-           trust_spec, device, reporter):
+           trust_spec, device, tensorboard, reporter):
     """Receptive field of every layer of SPEC, from one forward pass of a probe input.
 
     Every convolution and pooling is recorded as it is CALLED, with the kernel, stride, padding
@@ -124,12 +127,29 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
     from cnnscope.runs import rf
     from cnnscope.runs.spec import parse_key_values
 
+    events = _erf_events(erf_run, tensorboard)
     with reporter.bar() as bar:
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, erf_image_paths=erf_image_paths, erf_log=erf_scale == "log",
                            data_dir=data_dir, trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
+    if events is not None:
+        from cnnscope.runs.tensorboard import log_inspection
+
+        log_inspection(events, "erf", result, [result.erf.figure], result.erf.run)
     emit(fmt, result, title, wrote=[result.erf.figure] if result.erf and result.erf.figure else [])
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
                    f"{result.probe_rf}.", err=True)
         sys.exit(1)
+
+
+def _erf_events(erf_run, tensorboard):
+    """--tensorboard's folder for the ERF of `erf_run`, None without it; said before anything runs."""
+    if tensorboard is None:
+        return None
+    if erf_run is None:
+        raise CnnscopeError("--tensorboard adds the effective RF of a run to its events: give the run with --erf RUN.")
+    from cnnscope.runs.checkpoint import resolve_run
+    from cnnscope.runs.tensorboard import inspection_folder
+
+    return inspection_folder(resolve_run(erf_run)[0], tensorboard)

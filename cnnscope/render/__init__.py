@@ -29,6 +29,7 @@ FAMILIES = {  # result type name -> the module here that registers its renderers
     "SharingReport": "inspect",
     "RFResult": "rf",
     "SummaryResult": "summary",
+    "SweepResult": "sweep",
     "ZooTable": "zoo",
 }
 

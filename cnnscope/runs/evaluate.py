@@ -32,14 +32,15 @@ GRID_SIZE = 32  # images in each sample grid
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
                  trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None,
-                 channels_last=None) -> EvalResult:
+                 channels_last=None, figures=True) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
     (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
     training loaded it, instead of loading it again. `out`: the folder to write into
     (run_folder.output_folder). `metrics`: its metrics.json as the run's training holds it, instead
     of reading it. `channels_last`: the memory format its training chose, instead of checking the
-    model again (loaders.contiguous_reason)."""
+    model again (loaders.contiguous_reason). `figures`: all the figures; False: plots/cm.png alone,
+    without the sample grids and a training run's curves (a sweep's trials leave them to evaluate)."""
     device = resolve_device(device)
     out_dir = run_folder.output_folder(*resolve_run(run), out)
     run_folder.refuse_links(out_dir)  # before any work
@@ -66,8 +67,10 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
         reporter.step(f"writing the evaluation into {out_dir}")
     metrics = metrics or RunMetrics.read(out_dir)
     with run_folder.writing_into(out_dir):
-        files = [*write_reports(result, out_dir, model, ckpt, metrics), *write_grids(out_dir, ds, preds)]
-        if (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy and loss
+        files = list(write_reports(result, out_dir, model, ckpt, metrics))
+        if figures:
+            files += write_grids(out_dir, ds, preds)
+        if figures and (out_dir / "train_log.csv").is_file():  # a training run: its curves mark this test accuracy
             files += write_curves(out_dir)
     result.files = [str(path) for path in files]
     return result

@@ -254,6 +254,13 @@ def lost_connection(error: RuntimeError) -> bool:
     return "gloo/transport/" in str(error)
 
 
+def call(job: dict, *first):
+    """{"target": "package.module:function", "args": {...}} (a job, or a training run's callback,
+    which each rank makes with its runs.training_run.TrainingRun first) -> function(*first, **args)."""
+    module, function = job["target"].split(":")
+    return getattr(importlib.import_module(module), function)(*first, **job["args"])
+
+
 def worker(job_file: str) -> int:
     """One rank: the job's function (e.g. `cnnscope.runs.train.train_job`), with the CLI's exit codes."""
     die_with_parent(int(os.environ[PARENT_PID_VAR]))
@@ -264,9 +271,8 @@ def worker(job_file: str) -> int:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     job = json.loads(Path(job_file).read_text())
-    module, function = job["target"].split(":")
     try:
-        return getattr(importlib.import_module(module), function)(**job["args"])
+        return call(job)
     except CnnscopeError as e:
         if os.environ["RANK"] != "0":  # rank 0 meets the same error and says it; the agent then ends this one
             print(f"Error: {e}", file=sys.stderr)

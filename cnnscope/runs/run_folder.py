@@ -31,7 +31,9 @@ PLOTS = ("acc_curves.png", "loss_curves.png", "lr.png", "cm.png", "test_samples_
 CHECKPOINTS = ("last.pth", "best.pth", "epoch_*.pth")
 MODEL_SOURCE = ("**/*.py",)  # the copy of the user's model source (runs.model_source)
 EXPORTS = ("*.pt", "*.pt2", "*.onnx")  # cnnscope export
-SUBFOLDERS = {"plots": PLOTS, "checkpoints": CHECKPOINTS, "model_source": MODEL_SOURCE, "export": EXPORTS}
+EVENTS = ("events.out.tfevents.*",)  # TensorBoard's, in the run's default events folder (runs.tensorboard)
+SUBFOLDERS = {"plots": PLOTS, "checkpoints": CHECKPOINTS, "model_source": MODEL_SOURCE, "export": EXPORTS,
+              "tensorboard": EVENTS}
 # where a command on a checkpoint outside any run writes (never the checkpoint's own folder)
 CHECKPOINT_OUTPUTS = Path("reports")
 

@@ -32,7 +32,7 @@ from cnnscope.core.distributed import Dist, init_distributed
 from cnnscope.core.training import NonFiniteLoss, StopRequest, make_loop, run_loop
 from cnnscope.errors import CnnscopeError, SpecError
 from cnnscope.render.progress import NORMAL, QUIET, SILENT, Reporter, progress_bar
-from cnnscope.runs import datasets, launch, loaders, model_source, run_folder
+from cnnscope.runs import datasets, launch, loaders, model_source, run_folder, tensorboard
 from cnnscope.runs.checkpoint import load_checkpoint
 from cnnscope.runs.runfiles import RunMetrics
 from cnnscope.runs.train_console import Console, RunBar, closing_lines, far_below, warn
@@ -45,17 +45,27 @@ from cnnscope.runs.train_files import RunFiles, run_config, write_json, write_mo
 
 # ---- launching --------------------------------------------------------------------------------
 
+def training_options(model=None, *, resume=None, trust_spec=False, **settings):
+    """The options of a new run of `model` (a SPEC), or of the run `resume` continued; `settings`:
+    new_options'/resume_options' keywords. -> (options, the resumed checkpoint or None, its folder or None)."""
+    if resume:
+        return resume_options(resume, model, trust_spec=trust_spec, **settings)
+    if model is None:
+        raise CnnscopeError("Give the model to train (a SPEC, e.g. basic), or a run to resume.", arguments=("resume",))
+    return new_options(model, **settings), None, None
+
+
 def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, procs="auto", reporter=None,
-                 **settings) -> int:
+                 callbacks=(), figures=True, **settings) -> int:
     """Train `model` (a SPEC), or continue the run `resume`, here or in `procs` data-parallel processes
     (runs.launch); `settings`: new_options'/resume_options' keywords; `reporter` (render.progress, default
-    NORMAL) says what is prepared. -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
-    if resume:
-        opts, ckpt, run_dir = resume_options(resume, model, trust_spec=trust_spec, **settings)
-    elif model is None:
-        raise CnnscopeError("Give the model to train (a SPEC) or a run to resume.")
-    else:
-        opts, ckpt, run_dir = new_options(model, **settings), None, None
+    NORMAL) says what is prepared; `callbacks`: more callbacks of the loop, as jobs each rank makes with
+    its TrainingRun (launch.call(job, run): {"target": "module:Class", "args": {...}} -> Class(run, **args));
+    `figures`: False draws only the confusion matrix at the end, no curves or sample grids (evaluate_run).
+    -> exit code: 0 done, launch.STOPPED_EXIT stopped and saved, or a rank's."""
+    opts, ckpt, run_dir = training_options(model, resume=resume, trust_spec=trust_spec, **settings)
+    if opts.tensorboard:
+        tensorboard.summary_writer()  # a missing package is said before anything starts
     reporter = reporter or Reporter(NORMAL)
     if not launch.launched():
         saved_world_size = ckpt["config"]["world_size"] if ckpt else None
@@ -65,19 +75,22 @@ def run_training(model=None, *, resume=None, trust_spec=False, overwrite=False, 
         if n > 1:
             run_dir = run_dir_of(opts, run_dir)
             args = dict(options=opts.to_json(), resume=str(resume_path(resume)) if resume else None,
-                        run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity)
+                        run_dir=str(run_dir), overwrite=overwrite, verbosity=reporter.verbosity,
+                        callbacks=list(callbacks), figures=figures)
             job = {"target": f"{__name__}:train_job", "args": args}
             reporter.step(f"starting {n} data-parallel training processes (each imports torch)")
             return launch.run_processes(job, n, after_loss=lambda: resume_hint(run_dir, opts))
-    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity)
+    result = train(opts, resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite, verbosity=reporter.verbosity,
+                   callbacks=callbacks, figures=figures)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
-def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL) -> int:
+def train_job(options: dict, resume: str | None, run_dir: str, overwrite: bool, verbosity: int = NORMAL,
+              callbacks=(), figures=True) -> int:
     """One rank of a --procs run (what run_training hands to the launcher): its exit code."""
     ckpt = load_checkpoint(resume) if resume else None
     result = train(TrainOptions.from_json(options), resume_ckpt=ckpt, run_dir=run_dir, overwrite=overwrite,
-                   verbosity=verbosity)
+                   verbosity=verbosity, callbacks=callbacks, figures=figures)
     return launch.STOPPED_EXIT if result.interrupted else 0
 
 
@@ -129,9 +142,10 @@ class TrainResult:
 
 
 def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, overwrite=False,
-          console=None, verbosity=NORMAL) -> TrainResult:
+          console=None, verbosity=NORMAL, callbacks=(), figures=True) -> TrainResult:
     """Train `opts` (a new run, or `resume_ckpt` continued in `run_dir`), then evaluate best.pth on test.
-    `verbosity` (render.progress): QUIET prints the closing line alone."""
+    `verbosity` (render.progress): QUIET prints the closing line alone; `callbacks`, `figures`: as
+    run_training's."""
     from rich.console import Console
 
     ddp, device = init_distributed(opts.device)
@@ -142,6 +156,7 @@ def train(opts: TrainOptions, *, resume_ckpt: dict | None = None, run_dir=None, 
         run_dir = run_dir_of(opts, run_dir)
         with ExitStack() as run_lock:  # rank 0 holds the run folder's lock until training ends
             run = setup_run(opts, run_dir, ddp, device, console, reporter, resume_ckpt)
+            run.callback_jobs, run.figures = list(callbacks), figures
             # only now: a bad dataset or model leaves no half-made run folder behind
             prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, ddp, run_lock, console)
             start_run(run, resume_ckpt)
@@ -253,7 +268,9 @@ def run_epochs(run: TrainingRun) -> TrainResult:
     stop, loop = StopRequest(), run.loop
     with stop.installed(), progress_bar(run.console, stats=True, quiet=run.reporter.verbosity == QUIET) as progress:
         loop.progress = progress
-        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress)]
+        loop.callbacks = [Checkpoints(run), RunFiles(run), Console(run), RunBar(progress),
+                          *([tensorboard.TensorBoardEvents(run)] if run.opts.tensorboard else []),
+                          *(launch.call(job, run) for job in run.callback_jobs)]
         try:
             with compile_errors(run.opts.compile):
                 run_loop(loop, stop)
@@ -290,8 +307,10 @@ def finish(run: TrainingRun) -> TrainResult:
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
                           reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
-                          channels_last=run.loop.channels_last)
+                          channels_last=run.loop.channels_last, figures=run.figures)
     metrics = run.metrics.values
+    if run.opts.tensorboard:
+        tensorboard.write_results(run, metrics)
     warn(run, far_below(run))
     run.console.print(closing_lines(run, metrics, result, time.time() - launch.command_started()))
     return TrainResult(run.run_dir, metrics)

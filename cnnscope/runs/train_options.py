@@ -36,6 +36,7 @@ class TrainOptions:
     channels_last: bool | None = None  # None: on (faster on the CPU too; benchmarks/README.md)
     compile: bool = False  # torch.compile the model on CUDA, the step's fused passes on the CPU (opt-in)
     save_every: int = 0
+    tensorboard: str | None = None  # the events folder: inside the run folder when relative (runs.tensorboard)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "recipe": self.recipe.to_json()}

@@ -1,6 +1,6 @@
 """One training run, as the parts that train it see it: made by runs.train, read by the loop's
-callbacks in runs.train_state (checkpoints), runs.train_files (the run folder's files) and
-runs.train_console (what it prints)."""
+callbacks in runs.train_state (checkpoints), runs.train_files (the run folder's files),
+runs.train_console (what it prints), runs.tensorboard (its events) and runs.sweep (a trial's report)."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,9 @@ class TrainingRun:
     contiguous_because: str = ""  # why the weights and batches are not channels_last ("": they are), config.json's
     config: dict = field(default_factory=dict)  # config.json, from runs.train.start_run on
     metrics: RunMetrics | None = None  # metrics.json, from runs.train.start_run on
+    # the caller's loop callbacks (run_training's), as jobs each rank makes: launch.call(job, run)
+    callback_jobs: list = field(default_factory=list)
+    figures: bool = True  # False: the confusion matrix alone at the end, no curves or grids (a sweep's trials)
 
     @property
     def selected_on(self) -> str:
