@@ -77,7 +77,6 @@ untrained_seed_option = seed_option(used_for="of a SPEC's untrained weights")
 @verbosity_options
 def gates_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir, image_paths, out, tensorboard, fmt, device,
               seed, reporter):
-              reporter):
     """Entropy-gate dilation maps of N test images (egrr, or any model with `record_gates`).
 
     TARGET is a RUN (reports/<run> or a checkpoint) or a SPEC (inspected untrained). Writes
@@ -261,7 +260,11 @@ def attribute_cmd(target, ctor, trust_spec, n_images, indices, dataset, data_dir
                    **(dict(threshold=sanity_threshold, max_stages=sanity_stages, seed=seed) if sanity else {}))
     with reporter.bar() as bar, tgt.writing():
         report = (inspect_sanity if sanity else inspect_attributions)(tgt, images, progress=bar, **options)
+    emit_inspection(fmt, report, tgt, events, "attribute", **_attribution_output(report, sanity))
+
+
+def _attribution_output(report, sanity: bool) -> dict:
+    """emit's wrote and warnings of an AttributionReport, or of a SanityReport (`sanity`) and its attributions."""
     attributions = report.attribution if sanity else report
-    emit_inspection(fmt, report, tgt, events, "attribute",
-                    wrote=[*attributions.figures.values(), *(report.figures.values() if sanity else ())],
-                    warnings=[*attributions.skipped.values(), *attributions.warnings])
+    return dict(wrote=[*attributions.figures.values(), *(report.figures.values() if sanity else ())],
+                warnings=[*attributions.skipped.values(), *attributions.warnings])

@@ -132,15 +132,21 @@ def rf_cmd(spec, ctor, input_shape, fmt, title, check, erf_run, erf_images, erf_
         result = rf.report(spec, parse_key_values(ctor), input_shape, check=check, erf_run=erf_run,
                            erf_images=erf_images, erf_image_paths=erf_image_paths, erf_log=erf_scale == "log",
                            data_dir=data_dir, trust_spec=trust_spec, device=device, reporter=reporter, progress=bar)
-    if events is not None:
-        from cnnscope.runs.tensorboard import log_inspection
-
-        log_inspection(events, "erf", result, [result.erf.figure], result.erf.run)
-    emit(fmt, result, title, wrote=[result.erf.figure] if result.erf and result.erf.figure else [])
+    _emit_rf(fmt, result, title, events)
     if result.verified is False:
         click.echo(f"RF mismatch: the analysis gives {result.final_rf}, the gradient probe "
                    f"{result.probe_rf}.", err=True)
         sys.exit(1)
+
+
+def _emit_rf(fmt, result, title, events) -> None:
+    """Print the RF table; with --erf, name the figure written and, with --tensorboard (`events`: its
+    folder), add the figure and the table to the run's events."""
+    emit(fmt, result, title, wrote=[result.erf.figure] if result.erf and result.erf.figure else [])
+    if events is not None:
+        from cnnscope.runs.tensorboard import log_inspection
+
+        log_inspection(events, "erf", result, [result.erf.figure], result.erf.run)
 
 
 def _erf_events(erf_run, tensorboard):

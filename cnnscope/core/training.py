@@ -182,9 +182,7 @@ class Loop:
     state: LoopState = field(default_factory=LoopState)
     settings: dict = field(default_factory=dict)  # what the model's schedule set at the last batch (hooks)
     skipping: bool | None = None  # step.model looks for weights the model leaves unused (None: not wrapped yet)
-    # why it ended before the last epoch: "early" (early stopping), "request" (a stop request), or what a
-    # callback's on_epoch_end set to end it after that epoch (every rank alike; the sweep's pruner: "pruned")
-    stopped: str = ""
+    stopped: str = ""  # why it ended early: "early", "request", or what a callback set (the sweep: "pruned")
 
 
 def make_loop(net: nn.Module, train_loader, val_loader, recipe, device: torch.device, *, amp=False, ddp=None,
