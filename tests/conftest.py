@@ -18,7 +18,7 @@ def machine_cache(tmp_path_factory):
     from cnnscope.runs import machine
 
     folder = tmp_path_factory.mktemp("cache")
-    record = {"peak_flops_per_s": 1e11, "bandwidth_bytes_per_s": 2e10, "load_average": 0.5, "threads": 1,
+    record = {"peak_flops_per_s": 1e11, "peak_kernel": "matmul 2048x2048", "bandwidth_bytes_per_s": 2e10, "load_average": 0.5, "threads": 1,
               "measured_at": "2026-01-01T00:00:00"}
     (folder / machine.CACHE_FILE).write_text(json.dumps({machine.machine_key(torch.device("cpu")): record}))
     os.environ[machine.CACHE_ENV] = str(folder)

@@ -85,9 +85,9 @@ def counted_measurements(monkeypatch, tmp_path):
 
     def peak(device):
         calls.append("peak")
-        return 1e11 * len(calls)
+        return 1e11 * len(calls), "matmul 2048x2048"
 
-    monkeypatch.setattr(machine, "matmul_peak_flops", peak)
+    monkeypatch.setattr(machine, "fma_peak_flops", peak)
     monkeypatch.setattr(machine, "triad_bytes_per_s", lambda device: 2e10)
     return calls
 
@@ -113,7 +113,7 @@ def test_a_lower_peak_measured_again_leaves_the_cached_one(counted_measurements,
     """Load only slows a measurement down: a second, slower one is reported and not kept."""
     cpu = torch.device("cpu")
     machine.yardsticks(cpu)  # 1e11
-    monkeypatch.setattr(machine, "matmul_peak_flops", lambda device: 5e10)
+    monkeypatch.setattr(machine, "fma_peak_flops", lambda device: (5e10, "matmul 2048x2048"))
     with pytest.warns(UserWarning, match=r"peak measured now \(50.0 GFLOP/s.*below the cached one \(100.0"):
         again = machine.yardsticks(cpu, measure_again=True)
     assert again["cached"] is True and again["peak_flops_per_s"] == 1e11
@@ -138,11 +138,34 @@ def test_a_linked_cache_is_neither_read_nor_written(counted_measurements, tmp_pa
     assert elsewhere.read_text() == "{}"
 
 
+def test_the_peak_is_the_fastest_kernel_and_a_matmul_only_record_is_measured_again(counted_measurements, tmp_path,
+                                                                                    monkeypatch):
+    """A BLAS may run a narrower vector path than the processor has (MKL on AVX-512 AMD processors:
+    AVX2), so the peak is the fastest kernel, oneDNN's convolutions included; a record cached before
+    (no peak_kernel: the matmul's alone) is measured again."""
+    cpu = torch.device("cpu")
+    kernels = core_bench.peak_kernels(cpu)
+    assert list(kernels) == ["matmul 2048x2048", "conv 1x1 1024 channels, channels_last",
+                             "conv 3x3 256 channels, channels_last"]
+    assert [flops for _, flops in kernels.values()] == [2 * 2048**3, 2 * 4 * 32 * 32 * 1024**2,
+                                                        2 * 8 * 32 * 32 * 256**2 * 9]
+    seconds = dict(zip([call for call, _ in kernels.values()], [1.0, 0.5, 0.25]))
+    monkeypatch.setattr(core_bench, "peak_kernels", lambda device: kernels)
+    monkeypatch.setattr(core_bench, "best_seconds", lambda call, rounds, device: seconds[call])
+    assert core_bench.fma_peak_flops(cpu) == (2 * 8 * 32 * 32 * 256**2 * 9 / 0.25, "conv 3x3 256 channels, channels_last")
+    path = tmp_path / "cache" / machine.CACHE_FILE
+    path.parent.mkdir()
+    old = {"peak_flops_per_s": 5e12, "bandwidth_bytes_per_s": 1e10, "load_average": 0.1, "measured_at": "2026-12-01"}
+    path.write_text(json.dumps({machine.machine_key(cpu): old}))
+    assert machine.yardsticks(cpu)["cached"] is False and counted_measurements == ["peak"]
+
+
 def test_the_real_measurements_are_plausible():
     """A small matmul and triad: positive rates, the triad counted as 3 arrays per pass."""
     cpu = torch.device("cpu")
     assert core_bench.triad_bytes_per_s(cpu, elements=2**16, rounds=2) > 1e8
-    assert core_bench.matmul_peak_flops(cpu, rounds=2) > 1e9
+    peak, kernel = core_bench.fma_peak_flops(cpu, rounds=2)
+    assert peak > 1e9 and kernel in core_bench.peak_kernels(cpu)
 
 
 def test_bench_reports_both_fractions(runner, counted_measurements):
@@ -159,5 +182,5 @@ def test_bench_reports_both_fractions(runner, counted_measurements):
     assert second["peak_fraction"] == pytest.approx(second["train_gflop_per_s"] / 100.0)
     table = runner.invoke(cli, [*args[:-2], "--measure-peak", "--format", "markdown"]).stdout
     assert len(counted_measurements) == 2
-    assert "| peak (float32 matmul) | 200.00 GFLOP/s (measured in this run, load average" in table
+    assert "| peak (float32) | 200.00 GFLOP/s (matmul 2048x2048; measured in this run, load average" in table
     assert "| memory bandwidth (triad) | 20.00 GB/s" in table and "| fraction of roofline |" in table

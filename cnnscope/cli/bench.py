@@ -25,7 +25,7 @@ from cnnscope.cli.common import (
 @procs_option
 @seed_option(used_for="of the weights and the synthetic batches")
 @click.option("--measure-peak", is_flag=True,
-              help="Measure the machine's matmul peak and memory bandwidth again (best on a quiet machine) and "
+              help="Measure the machine's peak and memory bandwidth again (best on a quiet machine) and "
                    "cache them, unless the cached peak is higher; without it the cached ones are used, measured "
                    "the first time.")
 @format_option()
@@ -46,8 +46,10 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
     Two yardsticks of the machine, measured the first time (and with --measure-peak) before any
     training process starts, with the load average of that moment, and cached per machine in
     $CNNSCOPE_CACHE_DIR (default ~/.cache/cnnscope; a lower peak measured again is not kept: load
-    only slows a measurement down): the peak, the fastest of 12 float32
-    2048 x 2048 matmuls on all cores; the memory bandwidth, the fastest of 10 STREAM triads
+    only slows a measurement down): the peak, the fastest of 12 calls of each of three float32
+    kernels on all cores (a 2048 x 2048 matmul; on the CPU also oneDNN's 1x1 and 3x3 convs on
+    channels_last maps, as training runs them: a BLAS may take a narrower vector path than the
+    processor has); the memory bandwidth, the fastest of 10 STREAM triads
     (a = b + s*c over 128 MiB arrays). The fraction of peak counts a convolution's nominal
     multiply-adds, so one computed with fewer (Winograd) can exceed 1. The memory roofline is the
     batch over the least bytes a training step moves (every tensor entering or leaving a leaf module
@@ -61,7 +63,8 @@ def bench_cmd(spec, ctor, input_shape, batch_size, device, steps, compile, amp, 
       steps, input_shape, compile,
       amp, channels_last, augment, params, flops_per_image, train_images_per_s,
       infer_images_per_s, data_images_per_s, data_albumentations_images_per_s,
-      train_gflop_per_s, peak_gflop_per_s, peak_fraction, peak_load_average,
+      train_gflop_per_s, peak_gflop_per_s, peak_kernel (the kernel that reached the peak),
+      peak_fraction, peak_load_average,
       peak_measured_at (ISO time), peak_cached, matmul_now_gflop_per_s, bandwidth_gb_per_s,
       step_min_bytes (the whole batch, all processes), roofline_images_per_s, roofline_fraction,
       matmul_size, folded_batchnorms,

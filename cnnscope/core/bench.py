@@ -1,6 +1,6 @@
 """Timing a training or inference step: warm-up, the median of interleaved timed calls, this
-device's practical peak (a large float32 matmul) and memory bandwidth (a STREAM triad), the peak
-memory, and BenchResult.
+device's practical peak (the fastest of a few large float32 multiply-add kernels) and memory
+bandwidth (a STREAM triad), the peak memory, and BenchResult.
 
 Timing: warm-up steps are excluded, and a step's time is the median of the timed steps, so that a
 short burst of load from other processes does not decide the figure; the steps to compare (a
@@ -17,7 +17,7 @@ import torch
 from cnnscope.core.distributed import Dist
 
 WARMUP_STEPS = 3
-PEAK_ROUNDS = 12  # the fastest of these many matmuls is the peak: load only ever slows one down
+PEAK_ROUNDS = 12  # the fastest of these many calls of each kernel counts: load only ever slows one down
 TRIAD_ROUNDS = 10
 TRIAD_ELEMENTS = 2**25  # 128 MiB per float32 array: far past any core's or socket's cache
 ALBUMENTATIONS_WORKERS = 2  # the seeds' DataLoader, as the data path is benchmarked
@@ -44,7 +44,8 @@ class BenchResult:
     data_images_per_s: float  # batch backend
     data_albumentations_images_per_s: float
     train_gflop_per_s: float  # 3 x flops_per_image x train_images_per_s / 1e9
-    peak_gflop_per_s: float  # the machine's float32 matmul peak, measured when nothing else ran (cached)
+    peak_gflop_per_s: float  # the machine's float32 peak, measured when nothing else ran (cached)
+    peak_kernel: str  # the kernel that reached it (see peak_kernels)
     peak_fraction: float  # train_gflop_per_s / peak_gflop_per_s
     peak_load_average: float  # the 1-minute load average when the peak and bandwidth were measured
     peak_measured_at: str  # when (ISO time)
@@ -96,8 +97,9 @@ def median_seconds(steps: dict, rounds, device, before_round=lambda: None) -> di
 
 
 def matmul_step(device, size=None):
-    """(a callable doing one square float32 matmul, n, FLOPs per call = 2 n^3): the practical peak of
-    this device. n = 2048 on the CPU, 8192 on a GPU; TF32 stays as configured (off by default)."""
+    """(a callable doing one square float32 matmul, n, FLOPs per call = 2 n^3): one of the peak_kernels,
+    and what the training processes time beside their steps. n = 2048 on the CPU, 8192 on a GPU; TF32
+    stays as configured (off by default)."""
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
@@ -117,11 +119,32 @@ def best_seconds(step, rounds, device) -> float:
     return min(times)
 
 
-def matmul_peak_flops(device, rounds=PEAK_ROUNDS) -> float:
-    """FLOP/s of the fastest of `rounds` matmul_steps, on all of this process's threads: the
-    machine's practical FMA peak, when nothing else runs."""
-    matmul, _, flops = matmul_step(device)
-    return flops / best_seconds(matmul, rounds, device)
+def peak_kernels(device) -> dict:
+    """{name: (a callable, FLOPs per call)}: float32 multiply-add kernels as large as a peak needs,
+    each through the library that runs it in training. On the CPU, beside the BLAS matmul, oneDNN's
+    convolutions on channels_last maps (a 1x1 conv is a GEMM): the BLAS may take a narrower vector
+    path than the processor has (MKL on an AMD processor with AVX-512 runs AVX2, half the width)
+    while every convolution of training runs oneDNN's widest, so the matmul alone reads half the
+    peak and a training step seems to pass it."""
+    matmul, size, flops = matmul_step(device)
+    kernels = {f"matmul {size}x{size}": (matmul, flops)}
+    if device.type != "cpu":
+        return kernels
+    for k, channels, images in ((1, 1024, 4), (3, 256, 8)):  # 32x32 maps
+        x = torch.randn(images, channels, 32, 32).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(channels, channels, k, k).contiguous(memory_format=torch.channels_last)
+        kernels[f"conv {k}x{k} {channels} channels, channels_last"] = (
+            lambda x=x, w=w, k=k: torch.nn.functional.conv2d(x, w, padding=k // 2),
+            2 * images * 32 * 32 * channels * channels * k * k)
+    return kernels
+
+
+def fma_peak_flops(device, rounds=PEAK_ROUNDS) -> tuple[float, str]:
+    """(FLOP/s, kernel): the fastest of `rounds` calls of each of the peak_kernels, on all of this
+    process's threads: the machine's practical multiply-add peak, when nothing else runs."""
+    rates = {name: flops / best_seconds(call, rounds, device) for name, (call, flops) in peak_kernels(device).items()}
+    kernel = max(rates, key=rates.get)
+    return rates[kernel], kernel
 
 
 def triad_bytes_per_s(device, elements=TRIAD_ELEMENTS, rounds=TRIAD_ROUNDS) -> float:

@@ -23,7 +23,7 @@ def bench_rows(result: BenchResult) -> list[tuple[str, str]]:
         ("data path, albumentations", f"{result.data_albumentations_images_per_s:,.1f} images/s "
                                       f"({ALBUMENTATIONS_WORKERS} workers)"),
         ("achieved training FLOP/s", f"{result.train_gflop_per_s:,.2f} GFLOP/s"),
-        ("peak (float32 matmul)", f"{result.peak_gflop_per_s:,.2f} GFLOP/s ({when})"),
+        ("peak (float32)", f"{result.peak_gflop_per_s:,.2f} GFLOP/s ({result.peak_kernel}; {when})"),
         ("fraction of peak", f"{100 * result.peak_fraction:.1f}% (nominal FLOPs; a Winograd conv can pass 100%)"),
         ("matmul now", f"{result.matmul_now_gflop_per_s:,.2f} GFLOP/s ({result.matmul_size}^2 in every training "
                        "process at once, under this run's load)"),

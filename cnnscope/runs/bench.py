@@ -15,7 +15,7 @@ Everything runs on synthetic batches of the input size, so no dataset is read:
 - the data path on its own: the training loader over a uint8 tensor with the recipe's AugmentSpec,
   for the in-process "batch" backend and for the seeds' albumentations backend (2 workers);
 - the achieved training FLOP/s, 3 x the forward FLOPs per image (forward, and a backward that costs
-  about twice the forward) x images/s, against this machine's float32 matmul peak, and the training
+  about twice the forward) x images/s, against this machine's float32 peak, and the training
   rate against the memory roofline: the least bytes a step moves (cnnscope.core.roofline) over the
   machine's bandwidth (a STREAM triad). Both yardsticks are measured once when nothing else runs
   and cached per machine (cnnscope.runs.machine); the matmul is also timed in the same rounds as the
@@ -104,7 +104,8 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
         augment=recipe.augment.describe(), params=params, flops_per_image=flops,
         train_images_per_s=train_rate, infer_images_per_s=batch_size / infer_seconds,
         data_images_per_s=data_rate, data_albumentations_images_per_s=album_rate,
-        train_gflop_per_s=achieved, peak_gflop_per_s=peak, peak_fraction=achieved / peak,
+        train_gflop_per_s=achieved, peak_gflop_per_s=peak, peak_kernel=yardsticks["peak_kernel"],
+        peak_fraction=achieved / peak,
         peak_load_average=yardsticks["load_average"], peak_measured_at=yardsticks["measured_at"],
         peak_cached=yardsticks["cached"], matmul_now_gflop_per_s=timing["peak_flops_per_s"] / 1e9,
         bandwidth_gb_per_s=yardsticks["bandwidth_bytes_per_s"] / 1e9, step_min_bytes=step_bytes,

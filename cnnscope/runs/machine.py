@@ -1,4 +1,4 @@
-"""This machine's yardsticks for `cnnscope bench`: its float32 matmul peak and its memory bandwidth
+"""This machine's yardsticks for `cnnscope bench`: its float32 multiply-add peak and its memory bandwidth
 (cnnscope.core.bench), measured once, with the load average the machine had then, and cached per
 machine and device in cnnscope's cache folder, so that a bench run under load is still measured
 against what the machine does when nothing else runs. Measuring again keeps the higher peak.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnscope.core.bench import matmul_peak_flops, triad_bytes_per_s
+from cnnscope.core.bench import fma_peak_flops, triad_bytes_per_s
 from cnnscope.core.runtime import cpu_cores
 from cnnscope.errors import CnnscopeWarning
 from cnnscope.files import atomic_write_text
@@ -48,11 +48,13 @@ def machine_key(device: torch.device) -> str:
 
 
 def measure(device: torch.device) -> dict:
-    """The yardsticks measured now: {peak_flops_per_s, bandwidth_bytes_per_s, load_average (1 minute,
-    just before), threads, measured_at (ISO time, seconds)}."""
+    """The yardsticks measured now: {peak_flops_per_s, peak_kernel, bandwidth_bytes_per_s, load_average
+    (1 minute, just before), threads, measured_at (ISO time, seconds)}."""
     load = os.getloadavg()[0]
+    peak, kernel = fma_peak_flops(device)
     return {
-        "peak_flops_per_s": matmul_peak_flops(device),
+        "peak_flops_per_s": peak,
+        "peak_kernel": kernel,
         "bandwidth_bytes_per_s": triad_bytes_per_s(device),
         "load_average": round(load, 2),
         "threads": torch.get_num_threads(),
@@ -97,6 +99,8 @@ def yardsticks(device: torch.device, measure_again: bool = False) -> dict:
 
 
 def _complete(record) -> bool:
-    keys = ("peak_flops_per_s", "bandwidth_bytes_per_s", "load_average", "measured_at")
+    """Whether a cached record has every yardstick (one without peak_kernel was a matmul's alone, which
+    may read half the peak: measured again)."""
+    keys = ("peak_flops_per_s", "peak_kernel", "bandwidth_bytes_per_s", "load_average", "measured_at")
     return isinstance(record, dict) and all(k in record for k in keys) and record["peak_flops_per_s"] > 0 and \
         record["bandwidth_bytes_per_s"] > 0
