@@ -73,8 +73,7 @@ def bench(spec: str, ctor: dict | None = None, *, batch_size=128, device="auto",
     with reporter.stages(5) as begin:
         begin("bench: the machine's peak and memory bandwidth")  # first, while no training process runs
         yardsticks = machine.yardsticks(device, measure_peak)
-        # the matmul peak is timed in the same rounds as the training steps: the same load for both
-        begin("bench: training steps and matmul peak" + (f" ({procs} processes)" if procs > 1 else ""))
+        begin("bench: training steps, a matmul beside them" + (f" ({procs} processes)" if procs > 1 else ""))
         if procs > 1:
             timing = train_in_processes(procs, setup, steps)
             model = bench_model(spec, ctor, device, channels_last, seed)
