@@ -368,15 +368,18 @@ def test_two_cpu_processes_split_the_batch_and_write_one_report(tmp_path, tiny_s
 def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_path, tiny_spec):
     """SIGTERM to the parent alone reaches both ranks: they stop after the same batch, rank 0 saves
     last.pth and prints the resume command (`cnnscope train --resume`, which keeps 2 processes), and
-    the resumed run ends with the weights of an uninterrupted one."""
+    the resumed run ends with the weights of an uninterrupted one. Its TensorBoard events (rank 0
+    writes them) hold each step once, up to the stop and then from the next step on."""
+    from test_tensorboard import check_events_mirror_the_run, events, steps
+
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "cnnscope", "train"]
     args = [tiny_spec, "--dataset", "fake", "--epochs", "12", "--batch-size", "32", "--procs", "2", "--device", "cpu"]
     full = subprocess.run(base + args + ["--out", str(tmp_path / "full")], env=env, capture_output=True, text=True,
                           timeout=400)
     assert full.returncode == 0, full.stdout + full.stderr
-    proc = subprocess.Popen(base + args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(base + args + ["--out", str(tmp_path / "cut"), "--tensorboard"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.split()[:1] == ["2/12"]:  # well into training: both ranks are in the loop
             proc.send_signal(signal.SIGTERM)
@@ -385,7 +388,10 @@ def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_pat
     assert proc.returncode == 130, out + err
     run = tmp_path / "cut" / "Tiny"
     assert "cnnscope train --resume" in out and "torchrun" not in out and "Traceback" not in err
-    assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] < 12
+    loop = load_checkpoint(run / "checkpoints" / "last.pth")["loop"]
+    stopped_at = loop["epoch"] * 15 + loop["batch"]  # 15 steps an epoch: 461 images, 2 ranks x 16
+    assert 2 * 15 <= stopped_at < 12 * 15
+    assert steps(events(run / "tensorboard"), "train/loss") == list(range(1, stopped_at + 1))
     resumed = subprocess.run(base + ["--resume", str(run), "--trust-spec"], env=env, capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -393,6 +399,7 @@ def test_sigterm_to_the_launcher_stops_every_process_and_resumes_exactly(tmp_pat
     a = load_checkpoint(run / "checkpoints" / "last.pth")["model"]
     b = load_checkpoint(tmp_path / "full" / "Tiny" / "checkpoints" / "last.pth")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    check_events_mirror_the_run(run, epochs=12, per_epoch=15)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts, tuples), 
 `ctor` (constructor keywords), `model` (state_dict); training adds `optimizer`, `scheduler`,
 `epoch`, `best_metric`, `rng`, `config`.
 """
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -126,12 +127,14 @@ def load_weights(model, ckpt: dict, source, target: str) -> None:
         ) from None
 
 
-def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
+def load_run_model(run, *, trust_spec=False, spec=None, ctor=None, built=None):
     """Rebuild the model of a run or checkpoint with its trained weights (eval mode).
 
     The model is the one the checkpoint names, built only if it is a zoo model or `trust_spec`
     (spec.check_file_spec); or, when the user names a `spec` (with `ctor`), that SPEC, and then the
-    checkpoint's own SPEC is never built. Returns (model, checkpoint dict, run folder).
+    checkpoint's own SPEC is never built; or `built`, the run's model as the process that trained it
+    built it (a copy takes the weights: its source is not imported a second time). Returns (model,
+    checkpoint dict, run folder).
     """
     from cnnscope.core.hooks import load_settings
     from cnnscope.runs.model_source import copy_spec, spec_to_build
@@ -143,6 +146,10 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None):
     if spec is not None:  # the user's own SPEC with the run's weights
         model = build_model(spec, ctor)
         load_weights(model, ckpt, path, spec)
+    elif built is not None:
+        model = copy.deepcopy(built)
+        load_weights(model, ckpt, path, ckpt["model_spec"])
+        load_settings(model, ckpt.get("model_settings") or {})
     else:
         source = (ckpt.get("config") or {}).get("options", {}).get("source")
         # the trust rule names what would run: the run's copy of its model source, where it has one

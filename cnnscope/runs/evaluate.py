@@ -32,7 +32,7 @@ GRID_SIZE = 32  # images in each sample grid
 
 def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=SILENT,
                  trust_spec=False, dataset=None, out=None, metrics: RunMetrics | None = None,
-                 channels_last=None, figures=True) -> EvalResult:
+                 channels_last=None, figures=True, built=None) -> EvalResult:
     """Evaluate RUN (a run folder: best.pth, else last.pth; or a checkpoint file) on its test set.
     `trust_spec`: build its model even when it is no zoo model (spec.check_file_spec); `reporter`
     (render.progress) draws the bar and says what is loaded. `dataset`: the run's dataset as its
@@ -40,12 +40,14 @@ def evaluate_run(run, *, data_dir=None, device="auto", batch_size=256, reporter=
     (run_folder.output_folder). `metrics`: its metrics.json as the run's training holds it, instead
     of reading it. `channels_last`: the memory format its training chose, instead of checking the
     model again (loaders.contiguous_reason). `figures`: all the figures; False: plots/cm.png alone,
-    without the sample grids and a training run's curves (a sweep's trials leave them to evaluate)."""
+    without the sample grids and a training run's curves (a sweep's trials leave them to evaluate).
+    `built`: the run's model as its training built it, to take the checkpoint's weights instead of
+    building it again (checkpoint.load_run_model)."""
     device = resolve_device(device)
     out_dir = run_folder.output_folder(*resolve_run(run), out)
     run_folder.refuse_links(out_dir)  # before any work
     reporter.detail(f"loading the run {run} onto {device}")
-    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec)
+    model, ckpt, run_dir = load_run_model(run, trust_spec=trust_spec, built=built)
     model.to(device)
     if dataset is None:
         reporter.detail(f"loading the test split of {ckpt.get('dataset')}")

@@ -307,7 +307,7 @@ def finish(run: TrainingRun) -> TrainResult:
     run.reporter.step(f"testing best.pth on the {len(run.ds.test):,} test images")
     result = evaluate_run(run.run_dir, data_dir=run.opts.data_dir, device=str(run.loop.step.device), trust_spec=True,
                           reporter=run.reporter, dataset=run.ds, metrics=run.metrics,
-                          channels_last=run.loop.channels_last, figures=run.figures)
+                          channels_last=run.loop.channels_last, figures=run.figures, built=run.loop.net)
     metrics = run.metrics.values
     if run.opts.tensorboard:
         tensorboard.write_results(run, metrics)
