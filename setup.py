@@ -24,8 +24,9 @@ setup(
     ],
     extras_require={
         # CI installs dev and runs every test: the tensorboard and sweep tests need their packages;
-        # scikit-learn is also benchmarks/small_data.py's digits
-        "dev": ["pytest", "hypothesis", "tensorboard", "optuna", "scikit-learn"],
+        # scikit-learn is also benchmarks/small_data.py's digits; pytest-xdist runs the test files in
+        # two workers (pytest.ini)
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "tensorboard", "optuna", "scikit-learn"],
         "onnx": ["onnx", "onnxruntime"],
         "tensorboard": ["tensorboard"],  # train --tensorboard
         "sweep": ["optuna", "scikit-learn"],  # cnnscope sweep (scikit-learn: fANOVA parameter importances)

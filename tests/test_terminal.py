@@ -214,3 +214,19 @@ def test_help_names_only_run_folders_that_a_documented_command_makes(runner):
     named = set(re.findall(r"reports/[^\s/\]\)\"',.]+", texts))
     assert "reports/basic" in named and "reports/combined" in named
     assert named - made - placeholders == set()
+
+
+def test_the_command_freezes_its_objects_after_every_other_exit_handler(monkeypatch):
+    """main() registers gc.freeze before the command runs, so it runs after every exit handler the
+    command registers (atexit runs the last registered first): the interpreter's last collections
+    then skip the objects torch made, the second or two a command would spend after its work."""
+    import gc
+
+    import cnnscope.cli as entry
+
+    registered = []
+    monkeypatch.setattr(entry.atexit, "register", registered.append)
+    monkeypatch.setattr(entry, "tune_cpu_runtime", lambda: None)
+    monkeypatch.setattr(entry, "cli", lambda prog_name: registered.append(f"{prog_name} ran"))
+    entry.main()
+    assert registered == [gc.freeze, "cnnscope ran"]
