@@ -108,3 +108,10 @@ def wrap_training_loaders(monkeypatch, wrap):
         return wrap(loader) if kw["train"] else loader
 
     monkeypatch.setattr(loaders, "make_loader", patched)
+
+
+def pytest_collection_modifyitems(items):
+    """The files with multi-process (slow) tests first, each file's tests in their order: the two
+    workers (pytest.ini) take the long files early and end together on the quick ones."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

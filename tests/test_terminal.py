@@ -230,3 +230,29 @@ def test_the_command_freezes_its_objects_after_every_other_exit_handler(monkeypa
     monkeypatch.setattr(entry, "cli", lambda prog_name: registered.append(f"{prog_name} ran"))
     entry.main()
     assert registered == [gc.freeze, "cnnscope ran"]
+
+
+@pytest.mark.parametrize("code, ended", [(0, 0), (2, 2), (None, 0), ("a message", 1)])
+def test_a_rank_of_torchrun_ends_as_the_launchers_ranks_end(monkeypatch, code, ended):
+    """Under torchrun (WORLD_SIZE set) the command's exit skips the interpreter's finalization, in
+    which a gloo thread of DDP can still take the GIL and abort the process (exit -6): its agent
+    then fails and another node's agent waits out its exit barrier. Elsewhere the exit is Python's."""
+    import cnnscope.cli as entry
+    from cnnscope.runs import launch
+
+    def command(prog_name):
+        raise SystemExit(code)
+
+    ends = []
+    monkeypatch.setattr(entry.atexit, "register", lambda handler: None)
+    monkeypatch.setattr(entry, "tune_cpu_runtime", lambda: None)
+    monkeypatch.setattr(entry, "cli", command)
+    monkeypatch.setattr(launch, "exit_rank", ends.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit):
+        entry.main()
+    assert ends == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):  # the recorded exit_rank returns; the real one ends the process
+        entry.main()
+    assert ends == [ended]

@@ -434,7 +434,8 @@ def user_run(tmp_path_factory):
     result = invoke(CliRunner(), "train", spec, *TRAIN_TINY, "--out", root / "reports", "--name", "small")
     assert result.exit_code == 0, result.output
     run = root / "reports" / "small"
-    (run / "model_source" / "IMPORTED").unlink()  # the closing evaluation built the model from its copy
+    # train imported the user's file once; its test evaluation took that model, not one built from the copy
+    assert (root / "mine" / "IMPORTED").exists() and not (run / "model_source" / "IMPORTED").exists()
     return run
 
 

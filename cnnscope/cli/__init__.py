@@ -5,6 +5,7 @@ imports what it needs when it runs. One file per command group; common.py holds 
 """
 import atexit
 import gc
+import os
 
 from cnnscope.cli import bench, data, export, inspect, readme, sweep, training, zoo  # noqa: F401  (registers the commands)
 from cnnscope.cli.common import cli
@@ -17,7 +18,14 @@ def main():
     # made (a second or two after a command's work is done); at exit there is nothing to reclaim, so
     # the objects are frozen once every other exit handler has run (handlers run last-registered first).
     atexit.register(gc.freeze)
-    cli(prog_name="cnnscope")
+    try:
+        cli(prog_name="cnnscope")
+    except SystemExit as end:
+        if "WORLD_SIZE" in os.environ:  # a rank of torchrun's: it ends as this launcher's ranks end
+            from cnnscope.runs.launch import exit_rank
+
+            exit_rank(end.code if isinstance(end.code, int) else int(end.code is not None))
+        raise
 
 
 if __name__ == "__main__":
