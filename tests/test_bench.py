@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnscope import zoo
+from cnnscope import render, zoo
 from cnnscope.cli import cli
 from cnnscope.core import fastconv, fused
+from cnnscope.core.bench import BenchResult
 from cnnscope.core.fastconv import FastDilatedDepthwise, _dilated_depthwise
 from cnnscope.core.fold import conv_bn_pairs, fold_batchnorm, to_channels_last
 
@@ -193,8 +194,7 @@ def test_bench_trains_in_data_parallel_processes(runner):
     out = json.loads(result.stdout)
     assert (out["procs"], out["threads"], out["batch_size"]) == (2, max(1, cpu_cores() // 2), 16)
     assert out["train_images_per_s"] > 0 and 0 < out["peak_fraction"] < 1.5
-    assert "2 processes x" in runner.invoke(cli, ["bench", "basic", "--steps", "1", "--batch-size", "4",
-                                                  "--procs", "2", "--format", "markdown"]).stdout
+    assert f"| run on | cpu, 2 processes x {out['threads']} threads" in render.to_markdown(BenchResult(**out))
 
 
 def test_bench_amp_on_cpu_is_a_clear_error(runner, error_of):
