@@ -15,7 +15,7 @@ through here, so a model that cannot be probed gets the same clear message every
 import math
 import os
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -197,6 +197,22 @@ def _saved_for_backward(model, input_shape, batch) -> int:
     return sum(saved.values())
 
 
+def leaf_modules(model: nn.Module) -> list:
+    """The modules of `model` that have no children: the ones whose forward does the work."""
+    return [m for m in model.modules() if next(m.children(), None) is None]
+
+
+@contextmanager
+def forward_hooks(modules, hook):
+    """`hook(module, args, output)` called after the forward of each of `modules`, inside the block."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _largest_outputs(model, input_shape) -> int:
     """A no-grad pass holds a layer's input and output and a residual branch at once: a few times
     the largest leaf module output of one image."""
@@ -206,13 +222,8 @@ def _largest_outputs(model, input_shape) -> int:
         if isinstance(output, torch.Tensor):
             sizes.append(output.numel() * output.element_size())
 
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
+    with forward_hooks(leaf_modules(model), hook):
         probe_forward(model, input_shape)
-    finally:
-        for h in handles:
-            h.remove()
     return INFERENCE_LIVE_MAPS * max(sizes, default=0)
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from cnnscope.core.probe import forward_hooks
 from cnnscope.errors import CnnscopeError
 
 RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
@@ -71,14 +72,8 @@ def forward_calls(model: nn.Module, x: torch.Tensor, select) -> list:
     in order; output is the shape of a tensor output, else None."""
     names = {m: name for name, m in model.named_modules() if select(m)}
     calls = []
-    hooks = [m.register_forward_hook(lambda m, args, out: calls.append((names[m], m, _shape(out))))
-             for m in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with forward_hooks(names, lambda m, args, out: calls.append((names[m], m, _shape(out)))), torch.no_grad():
+        model(x)
     return calls
 
 

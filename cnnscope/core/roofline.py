@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from cnnscope.core.probe import forward_hooks, leaf_modules
+
 
 @dataclass
 class StepBytes:
@@ -53,17 +55,8 @@ def boundary_bytes(model: nn.Module, x: torch.Tensor) -> int:
                 size = value.numel() * value.element_size()
                 seen[id(base)] = (base, max(size, seen.get(id(base), (base, 0))[1]))
 
-    def hook(module, args, output):
-        note(args, output)
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(leaf_modules(model), lambda module, args, output: note(args, output)), torch.no_grad():
+        model(x)
     return sum(size for _, size in seen.values())
 
 
