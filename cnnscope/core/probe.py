@@ -276,6 +276,11 @@ def display_pixels(images: torch.Tensor):
     x = images.detach().float().cpu()
     low = x.amin(dim=(1, 2, 3), keepdim=True)
     high = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = (x - low) / (high - low).clamp_min(1e-12)
-    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
-    return x.permute(0, 2, 3, 1).numpy()
+    return rgb_pixels((x - low) / (high - low).clamp_min(1e-12))
+
+
+def rgb_pixels(images: torch.Tensor):
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, 3) numpy for the figures: one channel repeated over
+    RGB, the first three of more."""
+    x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -17,13 +17,14 @@ import torch
 
 from cnnscope import render
 from cnnscope.core.metrics import EvalResult, predict
+from cnnscope.core.probe import rgb_pixels
 from cnnscope.core.runtime import resolve_device
 from cnnscope.render.progress import QUIET, SILENT, progress_bar
 from cnnscope.runs import run_folder
 from cnnscope.runs.checkpoint import load_run_model, resolve_run
 from cnnscope.files import atomic_write_csv, atomic_write_text
 from cnnscope.runs.datasets import run_dataset
-from cnnscope.runs.loaders import contiguous_reason, first_images, make_loader, pixels
+from cnnscope.runs.loaders import contiguous_reason, first_images, make_loader
 from cnnscope.runs.runfiles import RunMetrics
 from cnnscope.runs.train_files import write_curves
 
@@ -119,7 +120,7 @@ def write_grids(run_dir: Path, ds, preds) -> list:
     labels = ds.test.labels
 
     def grid(indices, name, title):
-        images = pixels(ds.test.take(indices).float().div(255))
+        images = rgb_pixels(ds.test.take(indices).float().div(255))
         captions = [f"{ds.classes[labels[i]]}\n-> {ds.classes[preds[i]]}" for i in indices]
         colors = ["black" if preds[i] == labels[i] else "red" for i in indices]
         plots.image_grid(images, captions, run_dir / "plots" / name, title=title, title_colors=colors)

@@ -117,8 +117,9 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     A run uses its own dataset and mean/std unless `dataset` overrides the images; a SPEC uses
     `dataset` (default `fake`) and that dataset's mean/std.
     """
+    from cnnscope.core.probe import rgb_pixels
     from cnnscope.runs.datasets import load_dataset, loading_line, run_dataset
-    from cnnscope.runs.loaders import normalize, pixels
+    from cnnscope.runs.loaders import normalize
 
     ckpt = target.checkpoint or {}
     if image_paths:
@@ -135,7 +136,7 @@ def load_test_images(target: Target, n: int, dataset=None, data_dir="data", imag
     x = normalize(images, mean, std)
     return ProbeImages(
         x=x.contiguous().to(target.device),
-        pixels=pixels(images),
+        pixels=rgb_pixels(images),
         labels=data.test.labels[index].tolist(),
         indices=index.tolist(),
         classes=list((ckpt.get("classes") if name == ckpt.get("dataset") else None) or data.classes),

@@ -18,6 +18,7 @@ import torch
 
 from cnnscope.core.augment import AugmentSpec, BatchAugment, autoaugment, check_fits
 from cnnscope.core.memory_format import channels_last_refusal
+from cnnscope.core.probe import rgb_pixels
 from cnnscope.errors import CnnscopeError
 from cnnscope.runs.datasets import Dataset, Split
 
@@ -268,9 +269,5 @@ def augmented_samples(dataset: Dataset, spec: AugmentSpec, *, n, backend="batch"
     idx = loader.indices()[:n]
     x, y = next(iter(loader))
     originals = dataset.train.take(idx).float().div(255)
-    return pixels(originals), pixels(denormalize(x, dataset.mean, dataset.std)), y.tolist()
+    return rgb_pixels(originals), rgb_pixels(denormalize(x, dataset.mean, dataset.std)), y.tolist()
 
-
-def pixels(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) floats in [0, 1] -> (N, H, W, 3) numpy for the figures; grey repeated over RGB."""
-    return images.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).cpu().numpy()
