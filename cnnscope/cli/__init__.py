@@ -5,7 +5,6 @@ imports what it needs when it runs. One file per command group; common.py holds 
 """
 import atexit
 import gc
-import os
 
 from cnnscope.cli import bench, data, export, inspect, readme, sweep, training, zoo  # noqa: F401  (registers the commands)
 from cnnscope.cli.common import cli
@@ -21,10 +20,10 @@ def main():
     try:
         cli(prog_name="cnnscope")
     except SystemExit as end:
-        if "WORLD_SIZE" in os.environ:  # a rank of torchrun's: it ends as this launcher's ranks end
-            from cnnscope.runs.launch import exit_rank
+        from cnnscope.runs import launch
 
-            exit_rank(end.code if isinstance(end.code, int) else int(end.code is not None))
+        if launch.launched():  # a rank of torchrun's (this launcher's run launch.main): it ends as those do
+            launch.exit_rank(end.code if isinstance(end.code, int) else int(end.code is not None))
         raise
 
 

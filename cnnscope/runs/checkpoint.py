@@ -146,16 +146,15 @@ def load_run_model(run, *, trust_spec=False, spec=None, ctor=None, built=None):
     if spec is not None:  # the user's own SPEC with the run's weights
         model = build_model(spec, ctor)
         load_weights(model, ckpt, path, spec)
-    elif built is not None:
-        model = copy.deepcopy(built)
-        load_weights(model, ckpt, path, ckpt["model_spec"])
-        load_settings(model, ckpt.get("model_settings") or {})
     else:
-        source = (ckpt.get("config") or {}).get("options", {}).get("source")
-        # the trust rule names what would run: the run's copy of its model source, where it has one
-        check_file_spec(copy_spec(folder, ckpt["model_spec"], source), ckpt.get("ctor") or {}, f"Checkpoint {path}",
-                        trust_spec)
-        model = build_model(spec_to_build(folder, ckpt["model_spec"], source), ckpt.get("ctor") or {})
+        if built is not None:
+            model = copy.deepcopy(built)
+        else:
+            source = (ckpt.get("config") or {}).get("options", {}).get("source")
+            # the trust rule names what would run: the run's copy of its model source, where it has one
+            check_file_spec(copy_spec(folder, ckpt["model_spec"], source), ckpt.get("ctor") or {},
+                            f"Checkpoint {path}", trust_spec)
+            model = build_model(spec_to_build(folder, ckpt["model_spec"], source), ckpt.get("ctor") or {})
         load_weights(model, ckpt, path, ckpt["model_spec"])
         # egrr's depth and gate temperature live outside the state_dict; without them the gates of a
         # run trained down to tau=0.1 would be read at tau=1.
